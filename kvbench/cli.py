@@ -1,0 +1,223 @@
+"""The `kvbench` command line: parse options, call the library, render. No measuring happens here."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+
+from kvbench.errors import KvbenchError
+
+app = typer.Typer(
+    help=(
+        "Measure what the KV cache buys a causal LM: generate() with use_cache=True against"
+        " use_cache=False, repeated, with latency, per-token timing and memory.\n\n"
+        "Start with `kvbench run --model gpt2 --max-new-tokens 200 --runs 3`, then"
+        " `kvbench compare results/a.json results/b.json`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console(width=160) if not Console().is_terminal else Console()
+stderr = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user mistake becomes one red line and exit code 2; bugs still raise with a traceback."""
+    try:
+        yield
+    except KvbenchError as error:
+        stderr.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+class ProgressDisplay:
+    """A rich progress display fed by the runner's observer hooks: all generations, and the current one
+    token by token (an uncached generation of 1000 tokens can take minutes)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description:<36}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._overall = None
+        self._current = None
+
+    # The runner's Observer interface, duck-typed so the core never imports rich.
+    def planned(self, generations: int) -> None:
+        self._overall = self.progress.add_task("all generations", total=generations)
+
+    def cell_started(self, cell, index: int, count: int) -> None:
+        if count > 1:
+            self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}")
+
+    def generation_started(self, label: str, new_tokens: int) -> None:
+        if self._current is None:
+            self._current = self.progress.add_task(label, total=new_tokens)
+        else:
+            self.progress.reset(self._current, total=new_tokens, description=label)
+
+    def token(self) -> None:
+        self.progress.advance(self._current)
+
+    def generation_finished(self) -> None:
+        self.progress.advance(self._overall)
+
+    def cell_finished(self, cell) -> None:
+        pass
+
+
+def default_output(models: list[str]) -> Path:
+    name = "+".join(Path(model).name or model for model in models).replace("/", "_")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{name}-{stamp}.json"
+
+
+def _modes(value: Optional[str]) -> Optional[list[str]]:
+    return [mode.strip() for mode in value.split(",") if mode.strip()] if value else None
+
+
+@app.command()
+def run(
+    model: Optional[List[str]] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Hub id, local model directory, or a config shipped in configs/models (gpt2, tinyllama-1.1b,"
+        " tiny-gpt2, tiny-llama). Repeat to sweep. [default: gpt2]",
+    ),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="TOML experiment file; options given here override it."
+    ),
+    weights: Optional[str] = typer.Option(
+        None,
+        help="auto: real weights if they can be loaded, else random weights of the same architecture;"
+        " pretrained: real or fail; random: always random. [default: auto]",
+    ),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text. [default: \"What is KV caching?\"]"),
+    prompt_tokens: Optional[int] = typer.Option(
+        None, help="Use N seeded synthetic prompt ids instead of tokenizing the prompt."
+    ),
+    max_new_tokens: Optional[List[int]] = typer.Option(
+        None, help="New tokens per generation, always generated in full. Repeat to sweep. [default: 1000]"
+    ),
+    runs: Optional[int] = typer.Option(None, help="Measured generations per mode. [default: 10]"),
+    warmup: Optional[int] = typer.Option(None, help="Unmeasured generations per mode first. [default: 1]"),
+    modes: Optional[str] = typer.Option(None, help="Comma-separated modes. [default: cached,uncached]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
+    dtype: Optional[List[str]] = typer.Option(
+        None, help="auto, float32, float16 or bfloat16. Repeat to sweep. [default: auto]"
+    ),
+    batch_size: Optional[List[int]] = typer.Option(None, help="Prompts per generate(). Repeat to sweep. [default: 1]"),
+    cache_implementation: Optional[List[str]] = typer.Option(
+        None, help="dynamic, static, offloaded, offloaded_static, quantized. Repeat to sweep. [default: dynamic]"
+    ),
+    attn_implementation: Optional[List[str]] = typer.Option(
+        None, help="auto, eager, sdpa, flash_attention_2. Repeat to sweep. [default: auto]"
+    ),
+    seed: Optional[int] = typer.Option(None, help="Seed for random weights and synthetic prompts. [default: 0]"),
+    sample_interval_ms: Optional[float] = typer.Option(None, help="NVML sampling interval. [default: 10]"),
+    memory_sampling: Optional[bool] = typer.Option(
+        None, "--memory-sampling/--no-memory-sampling", help="Sample VRAM through NVML. [default: on]"
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Results .json (a .csv of runs goes beside it). [default: results/<model>-<time>.json]"
+    ),
+    resume: bool = typer.Option(False, help="Keep the cells already finished in --output; measure the rest."),
+) -> None:
+    """Time generate() with and without the KV cache and write a results file.
+
+    With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
+    10 runs per mode (plus 1 warmup), cached and uncached interleaved.
+    """
+    with user_errors():
+        from kvbench.config import build_config
+
+        overrides = {
+            "model": model,
+            "weights": weights,
+            "prompt": prompt,
+            "prompt_tokens": prompt_tokens,
+            "max_new_tokens": max_new_tokens,
+            "runs": runs,
+            "warmup": warmup,
+            "modes": _modes(modes),
+            "device": device,
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "cache_implementation": cache_implementation,
+            "attn_implementation": attn_implementation,
+            "seed": seed,
+            "sample_interval_ms": sample_interval_ms,
+            "memory_sampling": memory_sampling,
+            "output": str(output) if output else None,
+        }
+        config = build_config(config_file, overrides)
+        path = Path(config.output) if config.output else default_output(config.model)
+        _run_and_report(config, path, resume)
+
+
+def _run_and_report(config, path: Path, resume: bool) -> None:
+    from kvbench.report import print_result
+
+    stderr.print(f"[dim]loading torch and transformers…[/]")
+    from transformers.utils import logging as transformers_logging
+
+    from kvbench.runner import Benchmark
+
+    # kvbench reports what matters itself; transformers' generation warnings would bury the progress bar.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    display = ProgressDisplay(stderr)
+    command = shlex.join(["kvbench", *sys.argv[1:]])
+    benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+    try:
+        with display.progress:
+            result = benchmark.run()
+    except KeyboardInterrupt:
+        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are saved in {path} (marked incomplete).")
+        print_result(benchmark.result, stdout)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    print_result(result, stdout)
+    stdout.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
+    if any(cell.status == "error" for cell in result.cells):
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(file: Path = typer.Argument(..., help="A results .json written by kvbench run.")) -> None:
+    """Render one results file as `kvbench run` printed it."""
+    with user_errors():
+        from kvbench.report import print_result
+        from kvbench.results import read_result
+
+        print_result(read_result(file), stdout)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,89 @@
+"""The machine and software a run happened on, collected in one place for the results file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The commit of the kvbench checkout in use, so a result can be tied to the code that made it."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None if completed.returncode == 0 else None
+
+
+def _gpu(device: str) -> dict[str, Any]:
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+    properties = torch.cuda.get_device_properties(index)
+    info: dict[str, Any] = {
+        "gpu_name": properties.name,
+        "gpu_memory_bytes": properties.total_memory,
+        "cuda_version": torch.version.cuda,
+        "gpu_driver": None,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        info["gpu_driver"] = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:  # noqa: BLE001 - the driver version is a nicety; memory.py reports NVML's absence
+        pass
+    return info
+
+
+def collect(device: str) -> dict[str, Any]:
+    import torch
+
+    from kvbench import __version__
+
+    environment: dict[str, Any] = {
+        "kvbench": __version__,
+        "kvbench_git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "device_name": cpu_name() if device == "cpu" else None,
+    }
+    if device.startswith("cuda"):
+        gpu = _gpu(device)
+        environment.update(gpu)
+        environment["device_name"] = gpu["gpu_name"]
+    return environment

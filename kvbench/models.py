@@ -1,0 +1,331 @@
+"""Resolve a model name, directory or shipped config into a loaded causal LM and its prompt ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from kvbench.errors import KvbenchError
+
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# GPT-2's tokenizer turns the reference prompt "What is KV caching?" into 6 tokens: without a
+# tokenizer, a synthetic prompt of that length keeps runs comparable with the reference.
+SYNTHETIC_PROMPT_TOKENS = 6
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+
+
+@dataclass
+class ModelSource:
+    """Where a model's architecture (and maybe weights) comes from."""
+
+    name: str
+    kind: str  # "local" (a directory), "shipped" (configs/models/<name>.json), "hub", "config-file"
+    location: str
+
+
+@dataclass
+class ResolvedConfig:
+    """A model's config and where its weights and tokenizer will come from."""
+
+    config: Any
+    weights: str  # "pretrained" or "random"
+    label: str
+    files_from: str | None  # directory or hub id holding weights and tokenizer files, if any
+    local_only: bool  # load those files without asking the hub
+    notes: list[str] = field(default_factory=list)
+
+
+
+
+def shipped_configs() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(SHIPPED_CONFIG_DIR.glob("*.json"))}
+
+
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def locate(name: str) -> ModelSource:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise KvbenchError(
+                f"model directory {path} has no config.json; point --model at a saved Hugging Face model"
+            )
+        return ModelSource(name, "local", str(path))
+    if path.is_file() and path.suffix == ".json":
+        return ModelSource(name, "config-file", str(path))
+    shipped = shipped_configs()
+    if name in shipped:
+        return ModelSource(name, "shipped", str(shipped[name]))
+    if path.suffix == ".json" or os.sep in name and not _looks_like_hub_id(name):
+        raise KvbenchError(f"model path {name} does not exist; check the path")
+    return ModelSource(name, "hub", name)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def _has_weights(directory: Path) -> bool:
+    return any(any(directory.glob(pattern)) for pattern in WEIGHT_FILE_PATTERNS)
+
+
+def _read_config_file(path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise KvbenchError(f"model config {path} cannot be read ({error}); fix or replace it") from None
+    model_type = data.pop("model_type", None)
+    if model_type is None:
+        raise KvbenchError(f"model config {path} has no 'model_type'; add one (e.g. \"gpt2\")")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except ValueError as error:
+        raise KvbenchError(f"model config {path}: {error}") from None
+
+
+def check_causal_lm(config: Any, name: str) -> None:
+    """Only decoders keep a KV cache; refuse encoders (BERT) and encoder-decoders with a clear reason."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    hint = "kvbench measures decoder-only causal LMs such as gpt2 or a Llama model"
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise KvbenchError(
+            f"{name} (model_type {model_type!r}) is not a causal language model and has no KV cache to"
+            f" measure; {hint}"
+        )
+    # BERT-like encoders also register an LM head for causal use, but are encoders unless
+    # explicitly configured as decoders.
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise KvbenchError(
+            f"{name} (model_type {model_type!r}) is an encoder: it does not generate text and has no KV"
+            f" cache; {hint}"
+        )
+
+
+def max_positions(config: Any) -> int | None:
+    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_dtype(requested: str, config: Any, device: str) -> str:
+    """'auto' is float32 (as the reference ran), or the checkpoint's own 16-bit type on a GPU."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        declared = str(declared).replace("torch.", "") if declared is not None else None
+        if declared in ("float16", "bfloat16"):
+            return declared
+    return "float32"
+
+
+def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
+    from transformers import AutoConfig
+
+    if source.kind == "local":
+        directory = Path(source.location)
+        try:
+            config = AutoConfig.from_pretrained(directory)
+        except (OSError, ValueError) as error:
+            raise KvbenchError(f"model directory {directory}: cannot read its config ({error})") from None
+        has_weights = _has_weights(directory)
+        if weights == "pretrained" and not has_weights:
+            raise KvbenchError(
+                f"model directory {directory} holds no weight files; use --weights random to time its"
+                " architecture"
+            )
+        use = "pretrained" if has_weights and weights != "random" else "random"
+        notes = []
+        if use == "random" and weights == "auto":
+            notes.append(f"{directory} holds no weights: random weights from its config.json")
+        return ResolvedConfig(config, use, f"local directory {directory}", str(directory), True, notes)
+    if source.kind in ("shipped", "config-file"):
+        if weights == "pretrained":
+            raise KvbenchError(
+                f"{source.name} is a config without weights; use --weights random or auto, or pass a hub id"
+                " or model directory"
+            )
+        label = "shipped config" if source.kind == "shipped" else "config file"
+        config = _read_config_file(source.location)
+        return ResolvedConfig(config, "random", f"{label} {source.location}", None, True)
+
+    # A hub id: real weights where the hub or the local cache has them.
+    shipped = shipped_configs().get(source.name)
+    if weights == "random" and shipped is not None:
+        config = _read_config_file(str(shipped))
+        return ResolvedConfig(config, "random", f"shipped config {shipped}", None, True)
+    online = hub_reachable()
+    try:
+        config = AutoConfig.from_pretrained(source.name, local_files_only=not online)
+    except (OSError, ValueError) as error:
+        reason = "the hub is unreachable and it is not in the local cache" if not online else str(error)
+        if weights == "auto" and shipped is not None:
+            note = (
+                f"{source.name}: pretrained weights unavailable ({reason}); random weights from the"
+                f" shipped config {shipped.name} (same architecture, so the same timing)"
+            )
+            config = _read_config_file(str(shipped))
+            return ResolvedConfig(config, "random", f"shipped config {shipped}", None, True, [note])
+        available = ", ".join(shipped_configs()) or "none"
+        raise KvbenchError(
+            f"model {source.name!r} not found: {reason}; pass a local model directory, a hub id while"
+            f" online, or a shipped config ({available})"
+        ) from None
+    use = "random" if weights == "random" else "pretrained"
+    return ResolvedConfig(config, use, f"hub {source.name}", source.name, not online)
+
+
+@dataclass
+class PreparedModel:
+    """A model resolved and checked, its tokenizer loaded, its weights not yet: enough to validate a
+    whole sweep before the first measurement."""
+
+    name: str
+    resolved: ResolvedConfig
+    tokenizer: Any | None
+    max_positions: int | None
+    notes: list[str]
+
+
+def prepare_model(name: str, weights: str) -> PreparedModel:
+    from transformers import AutoTokenizer
+
+    resolved = _load_config(locate(name), weights)
+    check_causal_lm(resolved.config, name)
+    notes = list(resolved.notes)
+    tokenizer = None
+    if resolved.files_from is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                resolved.files_from, local_files_only=resolved.local_only
+            )
+        except (OSError, ValueError, TypeError, KeyError):
+            notes.append(f"{name}: no tokenizer found; the prompt is synthetic token ids")
+    return PreparedModel(name, resolved, tokenizer, max_positions(resolved.config), notes)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    prepared: PreparedModel
+    dtype: str
+    attn_implementation: str
+    parameters: int
+
+    def info(self) -> dict[str, Any]:
+        """What the results file records about the model actually measured."""
+        return {
+            "name": self.prepared.name,
+            "source": self.prepared.resolved.label,
+            "weights": self.prepared.resolved.weights,
+            "model_type": self.prepared.resolved.config.model_type,
+            "parameters": self.parameters,
+            "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation,
+            "max_positions": self.prepared.max_positions,
+        }
+
+
+def check_context(prepared: PreparedModel, prompt_tokens: int, new_tokens: int) -> None:
+    limit = prepared.max_positions
+    if limit is not None and prompt_tokens + new_tokens > limit:
+        raise KvbenchError(
+            f"{prepared.name}: a {prompt_tokens}-token prompt plus {new_tokens} new tokens exceeds its"
+            f" context of {limit} tokens; use --max-new-tokens {max(limit - prompt_tokens, 1)} or less"
+        )
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return requested
+    index = int(requested.split(":")[1]) if ":" in requested else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        found = f"{count} CUDA device(s)" if count else "no CUDA device (or torch was built without CUDA)"
+        raise KvbenchError(f"device {requested} is not available: this machine has {found}; use --device cpu")
+    return f"cuda:{index}"
+
+
+def build_model(
+    prepared: PreparedModel, *, dtype: str, attn_implementation: str, device: str, seed: int
+) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name, resolved = prepared.name, prepared.resolved
+    dtype_name = resolve_dtype(dtype, resolved.config, device)
+    torch_dtype = getattr(torch, dtype_name)
+    attn = None if attn_implementation == "auto" else attn_implementation
+    try:
+        if resolved.weights == "pretrained":
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.files_from,
+                dtype=torch_dtype,
+                attn_implementation=attn,
+                local_files_only=resolved.local_only,
+            )
+        else:
+            # Seeded so two runs of the same config time the same random model.
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(
+                resolved.config, dtype=torch_dtype, attn_implementation=attn
+            )
+    except (ImportError, ValueError) as error:
+        # transformers raises these for an attention backend or dtype the setup lacks.
+        raise KvbenchError(
+            f"{name}: cannot build the model with {dtype_name}/{attn_implementation}: {error}"
+        ) from None
+    except OSError as error:
+        raise KvbenchError(f"{name}: cannot load weights ({error}); try --weights random") from None
+    model = model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        prepared=prepared,
+        dtype=dtype_name,
+        attn_implementation=getattr(model.config, "_attn_implementation", None) or "auto",
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def prompt_ids(prepared: PreparedModel, prompt: str, prompt_tokens: int | None, seed: int) -> tuple[Any, str]:
+    """One row of prompt ids and how they were made: tokenized text, or seeded synthetic ids."""
+    import torch
+
+    if prompt_tokens is None and prepared.tokenizer is not None:
+        ids = prepared.tokenizer(prompt, return_tensors="pt").input_ids[0]
+        if ids.numel() > 0:
+            return ids, "tokenized"
+    length = prompt_tokens or SYNTHETIC_PROMPT_TOKENS
+    vocab = prepared.resolved.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (length,), generator=generator), "synthetic"

@@ -1,0 +1,170 @@
+"""Terminal rendering of one results file: rich tables, the speedup, and what was not measured."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from kvbench.results import BenchmarkResult, CellResult, ModeSummary
+from kvbench.units import format_bytes
+
+
+def _s(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "—"
+
+
+def _mean_std(summary: ModeSummary) -> str:
+    std = f" ± {summary.std_s:.3f}" if summary.std_s is not None else ""
+    return f"{summary.mean_s:.3f}{std}"
+
+
+def peak_vram(summary: ModeSummary) -> tuple[int | None, str]:
+    """The best available peak GPU memory figure and its source: this process by NVML, the whole
+    device by NVML, or torch's allocator."""
+    for value, source in (
+        (summary.vram_process_peak_bytes, "process"),
+        (summary.vram_device_peak_bytes, "device"),
+        (summary.torch_peak_reserved_bytes, "torch"),
+    ):
+        if value is not None:
+            return value, source
+    return None, ""
+
+
+def speedup(result: BenchmarkResult, cell_id: str) -> float | None:
+    """How many times faster cached generation was than uncached, by mean latency."""
+    cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
+    if cached is None or uncached is None:
+        return None
+    return uncached.mean_s / cached.mean_s
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "—"
+
+
+def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
+    settings = cell.settings
+    model = cell.model or {}
+    weights = model.get("weights", "?")
+    title = (
+        f"{settings['model']} · {weights.upper() if weights == 'random' else weights} weights · "
+        f"{model.get('dtype', settings['dtype'])} · batch {settings['batch_size']} · "
+        f"{cell.prompt_tokens} prompt ({cell.prompt_source}) + {settings['max_new_tokens']} new tokens"
+    )
+    if settings["cache_implementation"] != "dynamic" or settings["attn_implementation"] != "auto":
+        title += f" · cache {settings['cache_implementation']} · attn {model.get('attn_implementation')}"
+    summaries = [s for mode in result.config.get("modes", []) if (s := result.summary_of(cell.id, mode))]
+    show_vram = any(peak_vram(summary)[0] is not None for summary in summaries)
+    table = Table(title=title, title_justify="left")
+    table.add_column("mode", no_wrap=True)
+    table.add_column("n", justify="right")
+    table.add_column("mean ± std (s)", justify="right", no_wrap=True)
+    table.add_column("min (s)", justify="right")
+    table.add_column("median (s)", justify="right")
+    table.add_column("max (s)", justify="right")
+    table.add_column("tokens/s", justify="right")
+    table.add_column("first token (ms)", justify="right")
+    table.add_column("ms/token early → late", justify="right", no_wrap=True)
+    if show_vram:
+        table.add_column("peak VRAM", justify="right")
+    table.add_column("peak RSS", justify="right")
+    for summary in summaries:
+        ttft = summary.time_to_first_token_s
+        row = [
+            summary.mode,
+            str(summary.n),
+            _mean_std(summary),
+            _s(summary.min_s),
+            _s(summary.median_s),
+            _s(summary.max_s),
+            f"{summary.tokens_per_s:.1f}",
+            _ms(ttft * 1000 if ttft is not None else None),
+            f"{_ms(summary.early_token_ms)} → {_ms(summary.late_token_ms)}",
+        ]
+        if show_vram:
+            value, source = peak_vram(summary)
+            row.append(f"{format_bytes(value)} ({source})" if value is not None else "—")
+        row.append(format_bytes(summary.peak_rss_bytes))
+        table.add_row(*row)
+    return table
+
+
+def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
+    lines: list[Text] = []
+    if cell.status in ("skipped", "oom", "error"):
+        lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
+        return lines
+    ratio = speedup(result, cell.id)
+    if ratio is not None:
+        lines.append(Text(f"cached is {ratio:.2f}× faster than uncached (by mean latency)", style="bold"))
+    # The reference experiment printed these two lines; keep them so results read side by side.
+    for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
+        summary = result.summary_of(cell.id, mode)
+        if summary is not None:
+            std = summary.std_s if summary.std_s is not None else 0.0
+            lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
+    if cell.kv_cache_bytes is not None:
+        lines.append(
+            Text(
+                f"KV cache at {cell.prompt_tokens} + {cell.settings['max_new_tokens']} tokens: "
+                f"{format_bytes(cell.kv_cache_bytes)} (2 × layers × kv_heads × head_dim × tokens × batch ×"
+                " bytes)"
+            )
+        )
+    if cell.outputs_match is True:
+        lines.append(Text("cached and uncached outputs are token-identical", style="green"))
+    elif cell.outputs_match is False:
+        lines.append(
+            Text(
+                f"cached and uncached outputs differ from new token {cell.first_divergence} on",
+                style="red",
+            )
+        )
+    if cell.status == "incomplete":
+        lines.append(Text("incomplete: this cell was interrupted", style="yellow"))
+    return lines
+
+
+def render_result(result: BenchmarkResult) -> Group:
+    environment = result.environment
+    parts: list = [
+        Text(
+            f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')}) · "
+            f"torch {environment.get('torch')} · transformers {environment.get('transformers')} · "
+            f"kvbench {result.kvbench_version}",
+            style="dim",
+        )
+    ]
+    if not result.complete:
+        parts.append(Text("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
+    for cell in result.cells:
+        if cell.status == "pending":
+            continue
+        if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
+            parts.append(cell_table(result, cell))
+        else:
+            parts.append(Text(cell.id, style="bold"))
+        parts.extend(cell_lines(result, cell))
+    pending = [cell.id for cell in result.cells if cell.status == "pending"]
+    if pending:
+        parts.append(Text(f"not run: {len(pending)} cell(s)", style="yellow"))
+    for note in result.notes:
+        parts.append(Text(f"note: {note}", style="cyan"))
+    for what, why in result.unmeasured.items():
+        parts.append(Text(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
+    return Group(*parts)
+
+
+def output_console(stderr: bool = False) -> Console:
+    """A console that keeps tables whole when the output goes to a file or a pipe (rich would wrap them
+    at 80 columns), so they paste into an issue as they looked."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def print_result(result: BenchmarkResult, console: Console | None = None) -> None:
+    (console or output_console()).print(render_result(result))

@@ -1,0 +1,84 @@
+"""Pure statistics on latency samples: summaries, Welch's t-test, and a confidence interval for a ratio."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float | None  # sample standard deviation (n - 1); None for a single value
+    min: float
+    median: float
+    max: float
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    if not values:
+        raise ValueError("cannot summarize no values")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Summary(
+        n=len(values),
+        mean=statistics.fmean(values),
+        std=std,
+        min=min(values),
+        median=statistics.median(values),
+        max=max(values),
+    )
+
+
+def relative_standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean over the mean; None until there are two values."""
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
+
+
+@dataclass(frozen=True)
+class RatioTest:
+    """mean(a) / mean(b), its confidence interval, and Welch's t-test of the difference."""
+
+    ratio: float
+    low: float | None
+    high: float | None
+    p_value: float | None
+    confidence: float
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_value is not None and self.p_value < alpha
+
+
+def _welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    se_a, se_b = var_a / n_a, var_b / n_b
+    denominator = se_a**2 / (n_a - 1) + se_b**2 / (n_b - 1)
+    return (se_a + se_b) ** 2 / denominator if denominator > 0 else float("inf")
+
+
+def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> RatioTest:
+    """Welch's t-test (unequal variances) on the means, and the ratio's interval by the delta method on
+    log(mean): var(log mean) ~ s^2 / (n mean^2), with the Welch-Satterthwaite degrees of freedom."""
+    from scipy import stats as scipy_stats
+
+    mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
+    ratio = mean_a / mean_b
+    if len(a) < 2 or len(b) < 2:
+        return RatioTest(ratio, None, None, None, confidence)
+    var_a, var_b = statistics.variance(a), statistics.variance(b)
+    if var_a == 0 and var_b == 0:
+        p_value = 1.0 if mean_a == mean_b else 0.0
+        return RatioTest(ratio, ratio, ratio, p_value, confidence)
+    p_value = float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    log_var_a = var_a / (len(a) * mean_a**2)
+    log_var_b = var_b / (len(b) * mean_b**2)
+    df = _welch_df(log_var_a * len(a), len(a), log_var_b * len(b), len(b))
+    t_crit = float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
+    half_width = t_crit * math.sqrt(log_var_a + log_var_b)
+    return RatioTest(
+        ratio, ratio * math.exp(-half_width), ratio * math.exp(half_width), p_value, confidence
+    )
