@@ -179,23 +179,47 @@ def run(
         }
         config = build_config(config_file, overrides)
         path = Path(config.output) if config.output else default_output(config.model)
-        _run_and_report(config, path, resume)
+        overrides["output"] = str(path)
+        _run_and_report(config, path, resume, command_line(config_file, overrides, resume))
 
 
-def _run_and_report(config, path: Path, resume: bool) -> None:
+def command_line(config_file: Optional[Path], overrides: dict, resume: bool) -> str:
+    """The options given, as one command that reruns the same benchmark (recorded in the results file)."""
+    words = ["kvbench", "run"]
+    if config_file is not None:
+        words += ["--config", str(config_file)]
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else flag.replace("--", "--no-", 1))
+        elif key == "modes":
+            words += [flag, ",".join(value)]
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    if resume:
+        words.append("--resume")
+    return shlex.join(words)
+
+
+def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
     from kvbench.report import print_result
 
-    stderr.print(f"[dim]loading torch and transformers…[/]")
-    from transformers.utils import logging as transformers_logging
+    # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
+    with stderr.status("loading torch, transformers and the model…"):
+        from transformers.utils import logging as transformers_logging
 
-    from kvbench.runner import Benchmark
+        from kvbench.runner import Benchmark
 
-    # kvbench reports what matters itself; transformers' generation warnings would bury the progress bar.
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    display = ProgressDisplay(stderr)
-    command = shlex.join(["kvbench", *sys.argv[1:]])
-    benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+        # kvbench reports what matters itself; transformers' warnings would bury the progress display.
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+        display = ProgressDisplay(stderr)
+        benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
     try:
         with display.progress:
             result = benchmark.run()
@@ -217,6 +241,47 @@ def show(file: Path = typer.Argument(..., help="A results .json written by kvben
         from kvbench.results import read_result
 
         print_result(read_result(file), stdout)
+
+
+@app.command()
+def compare(
+    files: List[Path] = typer.Argument(..., help="Two or more results .json files, or directories of them."),
+    baseline: Optional[str] = typer.Option(
+        None, help="The file the others are judged against (its path or name). [default: the first]"
+    ),
+    fmt: str = typer.Option(
+        "table", "--format", "-f", help="table, markdown (for a pull request), csv, json, or benchmark-action"
+        " (github-action-benchmark's customSmallerIsBetter JSON, from the last file)."
+    ),
+    fail_on_regression: Optional[float] = typer.Option(
+        None,
+        metavar="PCT",
+        help="Exit 1 when a measurement is slower than the baseline by more than PCT percent and Welch's"
+        " t-test calls the difference significant (p < 0.05). For CI.",
+    ),
+) -> None:
+    """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
+    against a baseline with a 95% confidence interval and a significance verdict."""
+    with user_errors():
+        from kvbench.compare import compare_results
+        from kvbench.export import FORMATS, render_text
+
+        if fmt not in FORMATS:
+            raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if fail_on_regression is not None and fail_on_regression < 0:
+            raise KvbenchError("--fail-on-regression takes a non-negative percentage, such as 5")
+        comparison = compare_results(files, baseline=baseline, threshold_pct=fail_on_regression)
+    if fmt == "table":
+        from kvbench.report import render_comparison
+
+        stdout.print(render_comparison(comparison))
+    else:
+        sys.stdout.write(render_text(comparison, fmt))
+        if fmt in ("csv", "benchmark-action"):  # formats with no place for warnings of their own
+            for warning in comparison.warnings:
+                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if comparison.regressions:
+        raise typer.Exit(1)
 
 
 def main() -> None:

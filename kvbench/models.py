@@ -17,6 +17,8 @@ SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model
 # tokenizer, a synthetic prompt of that length keeps runs comparable with the reference.
 SYNTHETIC_PROMPT_TOKENS = 6
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+# In a shipped config: the hub model whose architecture it copies.
+HUB_ID_KEY = "kvbench_hub_id"
 
 
 @dataclass
@@ -93,6 +95,7 @@ def _read_config_file(path: str) -> Any:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise KvbenchError(f"model config {path} cannot be read ({error}); fix or replace it") from None
+    data.pop(HUB_ID_KEY, None)
     model_type = data.pop("model_type", None)
     if model_type is None:
         raise KvbenchError(f"model config {path} has no 'model_type'; add one (e.g. \"gpt2\")")
@@ -165,40 +168,56 @@ def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
         if use == "random" and weights == "auto":
             notes.append(f"{directory} holds no weights: random weights from its config.json")
         return ResolvedConfig(config, use, f"local directory {directory}", str(directory), True, notes)
-    if source.kind in ("shipped", "config-file"):
+    if source.kind == "config-file" or source.kind == "shipped" and (
+        weights == "random" or shipped_hub_id(Path(source.location)) is None
+    ):
         if weights == "pretrained":
             raise KvbenchError(
                 f"{source.name} is a config without weights; use --weights random or auto, or pass a hub id"
                 " or model directory"
             )
-        label = "shipped config" if source.kind == "shipped" else "config file"
-        config = _read_config_file(source.location)
-        return ResolvedConfig(config, "random", f"{label} {source.location}", None, True)
+        return _random_from_file(Path(source.location), source.kind)
+    if source.kind == "shipped":
+        return _from_hub(shipped_hub_id(Path(source.location)), weights, Path(source.location))
+    fallback = next((p for p in shipped_configs().values() if shipped_hub_id(p) == source.name), None)
+    if weights == "random" and fallback is not None:
+        return _random_from_file(fallback, "shipped")
+    return _from_hub(source.name, weights, fallback)
 
-    # A hub id: real weights where the hub or the local cache has them.
-    shipped = shipped_configs().get(source.name)
-    if weights == "random" and shipped is not None:
-        config = _read_config_file(str(shipped))
-        return ResolvedConfig(config, "random", f"shipped config {shipped}", None, True)
+
+def shipped_hub_id(path: Path) -> str | None:
+    """The hub model a shipped config copies, whose real weights `--weights auto` tries first."""
+    return json.loads(path.read_text(encoding="utf-8")).get(HUB_ID_KEY)
+
+
+def _random_from_file(path: Path, kind: str) -> ResolvedConfig:
+    label = "shipped config" if kind == "shipped" else "config file"
+    return ResolvedConfig(_read_config_file(str(path)), "random", f"{label} {path}", None, True)
+
+
+def _from_hub(hub_id: str, weights: str, fallback: Path | None) -> ResolvedConfig:
+    """Real weights where the hub or the local cache has them; else the shipped config, if any."""
+    from transformers import AutoConfig
+
     online = hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(source.name, local_files_only=not online)
+        config = AutoConfig.from_pretrained(hub_id, local_files_only=not online)
     except (OSError, ValueError) as error:
         reason = "the hub is unreachable and it is not in the local cache" if not online else str(error)
-        if weights == "auto" and shipped is not None:
-            note = (
-                f"{source.name}: pretrained weights unavailable ({reason}); random weights from the"
-                f" shipped config {shipped.name} (same architecture, so the same timing)"
+        if weights == "auto" and fallback is not None:
+            resolved = _random_from_file(fallback, "shipped")
+            resolved.notes.append(
+                f"pretrained weights for {hub_id} unavailable ({reason}): RANDOM weights from the shipped"
+                f" config {fallback.name} (same architecture, so the same timing)"
             )
-            config = _read_config_file(str(shipped))
-            return ResolvedConfig(config, "random", f"shipped config {shipped}", None, True, [note])
+            return resolved
         available = ", ".join(shipped_configs()) or "none"
         raise KvbenchError(
-            f"model {source.name!r} not found: {reason}; pass a local model directory, a hub id while"
-            f" online, or a shipped config ({available})"
+            f"model {hub_id!r} not found: {reason}; pass a local model directory, a hub id while online,"
+            f" or a shipped config ({available})"
         ) from None
     use = "random" if weights == "random" else "pretrained"
-    return ResolvedConfig(config, use, f"hub {source.name}", source.name, not online)
+    return ResolvedConfig(config, use, f"hub {hub_id}", hub_id, not online)
 
 
 @dataclass

@@ -157,6 +157,44 @@ def render_result(result: BenchmarkResult) -> Group:
     return Group(*parts)
 
 
+def render_comparison(comparison) -> Group:
+    """The comparison as rich tables, regressions in red, then its warnings."""
+    from kvbench.export import method_note, speedup_grid, timing_grid
+
+    headers, rows = timing_grid(comparison)
+    table = Table(title="latency per generate() by file", title_justify="left")
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index == 0 else "right")
+    for cells in rows:
+        style = "red" if any("REGRESSION" in cell for cell in cells) else None
+        table.add_row(*cells, style=style)
+    parts: list = [table]
+    speed_headers, speed_rows = speedup_grid(comparison)
+    if speed_rows:
+        speed_table = Table(title="what the KV cache buys, by file", title_justify="left")
+        for index, header in enumerate(speed_headers):
+            speed_table.add_column(header, justify="left" if index == 0 else "right")
+        for cells in speed_rows:
+            speed_table.add_row(*cells)
+        parts.append(speed_table)
+    parts.append(Text(method_note(comparison), style="dim"))
+    for warning in comparison.warnings:
+        parts.append(Text(f"warning: {warning}", style="yellow"))
+    regressions = comparison.regressions
+    if regressions:
+        parts.append(
+            Text(
+                f"{len(regressions)} regression(s) beyond {comparison.threshold_pct:g}%: "
+                + "; ".join(
+                    f"{row.key.label()} in {comparison.files[i].label} ({row.entries[i].change_pct:+.1f}%)"
+                    for row, i in regressions
+                ),
+                style="bold red",
+            )
+        )
+    return Group(*parts)
+
+
 def output_console(stderr: bool = False) -> Console:
     """A console that keeps tables whole when the output goes to a file or a pipe (rich would wrap them
     at 80 columns), so they paste into an issue as they looked."""

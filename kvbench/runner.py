@@ -187,11 +187,16 @@ class Benchmark:
         per_cell = (self.config.runs + self.config.warmup) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
         self.save()
-        for index, (cell, record) in enumerate(pending):
-            self.observer.cell_started(record, index, len(pending))
-            self._run_cell(cell, record)
-            self.observer.cell_finished(record)
+        try:
+            for index, (cell, record) in enumerate(pending):
+                self.observer.cell_started(record, index, len(pending))
+                self._run_cell(cell, record)
+                self.save()
+                self.observer.cell_finished(record)
+        except KeyboardInterrupt:
+            # Ctrl-C may land between a measurement and its save: keep everything measured so far.
             self.save()
+            raise
         self.result.complete = True
         self.save()
         return self.result
@@ -321,8 +326,8 @@ class Benchmark:
                     )
                 )
                 self.result.unmeasured = dict(self.probe.unavailable)
-                self.observer.generation_finished()
                 self.save()
+                self.observer.generation_finished()
         if len(first_outputs) == 2:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
             record.outputs_match = divergence is None

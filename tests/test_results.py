@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from kvbench.errors import KvbenchError
+from kvbench.results import SCHEMA_VERSION, check_writable, read_result, to_dict, token_gaps_ms, write_result
+from tests.conftest import make_result
+
+
+def test_written_file_reads_back_the_same(tmp_path):
+    result = make_result()
+    path = tmp_path / "r.json"
+    write_result(result, path)
+    again = read_result(path)
+    assert to_dict(again) == to_dict(result)
+    assert (tmp_path / "r.csv").exists()
+
+
+def test_summary_is_recomputed_from_the_runs(tmp_path):
+    result = make_result({"cached": [1.0, 3.0]})
+    result.summary = []
+    write_result(result, tmp_path / "r.json")
+    summary = read_result(tmp_path / "r.json").summary[0]
+    assert (summary.n, summary.mean_s, summary.min_s, summary.max_s) == (2, 2.0, 1.0, 3.0)
+
+
+def test_token_gaps_take_the_median_over_a_slice():
+    times = [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0, 15.0, 18.0, 21.0]  # gaps 1,1,1,2,2,2,3,3,3,3
+    assert token_gaps_ms(times, 0.0, 0.3) == 1000.0
+    assert token_gaps_ms(times, 0.7, 1.0) == 3000.0
+    assert token_gaps_ms([0.0, 1.0], 0.0, 0.1) is None
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not JSON"),
+        ('{"hello": 1}', "is not a kvbench results file"),
+        ('[1, 2]', "is not a kvbench results file"),
+        ('{"format": "kvbench-results", "schema_version": 99}', "newer than this kvbench reads"),
+        ('{"format": "kvbench-results", "schema_version": 1, "environment": {}}', "damaged"),
+    ],
+)
+def test_bad_files_are_user_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(KvbenchError) as error:
+        read_result(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(KvbenchError, match="does not exist"):
+        read_result(tmp_path / "absent.json")
+
+
+def test_unwritable_output_is_refused_before_measuring(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(KvbenchError, match="cannot write results"):
+        check_writable(blocker / "sub" / "r.json")
+    with pytest.raises(KvbenchError, match="is a directory"):
+        check_writable(tmp_path)
+    with pytest.raises(KvbenchError, match="must end in .json"):
+        check_writable(tmp_path / "r.txt")
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    write_result(make_result(), path)
+    before = path.read_text()
+
+    def broken_dump(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(make_result({"cached": [9.0]}), path)
+    assert path.read_text() == before
+    assert {p.name for p in tmp_path.iterdir()} == {"r.json", "r.csv"}
+
+
+def test_schema_version_is_written_first(tmp_path):
+    write_result(make_result(), tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert list(data)[:2] == ["format", "schema_version"]
+    assert data["schema_version"] == SCHEMA_VERSION

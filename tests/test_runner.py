@@ -1,0 +1,186 @@
+import json
+
+import pytest
+
+from kvbench.errors import KvbenchError
+from kvbench.results import read_result
+from kvbench.runner import Benchmark, Observer, first_divergence, run_benchmark
+from tests.conftest import tiny_config
+
+
+class Recorder(Observer):
+    def __init__(self, interrupt_after: int | None = None):
+        self.labels: list[str] = []
+        self.tokens = 0
+        self.finished = 0
+        self.interrupt_after = interrupt_after
+
+    def generation_started(self, label, new_tokens):
+        self.labels.append(label)
+
+    def token(self):
+        self.tokens += 1
+
+    def generation_finished(self):
+        self.finished += 1
+        if self.interrupt_after is not None and self.finished >= self.interrupt_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_every_run_generates_exactly_the_requested_tokens(model_fixture, request, tmp_path):
+    model_dir = request.getfixturevalue(model_fixture)
+    result = run_benchmark(tiny_config(model_dir, max_new_tokens=[12]), output=tmp_path / "r.json")
+    assert len(result.runs) == 4
+    for run in result.runs:
+        assert run.new_tokens == 12
+        assert len(run.token_times_s) == 12
+        assert run.token_times_s == sorted(run.token_times_s)
+        assert 0 < run.time_to_first_token_s <= run.latency_s
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_greedy_cached_and_uncached_outputs_are_identical(model_fixture, request):
+    model_dir = request.getfixturevalue(model_fixture)
+    result = run_benchmark(tiny_config(model_dir, max_new_tokens=[20], runs=1))
+    cell = result.cells[0]
+    assert cell.status == "measured"
+    assert cell.outputs_match is True
+    assert cell.first_divergence is None
+
+
+def test_first_divergence_finds_the_first_differing_position():
+    import torch
+
+    a = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    b = torch.tensor([[1, 2, 3, 4], [1, 2, 9, 4]])
+    assert first_divergence(a, b) == 2
+    assert first_divergence(a, a.clone()) is None
+
+
+def test_runs_interleave_modes_after_warmup(tiny_gpt2_dir):
+    recorder = Recorder()
+    result = run_benchmark(tiny_config(tiny_gpt2_dir, runs=2, warmup=1), observer=recorder)
+    assert recorder.labels == [
+        "warmup cached 1/1",
+        "warmup uncached 1/1",
+        "cached 1/2",
+        "uncached 1/2",
+        "cached 2/2",
+        "uncached 2/2",
+    ]
+    assert [run.mode for run in result.runs] == ["cached", "uncached", "cached", "uncached"]
+    assert recorder.tokens == 6 * 8
+
+
+def test_tokenizer_is_used_when_the_model_has_one(tiny_gpt2_dir, tiny_llama_dir):
+    with_tokenizer = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1))
+    assert with_tokenizer.cells[0].prompt_source == "tokenized"
+    assert with_tokenizer.cells[0].prompt_tokens == 5  # what is kv caching ?
+    without = run_benchmark(tiny_config(tiny_llama_dir, runs=1))
+    assert without.cells[0].prompt_source == "synthetic"
+    assert without.cells[0].prompt_tokens == 6
+    forced = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, prompt_tokens=9))
+    assert forced.cells[0].prompt_source == "synthetic"
+    assert forced.runs[0].prompt_tokens == 9
+
+
+def test_results_file_holds_environment_config_runs_and_summary(tiny_llama_dir, tmp_path):
+    path = tmp_path / "r.json"
+    run_benchmark(tiny_config(tiny_llama_dir, batch_size=[2]), output=path, command="kvbench run x")
+    data = json.loads(path.read_text())
+    assert data["format"] == "kvbench-results" and data["schema_version"] == 1
+    assert data["complete"] is True
+    assert data["command"] == "kvbench run x"
+    for key in ("kvbench", "python", "torch", "transformers", "device", "cpu"):
+        assert data["environment"][key]
+    assert data["config"]["batch_size"] == [2]
+    assert data["cells"][0]["model"]["weights"] == "pretrained"
+    assert {run["mode"] for run in data["runs"]} == {"cached", "uncached"}
+    assert all(run["batch_size"] == 2 and run["latency_s"] > 0 for run in data["runs"])
+    summary = {row["mode"]: row for row in data["summary"]}
+    cached_latencies = [run["latency_s"] for run in data["runs"] if run["mode"] == "cached"]
+    assert summary["cached"]["n"] == 2
+    assert summary["cached"]["mean_s"] == pytest.approx(sum(cached_latencies) / 2)
+    csv = (tmp_path / "r.csv").read_text().splitlines()
+    assert csv[0].startswith("cell,mode,run,latency_s")
+    assert len(csv) == 1 + 4
+    # Theoretical KV size: 2 x 2 layers x 2 KV heads x head_dim 8 x (6 + 8) tokens x batch 2 x 4 bytes.
+    assert data["cells"][0]["kv_cache_bytes"] == 2 * 2 * 2 * 8 * 14 * 2 * 4
+
+
+def test_random_weights_are_said_plainly(tmp_path):
+    result = run_benchmark(tiny_config("tiny-gpt2", runs=1))
+    assert result.cells[0].model["weights"] == "random"
+    assert "shipped config" in result.cells[0].model["source"]
+
+
+def test_interrupt_leaves_a_valid_partial_file(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "partial.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(tiny_config(tiny_gpt2_dir, runs=3), output=path, observer=Recorder(interrupt_after=3))
+    partial = read_result(path)
+    assert partial.complete is False
+    assert partial.cells[0].status == "incomplete"
+    assert [run.mode for run in partial.runs] == ["cached", "uncached", "cached"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_measures_only_unfinished_cells(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "sweep.json"
+    config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 6, 8], runs=1)
+    with pytest.raises(KeyboardInterrupt):
+        # 2 generations per cell: stop inside the second cell.
+        run_benchmark(config, output=path, observer=Recorder(interrupt_after=3))
+    partial = read_result(path)
+    assert [cell.status for cell in partial.cells] == ["measured", "incomplete", "pending"]
+    first_cell_runs = [run.latency_s for run in partial.runs if run.cell == partial.cells[0].id]
+
+    recorder = Recorder()
+    resumed = run_benchmark(config, output=path, observer=recorder, resume=True)
+    assert resumed.complete
+    assert [cell.status for cell in resumed.cells] == ["measured"] * 3
+    assert recorder.finished == 4  # the two unfinished cells only
+    assert [run.latency_s for run in resumed.runs if run.cell == resumed.cells[0].id] == first_cell_runs
+    assert len(resumed.runs) == 6
+
+
+def test_resume_refuses_a_file_made_with_other_settings(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "r.json"
+    run_benchmark(tiny_config(tiny_gpt2_dir, runs=1), output=path)
+    with pytest.raises(KvbenchError, match="runs=1"):
+        Benchmark(tiny_config(tiny_gpt2_dir, runs=2), output=path, resume=True)
+
+
+def test_unsupported_cache_implementation_is_skipped_with_reason(tiny_llama_dir):
+    config = tiny_config(tiny_llama_dir, cache_implementation=["dynamic", "static", "offloaded"], runs=1)
+    result = run_benchmark(config)
+    statuses = {cell.settings["cache_implementation"]: cell for cell in result.cells}
+    assert statuses["dynamic"].status == "measured"
+    assert statuses["static"].status == "measured"
+    assert statuses["offloaded"].status == "skipped"
+    assert "CUDA" in statuses["offloaded"].reason
+
+
+def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_llama_dir, monkeypatch):
+    import kvbench.runner as runner
+
+    original = runner.Benchmark._measure_cell
+
+    def measure(self, cell, record, model, ids):
+        if cell.batch_size == 2:
+            raise MemoryError("simulated")
+        return original(self, cell, record, model, ids)
+
+    monkeypatch.setattr(runner.Benchmark, "_measure_cell", measure)
+    result = run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1))
+    assert [cell.status for cell in result.cells] == ["measured", "oom"]
+    assert "batch 2" in result.cells[1].reason
+    assert all(run.batch_size == 1 for run in result.runs)
+
+
+def test_context_overflow_is_caught_before_any_generation(tiny_gpt2_dir):
+    recorder = Recorder()
+    with pytest.raises(KvbenchError, match="exceeds its context of 64 tokens; use --max-new-tokens 59"):
+        run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[8, 60]), observer=recorder)
+    assert recorder.labels == []

@@ -1,0 +1,60 @@
+import math
+
+import pytest
+
+from kvbench.stats import compare_means, relative_standard_error, summarize
+
+
+def test_summary_of_a_hand_worked_sample():
+    summary = summarize([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0])
+    assert summary.n == 8
+    assert summary.mean == 5.0
+    # Sum of squared deviations is 32; sample variance 32/7.
+    assert summary.std == pytest.approx(math.sqrt(32 / 7))
+    assert (summary.min, summary.median, summary.max) == (2.0, 4.5, 9.0)
+
+
+def test_single_value_has_no_std():
+    assert summarize([3.0]).std is None
+
+
+def test_relative_standard_error():
+    # mean 5, sample std sqrt(32/7), n 8
+    assert relative_standard_error([2, 4, 4, 4, 5, 5, 7, 9]) == pytest.approx(math.sqrt(32 / 7) / math.sqrt(8) / 5)
+    assert relative_standard_error([1.0]) is None
+
+
+def test_welch_t_test_matches_a_worked_example():
+    # Worked by hand: means 20 and 22; sample variances 10/4 = 2.5 and 68/4 = 17 (n 5 each);
+    # squared standard errors 0.5 and 3.4; t = -2 / sqrt(3.9) = -1.0127;
+    # Welch df = 3.9^2 / (0.5^2/4 + 3.4^2/4) = 5.152; two-sided p from the t table = 0.3564.
+    a = [18.0, 19.0, 20.0, 21.0, 22.0]
+    b = [17.0, 19.0, 22.0, 25.0, 27.0]
+    test = compare_means(a, b)
+    assert test.ratio == pytest.approx(20 / 22)
+    assert test.p_value == pytest.approx(0.3564, abs=5e-4)
+    assert not test.significant()
+    assert test.low < test.ratio < test.high
+
+
+def test_a_clear_difference_is_significant_and_its_interval_excludes_one():
+    a = [1.00, 1.02, 0.98, 1.01, 0.99]
+    b = [2.00, 2.04, 1.96, 2.02, 1.98]
+    test = compare_means(b, a)
+    assert test.ratio == pytest.approx(2.0)
+    assert test.significant()
+    assert 1.9 < test.low < 2.0 < test.high < 2.1
+
+
+def test_identical_samples_are_not_significant():
+    values = [1.0, 1.1, 0.9]
+    test = compare_means(values, list(values))
+    assert test.ratio == 1.0
+    assert test.p_value == pytest.approx(1.0)
+    assert not test.significant()
+
+
+def test_too_few_runs_give_a_ratio_but_no_verdict():
+    test = compare_means([1.0], [2.0, 2.1])
+    assert test.ratio == pytest.approx(1 / 2.05)
+    assert test.p_value is None and test.low is None
