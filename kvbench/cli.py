@@ -284,5 +284,24 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def plot(
+    file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", "-o", help="Where the PNGs go. [default: <results file name>-plots/ beside it]"
+    ),
+) -> None:
+    """Draw PNG figures: per-token latency by position for both modes (uncached grows, cached stays
+    flat), and for a sweep, latency and memory against the swept setting with the theoretical KV size."""
+    with user_errors():
+        from kvbench.plot import plot_result
+        from kvbench.results import read_result
+
+        result = read_result(file)
+        directory = out_dir or file.with_name(f"{file.stem}-plots")
+        for path in plot_result(result, directory):
+            stdout.print(str(path), highlight=False)
+
+
 def main() -> None:
     app()

@@ -109,18 +109,6 @@ def _labels(paths: list[Path]) -> list[str]:
     return [str(path) for path in paths]
 
 
-def _peak_memory(summary: ModeSummary) -> int | None:
-    for value in (
-        summary.vram_process_peak_bytes,
-        summary.vram_device_peak_bytes,
-        summary.torch_peak_reserved_bytes,
-        summary.peak_rss_bytes,
-    ):
-        if value is not None:
-            return value
-    return None
-
-
 def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
     found = {}
     for cell in result.cells:
@@ -139,7 +127,7 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
                 attn_implementation=settings["attn_implementation"],
             )
             latencies = [run.latency_s for run in result.runs_of(cell.id, mode)]
-            found[key] = Entry(summary, latencies, _peak_memory(summary))
+            found[key] = Entry(summary, latencies, summary.peak_memory()[0])
     return found
 
 

@@ -20,16 +20,9 @@ def _mean_std(summary: ModeSummary) -> str:
 
 
 def peak_vram(summary: ModeSummary) -> tuple[int | None, str]:
-    """The best available peak GPU memory figure and its source: this process by NVML, the whole
-    device by NVML, or torch's allocator."""
-    for value, source in (
-        (summary.vram_process_peak_bytes, "process"),
-        (summary.vram_device_peak_bytes, "device"),
-        (summary.torch_peak_reserved_bytes, "torch"),
-    ):
-        if value is not None:
-            return value, source
-    return None, ""
+    """Peak GPU memory from the most specific source there is, or (None, "") on a CPU run."""
+    value, source = summary.peak_memory()
+    return (value, source) if "VRAM" in source or "torch" in source else (None, "")
 
 
 def speedup(result: BenchmarkResult, cell_id: str) -> float | None:

@@ -94,6 +94,19 @@ class ModeSummary:
     vram_device_peak_bytes: int | None
     vram_process_peak_bytes: int | None
 
+    def peak_memory(self) -> tuple[int | None, str]:
+        """The most specific peak memory figure and its source: this process's VRAM (NVML), the whole
+        device's VRAM (NVML), torch's CUDA allocator, or, on a CPU, the process's resident memory."""
+        for value, source in (
+            (self.vram_process_peak_bytes, "process VRAM"),
+            (self.vram_device_peak_bytes, "device VRAM"),
+            (self.torch_peak_reserved_bytes, "torch reserved"),
+            (self.peak_rss_bytes, "RSS"),
+        ):
+            if value is not None:
+                return value, source
+        return None, ""
+
 
 @dataclass
 class BenchmarkResult:
@@ -192,17 +205,15 @@ def runs_frame(result: BenchmarkResult):
 
 def _write_atomically(path: Path, write: Any) -> None:
     """Write beside the target and rename over it, so a reader (or a Ctrl-C) never sees half a file."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-    )
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with handle:
+        with open(temporary, "w", encoding="utf-8") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

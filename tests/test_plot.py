@@ -1,0 +1,33 @@
+import pytest
+
+from kvbench.plot import per_token_curve, plot_result, sweep_axis
+from kvbench.results import read_result
+from kvbench.runner import run_benchmark
+from tests.conftest import make_result, tiny_config
+
+
+def test_per_token_curve_is_the_median_gap_by_position():
+    runs = [[1.0, 2.0, 4.0], [1.0, 3.0, 5.0], [2.0, 3.0, 6.0]]
+    # gaps: [1,1,2], [1,2,2], [2,1,3] -> medians 1, 1, 2 (seconds) -> ms
+    assert per_token_curve(runs) == [1000.0, 1000.0, 2000.0]
+    assert per_token_curve([]) == []
+
+
+def test_plots_of_a_real_sweep(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "sweep.json"
+    run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 8, 16], runs=2), output=path)
+    result = read_result(path)
+    assert sweep_axis(result) == "max_new_tokens"
+    written = plot_result(result, tmp_path / "plots")
+    assert [p.name for p in written] == ["per-token.png", "latency-vs-max_new_tokens.png", "memory-vs-max_new_tokens.png"]
+    for png in written:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 10_000
+
+
+def test_a_single_cell_gets_only_the_per_token_figure(tmp_path):
+    result = make_result()
+    for run in result.runs:
+        run.token_times_s = [0.01 * (i + 1) for i in range(5)]
+    assert sweep_axis(result) is None
+    assert [p.name for p in plot_result(result, tmp_path)] == ["per-token.png"]
