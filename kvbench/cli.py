@@ -127,9 +127,21 @@ def run(
         None, help="New tokens per generation, always generated in full. Repeat to sweep. [default: 1000]"
     ),
     runs: Optional[int] = typer.Option(None, help="Measured generations per mode. [default: 10]"),
+    target_rse: Optional[float] = typer.Option(
+        None,
+        help="Stop each cell once every mode's relative standard error of the mean is at most this"
+        " fraction (0.01 = 1%), between --min-runs and --max-runs runs.",
+    ),
+    min_runs: Optional[int] = typer.Option(None, help="Fewest runs per mode with --target-rse. [default: 3]"),
+    max_runs: Optional[int] = typer.Option(None, help="Most runs per mode with --target-rse. [default: --runs]"),
     warmup: Optional[int] = typer.Option(None, help="Unmeasured generations per mode first. [default: 1]"),
     modes: Optional[str] = typer.Option(None, help="Comma-separated modes. [default: cached,uncached]"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
+    device_map: Optional[str] = typer.Option(
+        None,
+        help="Spread the model over all GPUs with accelerate: auto, balanced, balanced_low_0 or sequential."
+        " Memory is then reported per device.",
+    ),
     dtype: Optional[List[str]] = typer.Option(
         None, help="auto, float32, float16 or bfloat16. Repeat to sweep. [default: auto]"
     ),
@@ -165,9 +177,13 @@ def run(
             "prompt_tokens": prompt_tokens,
             "max_new_tokens": max_new_tokens,
             "runs": runs,
+            "target_rse": target_rse,
+            "min_runs": min_runs,
+            "max_runs": max_runs,
             "warmup": warmup,
             "modes": _modes(modes),
             "device": device,
+            "device_map": device_map,
             "dtype": dtype,
             "batch_size": batch_size,
             "cache_implementation": cache_implementation,

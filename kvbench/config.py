@@ -28,6 +28,7 @@ CACHE_IMPLEMENTATIONS = (
     "quantized",
 )
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass
@@ -45,8 +46,15 @@ class BenchConfig:
     attn_implementation: list[str] = field(default_factory=lambda: ["auto"])
     modes: list[str] = field(default_factory=lambda: list(MODES))
     runs: int = 10
+    # With target_rse, each cell stops once both modes' relative standard error of the mean is at most
+    # target_rse, after min_runs and within max_runs (default: runs) runs per mode.
+    target_rse: float | None = None
+    min_runs: int = 3
+    max_runs: int | None = None
     warmup: int = 1
     device: str = "auto"
+    # Spread a model over several GPUs with accelerate ("auto", "balanced", "sequential"); None: one device.
+    device_map: str | None = None
     seed: int = 0
     sample_interval_ms: float = 10.0
     memory_sampling: bool = True
@@ -74,8 +82,12 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "attn_implementation": (str, True),
     "modes": (str, True),
     "runs": (int, False),
+    "target_rse": (float, False),
+    "min_runs": (int, False),
+    "max_runs": (int, False),
     "warmup": (int, False),
     "device": (str, False),
+    "device_map": (str, False),
     "seed": (int, False),
     "sample_interval_ms": (float, False),
     "memory_sampling": (bool, False),
@@ -192,6 +204,16 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
                 raise KvbenchError(f"{source}: '{key}' must be at least 1, got {value}")
     if config.runs < 1:
         raise KvbenchError(f"{source}: 'runs' must be at least 1, got {config.runs}")
+    if config.target_rse is not None and not 0 < config.target_rse < 1:
+        raise KvbenchError(
+            f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}"
+        )
+    if config.min_runs < 2:
+        raise KvbenchError(f"{source}: 'min_runs' must be at least 2 to estimate an error, got {config.min_runs}")
+    if config.max_runs is not None and config.max_runs < config.min_runs:
+        raise KvbenchError(
+            f"{source}: 'max_runs' ({config.max_runs}) is below 'min_runs' ({config.min_runs}); raise it"
+        )
     if config.warmup < 0:
         raise KvbenchError(f"{source}: 'warmup' cannot be negative, got {config.warmup}")
     if config.prompt_tokens is not None and config.prompt_tokens < 1:
@@ -209,6 +231,8 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
     _require_choice(source, "modes", config.modes, MODES)
     _require_choice(source, "cache_implementation", config.cache_implementation, CACHE_IMPLEMENTATIONS)
     _require_choice(source, "attn_implementation", config.attn_implementation, ATTN_IMPLEMENTATIONS)
+    if config.device_map is not None:
+        _require_choice(source, "device_map", config.device_map, DEVICE_MAPS)
     if len(set(config.modes)) != len(config.modes):
         raise KvbenchError(f"{source}: 'modes' lists a mode twice; give each of cached, uncached once")
     device = config.device
@@ -222,6 +246,14 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         values = getattr(config, axis)
         if len(set(values)) != len(values):
             raise KvbenchError(f"{source}: '{axis}' lists the same value twice; remove the repeat")
+
+
+def run_limits(config: BenchConfig) -> tuple[int, int]:
+    """(fewest, most) measured runs per mode and cell."""
+    if config.target_rse is None:
+        return config.runs, config.runs
+    most = config.max_runs if config.max_runs is not None else max(config.runs, config.min_runs)
+    return config.min_runs, most
 
 
 def config_to_dict(config: BenchConfig) -> dict[str, Any]:

@@ -18,7 +18,8 @@ _PROC_CLEAR_REFS = "/proc/self/clear_refs"
 
 @dataclass
 class MemoryReading:
-    """Memory figures for one generate() call; None where the source was unavailable."""
+    """Memory figures for one generate() call; None where the source was unavailable. GPU figures are
+    totals over the devices a model spans; `per_device` breaks them down when there are several."""
 
     peak_rss_bytes: int | None = None
     torch_peak_allocated_bytes: int | None = None
@@ -27,6 +28,7 @@ class MemoryReading:
     vram_device_peak_bytes: int | None = None
     vram_process_peak_bytes: int | None = None
     vram_samples: int | None = None
+    per_device: dict[str, dict[str, int | None]] | None = None
 
 
 class PeakRss:
@@ -58,19 +60,20 @@ class PeakRss:
         return None if self.unavailable else self._read_hwm()
 
 
-def open_nvml(device: str) -> tuple[Any, Any, str | None]:
-    """(pynvml module, device handle, None) or (None, None, the reason NVML cannot be used)."""
-    if not device.startswith("cuda"):
-        return None, None, f"the device is {device}, not a CUDA GPU"
+def open_nvml(devices: list[str]) -> tuple[Any, dict[str, Any], str | None]:
+    """(pynvml module, {device: handle}, None) or (None, {}, the reason NVML cannot be used)."""
+    gpus = [device for device in devices if device.startswith("cuda")]
+    if not gpus:
+        return None, {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
     try:
         import pynvml
     except ImportError:
-        return None, None, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+        return None, {}, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
     try:
         pynvml.nvmlInit()
-        return pynvml, _nvml_handle(pynvml, device), None
+        return pynvml, {device: _nvml_handle(pynvml, device) for device in gpus}, None
     except pynvml.NVMLError as error:
-        return None, None, f"NVML is unavailable ({error})"
+        return None, {}, f"NVML is unavailable ({error})"
 
 
 def _nvml_handle(pynvml: Any, device: str) -> Any:
@@ -88,15 +91,16 @@ def _nvml_handle(pynvml: Any, device: str) -> Any:
 
 
 class NvmlSampler:
-    """Samples device-wide and this process's VRAM on a background thread at a fixed interval.
+    """Samples device-wide and this process's VRAM, on every GPU a model spans, on a background thread
+    at a fixed interval.
 
     A thread, not a process: NVML calls go through ctypes, which releases the GIL, and each sample costs
     microseconds against an interval of milliseconds (benchmarks/sampler_overhead.py measures the cost).
     """
 
-    def __init__(self, pynvml: Any, handle: Any, interval_s: float, pid: int | None = None) -> None:
+    def __init__(self, pynvml: Any, handles: dict[str, Any], interval_s: float, pid: int | None = None) -> None:
         self._nvml = pynvml
-        self._handle = handle
+        self._handles = handles
         self.interval_s = interval_s
         self._pid = os.getpid() if pid is None else pid
         self._stop = threading.Event()
@@ -105,14 +109,26 @@ class NvmlSampler:
         self._reset()
 
     def _reset(self) -> None:
-        self.baseline_bytes: int | None = None
-        self.peak_device_bytes = 0
+        self.baseline: dict[str, int] = {}
+        self.peak: dict[str, int] = {device: 0 for device in self._handles}
         self.peak_process_bytes: int | None = None
         self.samples = 0
 
-    def _process_bytes(self) -> int | None:
+    @property
+    def baseline_bytes(self) -> int | None:
+        return sum(self.baseline.values()) if self.baseline else None
+
+    @property
+    def peak_device_bytes(self) -> int:
+        """The sum of each device's own peak."""
+        return sum(self.peak.values())
+
+    def _used(self, handle: Any) -> int:
+        return self._nvml.nvmlDeviceGetMemoryInfo(handle).used
+
+    def _process_bytes(self, handle: Any) -> int | None:
         try:
-            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
         except self._nvml.NVMLError as error:
             self.process_unavailable = f"NVML cannot list GPU processes ({error})"
             return None
@@ -128,11 +144,13 @@ class NvmlSampler:
         return None
 
     def _sample(self) -> None:
-        used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
-        self.peak_device_bytes = max(self.peak_device_bytes, used)
-        process = self._process_bytes()
-        if process is not None:
-            self.peak_process_bytes = max(self.peak_process_bytes or 0, process)
+        process_total: int | None = 0
+        for device, handle in self._handles.items():
+            self.peak[device] = max(self.peak[device], self._used(handle))
+            process = self._process_bytes(handle)
+            process_total = None if process is None or process_total is None else process_total + process
+        if process_total is not None:
+            self.peak_process_bytes = max(self.peak_process_bytes or 0, process_total)
         self.samples += 1
 
     def _loop(self) -> None:
@@ -141,7 +159,7 @@ class NvmlSampler:
 
     def start(self) -> None:
         self._reset()
-        self.baseline_bytes = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
+        self.baseline = {device: self._used(handle) for device, handle in self._handles.items()}
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="kvbench-nvml", daemon=True)
         self._thread.start()
@@ -155,49 +173,59 @@ class NvmlSampler:
 
 
 class MemoryProbe:
-    """Everything kvbench can measure about memory on one device, started and stopped around a run."""
+    """Everything kvbench can measure about memory on the devices a model uses, around one run."""
 
-    def __init__(self, device: str, interval_s: float, sample_vram: bool = True) -> None:
-        self.device = device
+    def __init__(self, devices: list[str], interval_s: float, sample_vram: bool = True) -> None:
+        self.devices = devices
         self.unavailable: dict[str, str] = {}
         self._rss = PeakRss()
         if self._rss.unavailable:
             self.unavailable["peak_rss"] = self._rss.unavailable
-        self._cuda = device.startswith("cuda")
-        if not self._cuda:
-            self.unavailable["torch_cuda_peaks"] = f"the device is {device}, not a CUDA GPU"
+        self._gpus = [device for device in devices if device.startswith("cuda")]
+        if not self._gpus:
+            self.unavailable["torch_cuda_peaks"] = f"the device is {', '.join(devices)}, not a CUDA GPU"
         self._sampler: NvmlSampler | None = None
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
-        pynvml, handle, reason = open_nvml(device)
+        pynvml, handles, reason = open_nvml(devices)
         if reason is not None:
             self.unavailable["vram"] = reason
         else:
-            self._sampler = NvmlSampler(pynvml, handle, interval_s)
+            self._sampler = NvmlSampler(pynvml, handles, interval_s)
 
     def start(self) -> None:
         self._rss.reset()
-        if self._cuda:
+        if self._gpus:
             import torch
 
-            torch.cuda.reset_peak_memory_stats(self.device)
+            for device in self._gpus:
+                torch.cuda.reset_peak_memory_stats(device)
         if self._sampler is not None:
             self._sampler.start()
 
     def stop(self) -> MemoryReading:
         reading = MemoryReading(peak_rss_bytes=self._rss.peak_bytes())
-        if self._cuda:
+        per_device: dict[str, dict[str, int | None]] = {device: {} for device in self._gpus}
+        if self._gpus:
             import torch
 
-            reading.torch_peak_allocated_bytes = torch.cuda.max_memory_allocated(self.device)
-            reading.torch_peak_reserved_bytes = torch.cuda.max_memory_reserved(self.device)
+            for device in self._gpus:
+                per_device[device]["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+                per_device[device]["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+            reading.torch_peak_allocated_bytes = sum(d["torch_peak_allocated_bytes"] for d in per_device.values())
+            reading.torch_peak_reserved_bytes = sum(d["torch_peak_reserved_bytes"] for d in per_device.values())
         if self._sampler is not None:
             self._sampler.stop()
             reading.vram_device_baseline_bytes = self._sampler.baseline_bytes
             reading.vram_device_peak_bytes = self._sampler.peak_device_bytes
             reading.vram_process_peak_bytes = self._sampler.peak_process_bytes
             reading.vram_samples = self._sampler.samples
+            for device in self._gpus:
+                per_device[device]["vram_device_baseline_bytes"] = self._sampler.baseline.get(device)
+                per_device[device]["vram_device_peak_bytes"] = self._sampler.peak.get(device)
             if self._sampler.process_unavailable:
                 self.unavailable["vram_process"] = self._sampler.process_unavailable
+        if len(per_device) > 1:
+            reading.per_device = per_device
         return reading

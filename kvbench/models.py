@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -256,6 +257,8 @@ class LoadedModel:
     dtype: str
     attn_implementation: str
     parameters: int
+    devices: list[str]  # every device holding part of the model; the first takes the inputs
+    device_map: dict[str, str] | None = None
 
     def info(self) -> dict[str, Any]:
         """What the results file records about the model actually measured."""
@@ -268,6 +271,8 @@ class LoadedModel:
             "dtype": self.dtype,
             "attn_implementation": self.attn_implementation,
             "max_positions": self.prepared.max_positions,
+            "devices": self.devices,
+            "device_map": self.device_map,
         }
 
 
@@ -296,12 +301,20 @@ def resolve_device(requested: str) -> str:
 
 
 def build_model(
-    prepared: PreparedModel, *, dtype: str, attn_implementation: str, device: str, seed: int
+    prepared: PreparedModel,
+    *,
+    dtype: str,
+    attn_implementation: str,
+    device: str,
+    seed: int,
+    device_map: str | None = None,
 ) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
 
     name, resolved = prepared.name, prepared.resolved
+    if device_map is not None and importlib.util.find_spec("accelerate") is None:
+        raise KvbenchError("--device-map needs accelerate; pip install accelerate")
     dtype_name = resolve_dtype(dtype, resolved.config, device)
     torch_dtype = getattr(torch, dtype_name)
     attn = None if attn_implementation == "auto" else attn_implementation
@@ -312,6 +325,7 @@ def build_model(
                 dtype=torch_dtype,
                 attn_implementation=attn,
                 local_files_only=resolved.local_only,
+                device_map=device_map,
             )
         else:
             # Seeded so two runs of the same config time the same random model.
@@ -319,6 +333,8 @@ def build_model(
             model = AutoModelForCausalLM.from_config(
                 resolved.config, dtype=torch_dtype, attn_implementation=attn
             )
+            if device_map is not None:
+                model = _dispatch(model, device_map)
     except (ImportError, ValueError) as error:
         # transformers raises these for an attention backend or dtype the setup lacks.
         raise KvbenchError(
@@ -326,14 +342,49 @@ def build_model(
         ) from None
     except OSError as error:
         raise KvbenchError(f"{name}: cannot load weights ({error}); try --weights random") from None
-    model = model.to(device).eval()
+    placement = None
+    if device_map is None:
+        model = model.to(device)
+        devices = [device]
+    else:
+        # transformers leaves hf_device_map unset when everything landed on one device.
+        placement = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
+        devices = _placement_devices(placement)
     return LoadedModel(
-        model=model,
+        model=model.eval(),
         prepared=prepared,
         dtype=dtype_name,
         attn_implementation=getattr(model.config, "_attn_implementation", None) or "auto",
         parameters=sum(p.numel() for p in model.parameters()),
+        devices=devices,
+        device_map={module: _device_name(where) for module, where in placement.items()} if placement else None,
     )
+
+
+def _dispatch(model: Any, device_map: str) -> Any:
+    """Spread a model built in memory (random weights) over the GPUs as from_pretrained would."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    keep_whole = getattr(model, "_no_split_modules", None)
+    max_memory = None
+    if device_map != "sequential":
+        max_memory = get_balanced_memory(
+            model, no_split_module_classes=keep_whole, low_zero=device_map == "balanced_low_0"
+        )
+    placement = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=keep_whole)
+    model = dispatch_model(model, device_map=placement)
+    model.hf_device_map = placement
+    return model
+
+
+def _device_name(where: Any) -> str:
+    return f"cuda:{where}" if isinstance(where, int) else str(where)
+
+
+def _placement_devices(placement: dict[str, Any]) -> list[str]:
+    """The devices of a device map, in the order the model's modules use them (inputs go to the first)."""
+    return list(dict.fromkeys(_device_name(where) for where in placement.values()))
 
 
 def prompt_ids(prepared: PreparedModel, prompt: str, prompt_tokens: int | None, seed: int) -> tuple[Any, str]:

@@ -69,7 +69,6 @@ def plot_per_token(result: BenchmarkResult, path: Path) -> Path:
         axis.set_xlabel("new token position")
         axis.set_ylabel("time for this token (ms, median of runs)")
         axis.set_title(f"{cell.id}", fontsize=9)
-        axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
         axis.legend()
     figure.suptitle(f"Per-token latency: {', '.join(result.config['model'])} on {_hardware(result)}")
@@ -115,10 +114,14 @@ def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path
                 xs, [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows], marker="o",
                 capsize=3, label=f"{mode}{suffix}", color=None if many else MODE_COLOURS.get(mode),
             )
-            memory = [(x, s.peak_memory()[0]) for x, (_, s) in zip(xs, rows)]
-            memory = [(x, m / 2**20) for x, m in memory if m is not None]
+            memory = [(x, *s.peak_memory()) for x, (_, s) in zip(xs, rows)]
+            memory = [(x, m / 2**20, source) for x, m, source in memory if m is not None]
             if memory:
-                memory_axis.plot(*zip(*memory), marker="o", label=f"peak memory, {mode}{suffix}")
+                source = memory[0][2]
+                memory_axis.plot(
+                    [x for x, _, _ in memory], [m for _, m, _ in memory], marker="o",
+                    label=f"peak {source}, {mode}{suffix}",
+                )
         kv = [(x if axis in ("max_new_tokens", "batch_size") else str(x), cell.kv_cache_bytes / 2**20) for x, cell in points if cell.kv_cache_bytes]
         if kv:
             memory_axis.plot(*zip(*kv), linestyle="--", marker="x", label=f"theoretical KV cache{suffix}")

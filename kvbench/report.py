@@ -33,6 +33,17 @@ def speedup(result: BenchmarkResult, cell_id: str) -> float | None:
     return uncached.mean_s / cached.mean_s
 
 
+def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] | None:
+    """Cached minus uncached peak memory, from the same source in both modes, with that source."""
+    cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
+    if cached is None or uncached is None:
+        return None
+    (with_cache, source), (without, other) = cached.peak_memory(), uncached.peak_memory()
+    if with_cache is None or without is None or source != other:
+        return None
+    return with_cache - without, source
+
+
 def _ms(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "—"
 
@@ -99,11 +110,28 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
             std = summary.std_s if summary.std_s is not None else 0.0
             lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
     if cell.kv_cache_bytes is not None:
+        text = (
+            f"KV cache at {cell.prompt_tokens} + {cell.settings['max_new_tokens']} tokens: "
+            f"{format_bytes(cell.kv_cache_bytes)} in theory (2 × layers × kv_heads × head_dim × tokens × batch"
+            " × bytes)"
+        )
+        difference = memory_difference(result, cell.id)
+        if difference is not None:
+            text += f"; measured peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"
+        lines.append(Text(text))
+    if cell.stop_reason:
+        lines.append(Text(f"runs: {cell.stop_reason}", style="dim"))
+    for mode in result.config.get("modes", []):
+        summary = result.summary_of(cell.id, mode)
+        if summary is None or not summary.outlier_runs:
+            continue
+        runs = {run.run: run.latency_s for run in result.runs_of(cell.id, mode)}
+        shown = ", ".join(f"run {i + 1} ({runs[i]:.3f} s)" for i in summary.outlier_runs if i in runs)
         lines.append(
             Text(
-                f"KV cache at {cell.prompt_tokens} + {cell.settings['max_new_tokens']} tokens: "
-                f"{format_bytes(cell.kv_cache_bytes)} (2 × layers × kv_heads × head_dim × tokens × batch ×"
-                " bytes)"
+                f"outlier{'s' if len(summary.outlier_runs) > 1 else ''} in {mode}: {shown} against a median of"
+                f" {summary.median_s:.3f} s — a stall or a first-run compile? more --warmup or --runs may help",
+                style="yellow",
             )
         )
     if cell.outputs_match is True:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.errors import KvbenchError
-from kvbench.stats import summarize
+from kvbench.stats import outlier_indices, summarize
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
@@ -53,6 +53,8 @@ class RunRecord:
     vram_device_peak_bytes: int | None = None
     vram_process_peak_bytes: int | None = None
     vram_samples: int | None = None
+    # With a model spread over several GPUs: the memory figures of each device.
+    per_device: dict[str, dict[str, int | None]] | None = None
 
 
 @dataclass
@@ -69,6 +71,7 @@ class CellResult:
     kv_cache_bytes: int | None = None  # theoretical, at prompt + new tokens, for the whole batch
     outputs_match: bool | None = None
     first_divergence: int | None = None  # index of the first new token that differs between modes
+    stop_reason: str | None = None  # with --target-rse: why measuring stopped where it did
 
 
 @dataclass
@@ -93,6 +96,7 @@ class ModeSummary:
     vram_device_baseline_bytes: int | None
     vram_device_peak_bytes: int | None
     vram_process_peak_bytes: int | None
+    outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
 
     def peak_memory(self) -> tuple[int | None, str]:
         """The most specific peak memory figure and its source: this process's VRAM (NVML), the whole
@@ -154,7 +158,8 @@ def _max_or_none(values: list[int | None]) -> int | None:
 
 
 def summarize_mode(cell: str, mode: str, runs: list[RunRecord]) -> ModeSummary:
-    latency = summarize([run.latency_s for run in runs])
+    latencies = [run.latency_s for run in runs]
+    latency = summarize(latencies)
     ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
     memory = {name: _max_or_none([getattr(run, name) for run in runs]) for name in MEMORY_FIELDS}
     # The baseline is what was in use before the run: the smallest is the fairest "before".
@@ -174,6 +179,7 @@ def summarize_mode(cell: str, mode: str, runs: list[RunRecord]) -> ModeSummary:
         early_token_ms=_median_or_none([token_gaps_ms(r.token_times_s, 0.0, 0.1) for r in runs]),
         late_token_ms=_median_or_none([token_gaps_ms(r.token_times_s, 0.9, 1.0) for r in runs]),
         **memory,
+        outlier_runs=[runs[i].run for i in outlier_indices(latencies)],
     )
 
 
@@ -195,11 +201,13 @@ def to_dict(result: BenchmarkResult) -> dict[str, Any]:
 
 
 def runs_frame(result: BenchmarkResult):
-    """The runs as a pandas DataFrame, one row per measured generate(), without per-token times."""
+    """The runs as a pandas DataFrame, one row per measured generate(), without the nested per-token
+    times and per-device memory (those are in the JSON file)."""
     import pandas as pd
 
-    rows = [{k: v for k, v in asdict(run).items() if k != "token_times_s"} for run in result.runs]
-    columns = [f.name for f in fields(RunRecord) if f.name != "token_times_s"]
+    nested = ("token_times_s", "per_device")
+    rows = [{k: v for k, v in asdict(run).items() if k not in nested} for run in result.runs]
+    columns = [f.name for f in fields(RunRecord) if f.name not in nested]
     return pd.DataFrame(rows, columns=columns)
 
 

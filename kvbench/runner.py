@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from kvbench import __version__
-from kvbench.config import BenchConfig, Cell, config_to_dict, expand, validate
+from kvbench.config import BenchConfig, Cell, config_to_dict, expand, run_limits, validate
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
 from kvbench.memory import MemoryProbe
+from kvbench.stats import relative_standard_error
 from kvbench.results import (
     BenchmarkResult,
     CellResult,
@@ -28,7 +29,10 @@ from kvbench.results import (
 # Cell states that --resume keeps rather than measures again.
 FINISHED_STATES = ("measured", "skipped", "oom")
 # Settings that must agree for --resume to add to an existing file.
-RESUME_MUST_MATCH = ("weights", "prompt", "prompt_tokens", "modes", "runs", "warmup", "device", "seed")
+RESUME_MUST_MATCH = (
+    "weights", "prompt", "prompt_tokens", "modes", "runs", "target_rse", "min_runs", "max_runs", "warmup",
+    "device", "seed",
+)
 
 
 class Observer:
@@ -132,9 +136,8 @@ class Benchmark:
         if resume:
             self._carry_over_finished_cells()
         self._prepare_models()
-        self.probe = MemoryProbe(self.device, config.sample_interval_ms / 1000, config.memory_sampling)
-        self.result.unmeasured = dict(self.probe.unavailable)
         self._loaded: tuple[tuple[str, str, str], Any] | None = None
+        self.probe: MemoryProbe | None = None
 
     def _carry_over_finished_cells(self) -> None:
         if self.output is None:
@@ -142,10 +145,13 @@ class Benchmark:
         if not self.output.exists():
             return
         previous = read_result(self.output)
+        defaults = BenchConfig()
         for key in RESUME_MUST_MATCH:
-            if previous.config.get(key) != getattr(self.config, key):
+            # A setting the file predates had its default value then.
+            before = previous.config.get(key, getattr(defaults, key))
+            if before != getattr(self.config, key):
                 raise KvbenchError(
-                    f"--resume: {self.output} was made with {key}={previous.config.get(key)!r}, not"
+                    f"--resume: {self.output} was made with {key}={before!r}, not"
                     f" {getattr(self.config, key)!r}; use the same settings or a new --output"
                 )
         kept = {cell.id: cell for cell in previous.cells if cell.status in FINISHED_STATES}
@@ -184,7 +190,7 @@ class Benchmark:
 
     def run(self) -> BenchmarkResult:
         pending = self._pending()
-        per_cell = (self.config.runs + self.config.warmup) * len(self.config.modes)
+        per_cell = (run_limits(self.config)[1] + self.config.warmup) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
         self.save()
         try:
@@ -214,8 +220,13 @@ class Benchmark:
                 attn_implementation=cell.attn_implementation,
                 device=self.device,
                 seed=self.config.seed,
+                device_map=self.config.device_map,
             )
             self._loaded = (key, loaded)
+            # Memory is measured on every device the model occupies, known only once it is loaded.
+            self.probe = MemoryProbe(
+                loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling
+            )
         return self._loaded[1]
 
     def _free_memory(self) -> None:
@@ -241,7 +252,7 @@ class Benchmark:
         )
         record.status = "incomplete"
         try:
-            self._measure_cell(cell, record, loaded.model, ids)
+            self._measure_cell(cell, record, loaded, ids)
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
             if _is_out_of_memory(error):
                 record.status = "oom"
@@ -259,17 +270,18 @@ class Benchmark:
             return
         record.status = "measured"
 
-    def _measure_cell(self, cell: Cell, record: CellResult, model: Any, ids: Any) -> None:
+    def _measure_cell(self, cell: Cell, record: CellResult, loaded: Any, ids: Any) -> None:
         import torch
 
         from kvbench.timing import make_timer
 
         config = self.config
-        input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(self.device)
+        model, devices = loaded.model, loaded.devices
+        input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(devices[0])
         attention_mask = torch.ones_like(input_ids)
         pad_token_id = _pad_token_id(model)
         clock = TokenClock(self.observer.token)
-        timed = make_timer(self.device)
+        timed = make_timer(devices)
 
         def generate(mode: str) -> Any:
             kwargs: dict[str, Any] = {}
@@ -296,10 +308,13 @@ class Benchmark:
                 self.observer.generation_finished()
 
         first_outputs: dict[str, Any] = {}
+        fewest, most = run_limits(config)
         # Interleaved (cached, uncached, cached, ...) so drift in the machine's speed hits both modes alike.
-        for run in range(config.runs):
+        for run in range(most):
+            if run >= fewest and self._precise_enough(cell, record):
+                break
             for mode in config.modes:
-                self.observer.generation_started(f"{mode} {run + 1}/{config.runs}", cell.max_new_tokens)
+                self.observer.generation_started(f"{mode} {run + 1}/{most}", cell.max_new_tokens)
                 self.probe.start()
                 output, latency_s = timed(lambda: generate(mode))
                 memory = self.probe.stop()
@@ -328,10 +343,29 @@ class Benchmark:
                 self.result.unmeasured = dict(self.probe.unavailable)
                 self.save()
                 self.observer.generation_finished()
+        else:
+            if config.target_rse is not None and not self._precise_enough(cell, record):
+                record.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
         if len(first_outputs) == 2:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
             record.outputs_match = divergence is None
             record.first_divergence = divergence
+
+
+    def _precise_enough(self, cell: Cell, record: CellResult) -> bool:
+        """With --target-rse: whether every mode's mean is already known closely enough."""
+        target = self.config.target_rse
+        if target is None:
+            return False
+        errors = [
+            relative_standard_error([r.latency_s for r in self.result.runs_of(cell.id, mode)])
+            for mode in self.config.modes
+        ]
+        if all(error is not None and error <= target for error in errors):
+            worst = max(e for e in errors if e is not None)
+            record.stop_reason = f"every mode within the target RSE {target:.1%} (worst {worst:.2%})"
+            return True
+        return False
 
 
 def _pad_token_id(model: Any) -> int:

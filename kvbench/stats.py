@@ -40,6 +40,24 @@ def relative_standard_error(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
 
 
+# Iglewicz and Hoaglin's cut-off for the modified z-score: beyond it a value is an outlier.
+OUTLIER_Z = 3.5
+
+
+def outlier_indices(values: Sequence[float], threshold: float = OUTLIER_Z) -> list[int]:
+    """Indices of values whose modified z-score, 0.6745 (x - median) / MAD, exceeds the threshold.
+    Median-based, so one wild value (a first-run compile, a stall) cannot hide itself by inflating
+    the spread. Needs five values (with fewer, the MAD is one of two gaps and flags too eagerly), and
+    none are flagged when most values are equal (MAD = 0)."""
+    if len(values) < 5:
+        return []
+    median = statistics.median(values)
+    mad = statistics.median(abs(v - median) for v in values)
+    if mad == 0:
+        return []
+    return [i for i, v in enumerate(values) if 0.6745 * abs(v - median) / mad > threshold]
+
+
 @dataclass(frozen=True)
 class RatioTest:
     """mean(a) / mean(b), its confidence interval, and Welch's t-test of the difference."""

@@ -8,14 +8,16 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def make_timer(device: str) -> Callable[[Callable[[], T]], tuple[T, float]]:
+def make_timer(devices: list[str]) -> Callable[[Callable[[], T]], tuple[T, float]]:
     """Returns timed(fn) -> (fn's result, seconds). On CUDA, kernels still queued would otherwise
-    finish outside the timed span, so the device is synchronised before starting and before stopping."""
-    if device.startswith("cuda"):
+    finish outside the timed span, so every GPU in use is synchronised before starting and stopping."""
+    gpus = [device for device in devices if device.startswith("cuda")]
+    if gpus:
         import torch
 
         def synchronize() -> None:
-            torch.cuda.synchronize(device)
+            for device in gpus:
+                torch.cuda.synchronize(device)
     else:
 
         def synchronize() -> None:

@@ -7,8 +7,8 @@ from kvbench.memory import MemoryProbe, NvmlSampler, PeakRss, open_nvml
 
 def test_nvml_missing_library_is_reported_not_raised(fake_nvml):
     fake_nvml(available=False)
-    module, handle, reason = open_nvml("cuda:0")
-    assert module is None and handle is None
+    module, handles, reason = open_nvml(["cuda:0"])
+    assert module is None and handles == {}
     assert reason == "NVML is unavailable (NVML Shared Library Not Found)"
 
 
@@ -20,12 +20,12 @@ def test_real_pynvml_on_this_machine_reports_why(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.setattr("kvbench.memory._nvml_handle", lambda nvml, device: None)
-    _, _, reason = open_nvml("cuda:0")
+    _, _, reason = open_nvml(["cuda:0"])
     assert reason is not None and "NVML" in reason
 
 
 def test_cpu_probe_says_what_it_cannot_measure():
-    probe = MemoryProbe("cpu", interval_s=0.01)
+    probe = MemoryProbe(["cpu"], interval_s=0.01)
     assert "not a CUDA GPU" in probe.unavailable["vram"]
     assert "not a CUDA GPU" in probe.unavailable["torch_cuda_peaks"]
     probe.start()
@@ -35,7 +35,7 @@ def test_cpu_probe_says_what_it_cannot_measure():
 
 
 def test_sampler_can_be_turned_off():
-    probe = MemoryProbe("cpu", interval_s=0.01, sample_vram=False)
+    probe = MemoryProbe(["cpu"], interval_s=0.01, sample_vram=False)
     assert "turned off" in probe.unavailable["vram"]
 
 
@@ -43,7 +43,7 @@ def test_sampler_records_baseline_peak_and_process_memory(fake_nvml):
     import time
 
     fake = fake_nvml(used=[100, 300, 700, 200], process_bytes=50)
-    sampler = NvmlSampler(fake, "gpu0", interval_s=0.001)
+    sampler = NvmlSampler(fake, {"cuda:0": "gpu0"}, interval_s=0.001)
     sampler.start()
     deadline = time.monotonic() + 5
     while fake.calls < 4 and time.monotonic() < deadline:
@@ -58,7 +58,7 @@ def test_sampler_records_baseline_peak_and_process_memory(fake_nvml):
 
 def test_sampler_explains_a_process_it_cannot_see(fake_nvml):
     fake = fake_nvml(used=[100])
-    sampler = NvmlSampler(fake, "gpu0", interval_s=0.001, pid=-1)
+    sampler = NvmlSampler(fake, {"cuda:0": "gpu0"}, interval_s=0.001, pid=-1)
     sampler.start()
     sampler.stop()
     assert sampler.peak_process_bytes is None
@@ -77,3 +77,14 @@ def test_peak_rss_resets_between_runs():
     rss.reset()
     low = rss.peak_bytes()
     assert high - low > 150 * 2**20
+
+
+def test_sampler_covers_every_gpu_a_model_spans(fake_nvml):
+    fake = fake_nvml(used=[100, 200, 500, 300], process_bytes=40)
+    sampler = NvmlSampler(fake, {"cuda:0": "gpu0", "cuda:1": "gpu1"}, interval_s=60)
+    sampler.start()  # baselines: 100 (gpu0), 200 (gpu1)
+    sampler.stop()  # the final sample: 500 (gpu0), 300 (gpu1)
+    assert sampler.baseline == {"cuda:0": 100, "cuda:1": 200}
+    assert sampler.peak == {"cuda:0": 500, "cuda:1": 300}
+    assert (sampler.baseline_bytes, sampler.peak_device_bytes) == (300, 800)
+    assert sampler.peak_process_bytes == 80  # this process on both GPUs

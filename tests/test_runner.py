@@ -167,10 +167,10 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_llama_dir, monkeyp
 
     original = runner.Benchmark._measure_cell
 
-    def measure(self, cell, record, model, ids):
+    def measure(self, cell, record, loaded, ids):
         if cell.batch_size == 2:
             raise MemoryError("simulated")
-        return original(self, cell, record, model, ids)
+        return original(self, cell, record, loaded, ids)
 
     monkeypatch.setattr(runner.Benchmark, "_measure_cell", measure)
     result = run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1))
@@ -184,3 +184,31 @@ def test_context_overflow_is_caught_before_any_generation(tiny_gpt2_dir):
     with pytest.raises(KvbenchError, match="exceeds its context of 64 tokens; use --max-new-tokens 59"):
         run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[8, 60]), observer=recorder)
     assert recorder.labels == []
+
+
+def test_target_rse_stops_once_precise_enough(tiny_gpt2_dir):
+    loose = run_benchmark(tiny_config(tiny_gpt2_dir, target_rse=0.9, min_runs=3, max_runs=8))
+    assert len(loose.runs_of(loose.cells[0].id, "cached")) == 3
+    assert "within the target RSE 90.0%" in loose.cells[0].stop_reason
+
+
+def test_target_rse_gives_up_at_max_runs(tiny_gpt2_dir):
+    strict = run_benchmark(tiny_config(tiny_gpt2_dir, target_rse=1e-9, min_runs=2, max_runs=4))
+    assert len(strict.runs_of(strict.cells[0].id, "uncached")) == 4
+    assert "most runs (4)" in strict.cells[0].stop_reason
+
+
+def test_device_map_path_runs_and_records_placement(tiny_llama_dir):
+    """On a machine without GPUs accelerate places everything on the CPU; the same code path spreads a
+    model over GPUs where there are several (tests/test_gpu.py)."""
+    result = run_benchmark(tiny_config(tiny_llama_dir, device_map="auto", runs=1))
+    model = result.cells[0].model
+    assert result.cells[0].status == "measured"
+    assert model["device_map"] and model["devices"][0] in ("cpu", "cuda:0")
+    assert all(run.new_tokens == 8 for run in result.runs)
+
+
+def test_device_map_with_random_weights(tiny_llama_dir):
+    result = run_benchmark(tiny_config(tiny_llama_dir, device_map="sequential", weights="random", runs=1))
+    assert result.cells[0].model["weights"] == "random"
+    assert result.cells[0].model["device_map"]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kvbench.stats import compare_means, relative_standard_error, summarize
+from kvbench.stats import compare_means, outlier_indices, relative_standard_error, summarize
 
 
 def test_summary_of_a_hand_worked_sample():
@@ -58,3 +58,12 @@ def test_too_few_runs_give_a_ratio_but_no_verdict():
     test = compare_means([1.0], [2.0, 2.1])
     assert test.ratio == pytest.approx(1 / 2.05)
     assert test.p_value is None and test.low is None
+
+
+def test_outliers_by_modified_z_score():
+    # median 1.05; absolute deviations 0.05, 0.05, 0.15, 0, 3.95 -> MAD 0.05;
+    # z(5.0) = 0.6745 * 3.95 / 0.05 = 53.3 (outlier), z(0.9) = 0.6745 * 0.15 / 0.05 = 2.02 (not).
+    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 5.0]) == [4]
+    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 1.02]) == []
+    assert outlier_indices([1.0, 1.1, 9.0, 1.05]) == []  # too few to tell
+    assert outlier_indices([1.0, 1.0, 1.0, 1.0, 2.0]) == []  # MAD 0
