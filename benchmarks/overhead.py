@@ -2,7 +2,8 @@
 
     python benchmarks/overhead.py [--device cpu] [--model gpt2] [--new-tokens 48] [--rounds 4]
 
-Each round times RUNS bare generate() calls per mode, then a kvbench run of RUNS per mode, on the same
+Each round times RUNS bare generate() calls per mode and a kvbench run of RUNS per mode (alternating
+which goes first), on the same
 architecture with the same seeded random weights and generation settings. kvbench's mean should be
 within 2% of the bare loop's: what it adds (a per-token streamer, memory probes outside the timed span)
 must not show in the numbers it reports.
@@ -67,12 +68,22 @@ def main() -> None:
     bare_times(loaded.model, input_ids, args.new_tokens, "cached", 1, pad, sync)  # warm up
     bare: dict[str, list[float]] = {"cached": [], "uncached": []}
     measured: dict[str, list[float]] = {"cached": [], "uncached": []}
-    for _ in range(args.rounds):
-        for mode in bare:
-            bare[mode] += bare_times(loaded.model, input_ids, args.new_tokens, mode, args.runs, pad, sync)
+    def time_bare() -> None:
+        # Modes interleaved run by run, as kvbench runs them.
+        for _ in range(args.runs):
+            for mode in bare:
+                bare[mode] += bare_times(loaded.model, input_ids, args.new_tokens, mode, 1, pad, sync)
+
+    def time_kvbench() -> None:
         result = run_benchmark(config)
         for mode in measured:
             measured[mode] += [run.latency_s for run in result.runs_of(result.cells[0].id, mode)]
+
+    for round_index in range(args.rounds):
+        # Alternate which goes first, so a machine that speeds up or slows down favours neither.
+        order = (time_bare, time_kvbench) if round_index % 2 == 0 else (time_kvbench, time_bare)
+        for timing in order:
+            timing()
 
     print(f"{args.model} on {device}, {args.new_tokens} new tokens, {args.rounds} rounds x {args.runs} runs per mode")
     worst = 0.0

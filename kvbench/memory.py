@@ -1,4 +1,5 @@
-"""Memory measured around one generate(): NVML VRAM samples, torch allocator peaks and peak RSS.
+"""Memory measured around one generate(): NVML VRAM samples (from a separate process), torch allocator
+peaks and peak RSS.
 
 Each source that cannot be read says why, so a run on a machine without a GPU still completes and
 reports what it did not measure.
@@ -6,11 +7,12 @@ reports what it did not measure.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 import re
-import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 _PROC_STATUS = "/proc/self/status"
 _PROC_CLEAR_REFS = "/proc/self/clear_refs"
@@ -60,68 +62,79 @@ class PeakRss:
         return None if self.unavailable else self._read_hwm()
 
 
-def open_nvml(devices: list[str]) -> tuple[Any, dict[str, Any], str | None]:
-    """(pynvml module, {device: handle}, None) or (None, {}, the reason NVML cannot be used)."""
+def nvml_identities(devices: list[str]) -> tuple[dict[str, str | int], str | None]:
+    """({device: NVML identity}, None), or ({}, the reason NVML cannot be used). NVML numbers GPUs
+    physically while CUDA_VISIBLE_DEVICES renumbers them for torch, so GPUs are named by UUID."""
     gpus = [device for device in devices if device.startswith("cuda")]
     if not gpus:
-        return None, {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
+        return {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
     try:
         import pynvml
     except ImportError:
-        return None, {}, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+        return {}, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
     try:
         pynvml.nvmlInit()
-        return pynvml, {device: _nvml_handle(pynvml, device) for device in gpus}, None
     except pynvml.NVMLError as error:
-        return None, {}, f"NVML is unavailable ({error})"
-
-
-def _nvml_handle(pynvml: Any, device: str) -> Any:
-    """NVML numbers GPUs physically while CUDA_VISIBLE_DEVICES renumbers them for torch: match by UUID."""
+        return {}, f"NVML is unavailable ({error})"
     import torch
 
-    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    if uuid is not None:
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-        except pynvml.NVMLError:
-            pass
-    return pynvml.nvmlDeviceGetHandleByIndex(index)
+    identities: dict[str, str | int] = {}
+    for device in gpus:
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        identities[device] = f"GPU-{uuid}" if uuid is not None else index
+    return identities, None
 
 
-class NvmlSampler:
-    """Samples device-wide and this process's VRAM, on every GPU a model spans, on a background thread
-    at a fixed interval.
+def open_nvml(identities: dict[str, str | int]) -> tuple[Any, dict[str, Any]]:
+    """pynvml and a handle per device; runs in the sampling process, which never imports torch."""
+    import pynvml
 
-    A thread, not a process: NVML calls go through ctypes, which releases the GIL, and each sample costs
-    microseconds against an interval of milliseconds (benchmarks/sampler_overhead.py measures the cost).
-    """
+    pynvml.nvmlInit()
+    handles = {}
+    for device, identity in identities.items():
+        if isinstance(identity, str):
+            handles[device] = pynvml.nvmlDeviceGetHandleByUUID(identity)
+        else:
+            handles[device] = pynvml.nvmlDeviceGetHandleByIndex(identity)
+    return pynvml, handles
 
-    def __init__(self, pynvml: Any, handles: dict[str, Any], interval_s: float, pid: int | None = None) -> None:
-        self._nvml = pynvml
-        self._handles = handles
-        self.interval_s = interval_s
-        self._pid = os.getpid() if pid is None else pid
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.process_unavailable: str | None = None
-        self._reset()
 
-    def _reset(self) -> None:
-        self.baseline: dict[str, int] = {}
-        self.peak: dict[str, int] = {device: 0 for device in self._handles}
-        self.peak_process_bytes: int | None = None
-        self.samples = 0
+@dataclass
+class SamplerReading:
+    """What the sampler saw during one generate(), per device."""
+
+    baseline: dict[str, int]
+    peak: dict[str, int]
+    peak_process_bytes: int | None  # this process's VRAM on all its devices, at its highest
+    samples: int
+    process_unavailable: str | None
 
     @property
-    def baseline_bytes(self) -> int | None:
-        return sum(self.baseline.values()) if self.baseline else None
+    def baseline_bytes(self) -> int:
+        return sum(self.baseline.values())
 
     @property
     def peak_device_bytes(self) -> int:
         """The sum of each device's own peak."""
         return sum(self.peak.values())
+
+
+class NvmlSampler:
+    """Device-wide and per-process VRAM readings on every GPU a model spans: a baseline, then peaks."""
+
+    def __init__(self, pynvml: Any, handles: dict[str, Any], pid: int) -> None:
+        self._nvml = pynvml
+        self._handles = handles
+        self._pid = pid
+
+    def begin(self) -> None:
+        """Start a measurement: read the baseline, forget the last peaks."""
+        self.baseline = {device: self._used(handle) for device, handle in self._handles.items()}
+        self.peak = dict(self.baseline)
+        self.peak_process_bytes: int | None = None
+        self.process_unavailable: str | None = None
+        self.samples = 0
 
     def _used(self, handle: Any) -> int:
         return self._nvml.nvmlDeviceGetMemoryInfo(handle).used
@@ -143,7 +156,7 @@ class NvmlSampler:
         )
         return None
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         process_total: int | None = 0
         for device, handle in self._handles.items():
             self.peak[device] = max(self.peak[device], self._used(handle))
@@ -153,23 +166,74 @@ class NvmlSampler:
             self.peak_process_bytes = max(self.peak_process_bytes or 0, process_total)
         self.samples += 1
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
+    def reading(self) -> SamplerReading:
+        return SamplerReading(
+            dict(self.baseline), dict(self.peak), self.peak_process_bytes, self.samples, self.process_unavailable
+        )
+
+
+class SamplerUnavailable(Exception):
+    pass
+
+
+def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], pid: int, interval_s: float) -> None:
+    """The sampling process: on "start" take a baseline, sample every interval until "stop", reply."""
+    try:
+        nvml, handles = opener()
+        sampler = NvmlSampler(nvml, handles, pid)
+    except Exception as error:  # noqa: BLE001 - any failure to open is reported, not raised, over the pipe
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    conn.send(("ready", None))
+    while conn.recv() == "start":
+        sampler.begin()
+        conn.send("started")
+        while not conn.poll(interval_s):
+            sampler.sample()
+        conn.recv()
+        # One last sample, so a generate() shorter than the interval still has a peak.
+        sampler.sample()
+        conn.send(sampler.reading())
+
+
+class SamplingProcess:
+    """Samples VRAM from a separate process at a fixed interval while generate() runs.
+
+    A process, not a thread: generate() is Python-bound between GPU kernels, and a sampling thread would
+    take the GIL from it at every sample; a process takes nothing but a core, which GPU hosts have to
+    spare. On a 2-core CPU, with no core to spare, benchmarks/sampler_overhead.py measured the two designs
+    within each other's noise, each slowing generation by a few percent (benchmarks/README.md).
+    """
+
+    def __init__(self, opener: Callable[[], tuple[Any, dict[str, Any]]], interval_s: float, pid: int | None = None) -> None:
+        # spawn, not fork: forking a process that holds CUDA state is unsafe.
+        context = multiprocessing.get_context("spawn")
+        self.interval_s = interval_s
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_sampling_loop,
+            args=(child, opener, os.getpid() if pid is None else pid, interval_s),
+            name="kvbench-memory-sampler",
+            daemon=True,
+        )
+        self._process.start()
+        status, reason = self._conn.recv()
+        if status != "ready":
+            self._process.join()
+            raise SamplerUnavailable(reason)
 
     def start(self) -> None:
-        self._reset()
-        self.baseline = {device: self._used(handle) for device, handle in self._handles.items()}
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="kvbench-nvml", daemon=True)
-        self._thread.start()
+        self._conn.send("start")
+        self._conn.recv()  # the baseline is taken before generation begins
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        # One last sample so a generate shorter than the interval still has a peak.
-        self._sample()
+    def stop(self) -> SamplerReading:
+        self._conn.send("stop")
+        return self._conn.recv()
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send("exit")
+            self._process.join(timeout=5)
 
 
 class MemoryProbe:
@@ -184,15 +248,18 @@ class MemoryProbe:
         self._gpus = [device for device in devices if device.startswith("cuda")]
         if not self._gpus:
             self.unavailable["torch_cuda_peaks"] = f"the device is {', '.join(devices)}, not a CUDA GPU"
-        self._sampler: NvmlSampler | None = None
+        self._sampler: SamplingProcess | None = None
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
-        pynvml, handles, reason = open_nvml(devices)
+        identities, reason = nvml_identities(devices)
+        if reason is None:
+            try:
+                self._sampler = SamplingProcess(functools.partial(open_nvml, identities), interval_s)
+            except SamplerUnavailable as error:
+                reason = f"the NVML sampling process could not start ({error})"
         if reason is not None:
             self.unavailable["vram"] = reason
-        else:
-            self._sampler = NvmlSampler(pynvml, handles, interval_s)
 
     def start(self) -> None:
         self._rss.reset()
@@ -216,16 +283,21 @@ class MemoryProbe:
             reading.torch_peak_allocated_bytes = sum(d["torch_peak_allocated_bytes"] for d in per_device.values())
             reading.torch_peak_reserved_bytes = sum(d["torch_peak_reserved_bytes"] for d in per_device.values())
         if self._sampler is not None:
-            self._sampler.stop()
-            reading.vram_device_baseline_bytes = self._sampler.baseline_bytes
-            reading.vram_device_peak_bytes = self._sampler.peak_device_bytes
-            reading.vram_process_peak_bytes = self._sampler.peak_process_bytes
-            reading.vram_samples = self._sampler.samples
+            sampled = self._sampler.stop()
+            reading.vram_device_baseline_bytes = sampled.baseline_bytes
+            reading.vram_device_peak_bytes = sampled.peak_device_bytes
+            reading.vram_process_peak_bytes = sampled.peak_process_bytes
+            reading.vram_samples = sampled.samples
             for device in self._gpus:
-                per_device[device]["vram_device_baseline_bytes"] = self._sampler.baseline.get(device)
-                per_device[device]["vram_device_peak_bytes"] = self._sampler.peak.get(device)
-            if self._sampler.process_unavailable:
-                self.unavailable["vram_process"] = self._sampler.process_unavailable
+                per_device[device]["vram_device_baseline_bytes"] = sampled.baseline.get(device)
+                per_device[device]["vram_device_peak_bytes"] = sampled.peak.get(device)
+            if sampled.process_unavailable:
+                self.unavailable["vram_process"] = sampled.process_unavailable
         if len(per_device) > 1:
             reading.per_device = per_device
         return reading
+
+    def close(self) -> None:
+        """End the sampling process (it would also end with this one)."""
+        if self._sampler is not None:
+            self._sampler.close()

@@ -43,8 +43,6 @@ class ResolvedConfig:
     notes: list[str] = field(default_factory=list)
 
 
-
-
 def shipped_configs() -> dict[str, Path]:
     return {path.stem: path for path in sorted(SHIPPED_CONFIG_DIR.glob("*.json"))}
 

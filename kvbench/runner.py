@@ -203,6 +203,9 @@ class Benchmark:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
             self.save()
             raise
+        finally:
+            if self.probe is not None:
+                self.probe.close()
         self.result.complete = True
         self.save()
         return self.result
@@ -224,6 +227,8 @@ class Benchmark:
             )
             self._loaded = (key, loaded)
             # Memory is measured on every device the model occupies, known only once it is loaded.
+            if self.probe is not None:
+                self.probe.close()
             self.probe = MemoryProbe(
                 loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling
             )

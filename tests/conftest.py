@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 from kvbench.config import BenchConfig, Cell
 from kvbench.results import BenchmarkResult, CellResult, RunRecord, summarize_result
+from tests.fakes import FakeNvml
 
 TOKENIZER_WORDS = ["<unk>", "<eos>", "what", "is", "kv", "caching", "?"]
 
@@ -124,42 +124,6 @@ def make_result(
             )
     result.summary = summarize_result(result)
     return result
-
-
-class FakeNvml(types.ModuleType):
-    """The slice of pynvml that kvbench calls, answering like one GPU with this process on it."""
-
-    class NVMLError(Exception):
-        pass
-
-    class NVMLError_LibraryNotFound(NVMLError):
-        def __str__(self) -> str:
-            return "NVML Shared Library Not Found"
-
-    def __init__(self, available: bool = True, used: list[int] | None = None, process_bytes: int = 0):
-        super().__init__("pynvml")
-        self.available = available
-        self.used = list(used or [100])
-        self.process_bytes = process_bytes
-        self.calls = 0
-
-    def nvmlInit(self) -> None:
-        if not self.available:
-            raise self.NVMLError_LibraryNotFound()
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
-        return f"gpu{index}"
-
-    def nvmlDeviceGetMemoryInfo(self, handle: str):
-        # Walks through the scripted readings, then stays on the last one.
-        value = self.used[min(self.calls, len(self.used) - 1)]
-        self.calls += 1
-        return types.SimpleNamespace(used=value, total=80 * 2**30, free=80 * 2**30 - value)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: str):
-        import os
-
-        return [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=self.process_bytes)]
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ skipped elsewhere."""
 
 import pytest
 
-from kvbench.memory import MemoryProbe, open_nvml
+from kvbench.memory import MemoryProbe, nvml_identities, open_nvml
 from kvbench.runner import run_benchmark
 from tests.conftest import tiny_config
 
@@ -11,8 +11,9 @@ pytestmark = pytest.mark.gpu
 
 
 def test_nvml_opens_on_the_gpu():
-    module, handles, reason = open_nvml(["cuda:0"])
+    identities, reason = nvml_identities(["cuda:0"])
     assert reason is None
+    module, handles = open_nvml(identities)
     assert module.nvmlDeviceGetMemoryInfo(handles["cuda:0"]).total > 0
 
 
@@ -55,6 +56,7 @@ def test_probe_reads_real_nvml():
     block = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda:0")
     torch.cuda.synchronize()
     reading = probe.stop()
+    probe.close()
     del block
     assert reading.torch_peak_allocated_bytes >= 256 * 2**20
     assert reading.vram_device_peak_bytes > 0
