@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from kvbench.errors import KvbenchError
+from kvbench.report import output_console
 
 app = typer.Typer(
     help=(
@@ -25,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console(width=160) if not Console().is_terminal else Console()
+stdout = output_console()
 stderr = Console(stderr=True)
 
 EXIT_USER_ERROR = 2

@@ -155,11 +155,9 @@ def _align(
     spare_other = [key for key in other if key not in base]
     warnings = []
     for key in spare_other:
-        def same(k: MeasurementKey) -> bool:
-            return (k.model, k.mode) == (key.model, key.mode)
-
-        candidates = [k for k in spare_base if same(k)]
-        if len(candidates) == 1 and sum(same(k) for k in spare_other) == 1:
+        kind = (key.model, key.mode)
+        candidates = [k for k in spare_base if (k.model, k.mode) == kind]
+        if len(candidates) == 1 and sum((k.model, k.mode) == kind for k in spare_other) == 1:
             target = candidates[0]
             mapping[key] = target
             differs = ", ".join(
@@ -189,8 +187,11 @@ def compare_results(
     row_keys = list(base)
     placed: list[dict[MeasurementKey, MeasurementKey]] = []
     for index, found in enumerate(measured):
-        mapping, notes = _align(base, found, files[index].label) if index != base_index else ({k: k for k in found}, [])
-        warnings += notes
+        if index == base_index:
+            mapping = {key: key for key in found}
+        else:
+            mapping, notes = _align(base, found, files[index].label)
+            warnings += notes
         for key in found:
             if key not in mapping:
                 mapping[key] = key

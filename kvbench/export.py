@@ -35,7 +35,8 @@ def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     files, base = comparison.files, comparison.baseline
     headers = ["measurement"]
     for loaded in files:
-        headers += [f"{loaded.label} mean ± std (s)", f"{loaded.label} peak mem"]
+        label = loaded.label if loaded.result.complete else f"{loaded.label} (incomplete)"
+        headers += [f"{label} mean ± std (s)", f"{label} peak mem"]
     others = [i for i in range(len(files)) if i != base]
     headers += [f"{files[i].label} vs {files[base].label}" for i in others]
     rows = []

@@ -103,6 +103,7 @@ def test_mismatched_files_are_compared_with_warnings(tmp_path):
     assert "'prompt' differs" in text
     assert "b is incomplete" in text
     assert all(record["complete"] is False for record in records(comparison) if record["label"] == "b")
+    assert "b (incomplete) mean ± std (s)" in timing_grid(comparison)[0]
 
 
 def test_a_directory_stands_for_its_results_files(tmp_path):
