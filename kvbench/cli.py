@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from contextlib import contextmanager
 from datetime import datetime
@@ -223,6 +224,10 @@ def command_line(config_file: Optional[Path], overrides: dict, resume: bool) -> 
     return shlex.join(words)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
     from kvbench.report import print_result
 
@@ -237,6 +242,8 @@ def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
         transformers_logging.disable_progress_bar()
         display = ProgressDisplay(stderr)
         benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+    # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, saying where the finished runs are.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with display.progress:
             result = benchmark.run()
@@ -244,6 +251,8 @@ def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
         stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are saved in {path} (marked incomplete).")
         print_result(benchmark.result, stdout)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print_result(result, stdout)
     stdout.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
     if any(cell.status == "error" for cell in result.cells):

@@ -185,15 +185,18 @@ def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], 
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
     conn.send(("ready", None))
-    while conn.recv() == "start":
-        sampler.begin()
-        conn.send("started")
-        while not conn.poll(interval_s):
+    try:
+        while conn.recv() == "start":
+            sampler.begin()
+            conn.send("started")
+            while not conn.poll(interval_s):
+                sampler.sample()
+            conn.recv()
+            # One last sample, so a generate() shorter than the interval still has a peak.
             sampler.sample()
-        conn.recv()
-        # One last sample, so a generate() shorter than the interval still has a peak.
-        sampler.sample()
-        conn.send(sampler.reading())
+            conn.send(sampler.reading())
+    except (EOFError, OSError):
+        pass  # the measuring process has gone (killed, or interrupted): so does its sampler
 
 
 class SamplingProcess:

@@ -205,9 +205,10 @@ def _from_hub(hub_id: str, weights: str, fallback: Path | None) -> ResolvedConfi
         reason = "the hub is unreachable and it is not in the local cache" if not online else str(error)
         if weights == "auto" and fallback is not None:
             resolved = _random_from_file(fallback, "shipped")
+            why = "hub unreachable, not cached" if not online else "not loadable from the hub"
             resolved.notes.append(
-                f"pretrained weights for {hub_id} unavailable ({reason}): RANDOM weights from the shipped"
-                f" config {fallback.name} (same architecture, so the same timing)"
+                f"{hub_id}: no pretrained weights ({why}), so RANDOM weights from configs/models/"
+                f"{fallback.name}: the same architecture, so the same timing"
             )
             return resolved
         available = ", ".join(shipped_configs()) or "none"

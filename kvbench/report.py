@@ -221,7 +221,7 @@ def output_console(stderr: bool = False) -> Console:
     at 80 columns), so they paste into an issue as they looked."""
     console = Console(stderr=stderr)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=160)
+        console = Console(stderr=stderr, width=240)
     return console
 
 

@@ -169,3 +169,28 @@ def test_show_flags_outliers(tmp_path):
     result = invoke("show", path)
     assert "outlier in cached: run 5 (5.000 s) against a median of 1.050 s" in result.stdout
     assert "outlier in uncached" not in result.stdout
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_the_finished_runs(tmp_path):
+    """A cancelled CI job sends SIGTERM: the finished runs must be saved and the exit code say so."""
+    import signal
+    import time
+
+    output = tmp_path / "cancelled.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvbench", "run", "-m", "tiny-gpt2", "--max-new-tokens", "200",
+         "--runs", "100000", "--warmup", "0", "--device", "cpu", "-o", str(output)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if output.exists() and json.loads(output.read_text())["runs"]:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Interrupted." in stderr and "Traceback" not in stderr
+    data = json.loads(output.read_text())
+    assert data["complete"] is False and data["runs"]
+    assert "INCOMPLETE" in stdout
