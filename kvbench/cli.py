@@ -111,7 +111,7 @@ def run(
         "--model",
         "-m",
         help="Hub id, local model directory, or a config shipped in configs/models (gpt2, tinyllama-1.1b,"
-        " tiny-gpt2, tiny-llama). Repeat to sweep. [default: gpt2]",
+        " tiny-gpt2, tiny-llama). Repeat to sweep. \\[default: gpt2]",
     ),
     config_file: Optional[Path] = typer.Option(
         None, "--config", "-c", help="TOML experiment file; options given here override it."
@@ -119,55 +119,63 @@ def run(
     weights: Optional[str] = typer.Option(
         None,
         help="auto: real weights if they can be loaded, else random weights of the same architecture;"
-        " pretrained: real or fail; random: always random. [default: auto]",
+        " pretrained: real or fail; random: always random. \\[default: auto]",
     ),
-    prompt: Optional[str] = typer.Option(None, help="Prompt text. [default: \"What is KV caching?\"]"),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text. \\[default: \"What is KV caching?\"]"),
     prompt_tokens: Optional[int] = typer.Option(
         None, help="Use N seeded synthetic prompt ids instead of tokenizing the prompt."
     ),
     max_new_tokens: Optional[List[int]] = typer.Option(
-        None, help="New tokens per generation, always generated in full. Repeat to sweep. [default: 1000]"
+        None, help="New tokens per generation, always generated in full. Repeat to sweep. \\[default: 1000]"
     ),
-    runs: Optional[int] = typer.Option(None, help="Measured generations per mode. [default: 10]"),
+    runs: Optional[int] = typer.Option(None, help="Measured generations per mode. \\[default: 10]"),
     target_rse: Optional[float] = typer.Option(
         None,
         help="Stop each cell once every mode's relative standard error of the mean is at most this"
         " fraction (0.01 = 1%), between --min-runs and --max-runs runs.",
     ),
-    min_runs: Optional[int] = typer.Option(None, help="Fewest runs per mode with --target-rse. [default: 3]"),
-    max_runs: Optional[int] = typer.Option(None, help="Most runs per mode with --target-rse. [default: --runs]"),
-    warmup: Optional[int] = typer.Option(None, help="Unmeasured generations per mode first. [default: 1]"),
-    modes: Optional[str] = typer.Option(None, help="Comma-separated modes. [default: cached,uncached]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
+    min_runs: Optional[int] = typer.Option(None, help="Fewest runs per mode with --target-rse. \\[default: 3]"),
+    max_runs: Optional[int] = typer.Option(None, help="Most runs per mode with --target-rse. \\[default: --runs]"),
+    warmup: Optional[int] = typer.Option(None, help="Unmeasured generations per mode first. \\[default: 1]"),
+    modes: Optional[str] = typer.Option(None, help="Comma-separated modes. \\[default: cached,uncached]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. \\[default: auto]"),
     device_map: Optional[str] = typer.Option(
         None,
         help="Spread the model over all GPUs with accelerate: auto, balanced, balanced_low_0 or sequential."
         " Memory is then reported per device.",
     ),
     dtype: Optional[List[str]] = typer.Option(
-        None, help="auto, float32, float16 or bfloat16. Repeat to sweep. [default: auto]"
+        None, help="auto, float32, float16 or bfloat16. Repeat to sweep. \\[default: auto]"
     ),
-    batch_size: Optional[List[int]] = typer.Option(None, help="Prompts per generate(). Repeat to sweep. [default: 1]"),
+    batch_size: Optional[List[int]] = typer.Option(None, help="Prompts per generate(). Repeat to sweep. \\[default: 1]"),
     cache_implementation: Optional[List[str]] = typer.Option(
-        None, help="dynamic, static, offloaded, offloaded_static, quantized. Repeat to sweep. [default: dynamic]"
+        None, help="dynamic, static, offloaded, offloaded_static, quantized. Repeat to sweep. \\[default: dynamic]"
     ),
     attn_implementation: Optional[List[str]] = typer.Option(
-        None, help="auto, eager, sdpa, flash_attention_2. Repeat to sweep. [default: auto]"
+        None, help="auto, eager, sdpa, flash_attention_2. Repeat to sweep. \\[default: auto]"
     ),
-    seed: Optional[int] = typer.Option(None, help="Seed for random weights and synthetic prompts. [default: 0]"),
-    sample_interval_ms: Optional[float] = typer.Option(None, help="NVML sampling interval. [default: 10]"),
+    seed: Optional[int] = typer.Option(None, help="Seed for random weights and synthetic prompts. \\[default: 0]"),
+    sample_interval_ms: Optional[float] = typer.Option(None, help="NVML sampling interval. \\[default: 10]"),
     memory_sampling: Optional[bool] = typer.Option(
-        None, "--memory-sampling/--no-memory-sampling", help="Sample VRAM through NVML. [default: on]"
+        None, "--memory-sampling/--no-memory-sampling", help="Sample VRAM through NVML. \\[default: on]"
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Results .json (a .csv of runs goes beside it). [default: results/<model>-<time>.json]"
+        None, "--output", "-o", help="Results .json (a .csv of runs goes beside it). \\[default: results/<model>-<time>.json]"
     ),
     resume: bool = typer.Option(False, help="Keep the cells already finished in --output; measure the rest."),
 ) -> None:
     """Time generate() with and without the KV cache and write a results file.
 
     With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
-    10 runs per mode (plus 1 warmup), cached and uncached interleaved.
+    10 runs per mode (plus 1 warmup), cached and uncached interleaved. On a CPU, start smaller.
+
+    Examples:
+
+      kvbench run --model gpt2 --max-new-tokens 200 --runs 3
+
+      kvbench run --config configs/gpt2-t4-reference.toml --device cuda
+
+      kvbench run -m tinyllama-1.1b --dtype bfloat16 --max-new-tokens 128 --max-new-tokens 512 --target-rse 0.02
     """
     with user_errors():
         from kvbench.config import build_config
@@ -242,6 +250,12 @@ def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
         transformers_logging.disable_progress_bar()
         display = ProgressDisplay(stderr)
         benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+    if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
+        stderr.print(
+            "[yellow]note:[/] uncached generation of hundreds of tokens takes minutes per run on a CPU;"
+            " for a quick look use --max-new-tokens 200 --runs 3",
+            highlight=False,
+        )
     # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, saying where the finished runs are.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -273,7 +287,7 @@ def show(file: Path = typer.Argument(..., help="A results .json written by kvben
 def compare(
     files: List[Path] = typer.Argument(..., help="Two or more results .json files, or directories of them."),
     baseline: Optional[str] = typer.Option(
-        None, help="The file the others are judged against (its path or name). [default: the first]"
+        None, help="The file the others are judged against (its path or name). \\[default: the first]"
     ),
     fmt: str = typer.Option(
         "table", "--format", "-f", help="table, markdown (for a pull request), csv, json, or benchmark-action"
@@ -314,7 +328,7 @@ def compare(
 def plot(
     file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
     out_dir: Optional[Path] = typer.Option(
-        None, "--out-dir", "-o", help="Where the PNGs go. [default: <results file name>-plots/ beside it]"
+        None, "--out-dir", "-o", help="Where the PNGs go. \\[default: <results file name>-plots/ beside it]"
     ),
 ) -> None:
     """Draw PNG figures: per-token latency by position for both modes (uncached grows, cached stays

@@ -194,3 +194,10 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_the_finished_runs(tmp_path):
     data = json.loads(output.read_text())
     assert data["complete"] is False and data["runs"]
     assert "INCOMPLETE" in stdout
+
+
+def test_run_help_teaches_the_defaults():
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    for default in ("[default: gpt2]", "[default: 1000]", "[default: 10]", "[default: cached,uncached]"):
+        assert default in result.output
