@@ -248,32 +248,35 @@ class Benchmark:
             return
         # An interrupted cell is measured again from its start, so its runs stay interleaved.
         self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
-        loaded = self._model_for(cell)
-        ids, how = self.prompts[cell.model]
-        record.model = loaded.info()
-        record.prompt_tokens, record.prompt_source = len(ids), how
-        record.kv_cache_bytes = cache_bytes_for(
-            loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
-        )
-        record.status = "incomplete"
+        failure: tuple[str, str] | None = None
         try:
+            loaded = self._model_for(cell)
+            ids, how = self.prompts[cell.model]
+            record.model = loaded.info()
+            record.prompt_tokens, record.prompt_source = len(ids), how
+            record.kv_cache_bytes = cache_bytes_for(
+                loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
+            )
+            record.status = "incomplete"
             self._measure_cell(cell, record, loaded, ids)
+        except KvbenchError:
+            raise
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
+            size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
             if _is_out_of_memory(error):
-                record.status = "oom"
-                record.reason = (
-                    f"out of memory at batch {cell.batch_size} x {len(ids) + cell.max_new_tokens} tokens"
-                    f" ({type(error).__name__})"
-                )
+                failure = ("oom", f"out of memory at {size} ({type(error).__name__})")
             elif len(self.cells) > 1:
-                record.status, record.reason = "error", f"{type(error).__name__}: {error}"
+                failure = ("error", f"{type(error).__name__}: {error}")
             else:
                 raise
-            self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
-            self._loaded = None
-            self._free_memory()
+        if failure is None:
+            record.status = "measured"
             return
-        record.status = "measured"
+        # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
+        record.status, record.reason = failure
+        self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
+        self._loaded = None
+        self._free_memory()
 
     def _measure_cell(self, cell: Cell, record: CellResult, loaded: Any, ids: Any) -> None:
         import torch
@@ -355,7 +358,6 @@ class Benchmark:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
             record.outputs_match = divergence is None
             record.first_divergence = divergence
-
 
     def _precise_enough(self, cell: Cell, record: CellResult) -> bool:
         """With --target-rse: whether every mode's mean is already known closely enough."""

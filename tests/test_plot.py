@@ -1,4 +1,3 @@
-import pytest
 
 from kvbench.plot import per_token_curve, plot_result, sweep_axis
 from kvbench.results import read_result
