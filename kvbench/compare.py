@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.errors import KvbenchError
@@ -202,10 +202,11 @@ def compare_results(
     for row_key in row_keys:
         entries: list[Entry | None] = []
         speedups: list[float | None] = []
-        for found, mapping in zip(measured, placed):
+        for loaded, found, mapping in zip(files, measured, placed):
             own = next((key for key, target in mapping.items() if target == row_key), None)
-            entries.append(found[own] if own is not None else None)
-            speedups.append(_speedup(found, own) if own is not None else None)
+            entry = found[own] if own is not None else None
+            entries.append(entry)
+            speedups.append(loaded.result.speedup(entry.summary.cell) if entry is not None else None)
         base_entry = entries[base_index]
         for index, entry in enumerate(entries):
             if entry is None or base_entry is None or index == base_index:
@@ -226,15 +227,6 @@ def compare_results(
     if not rows:
         raise KvbenchError("none of these files holds a finished measurement; rerun kvbench run")
     return Comparison(files, base_index, rows, warnings, threshold_pct)
-
-
-def _speedup(found: dict[MeasurementKey, Entry], key: MeasurementKey) -> float | None:
-    """Cached over uncached speed, by mean latency, for the cell a key belongs to."""
-    cached = found.get(replace(key, mode="cached"))
-    uncached = found.get(replace(key, mode="uncached"))
-    if cached is None or uncached is None:
-        return None
-    return uncached.summary.mean_s / cached.summary.mean_s
 
 
 def _baseline_index(files: list[LoadedFile], baseline: str | None) -> int:

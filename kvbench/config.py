@@ -258,7 +258,3 @@ def run_limits(config: BenchConfig) -> tuple[int, int]:
 
 def config_to_dict(config: BenchConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(BenchConfig)}
-
-
-def config_from_dict(data: dict[str, Any]) -> BenchConfig:
-    return apply_settings(BenchConfig(), data, "results file")

@@ -25,14 +25,6 @@ def peak_vram(summary: ModeSummary) -> tuple[int | None, str]:
     return (value, source) if "VRAM" in source or "torch" in source else (None, "")
 
 
-def speedup(result: BenchmarkResult, cell_id: str) -> float | None:
-    """How many times faster cached generation was than uncached, by mean latency."""
-    cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
-    if cached is None or uncached is None:
-        return None
-    return uncached.mean_s / cached.mean_s
-
-
 def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] | None:
     """Cached minus uncached peak memory, from the same source in both modes, with that source."""
     cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
@@ -100,7 +92,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     if cell.status in ("skipped", "oom", "error"):
         lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
-    ratio = speedup(result, cell.id)
+    ratio = result.speedup(cell.id)
     if ratio is not None:
         lines.append(Text(f"cached is {ratio:.2f}× faster than uncached (by mean latency)", style="bold"))
     # The reference experiment printed these two lines; keep them so results read side by side.

@@ -19,8 +19,6 @@ from kvbench.stats import outlier_indices, summarize
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
-# Cell states: planned but not started, partly measured (interrupted), done, or not measurable.
-CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error")
 MEMORY_FIELDS = (
     "peak_rss_bytes",
     "torch_peak_allocated_bytes",
@@ -63,6 +61,8 @@ class CellResult:
 
     id: str
     settings: dict[str, Any]
+    # "pending" (not started), "incomplete" (interrupted), "measured", or not measurable: "skipped",
+    # "oom", "error", with the reason.
     status: str = "pending"
     reason: str | None = None
     model: dict[str, Any] | None = None
@@ -136,6 +136,13 @@ class BenchmarkResult:
 
     def summary_of(self, cell_id: str, mode: str) -> ModeSummary | None:
         return next((s for s in self.summary if s.cell == cell_id and s.mode == mode), None)
+
+    def speedup(self, cell_id: str) -> float | None:
+        """How many times faster cached generation was than uncached in a cell, by mean latency."""
+        cached, uncached = self.summary_of(cell_id, "cached"), self.summary_of(cell_id, "uncached")
+        if cached is None or uncached is None:
+            return None
+        return uncached.mean_s / cached.mean_s
 
 
 def token_gaps_ms(token_times_s: list[float], first: float, last: float) -> float | None:
