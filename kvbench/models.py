@@ -51,6 +51,8 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
     """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the hub client, through the proxy, can tell
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:

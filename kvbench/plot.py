@@ -10,6 +10,7 @@ from kvbench.errors import KvbenchError
 from kvbench.results import BenchmarkResult, CellResult
 
 MODE_COLOURS = {"cached": "tab:blue", "uncached": "tab:red"}
+NUMERIC_AXES = ("max_new_tokens", "batch_size")
 AXIS_LABELS = {
     "max_new_tokens": "new tokens generated",
     "batch_size": "batch size",
@@ -96,6 +97,11 @@ def _series(result: BenchmarkResult, axis: str) -> dict[tuple, list[tuple[object
     return groups
 
 
+def _position(axis: str, value: object) -> object:
+    """Numeric settings sit on a numeric axis; the others (dtype, implementation names) are categories."""
+    return value if axis in NUMERIC_AXES else str(value)
+
+
 def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path]:
     plt = _pyplot()
     groups = _series(result, axis)
@@ -105,24 +111,22 @@ def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path
     for rest, points in groups.items():
         suffix = f" ({', '.join(str(v) for v in rest)})" if many else ""
         for mode in result.config.get("modes", []):
-            rows = [(x, result.summary_of(cell.id, mode)) for x, cell in points]
-            rows = [(x, s) for x, s in rows if s is not None]
+            rows = [(_position(axis, x), result.summary_of(cell.id, mode)) for x, cell in points]
+            rows = [(x, summary) for x, summary in rows if summary is not None]
             if not rows:
                 continue
-            xs = [str(x) if axis not in ("max_new_tokens", "batch_size") else x for x, _ in rows]
             latency_axis.errorbar(
-                xs, [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows], marker="o",
-                capsize=3, label=f"{mode}{suffix}", color=None if many else MODE_COLOURS.get(mode),
+                [x for x, _ in rows], [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows],
+                marker="o", capsize=3, label=f"{mode}{suffix}", color=None if many else MODE_COLOURS.get(mode),
             )
-            memory = [(x, *s.peak_memory()) for x, (_, s) in zip(xs, rows)]
-            memory = [(x, m / 2**20, source) for x, m, source in memory if m is not None]
+            memory = [(x, *summary.peak_memory()) for x, summary in rows]
+            memory = [(x, value / 2**20, source) for x, value, source in memory if value is not None]
             if memory:
-                source = memory[0][2]
                 memory_axis.plot(
                     [x for x, _, _ in memory], [m for _, m, _ in memory], marker="o",
-                    label=f"peak {source}, {mode}{suffix}",
+                    label=f"peak {memory[0][2]}, {mode}{suffix}",
                 )
-        kv = [(x if axis in ("max_new_tokens", "batch_size") else str(x), cell.kv_cache_bytes / 2**20) for x, cell in points if cell.kv_cache_bytes]
+        kv = [(_position(axis, x), cell.kv_cache_bytes / 2**20) for x, cell in points if cell.kv_cache_bytes]
         if kv:
             memory_axis.plot(*zip(*kv), linestyle="--", marker="x", label=f"theoretical KV cache{suffix}")
     title = f"{', '.join(result.config['model'])} on {_hardware(result)}"

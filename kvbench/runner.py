@@ -78,13 +78,20 @@ class TokenClock:
         pass
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
 def unsupported_reason(cell: Cell, device: str) -> str | None:
     """Why this machine cannot run a cell's cache implementation, known before trying."""
     if cell.cache_implementation in ("offloaded", "offloaded_static") and not device.startswith("cuda"):
         return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
-    if cell.cache_implementation == "quantized" and importlib.util.find_spec("optimum") is None:
+    if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
         return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
-    if cell.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+    if cell.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
         return "attn_implementation=flash_attention_2 needs the flash-attn package"
     return None
 

@@ -201,3 +201,14 @@ def test_run_help_teaches_the_defaults():
     assert result.exit_code == 0
     for default in ("[default: gpt2]", "[default: 1000]", "[default: 10]", "[default: cached,uncached]"):
         assert default in result.output
+
+
+def test_module_entry_point_runs_only_as_main():
+    """The memory sampler's spawned process re-imports the main module as __mp_main__; the CLI must not
+    start there."""
+    import runpy
+
+    namespace = runpy.run_module("kvbench.__main__", run_name="__mp_main__")
+    assert callable(namespace["main"])
+    with pytest.raises(SystemExit):
+        runpy.run_module("kvbench.__main__", run_name="__main__")
