@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -212,3 +213,14 @@ def test_module_entry_point_runs_only_as_main():
     assert callable(namespace["main"])
     with pytest.raises(SystemExit):
         runpy.run_module("kvbench.__main__", run_name="__main__")
+
+
+def test_shipped_cpu_config_runs_its_sweep(tmp_path):
+    output = tmp_path / "quick.json"
+    config = Path(__file__).resolve().parent.parent / "configs" / "cpu-quick.toml"
+    result = invoke("run", "--config", config, "-o", output)
+    assert result.exit_code == 0, result.output
+    data = json.loads(output.read_text())
+    assert [cell["settings"]["max_new_tokens"] for cell in data["cells"]] == [16, 32, 64]
+    assert all(cell["status"] == "measured" and cell["outputs_match"] for cell in data["cells"])
+    assert len(data["runs"]) == 3 * 2 * 3
