@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from kvbench.models import cuda_index
+
 
 def _version(package: str) -> str | None:
     try:
@@ -45,8 +47,7 @@ def git_commit() -> str | None:
 def _gpu(device: str) -> dict[str, Any]:
     import torch
 
-    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
-    properties = torch.cuda.get_device_properties(index)
+    properties = torch.cuda.get_device_properties(cuda_index(device))
     info: dict[str, Any] = {
         "gpu_name": properties.name,
         "gpu_memory_bytes": properties.total_memory,

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kvbench.models import cuda_index
+
 _PROC_STATUS = "/proc/self/status"
 _PROC_CLEAR_REFS = "/proc/self/clear_refs"
 
@@ -62,9 +64,9 @@ class PeakRss:
         return None if self.unavailable else self._read_hwm()
 
 
-def nvml_identities(devices: list[str]) -> tuple[dict[str, str | int], str | None]:
-    """({device: NVML identity}, None), or ({}, the reason NVML cannot be used). NVML numbers GPUs
-    physically while CUDA_VISIBLE_DEVICES renumbers them for torch, so GPUs are named by UUID."""
+def nvml_identities(devices: list[str]) -> tuple[dict[str, tuple[str | None, int]], str | None]:
+    """({device: (UUID, torch index)}, None), or ({}, the reason NVML cannot be used). NVML numbers GPUs
+    physically while CUDA_VISIBLE_DEVICES renumbers them for torch, so GPUs are found by UUID first."""
     gpus = [device for device in devices if device.startswith("cuda")]
     if not gpus:
         return {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
@@ -78,25 +80,28 @@ def nvml_identities(devices: list[str]) -> tuple[dict[str, str | int], str | Non
         return {}, f"NVML is unavailable ({error})"
     import torch
 
-    identities: dict[str, str | int] = {}
+    identities: dict[str, tuple[str | None, int]] = {}
     for device in gpus:
-        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        index = cuda_index(device)
         uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        identities[device] = f"GPU-{uuid}" if uuid is not None else index
+        identities[device] = (f"GPU-{uuid}" if uuid is not None else None, index)
     return identities, None
 
 
-def open_nvml(identities: dict[str, str | int]) -> tuple[Any, dict[str, Any]]:
-    """pynvml and a handle per device; runs in the sampling process, which never imports torch."""
+def open_nvml(identities: dict[str, tuple[str | None, int]]) -> tuple[Any, dict[str, Any]]:
+    """pynvml and a handle per device, found by UUID, else by index; runs in the sampling process,
+    which never imports torch."""
     import pynvml
 
     pynvml.nvmlInit()
     handles = {}
-    for device, identity in identities.items():
-        if isinstance(identity, str):
-            handles[device] = pynvml.nvmlDeviceGetHandleByUUID(identity)
-        else:
-            handles[device] = pynvml.nvmlDeviceGetHandleByIndex(identity)
+    for device, (uuid, index) in identities.items():
+        try:
+            handles[device] = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else None
+        except pynvml.NVMLError:
+            handles[device] = None
+        if handles[device] is None:
+            handles[device] = pynvml.nvmlDeviceGetHandleByIndex(index)
     return pynvml, handles
 
 
@@ -211,7 +216,6 @@ class SamplingProcess:
     def __init__(self, opener: Callable[[], tuple[Any, dict[str, Any]]], interval_s: float, pid: int | None = None) -> None:
         # spawn, not fork: forking a process that holds CUDA state is unsafe.
         context = multiprocessing.get_context("spawn")
-        self.interval_s = interval_s
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=_sampling_loop,

@@ -286,14 +286,20 @@ def check_context(prepared: PreparedModel, prompt_tokens: int, new_tokens: int) 
         )
 
 
+def cuda_index(device: str) -> int:
+    """The N of "cuda:N"; plain "cuda" is the first GPU."""
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
 def resolve_device(requested: str) -> str:
+    """"auto", "cpu", "cuda" or "cuda:N" to "cpu" or "cuda:N", checking that the GPU exists."""
     import torch
 
     if requested == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if requested == "cpu":
         return requested
-    index = int(requested.split(":")[1]) if ":" in requested else 0
+    index = cuda_index(requested)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if index >= count:
         found = f"{count} CUDA device(s)" if count else "no CUDA device (or torch was built without CUDA)"

@@ -22,7 +22,7 @@ def _mean_std(summary: ModeSummary) -> str:
 def peak_vram(summary: ModeSummary) -> tuple[int | None, str]:
     """Peak GPU memory from the most specific source there is, or (None, "") on a CPU run."""
     value, source = summary.peak_memory()
-    return (value, source) if "VRAM" in source or "torch" in source else (None, "")
+    return (value, source) if source != "RSS" else (None, "")
 
 
 def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] | None:
