@@ -13,31 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+
+from bare_generate import BareGenerate
 
 from kvbench import BenchConfig, run_benchmark
-from kvbench.models import build_model, prepare_model, prompt_ids, resolve_device
+from kvbench.models import resolve_device
 
 TARGET = 0.02
-
-
-def bare_times(model, input_ids, new_tokens: int, mode: str, runs: int, pad_token_id: int, sync) -> list[float]:
-    times = []
-    for _ in range(runs):
-        sync()
-        start = time.perf_counter()
-        model.generate(
-            input_ids,
-            attention_mask=input_ids.new_ones(input_ids.shape),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            use_cache=mode == "cached",
-            pad_token_id=pad_token_id,
-        )
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -49,30 +31,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
 
-    import torch
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
     device = resolve_device(args.device)
-    prepared = prepare_model(args.model, "random")
-    loaded = build_model(prepared, dtype="float32", attn_implementation="auto", device=device, seed=0)
-    ids, _ = prompt_ids(prepared, "What is KV caching?", None, seed=0)
-    input_ids = ids.unsqueeze(0).to(device)
-    pad = loaded.model.generation_config.eos_token_id or 0
-    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+    generate = BareGenerate(args.model, device, args.new_tokens)
     config = BenchConfig(
         model=[args.model], weights="random", max_new_tokens=[args.new_tokens], runs=args.runs, warmup=0,
         device=device, dtype=["float32"],
     )
-    bare_times(loaded.model, input_ids, args.new_tokens, "cached", 1, pad, sync)  # warm up
+    generate("cached")  # warm up
     bare: dict[str, list[float]] = {"cached": [], "uncached": []}
     measured: dict[str, list[float]] = {"cached": [], "uncached": []}
+
     def time_bare() -> None:
         # Modes interleaved run by run, as kvbench runs them.
         for _ in range(args.runs):
             for mode in bare:
-                bare[mode] += bare_times(loaded.model, input_ids, args.new_tokens, mode, 1, pad, sync)
+                bare[mode].append(generate(mode))
 
     def time_kvbench() -> None:
         result = run_benchmark(config)

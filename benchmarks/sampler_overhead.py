@@ -15,11 +15,12 @@ import functools
 import os
 import statistics
 import threading
-import time
 import types
 
+from bare_generate import BareGenerate
+
 from kvbench.memory import NvmlSampler, SamplingProcess, nvml_identities, open_nvml
-from kvbench.models import build_model, prepare_model, prompt_ids, resolve_device
+from kvbench.models import resolve_device
 
 TARGET = 0.01
 
@@ -78,11 +79,6 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=10.0)
     args = parser.parse_args()
 
-    import torch
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
     device = resolve_device(args.device)
     identities, reason = nvml_identities([device])
     if reason is None:
@@ -92,22 +88,7 @@ def main() -> None:
         source = f"a /proc/<pid>/statm stand-in ({reason})"
     interval_s = args.interval_ms / 1000
     samplers = {"thread": SamplingThread(opener, interval_s), "process": SamplingProcess(opener, interval_s)}
-    prepared = prepare_model(args.model, "random")
-    model = build_model(prepared, dtype="float32", attn_implementation="auto", device=device, seed=0).model
-    ids, _ = prompt_ids(prepared, "", 6, seed=0)
-    input_ids = ids.unsqueeze(0).to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
-
-    def generate(mode: str) -> float:
-        sync()
-        start = time.perf_counter()
-        model.generate(
-            input_ids, attention_mask=input_ids.new_ones(input_ids.shape), max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens, do_sample=False, use_cache=mode == "cached", pad_token_id=0,
-        )
-        sync()
-        return time.perf_counter() - start
-
+    generate = BareGenerate(args.model, device, args.new_tokens)
     generate("cached")  # warm up
     times: dict[tuple[str, str], list[float]] = {}
     samples: dict[str, int] = {}
