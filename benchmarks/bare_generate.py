@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from kvbench.devices import is_gpu
 from kvbench.models import build_model, prepare_model, prompt_ids
 
 
@@ -22,7 +23,7 @@ class BareGenerate:
         self.input_ids = ids.unsqueeze(0).to(device)
         self.new_tokens = new_tokens
         self.pad_token_id = self.model.generation_config.eos_token_id or 0
-        self._sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+        self._sync = (lambda: torch.cuda.synchronize(device)) if is_gpu(device) else (lambda: None)
 
     def __call__(self, mode: str) -> float:
         """Seconds for one generation in `mode` ("cached" or "uncached")."""

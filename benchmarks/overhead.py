@@ -17,7 +17,7 @@ import statistics
 from bare_generate import BareGenerate
 
 from kvbench import BenchConfig, run_benchmark
-from kvbench.models import resolve_device
+from kvbench.devices import resolve_device
 
 TARGET = 0.02
 

@@ -20,7 +20,7 @@ import types
 from bare_generate import BareGenerate
 
 from kvbench.memory import NvmlSampler, SamplingProcess, nvml_identities, open_nvml
-from kvbench.models import resolve_device
+from kvbench.devices import resolve_device
 
 TARGET = 0.01
 

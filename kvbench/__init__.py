@@ -2,6 +2,7 @@
 
     import kvbench
     result = kvbench.run_benchmark(kvbench.BenchConfig(model=["gpt2"], max_new_tokens=[200], runs=3))
+    result.summary_frame()
     kvbench.read_result("results/run.json")
 
 torch and transformers load only when a benchmark runs, so reading and comparing results stays fast.
@@ -12,13 +13,6 @@ __version__ = "0.1.0"
 from kvbench.config import BenchConfig  # noqa: E402
 from kvbench.errors import KvbenchError  # noqa: E402
 from kvbench.results import BenchmarkResult, read_result  # noqa: E402
-
-
-def run_benchmark(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """See kvbench.runner.run_benchmark; imported on first use to keep `import kvbench` light."""
-    from kvbench.runner import run_benchmark as run
-
-    return run(*args, **kwargs)
-
+from kvbench.runner import run_benchmark  # noqa: E402
 
 __all__ = ["BenchConfig", "BenchmarkResult", "KvbenchError", "read_result", "run_benchmark", "__version__"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import signal
 import sys
@@ -100,70 +101,47 @@ def default_output(models: list[str]) -> Path:
     return Path("results") / f"{name}-{stamp}.json"
 
 
-def _modes(value: Optional[str]) -> Optional[list[str]]:
-    return [mode.strip() for mode in value.split(",") if mode.strip()] if value else None
+def _setting_option(name: str) -> inspect.Parameter:
+    """A `kvbench run` option made from a BenchConfig field's declaration: its flag, type, help and the
+    default --help shows. The option's own default is None, so only what the user typed overrides a
+    TOML file."""
+    from kvbench.config import config_fields, default_of, field_kind
+
+    item = config_fields()[name]
+    meta = item.metadata
+    kind, is_list = field_kind(name)
+    flag = "--" + name.replace("_", "-")
+    declarations = [f"{flag}/--no-{flag[2:]}" if kind is bool else flag]
+    if meta["short"]:
+        declarations.append(meta["short"])
+    default = default_of(name)
+    if meta["shown_default"] is not None:
+        shown = meta["shown_default"]
+    elif kind is bool:
+        shown = "on" if default else "off"
+    elif isinstance(default, list):
+        shown = ",".join(map(str, default)) if meta["comma_separated"] else " ".join(map(str, default))
+    else:
+        shown = "none" if default is None else str(default)
+    help_text = meta["help"]
+    if meta["choices"] and not any(choice in help_text for choice in meta["choices"][1:]):
+        help_text += f" One of: {', '.join(meta['choices'])}."
+    annotation = Optional[List[kind]] if is_list else Optional[kind]
+    # Shown in the help text: the option's own default is None, which --help would otherwise show.
+    option = typer.Option(None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-@app.command()
-def run(
-    model: Optional[List[str]] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Hub id, local model directory, or a config shipped in configs/models (gpt2, tinyllama-1.1b,"
-        " tiny-gpt2, tiny-llama). Repeat to sweep. \\[default: gpt2]",
-    ),
-    config_file: Optional[Path] = typer.Option(
-        None, "--config", "-c", help="TOML experiment file; options given here override it."
-    ),
-    weights: Optional[str] = typer.Option(
-        None,
-        help="auto: real weights if they can be loaded, else random weights of the same architecture;"
-        " pretrained: real or fail; random: always random. \\[default: auto]",
-    ),
-    prompt: Optional[str] = typer.Option(None, help="Prompt text. \\[default: \"What is KV caching?\"]"),
-    prompt_tokens: Optional[int] = typer.Option(
-        None, help="Use N seeded synthetic prompt ids instead of tokenizing the prompt."
-    ),
-    max_new_tokens: Optional[List[int]] = typer.Option(
-        None, help="New tokens per generation, always generated in full. Repeat to sweep. \\[default: 1000]"
-    ),
-    runs: Optional[int] = typer.Option(None, help="Measured generations per mode. \\[default: 10]"),
-    target_rse: Optional[float] = typer.Option(
-        None,
-        help="Stop each cell once every mode's relative standard error of the mean is at most this"
-        " fraction (0.01 = 1%), between --min-runs and --max-runs runs.",
-    ),
-    min_runs: Optional[int] = typer.Option(None, help="Fewest runs per mode with --target-rse. \\[default: 3]"),
-    max_runs: Optional[int] = typer.Option(None, help="Most runs per mode with --target-rse. \\[default: --runs]"),
-    warmup: Optional[int] = typer.Option(None, help="Unmeasured generations per mode first. \\[default: 1]"),
-    modes: Optional[str] = typer.Option(None, help="Comma-separated modes. \\[default: cached,uncached]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. \\[default: auto]"),
-    device_map: Optional[str] = typer.Option(
-        None,
-        help="Spread the model over all GPUs with accelerate: auto, balanced, balanced_low_0 or sequential."
-        " Memory is then reported per device.",
-    ),
-    dtype: Optional[List[str]] = typer.Option(
-        None, help="auto, float32, float16 or bfloat16. Repeat to sweep. \\[default: auto]"
-    ),
-    batch_size: Optional[List[int]] = typer.Option(None, help="Prompts per generate(). Repeat to sweep. \\[default: 1]"),
-    cache_implementation: Optional[List[str]] = typer.Option(
-        None, help="dynamic, static, offloaded, offloaded_static, quantized. Repeat to sweep. \\[default: dynamic]"
-    ),
-    attn_implementation: Optional[List[str]] = typer.Option(
-        None, help="auto, eager, sdpa, flash_attention_2. Repeat to sweep. \\[default: auto]"
-    ),
-    seed: Optional[int] = typer.Option(None, help="Seed for random weights and synthetic prompts. \\[default: 0]"),
-    sample_interval_ms: Optional[float] = typer.Option(None, help="NVML sampling interval. \\[default: 10]"),
-    memory_sampling: Optional[bool] = typer.Option(
-        None, "--memory-sampling/--no-memory-sampling", help="Sample VRAM through NVML. \\[default: on]"
-    ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Results .json (a .csv of runs goes beside it). \\[default: results/<model>-<time>.json]"
-    ),
-    resume: bool = typer.Option(False, help="Keep the cells already finished in --output; measure the rest."),
-) -> None:
+def _cli_values(name: str, value: object) -> object:
+    """A command-line value as BenchConfig takes it: comma-separated lists split."""
+    from kvbench.config import config_fields
+
+    if value is None or not config_fields()[name].metadata["comma_separated"]:
+        return value
+    return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+
+
+def run(config_file: Optional[Path], resume: bool, **given: object) -> None:
     """Time generate() with and without the KV cache and write a results file.
 
     With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
@@ -180,37 +158,46 @@ def run(
     with user_errors():
         from kvbench.config import build_config
 
-        overrides = {
-            "model": model,
-            "weights": weights,
-            "prompt": prompt,
-            "prompt_tokens": prompt_tokens,
-            "max_new_tokens": max_new_tokens,
-            "runs": runs,
-            "target_rse": target_rse,
-            "min_runs": min_runs,
-            "max_runs": max_runs,
-            "warmup": warmup,
-            "modes": _modes(modes),
-            "device": device,
-            "device_map": device_map,
-            "dtype": dtype,
-            "batch_size": batch_size,
-            "cache_implementation": cache_implementation,
-            "attn_implementation": attn_implementation,
-            "seed": seed,
-            "sample_interval_ms": sample_interval_ms,
-            "memory_sampling": memory_sampling,
-            "output": str(output) if output else None,
-        }
+        overrides = {name: _cli_values(name, value) for name, value in given.items()}
         config = build_config(config_file, overrides)
         path = Path(config.output) if config.output else default_output(config.model)
         overrides["output"] = str(path)
         _run_and_report(config, path, resume, command_line(config_file, overrides, resume))
 
 
+def _register_run() -> None:
+    """`run` takes its own two options plus one per BenchConfig field, built from the declarations."""
+    from kvbench.config import config_fields
+
+    own = [
+        inspect.Parameter(
+            "config_file",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", "-c", help="TOML experiment file; options given here override it."),
+            annotation=Optional[Path],
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                False, "--resume", help="Keep the cells already finished in --output; measure the rest."
+            ),
+            annotation=bool,
+        ),
+    ]
+    parameters = own + [_setting_option(name) for name in config_fields()]
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    app.command()(run)
+
+
+_register_run()
+
+
 def command_line(config_file: Optional[Path], overrides: dict, resume: bool) -> str:
     """The options given, as one command that reruns the same benchmark (recorded in the results file)."""
+    from kvbench.config import config_fields
+
     words = ["kvbench", "run"]
     if config_file is not None:
         words += ["--config", str(config_file)]
@@ -220,7 +207,7 @@ def command_line(config_file: Optional[Path], overrides: dict, resume: bool) -> 
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else flag.replace("--", "--no-", 1))
-        elif key == "modes":
+        elif config_fields()[key].metadata["comma_separated"]:
             words += [flag, ",".join(value)]
         elif isinstance(value, list):
             for item in value:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from kvbench.config import Cell
 from kvbench.errors import KvbenchError
 from kvbench.results import BenchmarkResult, ModeSummary, read_result
 from kvbench.stats import RatioTest, compare_means
@@ -17,26 +18,18 @@ ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cud
 
 @dataclass(frozen=True)
 class MeasurementKey:
-    """What a measurement measured; measurements with equal keys are compared across files."""
+    """What a measurement measured: a cell (its dtype as it resolved) and a mode. Measurements with equal
+    keys are compared across files."""
 
-    model: str
+    cell: Cell
     mode: str
-    max_new_tokens: int
-    batch_size: int
-    dtype: str
-    cache_implementation: str
-    attn_implementation: str
+
+    @property
+    def model(self) -> str:
+        return self.cell.model
 
     def label(self) -> str:
-        extras = [f"{self.dtype}"]
-        if self.cache_implementation != "dynamic":
-            extras.append(f"cache {self.cache_implementation}")
-        if self.attn_implementation != "auto":
-            extras.append(f"attn {self.attn_implementation}")
-        return (
-            f"{self.model} · {self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
-            f" · {self.mode}"
-        )
+        return f"{self.cell.label()} · {self.mode}"
 
 
 @dataclass
@@ -112,20 +105,12 @@ def _labels(paths: list[Path]) -> list[str]:
 def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
     found = {}
     for cell in result.cells:
-        settings = cell.settings
-        for mode in result.config.get("modes", []):
+        resolved = replace(cell.settings, dtype=(cell.model or {}).get("dtype", cell.settings.dtype))
+        for mode in result.modes:
             summary = result.summary_of(cell.id, mode)
             if summary is None:
                 continue
-            key = MeasurementKey(
-                model=settings["model"],
-                mode=mode,
-                max_new_tokens=settings["max_new_tokens"],
-                batch_size=settings["batch_size"],
-                dtype=(cell.model or {}).get("dtype", settings["dtype"]),
-                cache_implementation=settings["cache_implementation"],
-                attn_implementation=settings["attn_implementation"],
-            )
+            key = MeasurementKey(resolved, mode)
             latencies = [run.latency_s for run in result.runs_of(cell.id, mode)]
             found[key] = Entry(summary, latencies, summary.peak_memory()[0])
     return found
@@ -161,9 +146,9 @@ def _align(
             target = candidates[0]
             mapping[key] = target
             differs = ", ".join(
-                f"{name} {getattr(key, name)} vs {getattr(target, name)}"
-                for name in key.__dataclass_fields__
-                if getattr(key, name) != getattr(target, name)
+                f"{item.name} {getattr(key.cell, item.name)} vs {getattr(target.cell, item.name)}"
+                for item in fields(Cell)
+                if getattr(key.cell, item.name) != getattr(target.cell, item.name)
             )
             warnings.append(f"{key.model} {key.mode} in {label} compared although {differs}")
     return mapping, warnings

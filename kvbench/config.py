@@ -1,13 +1,21 @@
-"""Benchmark settings: one dataclass, TOML loading, validation and sweep expansion."""
+"""Benchmark settings: one dataclass that declares every setting once, TOML loading, validation, sweeps.
+
+Each `BenchConfig` field carries its type (the annotation), its default, its help text and whether
+`--resume` requires it to match (the field's metadata). The command line, the TOML reader, validation
+and resume checks are all derived from those declarations, so a new setting is added here only.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kvbench.devices import valid_device_name
 from kvbench.errors import KvbenchError
 
 if sys.version_info >= (3, 11):
@@ -19,85 +27,125 @@ REFERENCE_PROMPT = "What is KV caching?"
 MODES = ("cached", "uncached")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 WEIGHTS = ("auto", "pretrained", "random")
-# "auto" leaves the choice to transformers (dynamic cache, the model's default attention).
-CACHE_IMPLEMENTATIONS = (
-    "dynamic",
-    "static",
-    "offloaded",
-    "offloaded_static",
-    "quantized",
-)
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
+# "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    short: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    must_match: bool = False,
+    comma_separated: bool = False,
+    shown_default: str | None = None,
+) -> Any:
+    """A BenchConfig field with what the command line, TOML validation and --resume need to know.
+
+    minimum: the smallest value allowed (inclusive) for a number or each number of a list.
+    must_match: --resume refuses a results file made with another value.
+    comma_separated: on the command line, one option may list several values ("cached,uncached").
+    shown_default: how --help shows the default when the value itself would not read well.
+    """
+    metadata = {
+        "help": help,
+        "short": short,
+        "choices": choices,
+        "minimum": minimum,
+        "must_match": must_match,
+        "comma_separated": comma_separated,
+        "shown_default": shown_default,
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class BenchConfig:
     """Everything needed to rerun a benchmark. List fields are sweep axes; one value means no sweep."""
 
-    model: list[str] = field(default_factory=lambda: ["gpt2"])
-    weights: str = "auto"
-    prompt: str = REFERENCE_PROMPT
-    prompt_tokens: int | None = None
-    max_new_tokens: list[int] = field(default_factory=lambda: [1000])
-    batch_size: list[int] = field(default_factory=lambda: [1])
-    dtype: list[str] = field(default_factory=lambda: ["auto"])
-    cache_implementation: list[str] = field(default_factory=lambda: ["dynamic"])
-    attn_implementation: list[str] = field(default_factory=lambda: ["auto"])
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    runs: int = 10
-    # With target_rse, each cell stops once both modes' relative standard error of the mean is at most
-    # target_rse, after min_runs and within max_runs (default: runs) runs per mode.
-    target_rse: float | None = None
-    min_runs: int = 3
-    max_runs: int | None = None
-    warmup: int = 1
-    device: str = "auto"
-    # Spread a model over several GPUs with accelerate ("auto", "balanced", "sequential"); None: one device.
-    device_map: str | None = None
-    seed: int = 0
-    sample_interval_ms: float = 10.0
-    memory_sampling: bool = True
-    output: str | None = None
+    model: list[str] = setting(
+        ["gpt2"],
+        "Hub id, local model directory, or a config shipped with kvbench (gpt2, tinyllama-1.1b, tiny-gpt2,"
+        " tiny-llama). Repeat to sweep.",
+        short="-m",
+    )
+    weights: str = setting(
+        "auto",
+        "auto: real weights if they can be loaded, else random weights of the same architecture;"
+        " pretrained: real or fail; random: always random.",
+        choices=WEIGHTS,
+        must_match=True,
+    )
+    prompt: str = setting(REFERENCE_PROMPT, "Prompt text.", must_match=True, shown_default=repr(REFERENCE_PROMPT))
+    prompt_tokens: int | None = setting(
+        None, "Use N seeded synthetic prompt ids instead of tokenizing the prompt.", minimum=1, must_match=True
+    )
+    max_new_tokens: list[int] = setting(
+        [1000], "New tokens per generation, always generated in full. Repeat to sweep.", short="-n", minimum=1
+    )
+    batch_size: list[int] = setting([1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1)
+    dtype: list[str] = setting(
+        ["auto"],
+        "auto (float32 on a CPU, the checkpoint's 16-bit type on a GPU), float32, float16 or bfloat16."
+        " Repeat to sweep.",
+        choices=DTYPES,
+    )
+    cache_implementation: list[str] = setting(
+        ["dynamic"], "The cached mode's cache class. Repeat to sweep.", choices=CACHE_IMPLEMENTATIONS
+    )
+    attn_implementation: list[str] = setting(
+        ["auto"], "Attention backend. Repeat to sweep.", choices=ATTN_IMPLEMENTATIONS
+    )
+    modes: list[str] = setting(
+        list(MODES), "Modes to measure, comma-separated.", choices=MODES, must_match=True, comma_separated=True
+    )
+    runs: int = setting(10, "Measured generations per mode.", short="-r", minimum=1, must_match=True)
+    target_rse: float | None = setting(
+        None,
+        "Stop each cell once every mode's relative standard error of the mean is at most this fraction"
+        " (0.01 = 1%), between --min-runs and --max-runs runs.",
+        must_match=True,
+    )
+    min_runs: int = setting(3, "Fewest runs per mode with --target-rse.", minimum=2, must_match=True)
+    max_runs: int | None = setting(
+        None, "Most runs per mode with --target-rse.", minimum=1, must_match=True, shown_default="--runs"
+    )
+    warmup: int = setting(1, "Unmeasured generations per mode first.", short="-w", minimum=0, must_match=True)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", short="-d", must_match=True)
+    device_map: str | None = setting(
+        None,
+        "Spread the model over all GPUs with accelerate; memory is then reported per device.",
+        choices=DEVICE_MAPS,
+        must_match=True,
+    )
+    seed: int = setting(0, "Seed for random weights and synthetic prompts.", minimum=0, must_match=True)
+    sample_interval_ms: float = setting(10.0, "VRAM sampling interval in milliseconds.")
+    memory_sampling: bool = setting(True, "Sample VRAM through NVML while generating.")
+    output: str | None = setting(
+        None,
+        "Results .json (a .csv of runs goes beside it).",
+        short="-o",
+        shown_default="results/<model>-<time>.json",
+    )
 
-
-SWEEP_AXES = (
-    "model",
-    "max_new_tokens",
-    "batch_size",
-    "dtype",
-    "cache_implementation",
-    "attn_implementation",
-)
-# What each field must hold; list fields also accept one scalar of the element type.
-_FIELD_TYPES: dict[str, tuple[type, bool]] = {
-    "model": (str, True),
-    "weights": (str, False),
-    "prompt": (str, False),
-    "prompt_tokens": (int, False),
-    "max_new_tokens": (int, True),
-    "batch_size": (int, True),
-    "dtype": (str, True),
-    "cache_implementation": (str, True),
-    "attn_implementation": (str, True),
-    "modes": (str, True),
-    "runs": (int, False),
-    "target_rse": (float, False),
-    "min_runs": (int, False),
-    "max_runs": (int, False),
-    "warmup": (int, False),
-    "device": (str, False),
-    "device_map": (str, False),
-    "seed": (int, False),
-    "sample_interval_ms": (float, False),
-    "memory_sampling": (bool, False),
-    "output": (str, False),
-}
+    def __post_init__(self) -> None:
+        # A library caller may write max_new_tokens=8: the same coercion as a TOML file's scalars.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                setattr(self, item.name, coerce(item.name, value, "BenchConfig"))
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of a sweep: the settings of one cached-vs-uncached comparison."""
+    """One point of a sweep: the settings of one cached-vs-uncached comparison. Its fields are the sweep
+    axes: each is a list field of BenchConfig with the same name."""
 
     model: str
     max_new_tokens: int
@@ -108,10 +156,48 @@ class Cell:
 
     @property
     def id(self) -> str:
+        """The key that ties a results file's runs to their cell."""
         return (
             f"{self.model} new={self.max_new_tokens} batch={self.batch_size} {self.dtype}"
             f" cache={self.cache_implementation} attn={self.attn_implementation}"
         )
+
+    def label(self, dtype: str | None = None) -> str:
+        """A short human name; `dtype` replaces "auto" with what it resolved to."""
+        extras = [dtype or self.dtype]
+        if self.cache_implementation != "dynamic":
+            extras.append(f"cache {self.cache_implementation}")
+        if self.attn_implementation != "auto":
+            extras.append(f"attn {self.attn_implementation}")
+        return f"{self.model} · {self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
+
+
+SWEEP_AXES = tuple(item.name for item in fields(Cell))
+
+
+def config_fields() -> dict[str, Field]:
+    return {item.name: item for item in fields(BenchConfig)}
+
+
+@functools.lru_cache(maxsize=None)
+def field_kind(name: str) -> tuple[type, bool]:
+    """(element type, whether it is a list) of a BenchConfig field, read from its annotation."""
+    annotation = typing.get_type_hints(BenchConfig)[name]
+    is_list = typing.get_origin(annotation) is list
+    if is_list:
+        (annotation,) = typing.get_args(annotation)
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return members[0], is_list
+
+
+def default_of(name: str) -> Any:
+    item = config_fields()[name]
+    return item.default_factory() if item.default is MISSING else item.default  # type: ignore[misc]
+
+
+def resume_must_match() -> tuple[str, ...]:
+    """Settings that must agree for --resume to add to an existing file."""
+    return tuple(item.name for item in fields(BenchConfig) if item.metadata["must_match"])
 
 
 def expand(config: BenchConfig) -> list[Cell]:
@@ -125,22 +211,23 @@ def _type_name(kind: type, is_list: bool) -> str:
     return f"{name} or a list of them" if is_list else name
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    kind, is_list = _FIELD_TYPES[key]
+def coerce(key: str, value: Any, source: str) -> Any:
+    """A setting's value checked against its declared type; a scalar becomes a one-item list where the
+    setting is a list, and an integer a float where a number is expected."""
+    kind, is_list = field_kind(key)
 
     def check(item: Any) -> Any:
         # bool is an int subclass in Python: refuse `runs = true` rather than read it as 1.
-        ok = isinstance(item, kind) and not (kind is not bool and isinstance(item, bool))
         if kind is float and isinstance(item, int) and not isinstance(item, bool):
             return float(item)
-        if not ok:
+        if not isinstance(item, kind) or (kind is not bool and isinstance(item, bool)):
             raise KvbenchError(
                 f"{source}: '{key}' must be {_type_name(kind, is_list)}, got {item!r}; fix the value"
             )
         return item
 
     if is_list:
-        items = value if isinstance(value, list) else [value]
+        items = value if isinstance(value, (list, tuple)) else [value]
         if not items:
             raise KvbenchError(f"{source}: '{key}' is an empty list; give at least one value")
         return [check(item) for item in items]
@@ -149,7 +236,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 def apply_settings(config: BenchConfig, settings: dict[str, Any], source: str) -> BenchConfig:
     """Overlay settings (from a TOML file or the command line) on a config, checking names and types."""
-    known = {f.name for f in fields(BenchConfig)}
+    known = config_fields()
     for key, value in settings.items():
         if key not in known:
             raise KvbenchError(
@@ -157,7 +244,7 @@ def apply_settings(config: BenchConfig, settings: dict[str, Any], source: str) -
             )
         if value is None:
             continue
-        setattr(config, key, _coerce(key, value, source))
+        setattr(config, key, coerce(key, value, source))
     return config
 
 
@@ -188,64 +275,41 @@ def build_config(config_file: str | Path | None, overrides: dict[str, Any]) -> B
     return config
 
 
-def _require_choice(source: str, key: str, values: list[str] | str, choices: tuple[str, ...]) -> None:
-    for value in values if isinstance(values, list) else [values]:
-        if value not in choices:
-            raise KvbenchError(
-                f"{source}: '{key}' cannot be {value!r}; choose one of {', '.join(choices)}"
-            )
-
-
 def validate(config: BenchConfig, source: str = "command line") -> None:
-    """Reject impossible values before any model is loaded."""
-    for key in ("max_new_tokens", "batch_size"):
-        for value in getattr(config, key):
-            if value < 1:
-                raise KvbenchError(f"{source}: '{key}' must be at least 1, got {value}")
-    if config.runs < 1:
-        raise KvbenchError(f"{source}: 'runs' must be at least 1, got {config.runs}")
+    """Reject impossible values before any model is loaded: each field's declared choices and minimum,
+    then the rules that tie fields together."""
+    for item in fields(BenchConfig):
+        value = getattr(config, item.name)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        choices, minimum = item.metadata["choices"], item.metadata["minimum"]
+        for one in values:
+            if choices is not None and one not in choices:
+                raise KvbenchError(
+                    f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}"
+                )
+            if minimum is not None and one < minimum:
+                raise KvbenchError(f"{source}: '{item.name}' must be at least {minimum:g}, got {one}")
+        if item.name in SWEEP_AXES or item.name == "modes":
+            if len(set(values)) != len(values):
+                raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
     if config.target_rse is not None and not 0 < config.target_rse < 1:
         raise KvbenchError(
             f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}"
         )
-    if config.min_runs < 2:
-        raise KvbenchError(f"{source}: 'min_runs' must be at least 2 to estimate an error, got {config.min_runs}")
     if config.max_runs is not None and config.max_runs < config.min_runs:
         raise KvbenchError(
             f"{source}: 'max_runs' ({config.max_runs}) is below 'min_runs' ({config.min_runs}); raise it"
         )
-    if config.warmup < 0:
-        raise KvbenchError(f"{source}: 'warmup' cannot be negative, got {config.warmup}")
-    if config.prompt_tokens is not None and config.prompt_tokens < 1:
-        raise KvbenchError(
-            f"{source}: 'prompt_tokens' must be at least 1, got {config.prompt_tokens}"
-        )
-    if config.sample_interval_ms <= 0:
+    if not config.sample_interval_ms > 0:
         raise KvbenchError(
             f"{source}: 'sample_interval_ms' must be positive, got {config.sample_interval_ms}"
         )
     if not config.prompt:
         raise KvbenchError(f"{source}: 'prompt' is empty; give some text or use --prompt-tokens")
-    _require_choice(source, "weights", config.weights, WEIGHTS)
-    _require_choice(source, "dtype", config.dtype, DTYPES)
-    _require_choice(source, "modes", config.modes, MODES)
-    _require_choice(source, "cache_implementation", config.cache_implementation, CACHE_IMPLEMENTATIONS)
-    _require_choice(source, "attn_implementation", config.attn_implementation, ATTN_IMPLEMENTATIONS)
-    if config.device_map is not None:
-        _require_choice(source, "device_map", config.device_map, DEVICE_MAPS)
-    if len(set(config.modes)) != len(config.modes):
-        raise KvbenchError(f"{source}: 'modes' lists a mode twice; give each of cached, uncached once")
-    device = config.device
-    if device not in ("auto", "cpu", "cuda") and not (
-        device.startswith("cuda:") and device[5:].isdigit()
-    ):
-        raise KvbenchError(
-            f"{source}: 'device' cannot be {device!r}; use auto, cpu, cuda or cuda:N"
-        )
-    for axis in SWEEP_AXES:
-        values = getattr(config, axis)
-        if len(set(values)) != len(values):
-            raise KvbenchError(f"{source}: '{axis}' lists the same value twice; remove the repeat")
+    if not valid_device_name(config.device):
+        raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def run_limits(config: BenchConfig) -> tuple[int, int]:
@@ -257,4 +321,4 @@ def run_limits(config: BenchConfig) -> tuple[int, int]:
 
 
 def config_to_dict(config: BenchConfig) -> dict[str, Any]:
-    return {f.name: getattr(config, f.name) for f in fields(BenchConfig)}
+    return {item.name: getattr(config, item.name) for item in fields(BenchConfig)}

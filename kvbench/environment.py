@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kvbench.models import cuda_index
+from kvbench.devices import Devices, cuda_index
 
 
 def _version(package: str) -> str | None:
@@ -65,13 +65,12 @@ def _gpu(device: str) -> dict[str, Any]:
     return info
 
 
-def collect(device: str) -> dict[str, Any]:
+def collect(devices: Devices) -> dict[str, Any]:
+    """The machine and software of a run; `devices` are those the benchmark was asked to use."""
     import torch
 
-    from kvbench import __version__
-
+    device = devices.primary
     environment: dict[str, Any] = {
-        "kvbench": __version__,
         "kvbench_git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -83,7 +82,7 @@ def collect(device: str) -> dict[str, Any]:
         "device": device,
         "device_name": cpu_name() if device == "cpu" else None,
     }
-    if device.startswith("cuda"):
+    if devices.on_gpu:
         gpu = _gpu(device)
         environment.update(gpu)
         environment["device_name"] = gpu["gpu_name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import asdict
 from typing import Any
 
 from kvbench.compare import ALPHA, Comparison, Entry
@@ -62,7 +63,7 @@ def speedup_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     for row in comparison.rows:
         if row.key.mode != "cached" or not any(s is not None for s in row.speedups):
             continue
-        label = row.key.label().rsplit(" · ", 1)[0]
+        label = row.key.cell.label()
         rows.append([label, *(f"{s:.2f}×" if s is not None else "—" for s in row.speedups)])
     return headers, rows
 
@@ -107,7 +108,8 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
                     "label": loaded.label,
                     "baseline": loaded is comparison.files[comparison.baseline],
                     "complete": loaded.result.complete,
-                    **row.key.__dict__,
+                    **asdict(row.key.cell),
+                    "mode": row.key.mode,
                     "n": entry.summary.n,
                     "mean_s": entry.summary.mean_s,
                     "std_s": entry.summary.std_s,

@@ -11,28 +11,74 @@ import functools
 import multiprocessing
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable
 
-from kvbench.models import cuda_index
+from kvbench.devices import Devices, cuda_index, is_gpu
 
 _PROC_STATUS = "/proc/self/status"
 _PROC_CLEAR_REFS = "/proc/self/clear_refs"
 
+def _figure(across_runs: str = "max") -> Any:
+    """A memory figure, and how a mode's summary combines it over runs (max, min or sum)."""
+    return field(default=None, metadata={"across_runs": across_runs})
+
+
+@dataclass(kw_only=True)
+class MemoryFigures:
+    """Memory figures of one generate(), or of a mode over its runs; None where the source was
+    unavailable. GPU figures are totals over the devices a model spans. The one declaration of
+    kvbench's memory figures: the run record and the mode summary both extend it, and the results
+    file keeps them flat."""
+
+    peak_rss_bytes: int | None = _figure()
+    torch_peak_allocated_bytes: int | None = _figure()
+    torch_peak_reserved_bytes: int | None = _figure()
+    # What was in use before the run: over several runs the smallest is the fairest "before".
+    vram_device_baseline_bytes: int | None = _figure("min")
+    vram_device_peak_bytes: int | None = _figure()
+    vram_process_peak_bytes: int | None = _figure()
+    vram_samples: int | None = _figure("sum")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in fields(MemoryFigures))
+
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(**{name: getattr(self, name) for name in self.names()})
+
+    @classmethod
+    def over_runs(cls, readings: Iterable[MemoryFigures]) -> MemoryFigures:
+        """A mode's figures: each combined over its runs as its declaration says, ignoring gaps."""
+        readings = list(readings)
+        combine = {"max": max, "min": min, "sum": sum}
+        values = {}
+        for item in fields(MemoryFigures):
+            present = [getattr(r, item.name) for r in readings if getattr(r, item.name) is not None]
+            values[item.name] = combine[item.metadata["across_runs"]](present) if present else None
+        return MemoryFigures(**values)
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        """The most specific peak memory figure and its source: this process's VRAM (NVML), the whole
+        device's VRAM (NVML), torch's CUDA allocator, or, on a CPU, the process's resident memory."""
+        for value, source in (
+            (self.vram_process_peak_bytes, "process VRAM"),
+            (self.vram_device_peak_bytes, "device VRAM"),
+            (self.torch_peak_reserved_bytes, "torch reserved"),
+            (self.peak_rss_bytes, "RSS"),
+        ):
+            if value is not None:
+                return value, source
+        return None, ""
+
 
 @dataclass
 class MemoryReading:
-    """Memory figures for one generate() call; None where the source was unavailable. GPU figures are
-    totals over the devices a model spans; `per_device` breaks them down when there are several."""
+    """What the probe saw around one generate(): the totals, and each GPU's own figures when a model
+    spans several."""
 
-    peak_rss_bytes: int | None = None
-    torch_peak_allocated_bytes: int | None = None
-    torch_peak_reserved_bytes: int | None = None
-    vram_device_baseline_bytes: int | None = None
-    vram_device_peak_bytes: int | None = None
-    vram_process_peak_bytes: int | None = None
-    vram_samples: int | None = None
-    per_device: dict[str, dict[str, int | None]] | None = None
+    totals: MemoryFigures
+    per_device: dict[str, MemoryFigures] | None = None
 
 
 class PeakRss:
@@ -67,7 +113,7 @@ class PeakRss:
 def nvml_identities(devices: list[str]) -> tuple[dict[str, tuple[str | None, int]], str | None]:
     """({device: (UUID, torch index)}, None), or ({}, the reason NVML cannot be used). NVML numbers GPUs
     physically while CUDA_VISIBLE_DEVICES renumbers them for torch, so GPUs are found by UUID first."""
-    gpus = [device for device in devices if device.startswith("cuda")]
+    gpus = [device for device in devices if is_gpu(device)]
     if not gpus:
         return {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
     try:
@@ -246,20 +292,19 @@ class SamplingProcess:
 class MemoryProbe:
     """Everything kvbench can measure about memory on the devices a model uses, around one run."""
 
-    def __init__(self, devices: list[str], interval_s: float, sample_vram: bool = True) -> None:
+    def __init__(self, devices: Devices, interval_s: float, sample_vram: bool = True) -> None:
         self.devices = devices
         self.unavailable: dict[str, str] = {}
         self._rss = PeakRss()
         if self._rss.unavailable:
             self.unavailable["peak_rss"] = self._rss.unavailable
-        self._gpus = [device for device in devices if device.startswith("cuda")]
-        if not self._gpus:
-            self.unavailable["torch_cuda_peaks"] = f"the device is {', '.join(devices)}, not a CUDA GPU"
+        if not devices.on_gpu:
+            self.unavailable["torch_cuda_peaks"] = f"the device is {devices.describe()}, not a CUDA GPU"
         self._sampler: SamplingProcess | None = None
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
-        identities, reason = nvml_identities(devices)
+        identities, reason = nvml_identities(list(devices.names))
         if reason is None:
             try:
                 self._sampler = SamplingProcess(functools.partial(open_nvml, identities), interval_s)
@@ -270,41 +315,49 @@ class MemoryProbe:
 
     def start(self) -> None:
         self._rss.reset()
-        if self._gpus:
+        if self.devices.on_gpu:
             import torch
 
-            for device in self._gpus:
+            for device in self.devices.gpus:
                 torch.cuda.reset_peak_memory_stats(device)
         if self._sampler is not None:
             self._sampler.start()
 
     def stop(self) -> MemoryReading:
-        reading = MemoryReading(peak_rss_bytes=self._rss.peak_bytes())
-        per_device: dict[str, dict[str, int | None]] = {device: {} for device in self._gpus}
-        if self._gpus:
+        per_device = {device: MemoryFigures() for device in self.devices.gpus}
+        if per_device:
             import torch
 
-            for device in self._gpus:
-                per_device[device]["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-                per_device[device]["torch_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-            reading.torch_peak_allocated_bytes = sum(d["torch_peak_allocated_bytes"] for d in per_device.values())
-            reading.torch_peak_reserved_bytes = sum(d["torch_peak_reserved_bytes"] for d in per_device.values())
+            for device, figures in per_device.items():
+                figures.torch_peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
+                figures.torch_peak_reserved_bytes = torch.cuda.max_memory_reserved(device)
+        samples = process_peak = None
         if self._sampler is not None:
             sampled = self._sampler.stop()
-            reading.vram_device_baseline_bytes = sampled.baseline_bytes
-            reading.vram_device_peak_bytes = sampled.peak_device_bytes
-            reading.vram_process_peak_bytes = sampled.peak_process_bytes
-            reading.vram_samples = sampled.samples
-            for device in self._gpus:
-                per_device[device]["vram_device_baseline_bytes"] = sampled.baseline.get(device)
-                per_device[device]["vram_device_peak_bytes"] = sampled.peak.get(device)
+            # NVML's process list answers for this process on all its GPUs at once.
+            samples, process_peak = sampled.samples, sampled.peak_process_bytes
+            for device, figures in per_device.items():
+                figures.vram_device_baseline_bytes = sampled.baseline.get(device)
+                figures.vram_device_peak_bytes = sampled.peak.get(device)
             if sampled.process_unavailable:
                 self.unavailable["vram_process"] = sampled.process_unavailable
-        if len(per_device) > 1:
-            reading.per_device = per_device
-        return reading
+        totals = _sum_over_devices(per_device.values())
+        totals.peak_rss_bytes = self._rss.peak_bytes()
+        totals.vram_samples = samples
+        totals.vram_process_peak_bytes = process_peak
+        return MemoryReading(totals, per_device if len(per_device) > 1 else None)
 
     def close(self) -> None:
         """End the sampling process (it would also end with this one)."""
         if self._sampler is not None:
             self._sampler.close()
+
+
+def _sum_over_devices(per_device: Iterable[MemoryFigures]) -> MemoryFigures:
+    """Totals over the GPUs a model spans; a figure no device reported stays None."""
+    per_device = list(per_device)
+    totals = MemoryFigures()
+    for name in MemoryFigures.names():
+        present = [getattr(f, name) for f in per_device if getattr(f, name) is not None]
+        setattr(totals, name, sum(present) if present else None)
+    return totals

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kvbench.devices import Devices, is_gpu
 from kvbench.errors import KvbenchError
 
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -141,7 +142,7 @@ def resolve_dtype(requested: str, config: Any, device: str) -> str:
     """'auto' is float32 (as the reference ran), or the checkpoint's own 16-bit type on a GPU."""
     if requested != "auto":
         return requested
-    if device.startswith("cuda"):
+    if is_gpu(device):
         declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         declared = str(declared).replace("torch.", "") if declared is not None else None
         if declared in ("float16", "bfloat16"):
@@ -258,7 +259,7 @@ class LoadedModel:
     dtype: str
     attn_implementation: str
     parameters: int
-    devices: list[str]  # every device holding part of the model; the first takes the inputs
+    devices: Devices  # every device holding part of the model
     device_map: dict[str, str] | None = None
 
     def info(self) -> dict[str, Any]:
@@ -272,7 +273,7 @@ class LoadedModel:
             "dtype": self.dtype,
             "attn_implementation": self.attn_implementation,
             "max_positions": self.prepared.max_positions,
-            "devices": self.devices,
+            "devices": list(self.devices.names),
             "device_map": self.device_map,
         }
 
@@ -284,27 +285,6 @@ def check_context(prepared: PreparedModel, prompt_tokens: int, new_tokens: int) 
             f"{prepared.name}: a {prompt_tokens}-token prompt plus {new_tokens} new tokens exceeds its"
             f" context of {limit} tokens; use --max-new-tokens {max(limit - prompt_tokens, 1)} or less"
         )
-
-
-def cuda_index(device: str) -> int:
-    """The N of "cuda:N"; plain "cuda" is the first GPU."""
-    return int(device.split(":")[1]) if ":" in device else 0
-
-
-def resolve_device(requested: str) -> str:
-    """"auto", "cpu", "cuda" or "cuda:N" to "cpu" or "cuda:N", checking that the GPU exists."""
-    import torch
-
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu":
-        return requested
-    index = cuda_index(requested)
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= count:
-        found = f"{count} CUDA device(s)" if count else "no CUDA device (or torch was built without CUDA)"
-        raise KvbenchError(f"device {requested} is not available: this machine has {found}; use --device cpu")
-    return f"cuda:{index}"
 
 
 def build_model(
@@ -352,11 +332,11 @@ def build_model(
     placement = None
     if device_map is None:
         model = model.to(device)
-        devices = [device]
+        devices = Devices((device,))
     else:
         # transformers leaves hf_device_map unset when everything landed on one device.
         placement = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
-        devices = _placement_devices(placement)
+        devices = Devices(_placement_devices(placement))
     return LoadedModel(
         model=model.eval(),
         prepared=prepared,
@@ -389,9 +369,9 @@ def _device_name(where: Any) -> str:
     return f"cuda:{where}" if isinstance(where, int) else str(where)
 
 
-def _placement_devices(placement: dict[str, Any]) -> list[str]:
+def _placement_devices(placement: dict[str, Any]) -> tuple[str, ...]:
     """The devices of a device map, in the order the model's modules use them (inputs go to the first)."""
-    return list(dict.fromkeys(_device_name(where) for where in placement.values()))
+    return tuple(dict.fromkeys(_device_name(where) for where in placement.values()))
 
 
 def prompt_ids(prepared: PreparedModel, prompt: str, prompt_tokens: int | None, seed: int) -> tuple[Any, str]:

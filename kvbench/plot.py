@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from kvbench.config import SWEEP_AXES
 from kvbench.errors import KvbenchError
 from kvbench.results import BenchmarkResult, CellResult
+from kvbench.stats import per_token_curve_ms
 
 MODE_COLOURS = {"cached": "tab:blue", "uncached": "tab:red"}
 NUMERIC_AXES = ("max_new_tokens", "batch_size")
@@ -35,15 +35,6 @@ def _hardware(result: BenchmarkResult) -> str:
     return f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')})"
 
 
-def per_token_curve(token_times: list[list[float]]) -> list[float]:
-    """Median, across runs, of the time each new token took (ms), by position."""
-    gaps_by_run = [[b - a for a, b in zip([0.0, *times], times)] for times in token_times if times]
-    if not gaps_by_run:
-        return []
-    length = min(len(gaps) for gaps in gaps_by_run)
-    return [statistics.median(gaps[i] for gaps in gaps_by_run) * 1000 for i in range(length)]
-
-
 def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
     """Per group of otherwise-equal settings, the longest generation: shorter ones are its prefix."""
     longest: dict[tuple, CellResult] = {}
@@ -51,8 +42,8 @@ def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
         if not result.runs_of(cell.id, "cached") and not result.runs_of(cell.id, "uncached"):
             continue
         settings = cell.settings
-        group = tuple(settings[axis] for axis in SWEEP_AXES if axis != "max_new_tokens")
-        if group not in longest or settings["max_new_tokens"] > longest[group].settings["max_new_tokens"]:
+        group = tuple(getattr(settings, axis) for axis in SWEEP_AXES if axis != "max_new_tokens")
+        if group not in longest or settings.max_new_tokens > longest[group].settings.max_new_tokens:
             longest[group] = cell
     return list(longest.values())
 
@@ -62,8 +53,8 @@ def plot_per_token(result: BenchmarkResult, path: Path) -> Path:
     cells = _longest_cells(result)
     figure, axes = plt.subplots(len(cells), 1, figsize=(9, 4 * len(cells)), squeeze=False)
     for axis, cell in zip(axes[:, 0], cells):
-        for mode in result.config.get("modes", []):
-            curve = per_token_curve([run.token_times_s for run in result.runs_of(cell.id, mode)])
+        for mode in result.modes:
+            curve = per_token_curve_ms([run.token_times_s for run in result.runs_of(cell.id, mode)])
             if curve:
                 # Position 0 is the prefill (the whole prompt), the rest one decode step each.
                 axis.plot(range(len(curve)), curve, label=mode, color=MODE_COLOURS.get(mode))
@@ -83,7 +74,7 @@ def sweep_axis(result: BenchmarkResult) -> str | None:
     """The first setting that varies across measured cells (new tokens first), or None."""
     measured = [cell for cell in result.cells if cell.status == "measured" or result.runs_of(cell.id, "cached")]
     for axis in ("max_new_tokens", *[a for a in SWEEP_AXES if a != "max_new_tokens"]):
-        if len({cell.settings[axis] for cell in measured}) > 1:
+        if len({getattr(cell.settings, axis) for cell in measured}) > 1:
             return axis
     return None
 
@@ -92,8 +83,8 @@ def _series(result: BenchmarkResult, axis: str) -> dict[tuple, list[tuple[object
     """Cells grouped by every setting but the swept one, each group ordered along the swept axis."""
     groups: dict[tuple, list[tuple[object, CellResult]]] = {}
     for cell in result.cells:
-        rest = tuple(cell.settings[a] for a in SWEEP_AXES if a != axis)
-        groups.setdefault(rest, []).append((cell.settings[axis], cell))
+        rest = tuple(getattr(cell.settings, a) for a in SWEEP_AXES if a != axis)
+        groups.setdefault(rest, []).append((getattr(cell.settings, axis), cell))
     return groups
 
 
@@ -110,7 +101,7 @@ def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path
     many = len(groups) > 1
     for rest, points in groups.items():
         suffix = f" ({', '.join(str(v) for v in rest)})" if many else ""
-        for mode in result.config.get("modes", []):
+        for mode in result.modes:
             rows = [(_position(axis, x), result.summary_of(cell.id, mode)) for x, cell in points]
             rows = [(x, summary) for x, summary in rows if summary is not None]
             if not rows:

@@ -45,13 +45,13 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
     model = cell.model or {}
     weights = model.get("weights", "?")
     title = (
-        f"{settings['model']} · {weights.upper() if weights == 'random' else weights} weights · "
-        f"{model.get('dtype', settings['dtype'])} · batch {settings['batch_size']} · "
-        f"{cell.prompt_tokens} prompt ({cell.prompt_source}) + {settings['max_new_tokens']} new tokens"
+        f"{settings.model} · {weights.upper() if weights == 'random' else weights} weights · "
+        f"{model.get('dtype', settings.dtype)} · batch {settings.batch_size} · "
+        f"{cell.prompt_tokens} prompt ({cell.prompt_source}) + {settings.max_new_tokens} new tokens"
     )
-    if settings["cache_implementation"] != "dynamic" or settings["attn_implementation"] != "auto":
-        title += f" · cache {settings['cache_implementation']} · attn {model.get('attn_implementation')}"
-    summaries = [s for mode in result.config.get("modes", []) if (s := result.summary_of(cell.id, mode))]
+    if settings.cache_implementation != "dynamic" or settings.attn_implementation != "auto":
+        title += f" · cache {settings.cache_implementation} · attn {model.get('attn_implementation')}"
+    summaries = [s for mode in result.modes if (s := result.summary_of(cell.id, mode))]
     show_vram = any(peak_vram(summary)[0] is not None for summary in summaries)
     table = Table(title=title, title_justify="left")
     table.add_column("mode", no_wrap=True)
@@ -103,7 +103,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
             lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
     if cell.kv_cache_bytes is not None:
         text = (
-            f"KV cache at {cell.prompt_tokens} + {cell.settings['max_new_tokens']} tokens: "
+            f"KV cache at {cell.prompt_tokens} + {cell.settings.max_new_tokens} tokens: "
             f"{format_bytes(cell.kv_cache_bytes)} in theory (2 × layers × kv_heads × head_dim × tokens × batch"
             " × bytes)"
         )
@@ -113,7 +113,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         lines.append(Text(text))
     if cell.stop_reason:
         lines.append(Text(f"runs: {cell.stop_reason}", style="dim"))
-    for mode in result.config.get("modes", []):
+    for mode in result.modes:
         summary = result.summary_of(cell.id, mode)
         if summary is None or not summary.outlier_runs:
             continue

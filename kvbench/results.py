@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kvbench.config import Cell
 from kvbench.errors import KvbenchError
-from kvbench.stats import outlier_indices, summarize
+from kvbench.memory import MemoryFigures
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
-MEMORY_FIELDS = (
-    "peak_rss_bytes",
-    "torch_peak_allocated_bytes",
-    "torch_peak_reserved_bytes",
-    "vram_device_baseline_bytes",
-    "vram_device_peak_bytes",
-    "vram_process_peak_bytes",
-)
 
 
 @dataclass
-class RunRecord:
-    """One measured generate() call."""
+class RunRecord(MemoryFigures):
+    """One measured generate() call, with the memory figures measured around it."""
 
     cell: str
     mode: str
@@ -44,13 +36,6 @@ class RunRecord:
     time_to_first_token_s: float | None
     # When each new token arrived, in seconds from the start of generate().
     token_times_s: list[float] = field(default_factory=list)
-    peak_rss_bytes: int | None = None
-    torch_peak_allocated_bytes: int | None = None
-    torch_peak_reserved_bytes: int | None = None
-    vram_device_baseline_bytes: int | None = None
-    vram_device_peak_bytes: int | None = None
-    vram_process_peak_bytes: int | None = None
-    vram_samples: int | None = None
     # With a model spread over several GPUs: the memory figures of each device.
     per_device: dict[str, dict[str, int | None]] | None = None
 
@@ -59,8 +44,7 @@ class RunRecord:
 class CellResult:
     """One sweep point: its settings, what was loaded, its state, and what the two modes generated."""
 
-    id: str
-    settings: dict[str, Any]
+    settings: Cell
     # "pending" (not started), "incomplete" (interrupted), "measured", or not measurable: "skipped",
     # "oom", "error", with the reason.
     status: str = "pending"
@@ -73,9 +57,19 @@ class CellResult:
     first_divergence: int | None = None  # index of the first new token that differs between modes
     stop_reason: str | None = None  # with --target-rse: why measuring stopped where it did
 
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+    def label(self) -> str:
+        """The cell's short name, with the dtype it actually ran in when "auto" was asked for."""
+        return self.settings.label((self.model or {}).get("dtype"))
+
 
 @dataclass
-class ModeSummary:
+class ModeSummary(MemoryFigures):
+    """One mode of one cell over its runs; always computed from the runs, never trusted from a file."""
+
     cell: str
     mode: str
     n: int
@@ -90,26 +84,7 @@ class ModeSummary:
     # growing with position when every step recomputes the whole sequence.
     early_token_ms: float | None
     late_token_ms: float | None
-    peak_rss_bytes: int | None
-    torch_peak_allocated_bytes: int | None
-    torch_peak_reserved_bytes: int | None
-    vram_device_baseline_bytes: int | None
-    vram_device_peak_bytes: int | None
-    vram_process_peak_bytes: int | None
     outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
-
-    def peak_memory(self) -> tuple[int | None, str]:
-        """The most specific peak memory figure and its source: this process's VRAM (NVML), the whole
-        device's VRAM (NVML), torch's CUDA allocator, or, on a CPU, the process's resident memory."""
-        for value, source in (
-            (self.vram_process_peak_bytes, "process VRAM"),
-            (self.vram_device_peak_bytes, "device VRAM"),
-            (self.torch_peak_reserved_bytes, "torch reserved"),
-            (self.peak_rss_bytes, "RSS"),
-        ):
-            if value is not None:
-                return value, source
-        return None, ""
 
 
 @dataclass
@@ -126,7 +101,10 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     cells: list[CellResult] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
-    summary: list[ModeSummary] = field(default_factory=list)
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.config.get("modes", []))
 
     def cell(self, cell_id: str) -> CellResult:
         return next(cell for cell in self.cells if cell.id == cell_id)
@@ -135,7 +113,16 @@ class BenchmarkResult:
         return [run for run in self.runs if run.cell == cell_id and run.mode == mode]
 
     def summary_of(self, cell_id: str, mode: str) -> ModeSummary | None:
-        return next((s for s in self.summary if s.cell == cell_id and s.mode == mode), None)
+        from kvbench.stats import summarize_mode
+
+        runs = self.runs_of(cell_id, mode)
+        return summarize_mode(cell_id, mode, runs) if runs else None
+
+    @property
+    def summary(self) -> list[ModeSummary]:
+        """Every cell's modes, summarised from the runs."""
+        found = (self.summary_of(cell.id, mode) for cell in self.cells for mode in self.modes)
+        return [summary for summary in found if summary is not None]
 
     def speedup(self, cell_id: str) -> float | None:
         """How many times faster cached generation was than uncached in a cell, by mean latency."""
@@ -144,78 +131,32 @@ class BenchmarkResult:
             return None
         return uncached.mean_s / cached.mean_s
 
+    def runs_frame(self):
+        """The runs as a pandas DataFrame, one row per measured generate(), without the nested per-token
+        times and per-device memory (those are in the JSON file)."""
+        import pandas as pd
 
-def token_gaps_ms(token_times_s: list[float], first: float, last: float) -> float | None:
-    """Median gap between consecutive tokens over a fraction [first, last) of the generation."""
-    gaps = [b - a for a, b in zip(token_times_s, token_times_s[1:])]
-    if len(gaps) < 2:
-        return None
-    start, stop = int(len(gaps) * first), max(int(len(gaps) * last), int(len(gaps) * first) + 1)
-    return statistics.median(gaps[start:stop]) * 1000
+        nested = ("token_times_s", "per_device")
+        own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
+        columns = own + list(MemoryFigures.names())
+        return pd.DataFrame([{name: getattr(run, name) for name in columns} for run in self.runs], columns=columns)
 
+    def summary_frame(self):
+        """The per-cell, per-mode summary as a pandas DataFrame."""
+        import pandas as pd
 
-def _median_or_none(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _max_or_none(values: list[int | None]) -> int | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
-def summarize_mode(cell: str, mode: str, runs: list[RunRecord]) -> ModeSummary:
-    latencies = [run.latency_s for run in runs]
-    latency = summarize(latencies)
-    ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
-    memory = {name: _max_or_none([getattr(run, name) for run in runs]) for name in MEMORY_FIELDS}
-    # The baseline is what was in use before the run: the smallest is the fairest "before".
-    baselines = [r.vram_device_baseline_bytes for r in runs if r.vram_device_baseline_bytes is not None]
-    memory["vram_device_baseline_bytes"] = min(baselines) if baselines else None
-    return ModeSummary(
-        cell=cell,
-        mode=mode,
-        n=latency.n,
-        mean_s=latency.mean,
-        std_s=latency.std,
-        min_s=latency.min,
-        median_s=latency.median,
-        max_s=latency.max,
-        tokens_per_s=sum(r.new_tokens * r.batch_size for r in runs) / sum(r.latency_s for r in runs),
-        time_to_first_token_s=statistics.fmean(ttft) if ttft else None,
-        early_token_ms=_median_or_none([token_gaps_ms(r.token_times_s, 0.0, 0.1) for r in runs]),
-        late_token_ms=_median_or_none([token_gaps_ms(r.token_times_s, 0.9, 1.0) for r in runs]),
-        **memory,
-        outlier_runs=[runs[i].run for i in outlier_indices(latencies)],
-    )
-
-
-def summarize_result(result: BenchmarkResult) -> list[ModeSummary]:
-    summaries = []
-    for cell in result.cells:
-        for mode in result.config.get("modes", []):
-            runs = result.runs_of(cell.id, mode)
-            if runs:
-                summaries.append(summarize_mode(cell.id, mode, runs))
-    return summaries
+        return pd.DataFrame([asdict(summary) for summary in self.summary])
 
 
 def to_dict(result: BenchmarkResult) -> dict[str, Any]:
     data = asdict(result)
+    # Each cell's id first, as the runs refer to it; the summary for readers that do not recompute it
+    # (kvbench itself always does).
+    data["cells"] = [{"id": cell.id, **stored} for cell, stored in zip(result.cells, data["cells"])]
+    data["summary"] = [asdict(summary) for summary in result.summary]
     # Readers find the format and version first when they open the file.
     head = {"format": FORMAT_NAME, "schema_version": data.pop("schema_version")}
     return {**head, **data}
-
-
-def runs_frame(result: BenchmarkResult):
-    """The runs as a pandas DataFrame, one row per measured generate(), without the nested per-token
-    times and per-device memory (those are in the JSON file)."""
-    import pandas as pd
-
-    nested = ("token_times_s", "per_device")
-    rows = [{k: v for k, v in asdict(run).items() if k not in nested} for run in result.runs]
-    columns = [f.name for f in fields(RunRecord) if f.name not in nested]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def _write_atomically(path: Path, write: Any) -> None:
@@ -237,13 +178,27 @@ def csv_path_for(path: Path) -> Path:
 
 
 def write_result(result: BenchmarkResult, path: str | Path) -> None:
-    """Write the JSON file and the CSV of runs beside it; the summary is recomputed from the runs."""
-    path = Path(path)
-    result.summary = summarize_result(result)
+    """Write the results JSON file, atomically."""
     data = to_dict(result)
-    _write_atomically(path, lambda handle: json.dump(data, handle, indent=2))
-    frame = runs_frame(result)
-    _write_atomically(csv_path_for(path), lambda handle: frame.to_csv(handle, index=False))
+    _write_atomically(Path(path), lambda handle: json.dump(data, handle, indent=2))
+
+
+def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
+    """Write the CSV of runs beside a results file, atomically."""
+    frame = result.runs_frame()
+    _write_atomically(csv_path_for(Path(path)), lambda handle: frame.to_csv(handle, index=False))
+
+
+class ResultsFile:
+    """Where one run keeps its results: checked before measuring, then written only by `save`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = check_writable(path)
+
+    def save(self, result: BenchmarkResult, with_csv: bool = False) -> None:
+        write_result(result, self.path)
+        if with_csv:
+            write_runs_csv(result, self.path)
 
 
 def check_writable(path: str | Path) -> Path:
@@ -269,6 +224,12 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def _cell_from_dict(data: dict[str, Any]) -> CellResult:
+    cell = _build(CellResult, data)
+    cell.settings = _build(Cell, data["settings"])
+    return cell
+
+
 def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise KvbenchError(
@@ -285,9 +246,8 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
         )
     try:
         result = _build(BenchmarkResult, data)
-        result.cells = [_build(CellResult, cell) for cell in data["cells"]]
+        result.cells = [_cell_from_dict(cell) for cell in data["cells"]]
         result.runs = [_build(RunRecord, run) for run in data["runs"]]
-        result.summary = [_build(ModeSummary, s) for s in data.get("summary", [])]
         if not isinstance(result.config, dict) or not isinstance(result.environment, dict):
             raise TypeError("config and environment must be objects")
     except (KeyError, TypeError) as error:

@@ -6,33 +6,31 @@ from __future__ import annotations
 import gc
 import importlib.util
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kvbench import __version__
-from kvbench.config import BenchConfig, Cell, config_to_dict, expand, run_limits, validate
+from kvbench.config import (
+    BenchConfig,
+    Cell,
+    config_to_dict,
+    default_of,
+    expand,
+    resume_must_match,
+    run_limits,
+    validate,
+)
+from kvbench.devices import Devices, is_gpu, resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
 from kvbench.memory import MemoryProbe
+from kvbench.results import BenchmarkResult, CellResult, ResultsFile, RunRecord, read_result
 from kvbench.stats import relative_standard_error
-from kvbench.results import (
-    BenchmarkResult,
-    CellResult,
-    RunRecord,
-    check_writable,
-    read_result,
-    write_result,
-)
 
 # Cell states that --resume keeps rather than measures again.
 FINISHED_STATES = ("measured", "skipped", "oom")
-# Settings that must agree for --resume to add to an existing file.
-RESUME_MUST_MATCH = (
-    "weights", "prompt", "prompt_tokens", "modes", "runs", "target_rse", "min_runs", "max_runs", "warmup",
-    "device", "seed",
-)
 
 
 class Observer:
@@ -55,8 +53,9 @@ class TokenClock:
     """A generate() streamer that notes when each new token arrives. generate() hands it the prompt
     first, then one batch of tokens per step, on the same call that is being timed."""
 
-    def __init__(self, on_token: Any) -> None:
+    def __init__(self, on_token: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> None:
         self._on_token = on_token
+        self._clock = clock
         self.times_s: list[float] = []
         self._start = 0.0
         self._prompt_seen = False
@@ -64,10 +63,10 @@ class TokenClock:
     def begin(self) -> None:
         self.times_s = []
         self._prompt_seen = False
-        self._start = time.perf_counter()
+        self._start = self._clock()
 
     def put(self, value: Any) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         if not self._prompt_seen:
             self._prompt_seen = True
             return
@@ -87,7 +86,7 @@ def _installed(module: str) -> bool:
 
 def unsupported_reason(cell: Cell, device: str) -> str | None:
     """Why this machine cannot run a cell's cache implementation, known before trying."""
-    if cell.cache_implementation in ("offloaded", "offloaded_static") and not device.startswith("cuda"):
+    if cell.cache_implementation in ("offloaded", "offloaded_static") and not is_gpu(device):
         return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
     if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
         return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
@@ -112,9 +111,87 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
 
 
+@dataclass
+class Generation:
+    """One cell's generate() call, ready to repeat in either mode: the model, its inputs and the settings
+    every call of the cell shares."""
+
+    model: Any
+    cell: Cell
+    input_ids: Any
+    attention_mask: Any
+    pad_token_id: int
+    clock: TokenClock
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def __call__(self, mode: str) -> Any:
+        kwargs: dict[str, Any] = {}
+        if mode == "cached" and self.cell.cache_implementation != "dynamic":
+            kwargs["cache_implementation"] = self.cell.cache_implementation
+        self.clock.begin()
+        return self.model.generate(
+            self.input_ids,
+            attention_mask=self.attention_mask,
+            max_new_tokens=self.cell.max_new_tokens,
+            # Greedy and forced to full length: an early end-of-sequence would shorten one mode only.
+            min_new_tokens=self.cell.max_new_tokens,
+            do_sample=False,
+            use_cache=mode == "cached",
+            pad_token_id=self.pad_token_id,
+            streamer=self.clock,
+            **kwargs,
+        )
+
+
+def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock) -> Generation:
+    """A cell's batch of prompts on the model's input device."""
+    import torch
+
+    input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(loaded.devices.primary)
+    return Generation(loaded.model, cell, input_ids, torch.ones_like(input_ids), _pad_token_id(loaded.model), clock)
+
+
+def measure_generation(
+    generate: Generation, mode: str, run: int, probe: MemoryProbe, timed: Callable
+) -> tuple[RunRecord, Any]:
+    """One measured generate(): memory probed around it, timed, its length checked. Returns the run's
+    record and the new token ids."""
+    probe.start()
+    try:
+        output, latency_s = timed(lambda: generate(mode))
+    finally:
+        # Stopped even when generate() fails (out of memory, Ctrl-C), so the sampler is never left running.
+        reading = probe.stop()
+    cell, times = generate.cell, generate.clock.times_s
+    new_ids = output[:, generate.prompt_tokens :]
+    if new_ids.shape[1] != cell.max_new_tokens or len(times) != cell.max_new_tokens:
+        raise RuntimeError(
+            f"generate() produced {new_ids.shape[1]} new tokens ({len(times)} streamed), not {cell.max_new_tokens}"
+        )
+    per_device = reading.per_device
+    run_record = RunRecord(
+        cell=cell.id,
+        mode=mode,
+        run=run,
+        latency_s=latency_s,
+        new_tokens=cell.max_new_tokens,
+        prompt_tokens=generate.prompt_tokens,
+        batch_size=cell.batch_size,
+        tokens_per_s=cell.max_new_tokens * cell.batch_size / latency_s,
+        time_to_first_token_s=times[0] if times else None,
+        token_times_s=[round(t, 6) for t in times],
+        per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
+        **asdict(reading.totals),
+    )
+    return run_record, new_ids
+
+
 class Benchmark:
-    """One `kvbench run`: plans the cells, checks everything it can before measuring, then measures,
-    saving the results file after every generation."""
+    """One `kvbench run`: plans the cells, checks everything it can before measuring, then schedules the
+    measurements (warmup, interleaved modes, adaptive stopping, resume) and saves after every generation."""
 
     def __init__(
         self,
@@ -124,21 +201,22 @@ class Benchmark:
         command: str | None = None,
         resume: bool = False,
     ) -> None:
-        from kvbench import environment, models
+        from kvbench import environment
 
         validate(config)
         self.config = config
         self.observer = observer or Observer()
-        self.output = check_writable(output) if output is not None else None
-        self.device = models.resolve_device(config.device)
+        output = output if output is not None else config.output
+        self.file = ResultsFile(output) if output is not None else None
+        self.device = resolve_device(config.device)
         self.cells = expand(config)
         self.result = BenchmarkResult(
-            environment=environment.collect(self.device),
+            environment=environment.collect(Devices((self.device,))),
             config=config_to_dict(config),
             command=command,
             started_at=_now(),
             kvbench_version=__version__,
-            cells=[CellResult(id=cell.id, settings=asdict(cell)) for cell in self.cells],
+            cells=[CellResult(settings=cell) for cell in self.cells],
         )
         if resume:
             self._carry_over_finished_cells()
@@ -147,18 +225,17 @@ class Benchmark:
         self.probe: MemoryProbe | None = None
 
     def _carry_over_finished_cells(self) -> None:
-        if self.output is None:
+        if self.file is None:
             raise KvbenchError("--resume needs --output naming the results file to continue")
-        if not self.output.exists():
+        if not self.file.path.exists():
             return
-        previous = read_result(self.output)
-        defaults = BenchConfig()
-        for key in RESUME_MUST_MATCH:
+        previous = read_result(self.file.path)
+        for key in resume_must_match():
             # A setting the file predates had its default value then.
-            before = previous.config.get(key, getattr(defaults, key))
+            before = previous.config.get(key, default_of(key))
             if before != getattr(self.config, key):
                 raise KvbenchError(
-                    f"--resume: {self.output} was made with {key}={before!r}, not"
+                    f"--resume: {self.file.path} was made with {key}={before!r}, not"
                     f" {getattr(self.config, key)!r}; use the same settings or a new --output"
                 )
         kept = {cell.id: cell for cell in previous.cells if cell.status in FINISHED_STATES}
@@ -183,17 +260,14 @@ class Benchmark:
         for cell in self.cells:
             models.check_context(self.prepared[cell.model], len(self.prompts[cell.model][0]), cell.max_new_tokens)
 
-    def save(self) -> None:
+    def save(self, final: bool = False) -> None:
+        """The JSON after every generation; the CSV of runs too at the end of each cell and of the run."""
         self.result.updated_at = _now()
-        if self.output is not None:
-            write_result(self.result, self.output)
+        if self.file is not None:
+            self.file.save(self.result, with_csv=final)
 
-    def _pending(self) -> list[tuple[Cell, CellResult]]:
-        return [
-            (cell, record)
-            for cell, record in zip(self.cells, self.result.cells)
-            if record.status not in FINISHED_STATES
-        ]
+    def _pending(self) -> list[CellResult]:
+        return [cell_result for cell_result in self.result.cells if cell_result.status not in FINISHED_STATES]
 
     def run(self) -> BenchmarkResult:
         pending = self._pending()
@@ -201,20 +275,20 @@ class Benchmark:
         self.observer.planned(per_cell * len(pending))
         self.save()
         try:
-            for index, (cell, record) in enumerate(pending):
-                self.observer.cell_started(record, index, len(pending))
-                self._run_cell(cell, record)
-                self.save()
-                self.observer.cell_finished(record)
+            for index, cell_result in enumerate(pending):
+                self.observer.cell_started(cell_result, index, len(pending))
+                self._run_cell(cell_result)
+                self.save(final=True)
+                self.observer.cell_finished(cell_result)
         except KeyboardInterrupt:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
-            self.save()
+            self.save(final=True)
             raise
         finally:
             if self.probe is not None:
                 self.probe.close()
         self.result.complete = True
-        self.save()
+        self.save(final=True)
         return self.result
 
     def _model_for(self, cell: Cell) -> Any:
@@ -243,15 +317,16 @@ class Benchmark:
 
     def _free_memory(self) -> None:
         gc.collect()
-        if self.device.startswith("cuda"):
+        if is_gpu(self.device):
             import torch
 
             torch.cuda.empty_cache()
 
-    def _run_cell(self, cell: Cell, record: CellResult) -> None:
+    def _run_cell(self, cell_result: CellResult) -> None:
+        cell = cell_result.settings
         reason = unsupported_reason(cell, self.device)
         if reason is not None:
-            record.status, record.reason = "skipped", reason
+            cell_result.status, cell_result.reason = "skipped", reason
             return
         # An interrupted cell is measured again from its start, so its runs stay interleaved.
         self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
@@ -259,13 +334,13 @@ class Benchmark:
         try:
             loaded = self._model_for(cell)
             ids, how = self.prompts[cell.model]
-            record.model = loaded.info()
-            record.prompt_tokens, record.prompt_source = len(ids), how
-            record.kv_cache_bytes = cache_bytes_for(
+            cell_result.model = loaded.info()
+            cell_result.prompt_tokens, cell_result.prompt_source = len(ids), how
+            cell_result.kv_cache_bytes = cache_bytes_for(
                 loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
             )
-            record.status = "incomplete"
-            self._measure_cell(cell, record, loaded, ids)
+            cell_result.status = "incomplete"
+            self._measure_cell(cell_result, prepare_generation(loaded, cell, ids, TokenClock(self.observer.token)), loaded)
         except KvbenchError:
             raise
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
@@ -277,45 +352,20 @@ class Benchmark:
             else:
                 raise
         if failure is None:
-            record.status = "measured"
+            cell_result.status = "measured"
             return
         # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
-        record.status, record.reason = failure
+        cell_result.status, cell_result.reason = failure
         self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
         self._loaded = None
         self._free_memory()
 
-    def _measure_cell(self, cell: Cell, record: CellResult, loaded: Any, ids: Any) -> None:
-        import torch
-
+    def _measure_cell(self, cell_result: CellResult, generate: Generation, loaded: Any) -> None:
+        """Warmup, then measured runs with the modes interleaved, until enough runs."""
         from kvbench.timing import make_timer
 
-        config = self.config
-        model, devices = loaded.model, loaded.devices
-        input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(devices[0])
-        attention_mask = torch.ones_like(input_ids)
-        pad_token_id = _pad_token_id(model)
-        clock = TokenClock(self.observer.token)
-        timed = make_timer(devices)
-
-        def generate(mode: str) -> Any:
-            kwargs: dict[str, Any] = {}
-            if mode == "cached" and cell.cache_implementation != "dynamic":
-                kwargs["cache_implementation"] = cell.cache_implementation
-            clock.begin()
-            return model.generate(
-                input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=cell.max_new_tokens,
-                # Greedy and forced to full length: an early end-of-sequence would shorten one mode only.
-                min_new_tokens=cell.max_new_tokens,
-                do_sample=False,
-                use_cache=mode == "cached",
-                pad_token_id=pad_token_id,
-                streamer=clock,
-                **kwargs,
-            )
-
+        config, cell = self.config, cell_result.settings
+        timed = make_timer(loaded.devices)
         for warmup in range(config.warmup):
             for mode in config.modes:
                 self.observer.generation_started(f"warmup {mode} {warmup + 1}/{config.warmup}", cell.max_new_tokens)
@@ -326,58 +376,36 @@ class Benchmark:
         fewest, most = run_limits(config)
         # Interleaved (cached, uncached, cached, ...) so drift in the machine's speed hits both modes alike.
         for run in range(most):
-            if run >= fewest and self._precise_enough(cell, record):
+            if run >= fewest and self._precise_enough(cell_result):
                 break
             for mode in config.modes:
                 self.observer.generation_started(f"{mode} {run + 1}/{most}", cell.max_new_tokens)
-                self.probe.start()
-                output, latency_s = timed(lambda: generate(mode))
-                memory = self.probe.stop()
-                new_ids = output[:, input_ids.shape[1] :]
-                if new_ids.shape[1] != cell.max_new_tokens or len(clock.times_s) != cell.max_new_tokens:
-                    raise RuntimeError(
-                        f"generate() produced {new_ids.shape[1]} new tokens ({len(clock.times_s)} streamed),"
-                        f" not {cell.max_new_tokens}"
-                    )
+                measured, new_ids = measure_generation(generate, mode, run, self.probe, timed)
                 first_outputs.setdefault(mode, new_ids.cpu())
-                self.result.runs.append(
-                    RunRecord(
-                        cell=cell.id,
-                        mode=mode,
-                        run=run,
-                        latency_s=latency_s,
-                        new_tokens=cell.max_new_tokens,
-                        prompt_tokens=input_ids.shape[1],
-                        batch_size=cell.batch_size,
-                        tokens_per_s=cell.max_new_tokens * cell.batch_size / latency_s,
-                        time_to_first_token_s=clock.times_s[0] if clock.times_s else None,
-                        token_times_s=[round(t, 6) for t in clock.times_s],
-                        **asdict(memory),
-                    )
-                )
+                self.result.runs.append(measured)
                 self.result.unmeasured = dict(self.probe.unavailable)
                 self.save()
                 self.observer.generation_finished()
         else:
-            if config.target_rse is not None and not self._precise_enough(cell, record):
-                record.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
+            if config.target_rse is not None and not self._precise_enough(cell_result):
+                cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
         if len(first_outputs) == 2:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
-            record.outputs_match = divergence is None
-            record.first_divergence = divergence
+            cell_result.outputs_match = divergence is None
+            cell_result.first_divergence = divergence
 
-    def _precise_enough(self, cell: Cell, record: CellResult) -> bool:
+    def _precise_enough(self, cell_result: CellResult) -> bool:
         """With --target-rse: whether every mode's mean is already known closely enough."""
         target = self.config.target_rse
         if target is None:
             return False
         errors = [
-            relative_standard_error([r.latency_s for r in self.result.runs_of(cell.id, mode)])
+            relative_standard_error([r.latency_s for r in self.result.runs_of(cell_result.id, mode)])
             for mode in self.config.modes
         ]
         if all(error is not None and error <= target for error in errors):
             worst = max(e for e in errors if e is not None)
-            record.stop_reason = f"every mode within the target RSE {target:.1%} (worst {worst:.2%})"
+            cell_result.stop_reason = f"every mode within the target RSE {target:.1%} (worst {worst:.2%})"
             return True
         return False
 
@@ -393,13 +421,9 @@ def _pad_token_id(model: Any) -> int:
 
 
 def run_benchmark(
-    config: BenchConfig,
-    output: str | Path | None = None,
-    observer: Observer | None = None,
-    command: str | None = None,
-    resume: bool = False,
+    config: BenchConfig, output: str | Path | None = None, *, observer: Observer | None = None, resume: bool = False
 ) -> BenchmarkResult:
-    """Measure cached against uncached generation as `config` says; the results file (if `output` is
-    given) is rewritten after every generation and marked complete at the end."""
-    benchmark = Benchmark(config, output=output, observer=observer, command=command, resume=resume)
-    return benchmark.run()
+    """Measure cached against uncached generation as `config` says and return the whole result (runs,
+    cells, and summaries computed from the runs). The results file, `output` or else `config.output`
+    if either is given, is rewritten after every generation and marked complete at the end."""
+    return Benchmark(config, output=output, observer=observer, resume=resume).run()

@@ -1,11 +1,15 @@
-"""Pure statistics on latency samples: summaries, Welch's t-test, and a confidence interval for a ratio."""
+"""Pure statistics on latency samples: summaries, a mode's aggregation over its runs, per-token gaps,
+Welch's t-test, and a confidence interval for a ratio."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from kvbench.results import ModeSummary, RunRecord
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,62 @@ def relative_standard_error(values: Sequence[float]) -> float | None:
         return None
     mean = statistics.fmean(values)
     return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
+
+
+def token_gaps_s(token_times_s: Sequence[float]) -> list[float]:
+    """The time each new token took: the first from the call's start (the prefill), then each decode step."""
+    return [b - a for a, b in zip([0.0, *token_times_s], token_times_s)]
+
+
+def median_gap_ms(token_times_s: Sequence[float], first: float, last: float) -> float | None:
+    """Median gap between consecutive tokens (the prefill excluded) over a fraction [first, last) of the
+    generation."""
+    gaps = token_gaps_s(token_times_s)[1:]
+    if len(gaps) < 2:
+        return None
+    start, stop = int(len(gaps) * first), max(int(len(gaps) * last), int(len(gaps) * first) + 1)
+    return statistics.median(gaps[start:stop]) * 1000
+
+
+def per_token_curve_ms(token_times: Sequence[Sequence[float]]) -> list[float]:
+    """Median, across runs, of the time each new token took (ms), by position; position 0 is the prefill."""
+    gaps_by_run = [token_gaps_s(times) for times in token_times if times]
+    if not gaps_by_run:
+        return []
+    length = min(len(gaps) for gaps in gaps_by_run)
+    return [statistics.median(gaps[i] for gaps in gaps_by_run) * 1000 for i in range(length)]
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize_mode(cell: str, mode: str, runs: Sequence[RunRecord]) -> ModeSummary:
+    """One mode of one cell over its runs: latency statistics, throughput, token gaps, memory, outliers."""
+    from kvbench.memory import MemoryFigures
+    from kvbench.results import ModeSummary
+
+    latencies = [run.latency_s for run in runs]
+    latency = summarize(latencies)
+    ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
+    memory = MemoryFigures.over_runs(runs)
+    return ModeSummary(
+        cell=cell,
+        mode=mode,
+        n=latency.n,
+        mean_s=latency.mean,
+        std_s=latency.std,
+        min_s=latency.min,
+        median_s=latency.median,
+        max_s=latency.max,
+        tokens_per_s=sum(r.new_tokens * r.batch_size for r in runs) / sum(latencies),
+        time_to_first_token_s=statistics.fmean(ttft) if ttft else None,
+        early_token_ms=_median_or_none([median_gap_ms(r.token_times_s, 0.0, 0.1) for r in runs]),
+        late_token_ms=_median_or_none([median_gap_ms(r.token_times_s, 0.9, 1.0) for r in runs]),
+        outlier_runs=[runs[i].run for i in outlier_indices(latencies)],
+        **{name: getattr(memory, name) for name in MemoryFigures.names()},
+    )
 
 
 # Iglewicz and Hoaglin's cut-off for the modified z-score: beyond it a value is an outlier.

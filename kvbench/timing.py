@@ -5,18 +5,22 @@ from __future__ import annotations
 import time
 from typing import Callable, TypeVar
 
+from kvbench.devices import Devices
+
 T = TypeVar("T")
 
 
-def make_timer(devices: list[str]) -> Callable[[Callable[[], T]], tuple[T, float]]:
+def make_timer(
+    devices: Devices, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[Callable[[], T]], tuple[T, float]]:
     """Returns timed(fn) -> (fn's result, seconds). On CUDA, kernels still queued would otherwise
-    finish outside the timed span, so every GPU in use is synchronised before starting and stopping."""
-    gpus = [device for device in devices if device.startswith("cuda")]
-    if gpus:
+    finish outside the timed span, so every GPU in use is synchronised before starting and stopping.
+    `clock` is replaceable so tests can script it."""
+    if devices.on_gpu:
         import torch
 
         def synchronize() -> None:
-            for device in gpus:
+            for device in devices.gpus:
                 torch.cuda.synchronize(device)
     else:
 
@@ -25,9 +29,9 @@ def make_timer(devices: list[str]) -> Callable[[Callable[[], T]], tuple[T, float
 
     def timed(fn: Callable[[], T]) -> tuple[T, float]:
         synchronize()
-        start = time.perf_counter()
+        start = clock()
         result = fn()
         synchronize()
-        return result, time.perf_counter() - start
+        return result, clock() - start
 
     return timed

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.config import BenchConfig, Cell
-from kvbench.results import BenchmarkResult, CellResult, RunRecord, summarize_result
+from kvbench.config import BenchConfig, Cell, config_to_dict
+from kvbench.results import BenchmarkResult, CellResult, RunRecord
 from tests.fakes import FakeNvml
 
 TOKENIZER_WORDS = ["<unk>", "<eos>", "what", "is", "kv", "caching", "?"]
@@ -97,14 +97,12 @@ def make_result(
     latencies = latencies or {"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}
     cell = Cell(model, max_new_tokens, 1, "float32", "dynamic", "auto")
     config = BenchConfig(model=[model], max_new_tokens=[max_new_tokens], prompt=prompt, modes=list(latencies))
-    from kvbench.config import config_to_dict
-
     result = BenchmarkResult(
         environment={"device": "cuda:0", "device_name": device_name, "torch": "2.13.0", **environment},
         config=config_to_dict(config),
         complete=complete,
         kvbench_version="0.1.0",
-        cells=[CellResult(id=cell.id, settings=cell.__dict__.copy(), status="measured", prompt_tokens=6)],
+        cells=[CellResult(settings=cell, status="measured", prompt_tokens=6)],
     )
     for mode, values in latencies.items():
         for index, latency in enumerate(values):
@@ -122,7 +120,6 @@ def make_result(
                     peak_rss_bytes=1000,
                 )
             )
-    result.summary = summarize_result(result)
     return result
 
 

@@ -82,5 +82,14 @@ def test_sweep_expands_to_every_combination_in_a_stable_order():
     assert len({cell.id for cell in cells}) == 8
 
 
-def test_validate_accepts_cuda_indices():
-    validate(BenchConfig(device="cuda:3"))
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:3"])
+def test_validate_accepts_device_names(device):
+    config = BenchConfig(device=device)
+    validate(config)
+    assert config.device == device
+
+
+@pytest.mark.parametrize("device", ["cuda:", "cuda:x", "gpu", "cuda:1:2", "CPU"])
+def test_validate_refuses_other_device_names(device):
+    with pytest.raises(KvbenchError, match="'device' cannot be"):
+        validate(BenchConfig(device=device))

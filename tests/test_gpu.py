@@ -29,7 +29,8 @@ def test_cuda_run_measures_vram_and_allocator_peaks(tiny_llama_dir, tmp_path):
         assert run.vram_device_peak_bytes >= run.vram_device_baseline_bytes > 0
         assert run.vram_samples >= 1
         assert run.new_tokens == 32
-    assert result.cells[0].outputs_match is not None
+    # float32 greedy decoding of the same model: the cache must not change a single token.
+    assert result.cells[0].outputs_match is True, result.cells[0].first_divergence
 
 
 def test_cached_is_faster_on_the_gpu_at_length(tmp_path):
@@ -65,9 +66,10 @@ def test_probe_reads_real_nvml():
 def test_device_map_spreads_over_every_gpu_and_reports_each(tiny_llama_dir):
     import torch
 
+    if torch.cuda.device_count() < 2:
+        pytest.skip("a device map over GPUs needs at least two (this machine has one)")
     config = tiny_config(tiny_llama_dir, device="cuda", device_map="balanced", runs=1)
     result = run_benchmark(config)
     devices = result.cells[0].model["devices"]
-    assert devices[0].startswith("cuda")
-    if torch.cuda.device_count() > 1 and len(devices) > 1:
-        assert set(result.runs[0].per_device) == set(devices)
+    assert len(devices) >= 2 and all(device.startswith("cuda") for device in devices)
+    assert set(result.runs[0].per_device) == set(devices)

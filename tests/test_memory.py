@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from kvbench.devices import Devices
 from kvbench.memory import (
     MemoryProbe,
     NvmlSampler,
@@ -33,17 +34,17 @@ def test_real_pynvml_on_this_machine_reports_why():
 
 
 def test_cpu_probe_says_what_it_cannot_measure():
-    probe = MemoryProbe(["cpu"], interval_s=0.01)
+    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.01)
     assert "not a CUDA GPU" in probe.unavailable["vram"]
     assert "not a CUDA GPU" in probe.unavailable["torch_cuda_peaks"]
     probe.start()
-    reading = probe.stop()
+    reading = probe.stop().totals
     assert reading.peak_rss_bytes > 0
     assert reading.vram_device_peak_bytes is None
 
 
 def test_sampler_can_be_turned_off():
-    probe = MemoryProbe(["cpu"], interval_s=0.01, sample_vram=False)
+    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.01, sample_vram=False)
     assert "turned off" in probe.unavailable["vram"]
 
 

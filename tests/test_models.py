@@ -1,5 +1,6 @@
 import pytest
 
+from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.models import (
     build_model,
@@ -7,7 +8,6 @@ from kvbench.models import (
     locate,
     prepare_model,
     prompt_ids,
-    resolve_device,
     resolve_dtype,
     shipped_configs,
 )

@@ -1,15 +1,8 @@
 
-from kvbench.plot import per_token_curve, plot_result, sweep_axis
+from kvbench.plot import plot_result, sweep_axis
 from kvbench.results import read_result
 from kvbench.runner import run_benchmark
 from tests.conftest import make_result, tiny_config
-
-
-def test_per_token_curve_is_the_median_gap_by_position():
-    runs = [[1.0, 2.0, 4.0], [1.0, 3.0, 5.0], [2.0, 3.0, 6.0]]
-    # gaps: [1,1,2], [1,2,2], [2,1,3] -> medians 1, 1, 2 (seconds) -> ms
-    assert per_token_curve(runs) == [1000.0, 1000.0, 2000.0]
-    assert per_token_curve([]) == []
 
 
 def test_plots_of_a_real_sweep(tiny_gpt2_dir, tmp_path):

@@ -87,12 +87,13 @@ def test_tokenizer_is_used_when_the_model_has_one(tiny_gpt2_dir, tiny_llama_dir)
 
 def test_results_file_holds_environment_config_runs_and_summary(tiny_llama_dir, tmp_path):
     path = tmp_path / "r.json"
-    run_benchmark(tiny_config(tiny_llama_dir, batch_size=[2]), output=path, command="kvbench run x")
+    Benchmark(tiny_config(tiny_llama_dir, batch_size=[2]), output=path, command="kvbench run x").run()
     data = json.loads(path.read_text())
     assert data["format"] == "kvbench-results" and data["schema_version"] == 1
     assert data["complete"] is True
     assert data["command"] == "kvbench run x"
-    for key in ("kvbench", "python", "torch", "transformers", "device", "cpu"):
+    assert data["kvbench_version"]
+    for key in ("python", "torch", "transformers", "device", "cpu"):
         assert data["environment"][key]
     assert data["config"]["batch_size"] == [2]
     assert data["cells"][0]["model"]["weights"] == "pretrained"
@@ -155,7 +156,7 @@ def test_resume_refuses_a_file_made_with_other_settings(tiny_gpt2_dir, tmp_path)
 def test_unsupported_cache_implementation_is_skipped_with_reason(tiny_llama_dir):
     config = tiny_config(tiny_llama_dir, cache_implementation=["dynamic", "static", "offloaded"], runs=1)
     result = run_benchmark(config)
-    statuses = {cell.settings["cache_implementation"]: cell for cell in result.cells}
+    statuses = {cell.settings.cache_implementation: cell for cell in result.cells}
     assert statuses["dynamic"].status == "measured"
     assert statuses["static"].status == "measured"
     assert statuses["offloaded"].status == "skipped"
@@ -167,10 +168,10 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_llama_dir, monkeyp
 
     original = runner.Benchmark._measure_cell
 
-    def measure(self, cell, record, loaded, ids):
-        if cell.batch_size == 2:
+    def measure(self, record, generate, loaded):
+        if record.settings.batch_size == 2:
             raise MemoryError("simulated")
-        return original(self, cell, record, loaded, ids)
+        return original(self, record, generate, loaded)
 
     monkeypatch.setattr(runner.Benchmark, "_measure_cell", measure)
     result = run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1))
@@ -212,3 +213,28 @@ def test_device_map_with_random_weights(tiny_llama_dir):
     result = run_benchmark(tiny_config(tiny_llama_dir, device_map="sequential", weights="random", runs=1))
     assert result.cells[0].model["weights"] == "random"
     assert result.cells[0].model["device_map"]
+
+
+def test_library_call_returns_a_full_result_without_writing_a_file(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """A notebook user: one call, scalars allowed, no file, summaries and data frames ready."""
+    import kvbench
+
+    monkeypatch.chdir(tmp_path)
+    config = kvbench.BenchConfig(model=str(tiny_gpt2_dir), max_new_tokens=8, runs=2, warmup=0, device="cpu")
+    result = kvbench.run_benchmark(config)
+    assert config.max_new_tokens == [8]
+    assert result.complete
+    assert [(s.mode, s.n) for s in result.summary] == [("cached", 2), ("uncached", 2)]
+    assert result.speedup(result.cells[0].id) > 0
+    runs, summary = result.runs_frame(), result.summary_frame()
+    assert len(runs) == 4 and set(runs["mode"]) == {"cached", "uncached"}
+    assert list(summary["n"]) == [2, 2]
+    assert summary["mean_s"].tolist() == [s.mean_s for s in result.summary]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_output_is_where_the_library_writes(tiny_gpt2_dir, tmp_path):
+    path = tmp_path / "from-config.json"
+    run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, output=str(path)))
+    assert read_result(path).complete
+    assert path.with_suffix(".csv").exists()

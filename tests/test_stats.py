@@ -2,7 +2,14 @@ import math
 
 import pytest
 
-from kvbench.stats import compare_means, outlier_indices, relative_standard_error, summarize
+from kvbench.stats import (
+    compare_means,
+    median_gap_ms,
+    outlier_indices,
+    per_token_curve_ms,
+    relative_standard_error,
+    summarize,
+)
 
 
 def test_summary_of_a_hand_worked_sample():
@@ -67,3 +74,17 @@ def test_outliers_by_modified_z_score():
     assert outlier_indices([1.0, 1.1, 0.9, 1.05, 1.02]) == []
     assert outlier_indices([1.0, 1.1, 9.0, 1.05]) == []  # too few to tell
     assert outlier_indices([1.0, 1.0, 1.0, 1.0, 2.0]) == []  # MAD 0
+
+
+def test_token_gaps_take_the_median_over_a_slice():
+    times = [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0, 15.0, 18.0, 21.0]  # gaps 1,1,1,2,2,2,3,3,3,3
+    assert median_gap_ms(times, 0.0, 0.3) == 1000.0
+    assert median_gap_ms(times, 0.7, 1.0) == 3000.0
+    assert median_gap_ms([0.0, 1.0], 0.0, 0.1) is None
+
+
+def test_per_token_curve_is_the_median_gap_by_position():
+    runs = [[1.0, 2.0, 4.0], [1.0, 3.0, 5.0], [2.0, 3.0, 6.0]]
+    # gaps from the start: [1,1,2], [1,2,2], [2,1,3] -> medians 1, 1, 2 (seconds) -> ms
+    assert per_token_curve_ms(runs) == [1000.0, 1000.0, 2000.0]
+    assert per_token_curve_ms([]) == []

@@ -1,0 +1,53 @@
+"""Every rendering of the stored results files in tests/data, snapshotted: a change in what kvbench
+prints or exports shows up in review as a change to tests/__snapshots__ (update with
+`pytest --snapshot-update` when the change is meant)."""
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kvbench.compare import compare_results
+from kvbench.export import FORMATS, render_text
+from kvbench.report import render_comparison, render_result
+from kvbench.results import read_result, to_dict
+
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "golden.json"
+RERUN = DATA / "golden-rerun.json"
+
+
+def plain(renderable) -> str:
+    console = Console(width=200, record=True, color_system=None, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Paths relative to the repository, so exports that name files do not depend on the checkout."""
+    monkeypatch.chdir(DATA.parent.parent)
+    return Path("tests") / "data"
+
+
+def test_golden_file_reads_back_unchanged():
+    """The stored file, read and written again by this version, is the same document."""
+    import json
+
+    stored = json.loads(GOLDEN.read_text())
+    assert to_dict(read_result(GOLDEN)) == stored
+
+
+def test_show_snapshot(snapshot):
+    assert plain(render_result(read_result(GOLDEN))) == snapshot
+
+
+@pytest.mark.parametrize("fmt", [fmt for fmt in FORMATS if fmt != "table"])
+def test_compare_export_snapshots(fmt, snapshot, in_repo):
+    comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
+    assert render_text(comparison, fmt) == snapshot
+
+
+def test_compare_table_snapshot(snapshot, in_repo):
+    comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
+    assert plain(render_comparison(comparison)) == snapshot
