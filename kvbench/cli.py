@@ -18,15 +18,9 @@ from kvbench.errors import KvbenchError
 from kvbench.report import output_console
 
 app = typer.Typer(
-    help=(
-        "Measure what the KV cache buys a causal LM: generate() with use_cache=True against"
-        " use_cache=False, repeated, with latency, per-token timing and memory.\n\n"
-        "Start with `kvbench run --model gpt2 --max-new-tokens 200 --runs 3`, then"
-        " `kvbench compare results/a.json results/b.json`."
-    ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = output_console()
 stderr = Console(stderr=True)
@@ -45,54 +39,26 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
-class ProgressDisplay:
-    """A rich progress display fed by the runner's observer hooks: all generations, and the current one
-    token by token (an uncached generation of 1000 tokens can take minutes)."""
+def _version(value: bool) -> None:
+    if value:
+        from kvbench import __version__
 
-    def __init__(self, console: Console) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        stdout.print(f"kvbench {__version__}", highlight=False)
+        raise typer.Exit()
 
-        self.progress = Progress(
-            TextColumn("{task.description:<36}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self._overall = None
-        self._current = None
 
-    # The runner's Observer interface, duck-typed so the core never imports rich.
-    def planned(self, generations: int) -> None:
-        self._overall = self.progress.add_task("all generations", total=generations)
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, metavar="", help="Print kvbench's version and exit."
+    ),
+) -> None:
+    """Measure what the KV cache buys a causal LM: generate() with use_cache=True against use_cache=False,
+    repeated, with latency, per-token timing and memory.
 
-    def cell_started(self, cell, index: int, count: int) -> None:
-        if count > 1:
-            self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}")
-
-    def generation_started(self, label: str, new_tokens: int) -> None:
-        if self._current is None:
-            self._current = self.progress.add_task(label, total=new_tokens)
-        else:
-            self.progress.reset(self._current, total=new_tokens, description=label)
-
-    def token(self) -> None:
-        self.progress.advance(self._current)
-
-    def generation_finished(self) -> None:
-        self.progress.advance(self._overall)
-
-    def cell_finished(self, cell) -> None:
-        pass
+    Start with `kvbench run --model gpt2 --max-new-tokens 200 --runs 3`, then
+    `kvbench compare results/a.json results/b.json`.
+    """
 
 
 def default_output(models: list[str]) -> Path:
@@ -128,8 +94,14 @@ def _setting_option(name: str) -> inspect.Parameter:
         help_text += f" One of: {', '.join(meta['choices'])}."
     annotation = Optional[List[kind]] if is_list else Optional[kind]
     # Shown in the help text: the option's own default is None, which --help would otherwise show.
-    option = typer.Option(None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False)
+    option = typer.Option(
+        None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False, metavar=_metavar(kind)
+    )
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _metavar(kind: type) -> str:
+    return {bool: "", int: "N", float: "NUMBER", str: "TEXT"}[kind]
 
 
 def _cli_values(name: str, value: object) -> object:
@@ -141,7 +113,7 @@ def _cli_values(name: str, value: object) -> object:
     return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
 
 
-def run(config_file: Optional[Path], resume: bool, **given: object) -> None:
+def run(config_file: Optional[Path], resume: bool, dry_run: bool, json_output: bool, show_output: bool, **given: object) -> None:
     """Time generate() with and without the KV cache and write a results file.
 
     With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
@@ -153,39 +125,78 @@ def run(config_file: Optional[Path], resume: bool, **given: object) -> None:
 
       kvbench run --config configs/gpt2-t4-reference.toml --device cuda
 
-      kvbench run -m tinyllama-1.1b --dtype bfloat16 --max-new-tokens 128 --max-new-tokens 512 --target-rse 0.02
+      kvbench run -m tinyllama-1.1b --dtype bfloat16 -n 128 -n 512 --target-rse 0.02
+
+      kvbench run -m tiny-gpt2 -n 32 -r 3 --dry-run
+
+      kvbench run -m tiny-gpt2 -n 32 -r 3 -o - > result.json
     """
     with user_errors():
         from kvbench.config import build_config
 
         overrides = {name: _cli_values(name, value) for name, value in given.items()}
         config = build_config(config_file, overrides)
-        path = Path(config.output) if config.output else default_output(config.model)
-        overrides["output"] = str(path)
-        _run_and_report(config, path, resume, command_line(config_file, overrides, resume))
+        if config.output == "-":
+            # The document goes to stdout; no file is written.
+            config.output, json_output, path = None, True, None
+        else:
+            path = Path(config.output) if config.output else default_output(config.model)
+            overrides["output"] = str(path)
+        command = command_line(config_file, overrides, resume)
+        if dry_run:
+            _dry_run(config, path)
+            return
+        _run_and_report(config, path, resume, command, json_output=json_output, show_output=show_output)
 
 
 def _register_run() -> None:
-    """`run` takes its own two options plus one per BenchConfig field, built from the declarations."""
+    """`run` takes its own options plus one per BenchConfig field, built from the declarations."""
     from kvbench.config import config_fields
 
-    own = [
-        inspect.Parameter(
+    def own(name: str, annotation: object, option: object) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+    parameters = [
+        own(
             "config_file",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", "-c", help="TOML experiment file; options given here override it."),
-            annotation=Optional[Path],
+            Optional[Path],
+            typer.Option(None, "--config", "-c", metavar="FILE", help="TOML experiment file; options given here override it."),
         ),
-        inspect.Parameter(
+        own(
             "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(
-                False, "--resume", help="Keep the cells already finished in --output; measure the rest."
+            bool,
+            typer.Option(False, "--resume", metavar="", help="Keep the cells already finished in --output; measure the rest."),
+        ),
+        own(
+            "dry_run",
+            bool,
+            typer.Option(
+                False,
+                "--dry-run",
+                metavar="",
+                help="Check everything (models, lengths, output) and list the cells and generations; measure nothing.",
             ),
-            annotation=bool,
+        ),
+        own(
+            "json_output",
+            bool,
+            typer.Option(
+                False,
+                "--json",
+                metavar="",
+                help="Print the results document as JSON on stdout instead of the tables (progress stays on"
+                " stderr). With --output -, no file is written.",
+            ),
+        ),
+        own(
+            "show_output",
+            bool,
+            typer.Option(
+                False, "--show-output", metavar="", help="Print the text each mode generated (needs a tokenizer)."
+            ),
         ),
     ]
-    parameters = own + [_setting_option(name) for name in config_fields()]
+    parameters += [_setting_option(name) for name in config_fields()]
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     app.command()(run)
@@ -223,19 +234,41 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
-    from kvbench.report import print_result
+def _quiet_transformers() -> None:
+    # kvbench reports what matters itself; transformers' warnings would bury the progress display.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _dry_run(config, path: Optional[Path]) -> None:
+    """Every check a run makes before measuring, then the plan."""
+    from kvbench.report import render_plan
+
+    with stderr.status("loading torch, transformers and checking the models…"):
+        _quiet_transformers()
+        from kvbench.runner import Benchmark, plan
+
+        # No output: a dry run writes nothing, but the path is checked as a run would.
+        if path is not None:
+            from kvbench.results import check_writable
+
+            check_writable(path)
+        benchmark = Benchmark(config, output=None)
+    stdout.print(render_plan(plan(benchmark), path))
+
+
+def _run_and_report(config, path: Optional[Path], resume: bool, command: str, *, json_output: bool, show_output: bool) -> None:
+    from kvbench.progress import progress_for
+    from kvbench.report import one_line_summary
 
     # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
     with stderr.status("loading torch, transformers and the model…"):
-        from transformers.utils import logging as transformers_logging
-
+        _quiet_transformers()
         from kvbench.runner import Benchmark
 
-        # kvbench reports what matters itself; transformers' warnings would bury the progress display.
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        display = ProgressDisplay(stderr)
+        display = progress_for(stderr)
         benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
     if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
         stderr.print(
@@ -243,31 +276,62 @@ def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
             " for a quick look use --max-new-tokens 200 --runs 3",
             highlight=False,
         )
+    # With --json, stdout carries the document alone.
+    tables = stderr if json_output else stdout
     # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, saying where the finished runs are.
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with display.progress:
+        with display:
             result = benchmark.run()
     except KeyboardInterrupt:
-        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are saved in {path} (marked incomplete).")
-        print_result(benchmark.result, stdout)
+        where = f"saved in {path} (marked incomplete)" if path else "printed below (marked incomplete)"
+        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are {where}.", highlight=False)
+        _report(benchmark.result, tables, json_output, show_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    print_result(result, stdout)
-    stdout.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
+    _report(result, tables, json_output, show_output)
+    if path is not None:
+        tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
+    for line in one_line_summary(result):
+        tables.print(f"summary: {line}", highlight=False, soft_wrap=True)
     if any(cell.status == "error" for cell in result.cells):
         raise typer.Exit(1)
 
 
+def _report(result, console: Console, json_output: bool, show_output: bool) -> None:
+    from kvbench.report import print_generated_text, print_result
+
+    if json_output:
+        import json
+
+        from kvbench.results import to_dict
+
+        sys.stdout.write(json.dumps(to_dict(result), indent=2) + "\n")
+    else:
+        print_result(result, console)
+    if show_output:
+        print_generated_text(result, console)
+
+
 @app.command()
-def show(file: Path = typer.Argument(..., help="A results .json written by kvbench run.")) -> None:
+def show(
+    file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
+    show_output: bool = typer.Option(
+        False, "--show-output", metavar="", help="Also print the text each mode generated, where it was recorded."
+    ),
+) -> None:
     """Render one results file as `kvbench run` printed it."""
     with user_errors():
-        from kvbench.report import print_result
+        from kvbench.report import one_line_summary, print_generated_text, print_result
         from kvbench.results import read_result
 
-        print_result(read_result(file), stdout)
+        result = read_result(file)
+        print_result(result, stdout)
+        if show_output:
+            print_generated_text(result, stdout)
+        for line in one_line_summary(result):
+            stdout.print(f"summary: {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -315,7 +379,7 @@ def compare(
 def plot(
     file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
     out_dir: Optional[Path] = typer.Option(
-        None, "--out-dir", "-o", help="Where the PNGs go. \\[default: <results file name>-plots/ beside it]"
+        None, "--out-dir", metavar="DIR", help="Where the PNGs go. \\[default: <results file name>-plots/ beside it]"
     ),
 ) -> None:
     """Draw PNG figures: per-token latency by position for both modes (uncached grows, cached stays

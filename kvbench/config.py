@@ -26,6 +26,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 REFERENCE_PROMPT = "What is KV caching?"
 MODES = ("cached", "uncached")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Other names people use for the same types (PyTorch's own, and the usual short forms).
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 WEIGHTS = ("auto", "pretrained", "random")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
 # "auto" leaves the attention backend to transformers (the model's default).
@@ -43,6 +45,7 @@ def setting(
     must_match: bool = False,
     comma_separated: bool = False,
     shown_default: str | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> Any:
     """A BenchConfig field with what the command line, TOML validation and --resume need to know.
 
@@ -50,6 +53,7 @@ def setting(
     must_match: --resume refuses a results file made with another value.
     comma_separated: on the command line, one option may list several values ("cached,uncached").
     shown_default: how --help shows the default when the value itself would not read well.
+    aliases: other spellings accepted for a value, each stored as the value it stands for.
     """
     metadata = {
         "help": help,
@@ -59,6 +63,7 @@ def setting(
         "must_match": must_match,
         "comma_separated": comma_separated,
         "shown_default": shown_default,
+        "aliases": aliases or {},
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -92,9 +97,11 @@ class BenchConfig:
     batch_size: list[int] = setting([1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1)
     dtype: list[str] = setting(
         ["auto"],
-        "auto (float32 on a CPU, the checkpoint's 16-bit type on a GPU), float32, float16 or bfloat16."
+        "auto (float32 on a CPU, the checkpoint's 16-bit type on a GPU; transformers' own 'auto' would"
+        " take the checkpoint's type everywhere), float32, float16 (fp16, half) or bfloat16 (bf16)."
         " Repeat to sweep.",
         choices=DTYPES,
+        aliases=DTYPE_ALIASES,
     )
     cache_implementation: list[str] = setting(
         ["dynamic"], "The cached mode's cache class. Repeat to sweep.", choices=CACHE_IMPLEMENTATIONS
@@ -175,6 +182,7 @@ class Cell:
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
 
 
+@functools.lru_cache(maxsize=None)
 def config_fields() -> dict[str, Field]:
     return {item.name: item for item in fields(BenchConfig)}
 
@@ -215,8 +223,11 @@ def coerce(key: str, value: Any, source: str) -> Any:
     """A setting's value checked against its declared type; a scalar becomes a one-item list where the
     setting is a list, and an integer a float where a number is expected."""
     kind, is_list = field_kind(key)
+    aliases = config_fields()[key].metadata["aliases"]
 
     def check(item: Any) -> Any:
+        if isinstance(item, str) and item in aliases:
+            return aliases[item]
         # bool is an int subclass in Python: refuse `runs = true` rather than read it as 1.
         if kind is float and isinstance(item, int) and not isinstance(item, bool):
             return float(item)

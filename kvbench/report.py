@@ -94,7 +94,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         return lines
     ratio = result.speedup(cell.id)
     if ratio is not None:
-        lines.append(Text(f"cached is {ratio:.2f}× faster than uncached (by mean latency)", style="bold"))
+        lines.append(Text(f"{_speedup_words(ratio)} (by mean latency)", style="bold"))
     # The reference experiment printed these two lines; keep them so results read side by side.
     for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
         summary = result.summary_of(cell.id, mode)
@@ -206,6 +206,62 @@ def render_comparison(comparison) -> Group:
             )
         )
     return Group(*parts)
+
+
+def one_line_summary(result: BenchmarkResult) -> list[str]:
+    """One line per measured cell, to paste into a pull request or an issue."""
+    device = result.environment.get("device_name") or result.environment.get("device")
+    lines = []
+    for cell in result.cells:
+        parts = []
+        for mode in result.modes:
+            summary = result.summary_of(cell.id, mode)
+            if summary is not None:
+                std = f" ± {summary.std_s:.3f}" if summary.std_s is not None else ""
+                parts.append(f"{mode} {summary.mean_s:.3f}{std} s (n={summary.n})")
+        if not parts:
+            continue
+        speedup = result.speedup(cell.id)
+        verdict = f"; {_speedup_words(speedup)}" if speedup is not None else ""
+        lines.append(f"{cell.label()}: {', '.join(parts)}{verdict} · {device} · kvbench {result.kvbench_version}")
+    return lines
+
+
+def _speedup_words(speedup: float) -> str:
+    """Never "0.45× faster": when the cache is slower, say so."""
+    if speedup >= 1:
+        return f"cached is {speedup:.2f}× faster than uncached"
+    return f"cached is {1 / speedup:.2f}× slower than uncached"
+
+
+def print_generated_text(result: BenchmarkResult, console: Console) -> None:
+    for cell in result.cells:
+        if not cell.generated_text:
+            if cell.status == "measured":
+                console.print(Text(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
+            continue
+        for mode, text in cell.generated_text.items():
+            console.print(Text(f"{cell.label()} · {mode} generated:", style="bold"))
+            console.print(Text(text))
+
+
+def render_plan(plan, output) -> Group:
+    """What `run --dry-run` found: every cell, what will happen to it, and the number of generations."""
+    table = Table(title="dry run: nothing measured", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("cell")
+    table.add_column("what happens")
+    for index, (cell, what) in enumerate(plan.cells, start=1):
+        table.add_row(str(index), cell.label(), what)
+    fewest, most = plan.runs_per_mode
+    runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    lines = [
+        table,
+        Text(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
+        Text(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
+        Text("time: unknown until a cell is measured on this machine (uncached time grows with length²)", style="dim"),
+    ]
+    return Group(*lines)
 
 
 def output_console(stderr: bool = False) -> Console:

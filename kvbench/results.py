@@ -56,6 +56,7 @@ class CellResult:
     outputs_match: bool | None = None
     first_divergence: int | None = None  # index of the first new token that differs between modes
     stop_reason: str | None = None  # with --target-rse: why measuring stopped where it did
+    generated_text: dict[str, str] | None = None  # each mode's first measured output, where there is a tokenizer
 
     @property
     def id(self) -> str:

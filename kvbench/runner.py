@@ -44,7 +44,8 @@ class Observer:
 
     def token(self) -> None: ...
 
-    def generation_finished(self) -> None: ...
+    def generation_finished(self, latency_s: float | None) -> None:
+        """A generation ended: its measured latency, or None for a warmup."""
 
     def cell_finished(self, cell: CellResult) -> None: ...
 
@@ -254,7 +255,13 @@ class Benchmark:
         for name, prepared in self.prepared.items():
             ids, how = models.prompt_ids(prepared, self.config.prompt, self.config.prompt_tokens, self.config.seed)
             self.prompts[name] = (ids, how)
-            for note in prepared.notes:
+            notes = list(prepared.notes)
+            if how == "synthetic" and self.config.prompt_tokens is None:
+                notes.append(
+                    f"{name} has no tokenizer, so the prompt text is not used: {len(ids)} seeded synthetic"
+                    " token ids stand in for it"
+                )
+            for note in notes:
                 if note not in self.result.notes:
                     self.result.notes.append(note)
         for cell in self.cells:
@@ -370,7 +377,7 @@ class Benchmark:
             for mode in config.modes:
                 self.observer.generation_started(f"warmup {mode} {warmup + 1}/{config.warmup}", cell.max_new_tokens)
                 generate(mode)
-                self.observer.generation_finished()
+                self.observer.generation_finished(None)
 
         first_outputs: dict[str, Any] = {}
         fewest, most = run_limits(config)
@@ -385,10 +392,15 @@ class Benchmark:
                 self.result.runs.append(measured)
                 self.result.unmeasured = dict(self.probe.unavailable)
                 self.save()
-                self.observer.generation_finished()
+                self.observer.generation_finished(measured.latency_s)
         else:
             if config.target_rse is not None and not self._precise_enough(cell_result):
                 cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
+        tokenizer = self.prepared[cell.model].tokenizer
+        if tokenizer is not None:
+            cell_result.generated_text = {
+                mode: tokenizer.decode(ids[0], skip_special_tokens=True) for mode, ids in first_outputs.items()
+            }
         if len(first_outputs) == 2:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
             cell_result.outputs_match = divergence is None
@@ -408,6 +420,33 @@ class Benchmark:
             cell_result.stop_reason = f"every mode within the target RSE {target:.1%} (worst {worst:.2%})"
             return True
         return False
+
+
+@dataclass
+class Plan:
+    """What a run will do: its cells (with what each will do) and how many generations in all."""
+
+    cells: list[tuple[CellResult, str]]  # each cell and "measure", "keep" (finished, resumed) or "skip: why"
+    generations: int
+    runs_per_mode: tuple[int, int]  # fewest, most
+
+
+def plan(benchmark: Benchmark) -> Plan:
+    """The work a checked Benchmark would do, without doing it."""
+    fewest, most = run_limits(benchmark.config)
+    per_cell = (most + benchmark.config.warmup) * len(benchmark.config.modes)
+    cells, generations = [], 0
+    for cell_result in benchmark.result.cells:
+        if cell_result.status in FINISHED_STATES:
+            cells.append((cell_result, "keep (already finished)"))
+            continue
+        reason = unsupported_reason(cell_result.settings, benchmark.device)
+        if reason is not None:
+            cells.append((cell_result, f"skip: {reason}"))
+            continue
+        cells.append((cell_result, "measure"))
+        generations += per_cell
+    return Plan(cells, generations, (fewest, most))
 
 
 def _pad_token_id(model: Any) -> int:

@@ -21,7 +21,7 @@ class Recorder(Observer):
     def token(self):
         self.tokens += 1
 
-    def generation_finished(self):
+    def generation_finished(self, latency_s):
         self.finished += 1
         if self.interrupt_after is not None and self.finished >= self.interrupt_after:
             raise KeyboardInterrupt
