@@ -101,9 +101,11 @@ def resolve_checkout(spec: str, repo: Path, destination: Path) -> tuple[Path, bo
         found = git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
         if found.returncode != 0:
             raise GateError(f"{spec} is neither a directory nor a commit of {repo}; give a checkout or a revision")
+    # What an interrupted earlier run left behind.
     if destination.exists():
         git(repo, "worktree", "remove", "--force", str(destination), check=False)
         shutil.rmtree(destination, ignore_errors=True)
+    git(repo, "worktree", "prune", check=False)
     git(repo, "worktree", "add", "--detach", str(destination), found.stdout.strip())
     return destination.resolve(), True
 
@@ -131,15 +133,21 @@ def prepare(side: Side, mode: str, python: str, pip_install: str, kvbench_spec: 
     (the runner's CUDA torch), or, for quick local runs and tests, the checkout on PYTHONPATH."""
     if mode == "pythonpath":
         side.kvbench = [python, "-m", "kvbench"]
-        side.env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(side.checkout), os.environ.get("PYTHONPATH")]))}
+        paths = [str(side.checkout), os.environ.get("PYTHONPATH")]
+        side.env = {"PYTHONPATH": os.pathsep.join(filter(None, paths))}
         return
     venv = work / f"{side.name}-venv"
     shutil.rmtree(venv, ignore_errors=True)
     log(f"{side.name}: creating {venv}")
-    if subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], stdout=sys.stderr).returncode != 0:
+    created = subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], stdout=sys.stderr)
+    if created.returncode != 0:
         raise GateError(f"{python} -m venv failed; give --python an interpreter with the venv module")
     venv_python = venv / "bin" / "python"
-    for what in filter(None, [pip_install, kvbench_spec and shlex.quote(kvbench_spec)]):
+    # kvbench finds its shipped model configs (configs/models) beside its package, which only an editable
+    # install of a kvbench directory keeps.
+    if kvbench_spec and Path(kvbench_spec).is_dir():
+        kvbench_spec = f"-e {shlex.quote(kvbench_spec)}"
+    for what in filter(None, [pip_install, kvbench_spec]):
         log(f"{side.name}: pip install {what}")
         command = [str(venv_python), "-m", "pip", "install", "--quiet", *shlex.split(what)]
         if subprocess.run(command, cwd=side.checkout, stdout=sys.stderr).returncode != 0:
@@ -175,6 +183,8 @@ def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]],
         "error": "kvbench gate: could not judge",
     }
     lines = [f"### {titles[verdict]}", ""]
+    if not columns:  # it stopped before it knew either side
+        return "\n".join(lines + [f"{note}  " for note in notes]) + "\n"
     lines.append("| | " + " | ".join(title for title, _, _ in columns) + " |")
     lines.append("|---" * (len(columns) + 1) + "|")
     lines.append("| commit | " + " | ".join(commit.replace("|", "\\|") for _, commit, _ in columns) + " |")
@@ -196,6 +206,31 @@ def write_github_files(outputs: dict[str, str], summary: str) -> None:
             handle.write(summary)
 
 
+def judge(
+    judge_side: Side, head: Side, reference: Path | None, head_json: Path, threshold: float, notes: list[str]
+) -> tuple[str, int, str]:
+    """The verdict, the exit code and the summary's body: one `kvbench compare` call decides, its markdown
+    is the body and its exit code the gate's. With nothing to compare with, head's table, unjudged."""
+    if reference is None:
+        notes.append("No base commit and no committed baseline: head was measured, nothing was judged.")
+        shown = head.run(["show", str(head_json)], capture=True).stdout.rstrip()
+        return "no-baseline", EXIT_PASS, f"```\n{shown}\n```\n" if shown else ""
+    compared = judge_side.run(
+        ["compare", str(reference), str(head_json), "--format", "markdown", "--fail-on-regression", f"{threshold:g}"],
+        capture=True,
+    )
+    sys.stderr.write(compared.stderr)
+    notes.append(
+        f"Judged by {judge_side.name}'s kvbench: `kvbench compare --fail-on-regression {threshold:g}`"
+        f" exited {compared.returncode}."
+    )
+    if compared.returncode == EXIT_PASS:
+        return "pass", EXIT_PASS, compared.stdout
+    if compared.returncode == EXIT_REGRESSION:
+        return "regression", EXIT_REGRESSION, compared.stdout
+    return "error", EXIT_ERROR, f"{compared.stdout}\n```\n{compared.stderr.strip()}\n```\n"
+
+
 def gate(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     out = Path(args.out).resolve()
@@ -206,14 +241,17 @@ def gate(args: argparse.Namespace) -> int:
     worktrees: list[Path] = []
     notes: list[str] = []
     verdict, code, judged = "error", EXIT_ERROR, ""
-    columns: list[tuple[str, str, dict]] = []
     threshold = args.threshold_pct if args.threshold_pct is not None else DEFAULT_THRESHOLD_PCT
-    head_json, base_json = out / "head.json", out / "base.json"
+    head_json, base_json, exported_json = out / "head.json", out / "base.json", out / "benchmark-action.json"
+    # A previous run's files must not pass for this one's.
+    for stale in (head_json, base_json, exported_json):
+        stale.unlink(missing_ok=True)
+    base = head = None
+    stored_column: tuple[str, str, dict] | None = None  # the committed baseline, when it stands in for base
     try:
         head_dir, made = resolve_checkout(args.head, repo, out / "head-src")
         worktrees += [head_dir] if made else []
         head = Side("head", head_dir, describe_commit(head_dir))
-        base = None
         if base_spec:
             base_dir, made = resolve_checkout(base_spec, repo, out / "base-src")
             worktrees += [base_dir] if made else []
@@ -227,8 +265,8 @@ def gate(args: argparse.Namespace) -> int:
             notes.append(f"Threshold {threshold:g}%: given to the gate (--threshold-pct).")
         config = trusted.checkout / args.config
         if not config.is_file():
-            raise GateError(f"{args.config} is not in the {trusted.name} checkout {trusted.checkout}; give --config")
-        notes.append(f"Config `{args.config}` from {trusted.name} ({trusted.commit.split(' ')[0]}).")
+            raise GateError(f"{args.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
+        notes.append(f"Config `{args.config}` from {trusted.name}.")
         run_args = shlex.split(args.run_args or "")
         if run_args:
             notes.append(f"Extra `kvbench run` arguments: `{shlex.join(run_args)}`.")
@@ -241,46 +279,23 @@ def gate(args: argparse.Namespace) -> int:
         measure(head, config, run_args, head_json)
         if base is not None:
             notes.append("Base then head, back to back, on this machine.")
-            columns = [("base", base.commit, environment_of(base_json))]
             reference = base_json
         elif args.baseline_file and (head.checkout / args.baseline_file).is_file():
             reference = head.checkout / args.baseline_file
             stored = environment_of(reference)
             commit = (stored.get("kvbench_git_commit") or "")[:7] or "(unknown)"
-            columns = [(f"baseline `{args.baseline_file}`", f"{commit} (committed results)", stored)]
+            stored_column = (f"baseline `{args.baseline_file}`", f"{commit} (committed results)", stored)
             notes.append(f"No base commit given: compared with the committed `{args.baseline_file}`.")
         else:
             reference = None
-        columns.append(("head", head.commit, environment_of(head_json)))
 
         # The history export: github-action-benchmark's JSON of head's measurements (compare exports
         # its last file and wants two files, so head is given twice).
         exported = trusted.run(["compare", str(head_json), str(head_json), "--format", "benchmark-action"], True)
         if exported.returncode == 0:
-            (out / "benchmark-action.json").write_text(exported.stdout)
+            exported_json.write_text(exported.stdout)
 
-        if reference is None:
-            verdict, code = "no-baseline", EXIT_PASS
-            notes.append("No base commit and no committed baseline: head was measured, nothing was judged.")
-            judged = head.run(["show", str(head_json)], capture=True).stdout
-            judged = f"```\n{judged.rstrip()}\n```\n" if judged.strip() else ""
-        else:
-            # The one call that decides: its markdown is the summary, its exit code the gate's.
-            compared = trusted.run(
-                [
-                    "compare", str(reference), str(head_json),
-                    "--format", "markdown", "--fail-on-regression", f"{threshold:g}",
-                ],
-                capture=True,
-            )
-            sys.stderr.write(compared.stderr)
-            code = compared.returncode
-            verdict = {EXIT_PASS: "pass", EXIT_REGRESSION: "regression"}.get(code, "error")
-            notes.append(f"Judged by {trusted.name}'s kvbench: `kvbench compare --fail-on-regression {threshold:g}` exited {code}.")
-            judged = compared.stdout
-            if verdict == "error":
-                code = EXIT_ERROR
-                judged += f"\n```\n{compared.stderr.strip()}\n```\n"
+        verdict, code, judged = judge(trusted, head, reference, head_json, threshold, notes)
     except GateError as error:
         log(f"error: {error}")
         verdict, code = "error", EXIT_ERROR
@@ -289,6 +304,9 @@ def gate(args: argparse.Namespace) -> int:
         for worktree in worktrees:
             git(repo, "worktree", "remove", "--force", str(worktree), check=False)
 
+    columns = [("base", base.commit, environment_of(base_json))] if base is not None else []
+    columns += [stored_column] if stored_column is not None else []
+    columns += [("head", head.commit, environment_of(head_json))] if head is not None else []
     summary = header(verdict, threshold, columns, notes) + ("\n" + judged if judged else "")
     summary_path = out / "summary.md"
     summary_path.write_text(summary)
@@ -299,7 +317,7 @@ def gate(args: argparse.Namespace) -> int:
         "summary": str(summary_path),
         "base-results": str(base_json) if base_json.is_file() else "",
         "head-results": str(head_json) if head_json.is_file() else "",
-        "benchmark-action": str(out / "benchmark-action.json") if (out / "benchmark-action.json").is_file() else "",
+        "benchmark-action": str(exported_json) if exported_json.is_file() else "",
     }
     write_github_files(outputs, summary)
     return code
@@ -307,30 +325,37 @@ def gate(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure a base and a head checkout with one kvbench config and fail on a significant regression.",
+        description="Measure a base and a head checkout with one kvbench config; fail on a significant regression.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--base", default="", help="base checkout: a directory or a git revision of --repo; empty: use --baseline-file")
-    parser.add_argument("--head", default=".", help="head checkout: a directory or a git revision of --repo")
-    parser.add_argument("--repo", default=".", help="the git repository revisions are taken from")
-    parser.add_argument("--config", default="configs/ci-gpu.toml", help="kvbench TOML config, relative to the base checkout")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--base", default="", help="base checkout: a directory or a git revision of --repo; empty: --baseline-file")
+    add("--head", default=".", help="head checkout: a directory or a git revision of --repo")
+    add("--repo", default=".", help="the git repository revisions are taken from")
+    add("--config", default="configs/ci-gpu.toml", help="kvbench TOML config, relative to the base checkout")
+    add(
         "--threshold-pct", type=float, default=None,
-        help=f"fail on a significant slowdown of more than this percentage [default: {THRESHOLD_KEY} in the base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}]",
+        help=f"fail on a significant slowdown of more than this percentage [default: {THRESHOLD_KEY} in the"
+        f" base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}]",
     )
-    parser.add_argument("--gate-file", default=GATE_FILE, help=f"file in the base checkout holding {THRESHOLD_KEY}=PCT")
-    parser.add_argument("--baseline-file", default="", help="committed results file (in the head checkout) to compare with when there is no --base")
-    parser.add_argument(
+    add("--gate-file", default=GATE_FILE, help=f"file in the base checkout holding {THRESHOLD_KEY}=PCT")
+    add("--baseline-file", default="", help="results file in the head checkout to compare with when there is no --base")
+    add(
         "--install", choices=("venv", "pythonpath"), default="venv",
-        help="venv: a fresh venv per side (--system-site-packages, so a system CUDA torch is reused); pythonpath: run `python -m kvbench` with the checkout on PYTHONPATH",
+        help="venv: a fresh venv per side that sees --python's packages (a system CUDA torch); pythonpath: run"
+        " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing",
     )
-    parser.add_argument("--python", default=sys.executable, help="interpreter for the venvs (or for pythonpath runs)")
-    parser.add_argument("--pip-install", default="-e .", help="pip install arguments, run inside each checkout (venv mode)")
-    parser.add_argument("--kvbench-spec", default="", help="pip requirement for kvbench, installed into both venvs after --pip-install; empty: the checkout is kvbench")
-    parser.add_argument("--run-args", default="", help="extra `kvbench run` arguments for both sides, as one string")
-    parser.add_argument(
+    add("--python", default=sys.executable, help="interpreter for the venvs (or for pythonpath runs)")
+    add("--pip-install", default="-e .", help="pip install arguments, run inside each checkout (venv mode)")
+    add(
+        "--kvbench-spec", default="",
+        help="where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
+        " (installed editable) or pip arguments; empty: the checkout is kvbench",
+    )
+    add("--run-args", default="", help="extra `kvbench run` arguments for both sides, as one string")
+    add(
         "--out", default=str(Path(tempfile.gettempdir()) / "kvbench-gate"),
-        help="where the checkouts, venvs, results, summary.md and benchmark-action.json go (outside the repository)",
+        help="where checkouts, venvs, results, summary.md and benchmark-action.json go (outside the repository)",
     )
     args = parser.parse_args(argv)
     if args.threshold_pct is not None and args.threshold_pct < 0:

@@ -44,11 +44,10 @@ def run_gate(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[s
     github_output, step_summary = tmp / "github-output", tmp / "step-summary"
     env = {**os.environ, "GITHUB_OUTPUT": str(github_output), "GITHUB_STEP_SUMMARY": str(step_summary)}
     env.pop("PYTHONPATH", None)  # each side's checkout alone provides kvbench
-    completed = subprocess.run(
-        [sys.executable, str(GATE), "--install", "pythonpath", "--config", "bench.toml", "--out", str(tmp / "out"), *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    outputs = dict(line.split("=", 1) for line in github_output.read_text().splitlines()) if github_output.exists() else {}
+    command = [sys.executable, str(GATE), "--install", "pythonpath", "--config", "bench.toml", "--out", str(tmp / "out")]
+    completed = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
+    lines = github_output.read_text().splitlines() if github_output.exists() else []
+    outputs = dict(line.split("=", 1) for line in lines)
     summary = step_summary.read_text() if step_summary.exists() else ""
     return completed, outputs, summary
 
@@ -57,10 +56,7 @@ def run_gate(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[s
 def repo(tmp_path_factory) -> Path:
     """Base: this tree, a tiny config and a 25% gate. Head: slower, and loosening its own gate to 100000%."""
     root = tmp_path_factory.mktemp("gate") / "repo"
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    for name in listed:
+    for name in git(REPO, "ls-files", "-co", "--exclude-standard").splitlines():
         if name.startswith(NEEDED) and (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
@@ -94,6 +90,10 @@ def test_gate_fails_a_slower_head_on_the_base_threshold(repo, slower_head):
     assert git(repo, "log", "-1", "--format=%h base commit", "HEAD~1") in summary
     assert git(repo, "log", "-1", "--format=%h head commit", "HEAD") in summary
     environment = json.loads(Path(outputs["head-results"]).read_text())["environment"]
+    # Each side ran its own checkout's kvbench.
+    assert environment["kvbench_git_commit"] == git(repo, "rev-parse", "HEAD")
+    base_environment = json.loads(Path(outputs["base-results"]).read_text())["environment"]
+    assert base_environment["kvbench_git_commit"] == git(repo, "rev-parse", "HEAD~1")
     for key in ("device_name", "torch", "transformers"):
         assert f"| {environment[key]} | {environment[key]} |" in summary
     # The threshold is the base's 25%, not the 100000% the head commit wrote for itself.
