@@ -123,7 +123,9 @@ def read_threshold(side: Side, gate_file: str) -> tuple[float, str]:
             try:
                 threshold = float(raw)
             except ValueError:
-                raise GateError(f"{path}: {THRESHOLD_KEY}={raw!r} is not a number; write a percentage, such as 10") from None
+                raise GateError(
+                    f"{path}: {THRESHOLD_KEY}={raw!r} is not a number; write a percentage, such as 10"
+                ) from None
             return threshold, f"{THRESHOLD_KEY} in {side.name}'s `{gate_file}`"
     return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name}'s `{gate_file}` has no {THRESHOLD_KEY}"
 
