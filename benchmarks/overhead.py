@@ -1,17 +1,19 @@
 """kvbench's own overhead: the same generate() timed by a bare loop and by kvbench, interleaved.
 
-    python benchmarks/overhead.py [--device cpu] [--model gpt2] [--new-tokens 48] [--rounds 4]
+    python benchmarks/overhead.py [--device cpu] [--model gpt2] [--new-tokens 48] [--rounds 4] [--display]
 
 Each round times RUNS bare generate() calls per mode and a kvbench run of RUNS per mode (alternating
 which goes first), on the same
 architecture with the same seeded random weights and generation settings. kvbench's mean should be
 within 2% of the bare loop's: what it adds (a per-token streamer, memory probes outside the timed span)
-must not show in the numbers it reports.
+must not show in the numbers it reports. With --display, kvbench runs with the live terminal progress
+display attached (drawing into memory), as `kvbench run` does in a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 
 from bare_generate import BareGenerate
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--display", action="store_true", help="attach the live progress display")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -48,7 +51,16 @@ def main() -> None:
                 bare[mode].append(generate(mode))
 
     def time_kvbench() -> None:
-        result = run_benchmark(config)
+        if args.display:
+            from rich.console import Console
+
+            from kvbench.progress import LiveProgress
+
+            display = LiveProgress(Console(file=io.StringIO(), force_terminal=True, width=120))
+            with display:
+                result = run_benchmark(config, observer=display)
+        else:
+            result = run_benchmark(config)
         for mode in measured:
             measured[mode] += [run.latency_s for run in result.runs_of(result.cells[0].id, mode)]
 
@@ -58,7 +70,8 @@ def main() -> None:
         for timing in order:
             timing()
 
-    print(f"{args.model} on {device}, {args.new_tokens} new tokens, {args.rounds} rounds x {args.runs} runs per mode")
+    shown = " with the live display" if args.display else ""
+    print(f"{args.model} on {device}, {args.new_tokens} new tokens, {args.rounds} rounds x {args.runs} runs per mode{shown}")
     worst = 0.0
     for mode in bare:
         ratio = statistics.fmean(measured[mode]) / statistics.fmean(bare[mode])
