@@ -170,10 +170,12 @@ def measure(side: Side, config: Path, run_args: list[str], output: Path) -> None
 
 
 def environment_of(path: Path) -> dict:
+    """A results file's environment block, with the kvbench version that wrote it."""
     try:
-        return json.loads(path.read_text()).get("environment", {})
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return {**data.get("environment", {}), "kvbench": data.get("kvbench_version")}
 
 
 def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]], notes: list[str]) -> str:
