@@ -49,7 +49,7 @@ class BenchConfig:
     # With target_rse, each cell stops once both modes' relative standard error of the mean is at most
     # target_rse, after min_runs and within max_runs (default: runs) runs per mode.
     target_rse: float | None = None
-    min_runs: int = 3
+    min_runs: int = 5
     max_runs: int | None = None
     warmup: int = 1
     device: str = "auto"

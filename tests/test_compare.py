@@ -35,13 +35,17 @@ def test_real_runs_compare_in_every_format(two_real_runs):
     assert [row.key.mode for row in comparison.rows] == ["cached", "uncached"]
     assert all(entry is not None for row in comparison.rows for entry in row.entries)
     assert all(speedup > 0 for row in comparison.rows for speedup in row.speedups)
+    # Real runs record the first token: time to first token and per-token decode time are compared too.
+    assert all({"latency", "ttft", "tpot"} <= set(row.entries[1].tests) for row in comparison.rows)
+    assert any("(time to first token)" in header for header in timing_grid(comparison)[0])
     markdown = render_text(comparison, "markdown")
     assert markdown.startswith("| measurement | first mean ± std (s) |")
     assert "second vs first" in markdown
     rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
     assert len(rows) == 4 and {row["label"] for row in rows} == {"first", "second"}
     document = json.loads(render_text(comparison, "json"))
-    assert document["test"] == "welch-t" and len(document["measurements"]) == 4
+    assert document["test"] == "log-ratio-t, holm" and len(document["measurements"]) == 4
+    assert document["family_sizes"]["latency"] == 2 and document["unjudged"] == []
     action = json.loads(render_text(comparison, "benchmark-action"))
     assert [entry["unit"] for entry in action] == ["s", "s"]
     assert all(set(entry) == {"name", "unit", "value", "range", "extra"} for entry in action)
@@ -79,7 +83,10 @@ def test_speedup_per_file(tmp_path):
     b = save(tmp_path, "b", make_result({"cached": [2.0, 2.0], "uncached": [4.0, 4.0]}))
     headers, rows = speedup_grid(compare_results([a, b]))
     assert headers == ["cell", "a cached speedup", "b cached speedup"]
-    assert rows[0][1:] == ["4.00×", "2.00×"]
+    assert rows[0][1:] == ["4.00× [4.00×, 4.00×]", "2.00× [2.00×, 2.00×]"]
+    c = save(tmp_path, "c", make_result({"cached": [2.2, 2.3, 2.1], "uncached": [1.0, 1.01, 0.99]}))
+    headers, rows = speedup_grid(compare_results([a, c]))
+    assert rows[0][2].startswith("0.45× [") and rows[0][2].endswith("(cached is 2.20× slower than uncached)")
 
 
 def test_baseline_can_be_chosen(tmp_path):
