@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from kvbench.compare import ALPHA, METRICS, Comparison, Entry
-from kvbench.stats import NOISY_CV, OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
+from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
 FORMATS = ("table", "markdown", "csv", "json", "benchmark-action")
@@ -155,22 +155,18 @@ def to_markdown(comparison: Comparison) -> str:
 
 def method_note(comparison: Comparison) -> str:
     base = comparison.files[comparison.baseline].label
-    sizes = comparison.family_sizes
-    family = sizes.get("latency", 0)
+    family = comparison.family_sizes.get("latency", 0)
     note = (
-        f"Baseline: {base}. Change = other mean / baseline mean − 1, the means taken over every run"
-        f" (outlying runs included; a run is flagged as outlying at n ≥ {OUTLIER_MIN_N} when its"
-        f" median-based z-score exceeds {OUTLIER_Z:g})."
-        " Interval and verdict come from one t statistic on the log of the ratio of means (delta method,"
-        " Welch–Satterthwaite degrees of freedom): faster or slower exactly when the interval excludes 0%."
-        f" The {family} latency comparison(s) form one family (each other metric its own), and Holm's"
-        f" method keeps the chance of any false call in it at {ALPHA:.0%}: each interval is widened to the"
-        " level Holm tests it at (95% when there is one)."
-        f" Modes whose runs vary by more than {NOISY_CV:.0%} of their mean are warned about."
+        f"Baseline: {base}. Change = other mean / baseline mean − 1, means over all runs (outlying runs"
+        f" included; flagged from {OUTLIER_MIN_N} runs at a median-based z-score above {OUTLIER_Z:g}), with an"
+        " interval from one t statistic on the log of the ratio (delta method, Welch–Satterthwaite df):"
+        " faster or slower exactly when the interval excludes 0%."
+        f" Holm's method across the {family} latency comparison(s) (each metric its own family) keeps the"
+        f" chance of any false call at {ALPHA:.0%}: each interval is widened to the level Holm tests it at."
     )
     if comparison.threshold_pct is not None:
         rule = GATE_RULE.replace("PCT", f"{comparison.threshold_pct:g}")
-        note += f" Gate on {METRICS[comparison.gate_metric]}: {rule}."
+        note += f" The gate on {METRICS[comparison.gate_metric]} {rule}."
     return note
 
 
