@@ -136,7 +136,8 @@ def main() -> None:
                 row = found[noise, cv, n, ratio]
                 cells.append(f"{row['failed'][pct]:.0%} [{row['caught'][pct]:.0%}]")
             print(f"| {noise} | {cv:.0%} | {n} | " + " | ".join(cells) + " |")
-        nulls = [found[noise, cv, n, RATIOS[0]]["failed"][pct] for noise, cv, n in itertools.product(NOISES, CVS, RUNS)]
+        rows = itertools.product(NOISES, CVS, RUNS)
+        nulls = [found[noise, cv, n, RATIOS[0]]["failed"][pct] for noise, cv, n in rows]
         pooled = sum(nulls) / len(nulls)
         # One row's rate from `sims` comparisons has a binomial standard error; the pooled rate is the
         # figure to hold against the bound, the worst row is shown with its error.

@@ -252,7 +252,9 @@ def compare_results(
     `gate_metric` change lies above +threshold_pct; one it cannot judge goes into `unjudged`.
     `allow_single` accepts one file (for exporting it, with nothing to judge)."""
     if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
-        raise KvbenchError(f"the regression threshold must be a non-negative percentage such as 5, not {threshold_pct}")
+        raise KvbenchError(
+            f"the regression threshold must be a non-negative percentage such as 5, not {threshold_pct}"
+        )
     if gate_metric not in METRICS:
         raise KvbenchError(f"the gate metric cannot be {gate_metric!r}; choose one of {', '.join(METRICS)}")
     expanded = expand_paths(paths)
