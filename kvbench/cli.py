@@ -26,6 +26,7 @@ stdout = output_console()
 stderr = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
+EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
 EXIT_INTERRUPTED = 130
 
 
@@ -342,13 +343,20 @@ def compare(
     ),
     fmt: str = typer.Option(
         "table", "--format", "-f", help="table, markdown (for a pull request), csv, json, or benchmark-action"
-        " (github-action-benchmark's customSmallerIsBetter JSON, from the last file)."
+        " (github-action-benchmark's customSmallerIsBetter JSON, from the last file; one file is enough)."
     ),
     fail_on_regression: Optional[float] = typer.Option(
         None,
         metavar="PCT",
-        help="Exit 1 when a measurement is slower than the baseline by more than PCT percent and Welch's"
-        " t-test calls the difference significant (p < 0.05). For CI.",
+        help="The gate, for CI: exit 1 when, for any measurement, the whole 95% confidence interval of its"
+        " change (widened for the number of measurements compared, by Holm's method) lies above +PCT%;"
+        " exit 3 when it cannot judge a measurement (missing from a file, fewer than 2 runs), one line"
+        " each. Keep PCT above the drift you see between reruns.",
+    ),
+    gate_metric: str = typer.Option(
+        "latency",
+        help="What the gate judges: latency (per generate()), ttft (time to first token) or tpot (decode"
+        " time per token).",
     ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
@@ -359,9 +367,17 @@ def compare(
 
         if fmt not in FORMATS:
             raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
-        if fail_on_regression is not None and fail_on_regression < 0:
-            raise KvbenchError("--fail-on-regression takes a non-negative percentage, such as 5")
-        comparison = compare_results(files, baseline=baseline, threshold_pct=fail_on_regression)
+        if fail_on_regression is not None and not (0 <= fail_on_regression < float("inf")):
+            raise KvbenchError(
+                f"--fail-on-regression takes a non-negative percentage, such as 5, not {fail_on_regression}"
+            )
+        comparison = compare_results(
+            files,
+            baseline=baseline,
+            threshold_pct=fail_on_regression,
+            gate_metric=gate_metric,
+            allow_single=fmt == "benchmark-action",
+        )
     if fmt == "table":
         from kvbench.report import render_comparison
 
@@ -371,8 +387,13 @@ def compare(
         if fmt in ("csv", "benchmark-action"):  # formats with no place for warnings of their own
             for warning in comparison.warnings:
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    for line in comparison.unjudged:
+        stderr.print(f"[yellow]not judged:[/] {line}", highlight=False, soft_wrap=True)
+    # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.
     if comparison.regressions:
         raise typer.Exit(1)
+    if comparison.gate_failed_closed:
+        raise typer.Exit(EXIT_UNJUDGED)
 
 
 @app.command()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from kvbench.config import Cell
 from kvbench.errors import KvbenchError
-from kvbench.results import BenchmarkResult, ModeSummary, read_result
-from kvbench.stats import RatioTest, compare_means
+from kvbench.results import BenchmarkResult, ModeSummary, RunRecord, read_result
+from kvbench.stats import summarize_mode
+from kvbench.stats import RatioTest, cached_speedup, compare_means, holm_levels, noise_warning
 
+# The false-alarm rate of a whole comparison, per metric: every measurement (cell × mode × file) is one
+# test of a family, and Holm's procedure keeps the chance of any false call in it at most ALPHA.
 ALPHA = 0.05
+# What can be compared, and what the gate can judge (--gate-metric): per-run values, in seconds.
+METRICS = {
+    "latency": "latency",
+    "ttft": "time to first token",
+    "tpot": "decode time per token",
+}
 # Settings that, when they differ between files, make a comparison less like-for-like: say so.
 CONFIG_CHECKS = ("prompt", "prompt_tokens", "weights", "warmup", "seed")
 ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cuda_version")
@@ -43,15 +53,31 @@ class LoadedFile:
 class Entry:
     """One measurement in one file, judged against the baseline file's matching measurement."""
 
-    summary: ModeSummary
-    latencies_s: list[float]
+    key: MeasurementKey  # this file's own settings, which may differ from the row's (the baseline's)
+    summary: ModeSummary  # recomputed from the runs, never a stored summary
+    samples: dict[str, list[float]]  # per metric, one value per run; a metric not recorded is absent
     peak_memory_bytes: int | None
-    versus_baseline: RatioTest | None = None  # None for the baseline itself
+    peak_memory_source: str = ""
+    tests: dict[str, RatioTest] = field(default_factory=dict)  # per metric, against the baseline
     regression: bool = False
+    unjudged: str | None = None  # with the gate on: why it could not judge this measurement
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return self.samples["latency"]
+
+    @property
+    def versus_baseline(self) -> RatioTest | None:
+        """The latency test against the baseline; None for the baseline itself."""
+        return self.tests.get("latency")
 
     @property
     def change_pct(self) -> float | None:
         test = self.versus_baseline
+        return (test.ratio - 1) * 100 if test is not None else None
+
+    def change_of(self, metric: str) -> float | None:
+        test = self.tests.get(metric)
         return (test.ratio - 1) * 100 if test is not None else None
 
 
@@ -59,7 +85,11 @@ class Entry:
 class Row:
     key: MeasurementKey
     entries: list[Entry | None]  # one per file, None where the file lacks it
-    speedups: list[float | None] = field(default_factory=list)  # cached over uncached, per file
+    speedup_tests: list[RatioTest | None] = field(default_factory=list)  # uncached over cached, per file
+
+    @property
+    def speedups(self) -> list[float | None]:
+        return [test.ratio if test is not None else None for test in self.speedup_tests]
 
 
 @dataclass
@@ -69,6 +99,11 @@ class Comparison:
     rows: list[Row]
     warnings: list[str]
     threshold_pct: float | None
+    gate_metric: str = "latency"
+    # One line per measurement the gate cannot judge; with the gate on, these fail it (exit 3).
+    unjudged: list[str] = field(default_factory=list)
+    # Per metric, how many tests share one Holm family.
+    family_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def regressions(self) -> list[tuple[Row, int]]:
@@ -78,6 +113,11 @@ class Comparison:
             for index, entry in enumerate(row.entries)
             if entry is not None and entry.regression
         ]
+
+    @property
+    def gate_failed_closed(self) -> bool:
+        """The gate is on and could not judge everything it was asked to."""
+        return self.threshold_pct is not None and bool(self.unjudged)
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
@@ -102,18 +142,46 @@ def _labels(paths: list[Path]) -> list[str]:
     return [str(path) for path in paths]
 
 
+def metric_samples(runs: list[RunRecord]) -> dict[str, list[float]]:
+    """Each metric's per-run values: latency, time to first token, and decode time per token,
+    (latency - first token) / (new tokens - 1). A metric some run lacks is left out."""
+    samples = {"latency": [run.latency_s for run in runs]}
+    if runs and all(run.time_to_first_token_s is not None for run in runs):
+        samples["ttft"] = [run.time_to_first_token_s for run in runs]
+        if all(run.new_tokens >= 2 for run in runs):
+            samples["tpot"] = [
+                (run.latency_s - run.time_to_first_token_s) / (run.new_tokens - 1) for run in runs
+            ]
+    return samples
+
+
 def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
     found = {}
     for cell in result.cells:
         resolved = replace(cell.settings, dtype=(cell.model or {}).get("dtype", cell.settings.dtype))
         for mode in result.modes:
-            summary = result.summary_of(cell.id, mode)
-            if summary is None:
+            runs = result.runs_of(cell.id, mode)
+            if not runs:
                 continue
             key = MeasurementKey(resolved, mode)
-            latencies = [run.latency_s for run in result.runs_of(cell.id, mode)]
-            found[key] = Entry(summary, latencies, summary.peak_memory()[0])
+            summary = summarize_mode(cell.id, mode, runs)
+            memory, source = summary.peak_memory()
+            found[key] = Entry(key, summary, metric_samples(runs), memory, source)
     return found
+
+
+def _why_missing(result: BenchmarkResult, key: MeasurementKey) -> str:
+    """What a file says about a measurement it lacks: its cell's state, or that it has no such cell."""
+    for cell in result.cells:
+        # The key's dtype is what the baseline resolved "auto" to; this file's cell may say "auto".
+        same = replace(key.cell, dtype=cell.settings.dtype) == cell.settings and key.cell.dtype in (
+            cell.settings.dtype,
+            (cell.model or {}).get("dtype"),
+        )
+        if same:
+            reason = f": {cell.reason}" if cell.reason else ""
+            return f"its cell is {cell.status}{reason}, with no {key.mode} runs"
+    return "it has no such measurement"
 
 
 def _differences(files: list[LoadedFile]) -> list[str]:
@@ -155,10 +223,24 @@ def _align(
 
 
 def compare_results(
-    paths: list[str | Path], baseline: str | None = None, threshold_pct: float | None = None
+    paths: list[str | Path],
+    baseline: str | None = None,
+    threshold_pct: float | None = None,
+    gate_metric: str = "latency",
+    allow_single: bool = False,
 ) -> Comparison:
+    """Read the files, match their measurements, and judge each against the baseline's. With a
+    threshold (the gate), a measurement is a regression when the whole Holm-adjusted interval of its
+    `gate_metric` change lies above +threshold_pct; one it cannot judge goes into `unjudged`.
+    `allow_single` accepts one file (for exporting it, with nothing to judge)."""
+    if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
+        raise KvbenchError(
+            f"the regression threshold must be a non-negative percentage such as 5, not {threshold_pct}"
+        )
+    if gate_metric not in METRICS:
+        raise KvbenchError(f"the gate metric cannot be {gate_metric!r}; choose one of {', '.join(METRICS)}")
     expanded = expand_paths(paths)
-    if len(expanded) < 2:
+    if len(expanded) < (1 if allow_single else 2):
         raise KvbenchError("compare needs at least two results files; pass two files or a directory of them")
     files = [
         LoadedFile(str(path), label, read_result(path))
@@ -184,34 +266,98 @@ def compare_results(
                     row_keys.append(key)
         placed.append(mapping)
     rows = []
+    unjudged: list[str] = []
     for row_key in row_keys:
         entries: list[Entry | None] = []
-        speedups: list[float | None] = []
-        for loaded, found, mapping in zip(files, measured, placed):
+        for found, mapping in zip(measured, placed):
             own = next((key for key, target in mapping.items() if target == row_key), None)
-            entry = found[own] if own is not None else None
-            entries.append(entry)
-            speedups.append(loaded.result.speedup(entry.summary.cell) if entry is not None else None)
+            entries.append(found[own] if own is not None else None)
         base_entry = entries[base_index]
         for index, entry in enumerate(entries):
-            if entry is None or base_entry is None or index == base_index:
+            if entry is not None:
+                noisy = noise_warning(entry.latencies_s)
+                if noisy:
+                    warnings.append(f"{entry.key.label()} in {files[index].label}: {noisy}")
+            if index == base_index or base_entry is None:
                 continue
-            entry.versus_baseline = compare_means(entry.latencies_s, base_entry.latencies_s)
-            entry.regression = (
-                threshold_pct is not None
-                and (entry.change_pct or 0.0) > threshold_pct
-                and entry.versus_baseline.significant(ALPHA)
-            )
+            where = f"{row_key.label()} in {files[index].label}"
+            if entry is None:
+                reason = _why_missing(files[index].result, row_key)
+                unjudged.append(f"{where}: missing ({reason})")
+                continue
+            for metric in METRICS:
+                ours, theirs = entry.samples.get(metric), base_entry.samples.get(metric)
+                if ours and theirs and _positive(ours) and _positive(theirs):
+                    entry.tests[metric] = compare_means(ours, theirs)
+            entry.unjudged = _why_unjudged(entry, base_entry, gate_metric, files[base_index].label)
+            if entry.unjudged:
+                unjudged.append(f"{where}: {entry.unjudged}")
         if base_entry is None:
             warnings.append(f"{row_key.label()}: not in the baseline {files[base_index].label}; shown, not judged")
-        else:
-            missing = [files[i].label for i, entry in enumerate(entries) if entry is None]
-            if missing:
-                warnings.append(f"{row_key.label()}: missing from {', '.join(missing)}")
-        rows.append(Row(row_key, entries, speedups))
+        rows.append(Row(row_key, entries, [_speedup(f.result, e) for f, e in zip(files, entries)]))
     if not rows:
         raise KvbenchError("none of these files holds a finished measurement; rerun kvbench run")
-    return Comparison(files, base_index, rows, warnings, threshold_pct)
+    family_sizes = _adjust_for_family(rows)
+    for row in rows:
+        for entry in row.entries:
+            if entry is not None:
+                entry.regression = gate_fails(entry.tests.get(gate_metric), threshold_pct)
+    return Comparison(files, base_index, rows, warnings, threshold_pct, gate_metric, unjudged, family_sizes)
+
+
+def gate_fails(test: RatioTest | None, threshold_pct: float | None) -> bool:
+    """The gate's one rule: it fails when the whole (Holm-adjusted) interval of the change lies above
+    +threshold_pct, that is, when its lower bound is above 1 + threshold_pct / 100."""
+    if threshold_pct is None or test is None or test.low is None:
+        return False
+    return test.low > 1 + threshold_pct / 100
+
+
+def _why_unjudged(entry: Entry, base: Entry, metric: str, base_label: str) -> str | None:
+    name = METRICS[metric]
+    if metric not in entry.samples or metric not in base.samples:
+        side = "this file" if metric not in entry.samples else f"the baseline {base_label}"
+        return f"no {name} recorded in {side}"
+    n, n_base = len(entry.samples[metric]), len(base.samples[metric])
+    if n < 2 or n_base < 2:
+        return f"{n} run(s) here and {n_base} in the baseline; judging needs at least 2 in each"
+    if not _positive(entry.samples[metric] + base.samples[metric]):
+        return f"a {name} that is not a finite positive number"
+    return None
+
+
+def _positive(values: list[float]) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def _adjust_for_family(rows: list[Row]) -> dict[str, int]:
+    """Widen every judged interval to the level Holm's procedure tests it at, per metric, so that the
+    printed interval, the verdict and the family-wise false-alarm rate all agree."""
+    sizes = {}
+    for metric in METRICS:
+        family = [
+            entry
+            for row in rows
+            for entry in row.entries
+            if entry is not None and metric in entry.tests and entry.tests[metric].judged
+        ]
+        levels = holm_levels([entry.tests[metric].p_value for entry in family], ALPHA)
+        for entry, level in zip(family, levels):
+            entry.tests[metric] = entry.tests[metric].at(1 - level)
+        sizes[metric] = len(family)
+    return sizes
+
+
+def _speedup(result: BenchmarkResult, entry: Entry | None) -> RatioTest | None:
+    """Uncached over cached mean latency in the entry's cell, from the runs, with its 95% interval."""
+    if entry is None:
+        return None
+    cell = entry.summary.cell
+    uncached = [run.latency_s for run in result.runs_of(cell, "uncached")]
+    cached = [run.latency_s for run in result.runs_of(cell, "cached")]
+    if not uncached or not cached:
+        return None
+    return cached_speedup(uncached, cached)
 
 
 def _baseline_index(files: list[LoadedFile], baseline: str | None) -> int:

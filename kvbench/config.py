@@ -119,7 +119,7 @@ class BenchConfig:
         " (0.01 = 1%), between --min-runs and --max-runs runs.",
         must_match=True,
     )
-    min_runs: int = setting(3, "Fewest runs per mode with --target-rse.", minimum=2, must_match=True)
+    min_runs: int = setting(5, "Fewest runs per mode with --target-rse.", minimum=2, must_match=True)
     max_runs: int | None = setting(
         None, "Most runs per mode with --target-rse.", minimum=1, must_match=True, shown_default="--runs"
     )

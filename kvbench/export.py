@@ -8,64 +8,130 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from kvbench.compare import ALPHA, Comparison, Entry
+from kvbench.compare import ALPHA, METRICS, Comparison, Entry
+from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
 FORMATS = ("table", "markdown", "csv", "json", "benchmark-action")
+# What the gate tests, in the one sentence the method note, the README and `compare --help` share.
+GATE_RULE = (
+    "fails when, for any measurement, the whole 95% confidence interval of its change (widened for the"
+    " number of measurements compared, by Holm's method) lies above +PCT%, and fails closed (exit 3)"
+    " when a measurement cannot be judged"
+)
 
 
-def _verdict(entry: Entry, threshold_pct: float | None) -> str:
-    test = entry.versus_baseline
-    if test is None:
-        return "—"
-    if test.low is None:
-        return f"{entry.change_pct:+.1f}% (too few runs to judge)"
-    interval = f"[{(test.low - 1) * 100:+.1f}%, {(test.high - 1) * 100:+.1f}%]"
-    if entry.regression:
-        word = f"REGRESSION (> {threshold_pct:g}%)"
-    elif test.significant(ALPHA):
-        word = "faster" if test.ratio < 1 else "slower"
-    else:
-        word = "no significant change"
-    return f"{entry.change_pct:+.1f}% {interval} {word}"
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def interval_text(test: RatioTest) -> str:
+    """The interval of the change as printed: "[+0.2%, +18.5%]", its confidence named when not 95%."""
+    shown = f"[{_pct(test.low)}, {_pct(test.high)}]"
+    if round(test.confidence, 4) != 0.95:
+        shown += f" ({test.confidence:.1%} CI)"
+    return shown
+
+
+def _mean_cell(entry: Entry) -> str:
+    summary = entry.summary
+    std = f" ± {summary.std_s:.3f}" if summary.std_s is not None else ""
+    notes = [f"n={summary.n}"]
+    if summary.outlier_runs:
+        notes.append("outlying run " + ", ".join(str(run + 1) for run in summary.outlier_runs))
+    return f"{summary.mean_s:.3f}{std} ({'; '.join(notes)})"
+
+
+def _memory_cell(entry: Entry, base: Entry | None) -> str:
+    shown = format_bytes(entry.peak_memory_bytes)
+    change = memory_change_pct(entry, base)
+    return f"{shown} ({change:+.1f}%)" if change is not None else shown
+
+
+def memory_change_pct(entry: Entry, base: Entry | None) -> float | None:
+    """Peak memory against the baseline's, when both come from the same source (VRAM vs VRAM, RSS vs RSS)."""
+    if base is None or base is entry or entry.peak_memory_bytes is None or not base.peak_memory_bytes:
+        return None
+    if entry.peak_memory_source != base.peak_memory_source:
+        return None
+    return (entry.peak_memory_bytes / base.peak_memory_bytes - 1) * 100
+
+
+def _compared_metrics(comparison: Comparison) -> list[str]:
+    """Latency always; time to first token and per-token decode time where some file was judged on them."""
+    present = {metric for row in comparison.rows for e in row.entries if e is not None for metric in e.tests}
+    return [metric for metric in METRICS if metric == "latency" or metric in present]
 
 
 def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Headers and rows shared by the terminal table and markdown: each file's mean ± std and peak
-    memory, then each other file's change against the baseline."""
+    memory, then each other file's change against the baseline, per metric."""
     files, base = comparison.files, comparison.baseline
     headers = ["measurement"]
     for loaded in files:
         label = loaded.label if loaded.result.complete else f"{loaded.label} (incomplete)"
         headers += [f"{label} mean ± std (s)", f"{label} peak mem"]
     others = [i for i in range(len(files)) if i != base]
-    headers += [f"{files[i].label} vs {files[base].label}" for i in others]
+    metrics = _compared_metrics(comparison)
+    for metric in metrics:
+        suffix = "" if metric == "latency" else f" ({METRICS[metric]})"
+        headers += [f"{files[i].label} vs {files[base].label}{suffix}" for i in others]
     rows = []
     for row in comparison.rows:
         cells = [row.key.label()]
+        base_entry = row.entries[base]
         for entry in row.entries:
             if entry is None:
                 cells += ["—", "—"]
                 continue
-            std = f" ± {entry.summary.std_s:.3f}" if entry.summary.std_s is not None else ""
-            cells += [f"{entry.summary.mean_s:.3f}{std} (n={entry.summary.n})", format_bytes(entry.peak_memory_bytes)]
-        for index in others:
-            entry = row.entries[index]
-            cells.append(_verdict(entry, comparison.threshold_pct) if entry is not None else "—")
+            cells += [_mean_cell(entry), _memory_cell(entry, base_entry)]
+        for metric in metrics:
+            for index in others:
+                entry = row.entries[index]
+                if entry is None:
+                    cells.append("not judged: missing" if base_entry is not None else "—")
+                else:
+                    cells.append(_verdict(entry, metric, comparison))
         rows.append(cells)
     return headers, rows
 
 
+def _verdict(entry: Entry, metric: str, comparison: Comparison) -> str:
+    if metric == comparison.gate_metric and entry.unjudged and comparison.threshold_pct is not None:
+        return f"not judged: {entry.unjudged}"
+    test = entry.tests.get(metric)
+    if test is None:
+        return "—"
+    if test.low is None:
+        return f"{_pct(test.ratio)} (not judged: fewer than 2 runs)"
+    word = test.direction()
+    if entry.regression and metric == comparison.gate_metric:
+        word = f"REGRESSION (> {comparison.threshold_pct:g}%)"
+    return f"{_pct(test.ratio)} {interval_text(test)} {word}"
+
+
 def speedup_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Cached over uncached speedup per cell, in each file."""
+    """Cached over uncached speedup per cell, in each file, with its 95% interval."""
     headers = ["cell", *(f"{loaded.label} cached speedup" for loaded in comparison.files)]
     rows = []
     for row in comparison.rows:
-        if row.key.mode != "cached" or not any(s is not None for s in row.speedups):
+        if row.key.mode != "cached" or not any(s is not None for s in row.speedup_tests):
             continue
         label = row.key.cell.label()
-        rows.append([label, *(f"{s:.2f}×" if s is not None else "—" for s in row.speedups)])
+        rows.append([label, *(speedup_cell(test) for test in row.speedup_tests)])
     return headers, rows
+
+
+def speedup_cell(test: RatioTest | None) -> str:
+    """"4.00× [3.80×, 4.21×]" when the cache is faster; "0.45× (cached 2.22× slower)" when it is not."""
+    if test is None:
+        return "—"
+    shown = f"{test.ratio:.2f}×"
+    if test.low is not None:
+        shown += f" [{test.low:.2f}×, {test.high:.2f}×]"
+    if test.ratio < 1:
+        shown += f" ({speedup_words(test).split(' (')[0]})"
+    return shown
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -81,49 +147,77 @@ def to_markdown(comparison: Comparison) -> str:
     if speedups[1]:
         parts.append(_markdown_table(*speedups))
     parts.append(method_note(comparison))
-    if comparison.warnings:
-        parts.append("\n".join(f"> warning: {w}  " for w in comparison.warnings))
+    lines = [f"> not judged: {line}  " for line in comparison.unjudged]
+    lines += [f"> warning: {w}  " for w in comparison.warnings]
+    if lines:
+        parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
 def method_note(comparison: Comparison) -> str:
     base = comparison.files[comparison.baseline].label
-    return (
-        f"Baseline: {base}. Change = other mean / baseline mean − 1, with a 95% confidence interval;"
-        f" significant when Welch's t-test gives p < {ALPHA}."
+    family = comparison.family_sizes.get("latency", 0)
+    note = (
+        f"Baseline: {base}. Change = other mean / baseline mean − 1, means over all runs (outlying runs"
+        f" included; flagged from {OUTLIER_MIN_N} runs at a median-based z-score above {OUTLIER_Z:g}), with an"
+        " interval from one t statistic on the log of the ratio (delta method, Welch–Satterthwaite df):"
+        " faster or slower exactly when the interval excludes 0%."
+        f" Holm's method across the {family} latency comparison(s) (each metric its own family) keeps the"
+        f" chance of any false call at {ALPHA:.0%}: each interval is widened to the level Holm tests it at."
     )
+    if comparison.threshold_pct is not None:
+        rule = GATE_RULE.replace("PCT", f"{comparison.threshold_pct:g}")
+        note += f" The gate on {METRICS[comparison.gate_metric]} {rule}."
+    return note
 
 
 def records(comparison: Comparison) -> list[dict[str, Any]]:
-    """One flat record per measurement per file: what CSV and JSON carry."""
+    """One flat record per measurement per file, labelled with that file's own settings: what CSV and
+    JSON carry."""
     out = []
     for row in comparison.rows:
-        for loaded, entry, speedup in zip(comparison.files, row.entries, row.speedups):
+        base_entry = row.entries[comparison.baseline]
+        for loaded, entry, speedup in zip(comparison.files, row.entries, row.speedup_tests):
             if entry is None:
                 continue
             test = entry.versus_baseline
-            out.append(
-                {
-                    "file": loaded.path,
-                    "label": loaded.label,
-                    "baseline": loaded is comparison.files[comparison.baseline],
-                    "complete": loaded.result.complete,
-                    **asdict(row.key.cell),
-                    "mode": row.key.mode,
-                    "n": entry.summary.n,
-                    "mean_s": entry.summary.mean_s,
-                    "std_s": entry.summary.std_s,
-                    "median_s": entry.summary.median_s,
-                    "peak_memory_bytes": entry.peak_memory_bytes,
-                    "cached_speedup": speedup,
-                    "ratio_to_baseline": test.ratio if test else None,
-                    "ci_low": test.low if test else None,
-                    "ci_high": test.high if test else None,
-                    "p_value": test.p_value if test else None,
-                    "significant": test.significant(ALPHA) if test else None,
-                    "regression": entry.regression,
-                }
-            )
+            record = {
+                "file": loaded.path,
+                "label": loaded.label,
+                "baseline": loaded is comparison.files[comparison.baseline],
+                "complete": loaded.result.complete,
+                **asdict(entry.key.cell),
+                "mode": entry.key.mode,
+                "compared_with": row.key.label(),
+                "n": entry.summary.n,
+                "mean_s": entry.summary.mean_s,
+                "std_s": entry.summary.std_s,
+                "cv": coefficient_of_variation(entry.latencies_s),
+                "median_s": entry.summary.median_s,
+                "outlier_runs": " ".join(str(run) for run in entry.summary.outlier_runs),
+                "peak_memory_bytes": entry.peak_memory_bytes,
+                "peak_memory_source": entry.peak_memory_source,
+                "peak_memory_change_pct": memory_change_pct(entry, base_entry),
+                "cached_speedup": speedup.ratio if speedup else None,
+                "cached_speedup_low": speedup.low if speedup else None,
+                "cached_speedup_high": speedup.high if speedup else None,
+                "ratio_to_baseline": test.ratio if test else None,
+                "ci_low": test.low if test else None,
+                "ci_high": test.high if test else None,
+                "ci_confidence": test.confidence if test and test.low is not None else None,
+                "p_value": test.p_value if test else None,
+                "significant": test.significant() if test else None,
+            }
+            for metric in ("ttft", "tpot"):
+                values = entry.samples.get(metric)
+                other = entry.tests.get(metric)
+                record[f"{metric}_mean_s"] = sum(values) / len(values) if values else None
+                record[f"{metric}_ratio_to_baseline"] = other.ratio if other else None
+                record[f"{metric}_ci_low"] = other.low if other else None
+                record[f"{metric}_ci_high"] = other.high if other else None
+            record["regression"] = entry.regression
+            record["unjudged"] = entry.unjudged
+            out.append(record)
     return out
 
 
@@ -141,9 +235,13 @@ def to_json(comparison: Comparison) -> str:
         "baseline": comparison.files[comparison.baseline].path,
         "files": [loaded.path for loaded in comparison.files],
         "threshold_pct": comparison.threshold_pct,
+        "gate_metric": comparison.gate_metric,
+        "gate": GATE_RULE,
         "alpha": ALPHA,
-        "test": "welch-t",
+        "test": "log-ratio-t, holm",
+        "family_sizes": comparison.family_sizes,
         "measurements": records(comparison),
+        "unjudged": comparison.unjudged,
         "warnings": comparison.warnings,
         "regressions": len(comparison.regressions),
     }
@@ -152,7 +250,8 @@ def to_json(comparison: Comparison) -> str:
 
 def to_benchmark_action(comparison: Comparison) -> str:
     """The last file's mean latencies in github-action-benchmark's `customSmallerIsBetter` shape: a JSON
-    list of {name, unit, value, range, extra}; the action tracks them from one CI run to the next."""
+    list of {name, unit, value, range, extra}, each named by its own settings; the action tracks them
+    from one CI run to the next."""
     index = len(comparison.files) - 1
     entries = []
     for row in comparison.rows:
@@ -162,7 +261,7 @@ def to_benchmark_action(comparison: Comparison) -> str:
         std = entry.summary.std_s
         entries.append(
             {
-                "name": row.key.label(),
+                "name": entry.key.label(),
                 "unit": "s",
                 "value": round(entry.summary.mean_s, 6),
                 "range": f"± {std:.6f}" if std is not None else "",

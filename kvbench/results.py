@@ -7,6 +7,7 @@ Schema history (the reader accepts every version listed):
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -255,7 +256,29 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
         raise KvbenchError(
             f"{origin} is a damaged kvbench results file ({error}); rerun kvbench run to replace it"
         ) from None
+    check_run_times(result.runs, origin)
     return result
+
+
+def check_run_times(runs: list[RunRecord], origin: str) -> None:
+    """Refuse times no generate() can take (NaN, infinite, zero or negative, a first token after the
+    end): judged, they would print "+nan%" or "-332% faster" instead of failing."""
+    for run in runs:
+        times = {"latency_s": run.latency_s, "time_to_first_token_s": run.time_to_first_token_s}
+        for name, value in times.items():
+            if value is None and name == "time_to_first_token_s":
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value <= 0:
+                raise KvbenchError(
+                    f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has {name} {value!r}, not a"
+                    " finite positive number of seconds; the file is damaged, rerun kvbench run"
+                )
+        if run.time_to_first_token_s is not None and run.time_to_first_token_s > run.latency_s:
+            raise KvbenchError(
+                f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has its first token after its"
+                " end (time_to_first_token_s > latency_s); the file is damaged, rerun kvbench run"
+            )
 
 
 def read_result(path: str | Path) -> BenchmarkResult:

@@ -168,9 +168,9 @@ def test_compare_itself_does_not_import_torch(tmp_path):
 
 def test_show_flags_outliers(tmp_path):
     path = tmp_path / "r.json"
-    write_result(make_result({"cached": [1.0, 1.1, 0.9, 1.05, 5.0], "uncached": [4.0, 4.1, 3.9]}), path)
+    write_result(make_result({"cached": [1.0, 1.1, 0.9, 1.05, 1.02, 5.0], "uncached": [4.0, 4.1, 3.9]}), path)
     result = invoke("show", path)
-    assert "outlier in cached: run 5 (5.000 s) against a median of 1.050 s" in result.stdout
+    assert "outlier in cached: run 6 (5.000 s) against a median of 1.035 s" in result.stdout
     assert "outlier in uncached" not in result.stdout
 
 

@@ -35,13 +35,17 @@ def test_real_runs_compare_in_every_format(two_real_runs):
     assert [row.key.mode for row in comparison.rows] == ["cached", "uncached"]
     assert all(entry is not None for row in comparison.rows for entry in row.entries)
     assert all(speedup > 0 for row in comparison.rows for speedup in row.speedups)
+    # Real runs record the first token: time to first token and per-token decode time are compared too.
+    assert all({"latency", "ttft", "tpot"} <= set(row.entries[1].tests) for row in comparison.rows)
+    assert any("(time to first token)" in header for header in timing_grid(comparison)[0])
     markdown = render_text(comparison, "markdown")
     assert markdown.startswith("| measurement | first mean ± std (s) |")
     assert "second vs first" in markdown
     rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
     assert len(rows) == 4 and {row["label"] for row in rows} == {"first", "second"}
     document = json.loads(render_text(comparison, "json"))
-    assert document["test"] == "welch-t" and len(document["measurements"]) == 4
+    assert document["test"] == "log-ratio-t, holm" and len(document["measurements"]) == 4
+    assert document["family_sizes"]["latency"] == 2 and document["unjudged"] == []
     action = json.loads(render_text(comparison, "benchmark-action"))
     assert [entry["unit"] for entry in action] == ["s", "s"]
     assert all(set(entry) == {"name", "unit", "value", "range", "extra"} for entry in action)
@@ -79,7 +83,10 @@ def test_speedup_per_file(tmp_path):
     b = save(tmp_path, "b", make_result({"cached": [2.0, 2.0], "uncached": [4.0, 4.0]}))
     headers, rows = speedup_grid(compare_results([a, b]))
     assert headers == ["cell", "a cached speedup", "b cached speedup"]
-    assert rows[0][1:] == ["4.00×", "2.00×"]
+    assert rows[0][1:] == ["4.00× [4.00×, 4.00×]", "2.00× [2.00×, 2.00×]"]
+    c = save(tmp_path, "c", make_result({"cached": [2.2, 2.3, 2.1], "uncached": [1.0, 1.01, 0.99]}))
+    headers, rows = speedup_grid(compare_results([a, c]))
+    assert rows[0][2].startswith("0.45× [") and rows[0][2].endswith("(cached is 2.20× slower than uncached)")
 
 
 def test_baseline_can_be_chosen(tmp_path):
@@ -126,3 +133,100 @@ def test_bad_files_are_named(tmp_path, content, message):
 def test_a_single_file_is_not_enough(tmp_path):
     with pytest.raises(KvbenchError, match="at least two results files"):
         compare_results([save(tmp_path, "a", make_result())])
+
+
+def _with_attn(result, attn):
+    from dataclasses import replace
+
+    for cell in result.cells:
+        old_id = cell.id
+        cell.settings = replace(cell.settings, attn_implementation=attn)
+        for run in result.runs:
+            if run.cell == old_id:
+                run.cell = cell.id
+    return result
+
+
+def test_each_file_is_labelled_with_its_own_settings(tmp_path):
+    sdpa = save(tmp_path, "sdpa", _with_attn(make_result(), "sdpa"))
+    eager = save(tmp_path, "eager", _with_attn(make_result(), "eager"))
+    comparison = compare_results([sdpa, eager])
+    rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    assert {(row["label"], row["attn_implementation"]) for row in rows} == {("sdpa", "sdpa"), ("eager", "eager")}
+    assert all("attn sdpa" in row["compared_with"] for row in rows)
+    action = json.loads(render_text(comparison, "benchmark-action"))
+    assert all("attn eager" in entry["name"] for entry in action)
+
+
+def test_benchmark_action_works_from_a_single_file(tmp_path):
+    only = save(tmp_path, "only", make_result())
+    comparison = compare_results([only], allow_single=True)
+    action = json.loads(render_text(comparison, "benchmark-action"))
+    assert [entry["value"] for entry in action] == [pytest.approx(1.0), pytest.approx(4.0)]
+    with pytest.raises(KvbenchError, match="at least two"):
+        compare_results([only])
+
+
+def test_time_to_first_token_and_decode_time_per_token_from_the_runs(tmp_path):
+    def with_first_token(latencies, ttft):
+        result = make_result({"cached": latencies}, max_new_tokens=11)
+        for run, first in zip(result.runs, ttft):
+            run.time_to_first_token_s = first
+        return result
+
+    # Decode time per token = (latency - first token) / (11 - 1): base (1.0 - 0.2) / 10 = 0.08 s.
+    base = save(tmp_path, "base", with_first_token([1.0, 1.0, 1.0], [0.2, 0.21, 0.19]))
+    slow_prefill = save(tmp_path, "slow", with_first_token([1.2, 1.2, 1.2], [0.4, 0.41, 0.39]))
+    comparison = compare_results([base, slow_prefill], threshold_pct=50, gate_metric="ttft")
+    entry = comparison.rows[0].entries[1]
+    assert entry.samples["tpot"] == pytest.approx([0.08, 0.079, 0.081])
+    assert entry.change_of("ttft") == pytest.approx(100.0)
+    assert entry.change_of("tpot") == pytest.approx(0.0, abs=1e-9)
+    assert entry.regression  # first token twice as slow, the whole interval above +50%
+    assert not compare_results([base, slow_prefill], threshold_pct=50, gate_metric="tpot").regressions
+    record = next(r for r in records(comparison) if r["label"] == "slow")
+    assert record["ttft_mean_s"] == pytest.approx(0.4) and record["tpot_ratio_to_baseline"] == pytest.approx(1.0)
+
+
+def test_peak_memory_change_against_the_baseline(tmp_path):
+    base = make_result()
+    bigger = make_result()
+    for run in bigger.runs:
+        run.peak_rss_bytes = 1500
+    comparison = compare_results([save(tmp_path, "a", base), save(tmp_path, "b", bigger)])
+    assert timing_grid(comparison)[1][0][4] == "1.5 KiB (+50.0%)"
+    assert next(r for r in records(comparison) if r["label"] == "b")["peak_memory_change_pct"] == pytest.approx(50.0)
+
+
+def test_many_measurements_widen_the_intervals_holm(tmp_path):
+    # Eight measurements (4 lengths × 2 modes): the smallest p-value is tested at 0.05 / 8.
+    def sweep(shift):
+        from kvbench.results import BenchmarkResult
+
+        parts = [make_result({"cached": [1.0 * shift, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}, max_new_tokens=t) for t in (10, 20, 30, 40)]
+        merged: BenchmarkResult = parts[0]
+        for part in parts[1:]:
+            merged.cells += part.cells
+            merged.runs += part.runs
+        merged.config["max_new_tokens"] = [10, 20, 30, 40]
+        return merged
+
+    comparison = compare_results([save(tmp_path, "a", sweep(1.0)), save(tmp_path, "b", sweep(1.02))])
+    assert comparison.family_sizes["latency"] == 8
+    confidences = sorted(row.entries[1].versus_baseline.confidence for row in comparison.rows)
+    assert confidences[-1] == pytest.approx(1 - 0.05 / 8)
+    assert any("% CI)" in row[-1] for row in timing_grid(comparison)[1])
+    assert "Holm's method across the 8 latency comparison(s)" in render_text(comparison, "markdown")
+
+
+def test_outlying_runs_are_shown_in_compare(tmp_path):
+    a = save(tmp_path, "a", make_result({"cached": [1.0, 1.1, 0.9, 1.05, 1.02, 5.0]}))
+    comparison = compare_results([a, a])
+    assert "(n=6; outlying run 6)" in timing_grid(comparison)[1][0][1]
+    assert "outlying runs included" in render_text(comparison, "markdown")
+
+
+def test_a_noisy_mode_is_warned_about(tmp_path):
+    noisy = save(tmp_path, "noisy", make_result({"cached": [80.0, 122.5, 165.0, 70.0, 175.0]}))
+    comparison = compare_results([noisy, noisy])
+    assert any("too noisy to trust" in warning for warning in comparison.warnings)

@@ -3,11 +3,16 @@ import math
 import pytest
 
 from kvbench.stats import (
+    coefficient_of_variation,
     compare_means,
+    holm_adjusted,
+    holm_levels,
     median_gap_ms,
+    noise_warning,
     outlier_indices,
     per_token_curve_ms,
     relative_standard_error,
+    speedup_words,
     summarize,
 )
 
@@ -31,17 +36,32 @@ def test_relative_standard_error():
     assert relative_standard_error([1.0]) is None
 
 
-def test_welch_t_test_matches_a_worked_example():
-    # Worked by hand: means 20 and 22; sample variances 10/4 = 2.5 and 68/4 = 17 (n 5 each);
-    # squared standard errors 0.5 and 3.4; t = -2 / sqrt(3.9) = -1.0127;
-    # Welch df = 3.9^2 / (0.5^2/4 + 3.4^2/4) = 5.152; two-sided p from the t table = 0.3564.
+def test_log_ratio_test_matches_a_worked_example():
+    # Worked by hand: means 20 and 22, sample variances 2.5 and 17, n 5 each.
+    # Squared standard errors of log(mean): 2.5 / (5 * 20^2) = 0.00125 and 17 / (5 * 22^2) = 0.0070248;
+    # se = sqrt(0.0082748) = 0.090966; t = ln(20/22) / se = -0.095310 / 0.090966 = -1.04776;
+    # Welch df = 0.0082748^2 / (0.00125^2 / 4 + 0.0070248^2 / 4) = 5.3798;
+    # t table at 5.38 df: two-sided p = 0.3395, t(0.975) = 2.5169;
+    # interval (20/22) exp(±2.5169 * 0.090966) = [0.72306, 1.14299].
     a = [18.0, 19.0, 20.0, 21.0, 22.0]
     b = [17.0, 19.0, 22.0, 25.0, 27.0]
     test = compare_means(a, b)
     assert test.ratio == pytest.approx(20 / 22)
-    assert test.p_value == pytest.approx(0.3564, abs=5e-4)
-    assert not test.significant()
-    assert test.low < test.ratio < test.high
+    assert test.log_se == pytest.approx(0.090966, abs=1e-6)
+    assert test.df == pytest.approx(5.3798, abs=1e-3)
+    assert test.p_value == pytest.approx(0.3395, abs=5e-4)
+    assert (test.low, test.high) == (pytest.approx(0.72306, abs=1e-4), pytest.approx(1.14299, abs=1e-4))
+    assert not test.significant() and test.direction() == "no significant change"
+
+
+def test_interval_and_p_value_agree_at_the_boundary():
+    # The interval at confidence 1 - p has its edge exactly at 1: the two come from one statistic.
+    a = [1.10, 1.05, 1.12, 1.02, 1.08]
+    b = [1.00, 1.03, 0.98, 1.01, 0.97]
+    test = compare_means(a, b)
+    at_p = test.at(1 - test.p_value)
+    assert at_p.low == pytest.approx(1.0, abs=1e-9)
+    assert test.significant() == (test.p_value < 0.05)
 
 
 def test_a_clear_difference_is_significant_and_its_interval_excludes_one():
@@ -49,7 +69,8 @@ def test_a_clear_difference_is_significant_and_its_interval_excludes_one():
     b = [2.00, 2.04, 1.96, 2.02, 1.98]
     test = compare_means(b, a)
     assert test.ratio == pytest.approx(2.0)
-    assert test.significant()
+    assert test.significant() and test.direction() == "slower"
+    assert compare_means(a, b).direction() == "faster"
     assert 1.9 < test.low < 2.0 < test.high < 2.1
 
 
@@ -61,19 +82,94 @@ def test_identical_samples_are_not_significant():
     assert not test.significant()
 
 
+def test_constant_samples_differ_exactly():
+    test = compare_means([2.0, 2.0], [1.0, 1.0])
+    assert (test.low, test.high, test.p_value) == (2.0, 2.0, 0.0)
+    assert test.significant()
+
+
 def test_too_few_runs_give_a_ratio_but_no_verdict():
     test = compare_means([1.0], [2.0, 2.1])
     assert test.ratio == pytest.approx(1 / 2.05)
-    assert test.p_value is None and test.low is None
+    assert test.p_value is None and test.low is None and not test.judged
+    assert test.direction() == "no significant change"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0])
+def test_values_that_are_no_time_are_refused(bad):
+    with pytest.raises(ValueError, match="finite, positive"):
+        compare_means([1.0, bad], [1.0, 1.1])
+
+
+def test_holm_levels_by_hand():
+    # m = 3, alpha 0.05: the smallest p (0.001) is tested at 0.05/3 and rejected; the next (0.02) at
+    # 0.05/2 = 0.025 and rejected; the last (0.04) at 0.05 and rejected.
+    assert holm_levels([0.04, 0.001, 0.02]) == pytest.approx([0.05, 0.05 / 3, 0.025])
+    # 0.03 is above 0.05/2, so it and everything after it are kept, at that step's level.
+    assert holm_levels([0.001, 0.03, 0.04]) == pytest.approx([0.05 / 3, 0.025, 0.025])
+    assert holm_adjusted([0.001, 0.03, 0.04]) == pytest.approx([0.003, 0.06, 0.06])
+    assert holm_levels([]) == []
+
+
+def test_holm_levels_reject_exactly_where_adjusted_p_values_do():
+    p_values = [0.004, 0.2, 0.011, 0.013, 0.03, 0.0001]
+    levels = holm_levels(p_values)
+    adjusted = holm_adjusted(p_values)
+    assert [p < level for p, level in zip(p_values, levels)] == [a < 0.05 for a in adjusted]
 
 
 def test_outliers_by_modified_z_score():
-    # median 1.05; absolute deviations 0.05, 0.05, 0.15, 0, 3.95 -> MAD 0.05;
-    # z(5.0) = 0.6745 * 3.95 / 0.05 = 53.3 (outlier), z(0.9) = 0.6745 * 0.15 / 0.05 = 2.02 (not).
-    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 5.0]) == [4]
-    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 1.02]) == []
-    assert outlier_indices([1.0, 1.1, 9.0, 1.05]) == []  # too few to tell
-    assert outlier_indices([1.0, 1.0, 1.0, 1.0, 2.0]) == []  # MAD 0
+    # median 1.03; absolute deviations 0.03, 0.07, 0.13, 0.02, 0.01, 3.97 -> MAD 0.05;
+    # z(5.0) = 0.6745 * 3.97 / 0.05 = 53.6 (outlier), z(0.9) = 0.6745 * 0.13 / 0.05 = 1.75 (not).
+    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 1.02, 5.0]) == [5]
+    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 1.02, 1.04]) == []
+    # A z of 4 would have been flagged by the textbook cut-off of 3.5; not by 6.
+    # median 1.0, deviations 0.1,0.1,0,0,0.1,0.1,0.593 -> MAD 0.1; z = 0.6745 * 0.593 / 0.1 = 4.0
+    assert outlier_indices([0.9, 1.1, 1.0, 1.0, 0.9, 1.1, 1.593]) == []
+
+
+def test_outliers_need_six_runs():
+    assert outlier_indices([1.0, 1.1, 0.9, 1.05, 5.0]) == []
+
+
+def test_outliers_when_most_runs_are_equal():
+    # MAD 0: each value is measured against the spread of the others.
+    assert outlier_indices([1, 1, 1, 1, 1, 1, 9]) == [6]
+    assert outlier_indices([1, 1, 1, 1, 2, 2, 2]) == []
+    assert outlier_indices([1, 1, 1, 1, 1, 1]) == []
+
+
+def test_outlier_flags_are_rare_on_clean_data():
+    # The cut-off was chosen so clean normal runs flag at most about 5% of cells (see stats.OUTLIER_Z).
+    import random
+
+    rng = random.Random(7)
+    for n in (5, 6, 10):
+        flagged = sum(bool(outlier_indices([rng.gauss(10, 0.5) for _ in range(n)])) for _ in range(4000))
+        assert flagged / 4000 < 0.065, n
+
+
+def test_noise_warning_above_ten_percent():
+    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(math.sqrt(2) / 2)
+    assert noise_warning([10.0, 10.2, 9.9, 10.1]) is None
+    # The busy-machine run of the issue: 122.5 ± 53.3 s is a CV of 43%.
+    warning = noise_warning([80.0, 122.5, 165.0, 70.0, 175.0])
+    assert warning is not None and "too noisy" in warning
+    assert noise_warning([5.0]) is None
+
+
+def test_speedup_is_worded_by_direction():
+    faster = compare_means([4.0, 4.1, 3.9], [1.0, 1.02, 0.98])
+    assert speedup_words(faster).startswith("cached is 4.00× faster than uncached (95% interval ")
+    slower = compare_means([1.0, 1.01, 0.99], [2.22, 2.23, 2.21])
+    text = speedup_words(slower)
+    assert text.startswith("cached is 2.22× slower than uncached")
+    assert "0.45" not in text
+    low, high = (float(x) for x in text.split("interval ")[1].rstrip("×)").split("×–"))
+    assert low < 2.22 < high
+    unclear = compare_means([1.0, 1.3, 0.8], [1.0, 1.2, 0.9])
+    assert speedup_words(unclear).endswith("within noise)")
+    assert speedup_words(compare_means([2.0], [1.0])).endswith("(too few runs for an interval)")
 
 
 def test_token_gaps_take_the_median_over_a_slice():
