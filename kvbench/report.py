@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kvbench.results import BenchmarkResult, CellResult, ModeSummary
+from kvbench.stats import cached_speedup, noise_warning, speedup_words
 from kvbench.units import format_bytes
 
 
@@ -92,9 +93,13 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     if cell.status in ("skipped", "oom", "error"):
         lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
-    ratio = result.speedup(cell.id)
-    if ratio is not None:
-        lines.append(Text(f"{_speedup_words(ratio)} (by mean latency)", style="bold"))
+    speedup = speedup_of(result, cell)
+    if speedup is not None:
+        lines.append(Text(f"{speedup} (by mean latency)", style="bold"))
+    for mode in result.modes:
+        noisy = noise_warning([run.latency_s for run in result.runs_of(cell.id, mode)])
+        if noisy:
+            lines.append(Text(f"{mode}: {noisy}", style="yellow"))
     # The reference experiment printed these two lines; keep them so results read side by side.
     for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
         summary = result.summary_of(cell.id, mode)
@@ -221,17 +226,20 @@ def one_line_summary(result: BenchmarkResult) -> list[str]:
                 parts.append(f"{mode} {summary.mean_s:.3f}{std} s (n={summary.n})")
         if not parts:
             continue
-        speedup = result.speedup(cell.id)
-        verdict = f"; {_speedup_words(speedup)}" if speedup is not None else ""
+        speedup = speedup_of(result, cell)
+        verdict = f"; {speedup}" if speedup is not None else ""
         lines.append(f"{cell.label()}: {', '.join(parts)}{verdict} · {device} · kvbench {result.kvbench_version}")
     return lines
 
 
-def _speedup_words(speedup: float) -> str:
-    """Never "0.45× faster": when the cache is slower, say so."""
-    if speedup >= 1:
-        return f"cached is {speedup:.2f}× faster than uncached"
-    return f"cached is {1 / speedup:.2f}× slower than uncached"
+def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
+    """What the cache bought in a cell, in words, with its 95% interval; None without both modes."""
+    cached, uncached = (
+        [run.latency_s for run in result.runs_of(cell.id, mode)] for mode in ("cached", "uncached")
+    )
+    if not cached or not uncached:
+        return None
+    return speedup_words(cached_speedup(uncached, cached))
 
 
 def print_generated_text(result: BenchmarkResult, console: Console) -> None:
