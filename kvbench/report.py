@@ -95,7 +95,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         return lines
     speedup = speedup_of(result, cell)
     if speedup is not None:
-        lines.append(Text(f"{speedup} (by mean latency)", style="bold"))
+        lines.append(Text(f"by mean latency, {speedup}", style="bold"))
     for mode in result.modes:
         noisy = noise_warning([run.latency_s for run in result.runs_of(cell.id, mode)])
         if noisy:
