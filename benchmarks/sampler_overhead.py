@@ -19,7 +19,8 @@ import types
 
 from bare_generate import BareGenerate
 
-from kvbench.memory import NvmlSampler, SamplingProcess, nvml_identities, open_nvml
+from kvbench.memory import NvmlSampler, SamplingProcess
+from kvbench.nvml import gpu_uuids, open_by_uuid
 from kvbench.devices import resolve_device
 
 TARGET = 0.01
@@ -80,9 +81,9 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    identities, reason = nvml_identities([device])
+    uuids, reason = gpu_uuids([device])
     if reason is None:
-        opener, source = functools.partial(open_nvml, identities), "NVML"
+        opener, source = functools.partial(open_by_uuid, uuids), "NVML"
     else:
         opener = functools.partial(open_statm, device, os.getpid())
         source = f"a /proc/<pid>/statm stand-in ({reason})"

@@ -124,6 +124,13 @@ class BenchConfig:
         None, "Most runs per mode with --target-rse.", minimum=1, must_match=True, shown_default="--runs"
     )
     warmup: int = setting(1, "Unmeasured generations per mode first.", short="-w", minimum=0, must_match=True)
+    compile: bool = setting(
+        False,
+        "Let generate() compile the forward pass with torch.compile where transformers does so by itself"
+        " (a static cache on a GPU). Off: both modes run eagerly, the same code. On needs --warmup 1 or"
+        " more, since the first call compiles.",
+        must_match=True,
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", short="-d", must_match=True)
     device_map: str | None = setting(
         None,
@@ -316,6 +323,11 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
     if not config.sample_interval_ms > 0:
         raise KvbenchError(
             f"{source}: 'sample_interval_ms' must be positive, got {config.sample_interval_ms}"
+        )
+    if config.compile and config.warmup < 1:
+        raise KvbenchError(
+            f"{source}: 'compile' needs 'warmup' of at least 1: the first generation compiles, and timing it"
+            " would time the compiler; raise --warmup"
         )
     if not config.prompt:
         raise KvbenchError(f"{source}: 'prompt' is empty; give some text or use --prompt-tokens")

@@ -60,3 +60,20 @@ def resolve_device(requested: str) -> str:
         found = f"{count} CUDA device(s)" if count else "no CUDA device (or torch was built without CUDA)"
         raise KvbenchError(f"device {requested} is not available: this machine has {found}; use --device cpu")
     return f"cuda:{index}"
+
+
+def compute_capability(*devices: str) -> tuple[int, int] | None:
+    """The lowest CUDA compute capability among `devices` (a model spread over GPUs runs at the pace of
+    its weakest), or None where none is a GPU. Decided here once and handed to what depends on it:
+    the dtype `auto` picks, and whether bfloat16 and flash attention run natively."""
+    gpus = [device for device in devices if is_gpu(device)]
+    if not gpus:
+        return None
+    import torch
+
+    return min(tuple(torch.cuda.get_device_capability(cuda_index(device))) for device in gpus)
+
+
+def native_bfloat16(capability: tuple[int, int] | None) -> bool:
+    """bfloat16 runs natively from compute capability 8.0 (Ampere); below, it is emulated and slow."""
+    return capability is not None and capability >= (8, 0)

@@ -45,23 +45,25 @@ def git_commit() -> str | None:
 
 
 def _gpu(device: str) -> dict[str, Any]:
+    """What a GPU result needs to be reproduced: which GPU (its UUID), what it can do (compute
+    capability), the software between kvbench and it (CUDA and driver versions), which GPUs the process
+    could see, and the clocks, power limit and MIG mode it started with (those NVML can read)."""
     import torch
 
+    from kvbench import nvml
+    from kvbench.devices import compute_capability
+
     properties = torch.cuda.get_device_properties(cuda_index(device))
+    capability = compute_capability(device)
     info: dict[str, Any] = {
         "gpu_name": properties.name,
         "gpu_memory_bytes": properties.total_memory,
+        "gpu_compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
         "cuda_version": torch.version.cuda,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpu_driver": None,
     }
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        info["gpu_driver"] = driver.decode() if isinstance(driver, bytes) else driver
-    except Exception:  # noqa: BLE001 - the driver version is a nicety; memory.py reports NVML's absence
-        pass
+    info.update(nvml.gpu_facts(device, properties))
     return info
 
 

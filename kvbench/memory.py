@@ -8,13 +8,15 @@ reports what it did not measure.
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
-from kvbench.devices import Devices, cuda_index, is_gpu
+from kvbench.devices import Devices
+from kvbench.nvml import gpu_uuids, open_by_uuid
 
 _PROC_STATUS = "/proc/self/status"
 _PROC_CLEAR_REFS = "/proc/self/clear_refs"
@@ -110,47 +112,6 @@ class PeakRss:
         return None if self.unavailable else self._read_hwm()
 
 
-def nvml_identities(devices: list[str]) -> tuple[dict[str, tuple[str | None, int]], str | None]:
-    """({device: (UUID, torch index)}, None), or ({}, the reason NVML cannot be used). NVML numbers GPUs
-    physically while CUDA_VISIBLE_DEVICES renumbers them for torch, so GPUs are found by UUID first."""
-    gpus = [device for device in devices if is_gpu(device)]
-    if not gpus:
-        return {}, f"the device is {', '.join(devices)}, not a CUDA GPU"
-    try:
-        import pynvml
-    except ImportError:
-        return {}, "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as error:
-        return {}, f"NVML is unavailable ({error})"
-    import torch
-
-    identities: dict[str, tuple[str | None, int]] = {}
-    for device in gpus:
-        index = cuda_index(device)
-        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        identities[device] = (f"GPU-{uuid}" if uuid is not None else None, index)
-    return identities, None
-
-
-def open_nvml(identities: dict[str, tuple[str | None, int]]) -> tuple[Any, dict[str, Any]]:
-    """pynvml and a handle per device, found by UUID, else by index; runs in the sampling process,
-    which never imports torch."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    handles = {}
-    for device, (uuid, index) in identities.items():
-        try:
-            handles[device] = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else None
-        except pynvml.NVMLError:
-            handles[device] = None
-        if handles[device] is None:
-            handles[device] = pynvml.nvmlDeviceGetHandleByIndex(index)
-    return pynvml, handles
-
-
 @dataclass
 class SamplerReading:
     """What the sampler saw during one generate(), per device."""
@@ -160,6 +121,8 @@ class SamplerReading:
     peak_process_bytes: int | None  # this process's VRAM on all its devices, at its highest
     samples: int
     process_unavailable: str | None
+    # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
+    device_unavailable: str | None = None
 
     @property
     def baseline_bytes(self) -> int:
@@ -181,6 +144,7 @@ class NvmlSampler:
 
     def begin(self) -> None:
         """Start a measurement: read the baseline, forget the last peaks."""
+        self.device_unavailable: str | None = None
         self.baseline = {device: self._used(handle) for device, handle in self._handles.items()}
         self.peak = dict(self.baseline)
         self.peak_process_bytes: int | None = None
@@ -188,13 +152,19 @@ class NvmlSampler:
         self.samples = 0
 
     def _used(self, handle: Any) -> int:
-        return self._nvml.nvmlDeviceGetMemoryInfo(handle).used
+        """Device-wide VRAM in use; 0 once a reading has failed, which device_unavailable explains."""
+        if self.device_unavailable is None:
+            try:
+                return self._nvml.nvmlDeviceGetMemoryInfo(handle).used
+            except Exception as error:  # noqa: BLE001 - pynvml raises plain Exceptions too: never end the sampler
+                self.device_unavailable = f"NVML cannot read device memory ({type(error).__name__}: {error})"
+        return 0
 
     def _process_bytes(self, handle: Any) -> int | None:
         try:
             processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        except self._nvml.NVMLError as error:
-            self.process_unavailable = f"NVML cannot list GPU processes ({error})"
+        except Exception as error:  # noqa: BLE001 - e.g. NVMLLibraryMismatchError (a plain Exception) on old drivers
+            self.process_unavailable = f"NVML cannot list GPU processes ({type(error).__name__}: {error})"
             return None
         for process in processes:
             if process.pid == self._pid:
@@ -219,7 +189,12 @@ class NvmlSampler:
 
     def reading(self) -> SamplerReading:
         return SamplerReading(
-            dict(self.baseline), dict(self.peak), self.peak_process_bytes, self.samples, self.process_unavailable
+            dict(self.baseline),
+            dict(self.peak),
+            self.peak_process_bytes,
+            self.samples,
+            self.process_unavailable,
+            self.device_unavailable,
         )
 
 
@@ -228,7 +203,8 @@ class SamplerUnavailable(Exception):
 
 
 def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], pid: int, interval_s: float) -> None:
-    """The sampling process: on "start" take a baseline, sample every interval until "stop", reply."""
+    """The sampling process: on "start" take a baseline, sample every interval until "stop", reply. A
+    failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop."""
     try:
         nvml, handles = opener()
         sampler = NvmlSampler(nvml, handles, pid)
@@ -275,24 +251,61 @@ class SamplingProcess:
             self._process.join()
             raise SamplerUnavailable(reason)
 
-    def start(self) -> None:
-        self._conn.send("start")
-        self._conn.recv()  # the baseline is taken before generation begins
+    def start(self) -> bool:
+        """Take the baseline; False if the sampling process has gone."""
+        try:
+            self._conn.send("start")
+            self._conn.recv()  # the baseline is taken before generation begins
+        except (EOFError, OSError):
+            return False
+        return True
 
-    def stop(self) -> SamplerReading:
-        self._conn.send("stop")
-        return self._conn.recv()
+    def stop(self) -> SamplerReading | None:
+        """The reading since start(); None if the sampling process has gone."""
+        try:
+            self._conn.send("stop")
+            return self._conn.recv()
+        except (EOFError, OSError):
+            return None
 
     def close(self) -> None:
         if self._process.is_alive():
-            self._conn.send("exit")
+            try:
+                self._conn.send("exit")
+            except OSError:
+                pass
             self._process.join(timeout=5)
+        if self._process.is_alive():  # stuck mid-measurement: do not leave it behind
+            self._process.terminate()
+            self._process.join(timeout=5)
+
+
+def free_memory(devices: Devices) -> None:
+    """Give back what earlier runs left before the next is measured: unreachable objects, and on a GPU
+    the blocks torch's caching allocator keeps (once queued work has finished). Otherwise a run's NVML
+    baseline and reserved peak are those of whatever ran before it: the other mode, a larger batch."""
+    gc.collect()
+    if devices.on_gpu:
+        import torch
+
+        for device in devices.gpus:
+            torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 class MemoryProbe:
     """Everything kvbench can measure about memory on the devices a model uses, around one run."""
 
-    def __init__(self, devices: Devices, interval_s: float, sample_vram: bool = True) -> None:
+    def __init__(
+        self,
+        devices: Devices,
+        interval_s: float,
+        sample_vram: bool = True,
+        *,
+        opener: Callable[[], tuple[Any, dict[str, Any]]] | None = None,
+    ) -> None:
+        """`opener` opens NVML in the sampling process; by default the real NVML, on the GPUs found by
+        UUID (tests give a fake)."""
         self.devices = devices
         self.unavailable: dict[str, str] = {}
         self._rss = PeakRss()
@@ -304,10 +317,13 @@ class MemoryProbe:
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
-        identities, reason = nvml_identities(list(devices.names))
+        reason = None
+        if opener is None:
+            uuids, reason = gpu_uuids(list(devices.names))
+            opener = functools.partial(open_by_uuid, uuids)
         if reason is None:
             try:
-                self._sampler = SamplingProcess(functools.partial(open_nvml, identities), interval_s)
+                self._sampler = SamplingProcess(opener, interval_s)
             except SamplerUnavailable as error:
                 reason = f"the NVML sampling process could not start ({error})"
         if reason is not None:
@@ -320,8 +336,15 @@ class MemoryProbe:
 
             for device in self.devices.gpus:
                 torch.cuda.reset_peak_memory_stats(device)
-        if self._sampler is not None:
-            self._sampler.start()
+        if self._sampler is not None and not self._sampler.start():
+            self._sampler_gone()
+
+    def _sampler_gone(self) -> None:
+        """The sampling process has ended: VRAM goes unmeasured from here on, and the run goes on."""
+        assert self._sampler is not None
+        self._sampler.close()
+        self._sampler = None
+        self.unavailable["vram"] = "the NVML sampling process ended unexpectedly; VRAM was not sampled"
 
     def stop(self) -> MemoryReading:
         per_device = {device: MemoryFigures() for device in self.devices.gpus}
@@ -332,13 +355,18 @@ class MemoryProbe:
                 figures.torch_peak_allocated_bytes = torch.cuda.max_memory_allocated(device)
                 figures.torch_peak_reserved_bytes = torch.cuda.max_memory_reserved(device)
         samples = process_peak = None
-        if self._sampler is not None:
-            sampled = self._sampler.stop()
+        sampled = self._sampler.stop() if self._sampler is not None else None
+        if self._sampler is not None and sampled is None:
+            self._sampler_gone()
+        if sampled is not None:
             # NVML's process list answers for this process on all its GPUs at once.
             samples, process_peak = sampled.samples, sampled.peak_process_bytes
             for device, figures in per_device.items():
-                figures.vram_device_baseline_bytes = sampled.baseline.get(device)
-                figures.vram_device_peak_bytes = sampled.peak.get(device)
+                if sampled.device_unavailable is None:
+                    figures.vram_device_baseline_bytes = sampled.baseline.get(device)
+                    figures.vram_device_peak_bytes = sampled.peak.get(device)
+            if sampled.device_unavailable:
+                self.unavailable["vram_device"] = sampled.device_unavailable
             if sampled.process_unavailable:
                 self.unavailable["vram_process"] = sampled.process_unavailable
         totals = _sum_over_devices(per_device.values())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kvbench.devices import Devices, is_gpu
+from kvbench.devices import Devices, is_gpu, native_bfloat16
 from kvbench.errors import KvbenchError
 
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -138,16 +138,30 @@ def max_positions(config: Any) -> int | None:
     return None
 
 
-def resolve_dtype(requested: str, config: Any, device: str) -> str:
-    """'auto' is float32 (as the reference ran), or the checkpoint's own 16-bit type on a GPU."""
+def resolve_dtype(requested: str, config: Any, device: str, capability: tuple[int, int] | None = None) -> str:
+    """'auto' is float32 on a CPU (as the reference ran); on a GPU the checkpoint's own 16-bit type,
+    except that a bfloat16 checkpoint runs in float16 on a GPU without native bfloat16 (compute
+    capability below 8.0, e.g. a T4), where bfloat16 is emulated and far slower."""
     if requested != "auto":
         return requested
     if is_gpu(device):
         declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         declared = str(declared).replace("torch.", "") if declared is not None else None
+        if declared == "bfloat16" and capability is not None and not native_bfloat16(capability):
+            return "float16"
         if declared in ("float16", "bfloat16"):
             return declared
     return "float32"
+
+
+def bfloat16_note(dtypes: list[str], capability: tuple[int, int] | None) -> str | None:
+    """A word for the results file when bfloat16 is asked for on a GPU that only emulates it."""
+    if "bfloat16" not in dtypes or capability is None or native_bfloat16(capability):
+        return None
+    return (
+        f"bfloat16 on a GPU of compute capability {capability[0]}.{capability[1]} is emulated (native from"
+        " 8.0): its cells time the emulation, far slower than float16"
+    )
 
 
 def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
@@ -295,6 +309,7 @@ def build_model(
     device: str,
     seed: int,
     device_map: str | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
@@ -302,7 +317,7 @@ def build_model(
     name, resolved = prepared.name, prepared.resolved
     if device_map is not None and importlib.util.find_spec("accelerate") is None:
         raise KvbenchError("--device-map needs accelerate; pip install accelerate")
-    dtype_name = resolve_dtype(dtype, resolved.config, device)
+    dtype_name = resolve_dtype(dtype, resolved.config, device, capability)
     torch_dtype = getattr(torch, dtype_name)
     attn = None if attn_implementation == "auto" else attn_implementation
     try:

@@ -27,14 +27,17 @@ def peak_vram(summary: ModeSummary) -> tuple[int | None, str]:
 
 
 def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] | None:
-    """Cached minus uncached peak memory, from the same source in both modes, with that source."""
+    """Cached minus uncached peak memory in tensors (torch's allocated bytes, on a GPU), with its source.
+    None where that figure is missing: reserved and NVML figures include the allocator's cache, the CUDA
+    context and other processes, and a CPU's RSS the whole process, so their difference is not the
+    cache's cost."""
     cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
     if cached is None or uncached is None:
         return None
-    (with_cache, source), (without, other) = cached.peak_memory(), uncached.peak_memory()
-    if with_cache is None or without is None or source != other:
+    with_cache, without = cached.torch_peak_allocated_bytes, uncached.torch_peak_allocated_bytes
+    if with_cache is None or without is None:
         return None
-    return with_cache - without, source
+    return with_cache - without, "allocated by torch"
 
 
 def _ms(value: float | None) -> str:

@@ -22,10 +22,10 @@ from kvbench.config import (
     run_limits,
     validate,
 )
-from kvbench.devices import Devices, is_gpu, resolve_device
+from kvbench.devices import Devices, compute_capability, is_gpu, resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
-from kvbench.memory import MemoryProbe
+from kvbench.memory import MemoryProbe, free_memory
 from kvbench.results import BenchmarkResult, CellResult, ResultsFile, RunRecord, read_result
 from kvbench.stats import relative_standard_error
 
@@ -85,12 +85,16 @@ def _installed(module: str) -> bool:
         return False
 
 
-def unsupported_reason(cell: Cell, device: str) -> str | None:
-    """Why this machine cannot run a cell's cache implementation, known before trying."""
+def unsupported_reason(cell: Cell, device: str, capability: tuple[int, int] | None = None) -> str | None:
+    """Why this machine cannot run a cell's cache or attention implementation, known before trying.
+    `capability` is the GPU's compute capability (None on a CPU)."""
     if cell.cache_implementation in ("offloaded", "offloaded_static") and not is_gpu(device):
         return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
     if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
         return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
+    if cell.attn_implementation == "flash_attention_2" and (capability is None or capability < (8, 0)):
+        found = f"this GPU has {capability[0]}.{capability[1]}" if capability else f"the device is {device}"
+        return f"attn_implementation=flash_attention_2 needs a GPU of compute capability 8.0 or newer ({found})"
     if cell.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
         return "attn_implementation=flash_attention_2 needs the flash-attn package"
     return None
@@ -123,6 +127,8 @@ class Generation:
     attention_mask: Any
     pad_token_id: int
     clock: TokenClock
+    # False: generate() must not compile a static cache's forward pass, as it would by itself on a GPU.
+    compile: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -132,6 +138,8 @@ class Generation:
         kwargs: dict[str, Any] = {}
         if mode == "cached" and self.cell.cache_implementation != "dynamic":
             kwargs["cache_implementation"] = self.cell.cache_implementation
+        if not self.compile:
+            kwargs["disable_compile"] = True
         self.clock.begin()
         return self.model.generate(
             self.input_ids,
@@ -147,12 +155,14 @@ class Generation:
         )
 
 
-def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock) -> Generation:
+def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock, compile: bool = False) -> Generation:
     """A cell's batch of prompts on the model's input device."""
     import torch
 
     input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(loaded.devices.primary)
-    return Generation(loaded.model, cell, input_ids, torch.ones_like(input_ids), _pad_token_id(loaded.model), clock)
+    return Generation(
+        loaded.model, cell, input_ids, torch.ones_like(input_ids), _pad_token_id(loaded.model), clock, compile
+    )
 
 
 def measure_generation(
@@ -160,6 +170,8 @@ def measure_generation(
 ) -> tuple[RunRecord, Any]:
     """One measured generate(): memory probed around it, timed, its length checked. Returns the run's
     record and the new token ids."""
+    # Outside the timed span: each run starts from the same memory, not from what the last one left.
+    free_memory(probe.devices)
     probe.start()
     try:
         output, latency_s = timed(lambda: generate(mode))
@@ -210,6 +222,7 @@ class Benchmark:
         output = output if output is not None else config.output
         self.file = ResultsFile(output) if output is not None else None
         self.device = resolve_device(config.device)
+        self.capability = compute_capability(self.device)
         self.cells = expand(config)
         self.result = BenchmarkResult(
             environment=environment.collect(Devices((self.device,))),
@@ -264,6 +277,9 @@ class Benchmark:
             for note in notes:
                 if note not in self.result.notes:
                     self.result.notes.append(note)
+        note = models.bfloat16_note(self.config.dtype, self.capability)
+        if note is not None and note not in self.result.notes:
+            self.result.notes.append(note)
         for cell in self.cells:
             models.check_context(self.prepared[cell.model], len(self.prompts[cell.model][0]), cell.max_new_tokens)
 
@@ -312,6 +328,7 @@ class Benchmark:
                 device=self.device,
                 seed=self.config.seed,
                 device_map=self.config.device_map,
+                capability=self.capability,
             )
             self._loaded = (key, loaded)
             # Memory is measured on every device the model occupies, known only once it is loaded.
@@ -331,7 +348,7 @@ class Benchmark:
 
     def _run_cell(self, cell_result: CellResult) -> None:
         cell = cell_result.settings
-        reason = unsupported_reason(cell, self.device)
+        reason = unsupported_reason(cell, self.device, self.capability)
         if reason is not None:
             cell_result.status, cell_result.reason = "skipped", reason
             return
@@ -342,12 +359,15 @@ class Benchmark:
             loaded = self._model_for(cell)
             ids, how = self.prompts[cell.model]
             cell_result.model = loaded.info()
+            # How the model was run: let compile (a static cache on a GPU) or held to eager code.
+            cell_result.model["compile"] = self.config.compile
             cell_result.prompt_tokens, cell_result.prompt_source = len(ids), how
             cell_result.kv_cache_bytes = cache_bytes_for(
                 loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
             )
             cell_result.status = "incomplete"
-            self._measure_cell(cell_result, prepare_generation(loaded, cell, ids, TokenClock(self.observer.token)), loaded)
+            generation = prepare_generation(loaded, cell, ids, TokenClock(self.observer.token), self.config.compile)
+            self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:
             raise
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on

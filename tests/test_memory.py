@@ -11,15 +11,15 @@ from kvbench.memory import (
     PeakRss,
     SamplerUnavailable,
     SamplingProcess,
-    nvml_identities,
 )
+from kvbench.nvml import gpu_uuids
 from tests.fakes import FakeNvml, open_fake_nvml
 
 
 def test_nvml_missing_library_is_reported_not_raised(fake_nvml):
     fake_nvml(available=False)
-    identities, reason = nvml_identities(["cuda:0"])
-    assert identities == {}
+    uuids, reason = gpu_uuids(["cuda:0"])
+    assert uuids == {}
     assert reason == "NVML is unavailable (NVML Shared Library Not Found)"
 
 
@@ -29,8 +29,8 @@ def test_real_pynvml_on_this_machine_reports_why():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    identities, reason = nvml_identities(["cuda:0"])
-    assert identities == {} and reason.startswith("NVML is unavailable")
+    uuids, reason = gpu_uuids(["cuda:0"])
+    assert uuids == {} and reason.startswith("NVML is unavailable")
 
 
 def test_cpu_probe_says_what_it_cannot_measure():
@@ -116,3 +116,76 @@ def test_peak_rss_resets_between_runs():
     rss.reset()
     low = rss.peak_bytes()
     assert high - low > 150 * 2**20
+
+
+def test_sampling_process_survives_an_nvml_library_mismatch():
+    """nvidia-ml-py raises NVMLLibraryMismatchError, a plain Exception, from the process list on drivers
+    without its v3 call: the sampler records why and goes on measuring the device."""
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100, 700], processes_mismatch=True)
+    sampler = SamplingProcess(opener, interval_s=0.001)
+    try:
+        for _ in range(2):  # the process is still there for the next run
+            assert sampler.start()
+            time.sleep(0.05)
+            reading = sampler.stop()
+            assert reading is not None and reading.samples >= 1
+            assert reading.peak == {"cuda:0": 700}
+            assert reading.peak_process_bytes is None
+            assert "NVMLLibraryMismatchError" in reading.process_unavailable
+    finally:
+        sampler.close()
+
+
+def test_sampling_process_survives_device_memory_failing():
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100], memory_fails_after=2)
+    sampler = SamplingProcess(opener, interval_s=0.001)
+    try:
+        sampler.start()
+        time.sleep(0.05)
+        reading = sampler.stop()
+        assert reading is not None
+        assert "cannot read device memory" in reading.device_unavailable
+        assert sampler.start() and sampler.stop() is not None
+    finally:
+        sampler.close()
+
+
+def test_probe_reports_an_nvml_failure_as_unmeasured_not_as_an_error():
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], processes_mismatch=True)
+    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
+    try:
+        probe.start()
+        reading = probe.stop()
+    finally:
+        probe.close()
+    assert reading.totals.vram_samples >= 1
+    assert "NVMLLibraryMismatchError" in probe.unavailable["vram_process"]
+
+
+def test_probe_outlives_a_sampling_process_that_died():
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], crash=True)
+    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
+    probe.start()
+    reading = probe.stop()
+    probe.close()
+    assert reading.totals.vram_samples is None
+    assert "ended unexpectedly" in probe.unavailable["vram"]
+
+
+def test_free_memory_collects_every_generation(monkeypatch):
+    import gc
+
+    from kvbench.memory import free_memory
+
+    generations = []
+
+    def note(phase, info):
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(note)
+    try:
+        free_memory(Devices(("cpu",)))
+    finally:
+        gc.callbacks.remove(note)
+    assert 2 in generations
