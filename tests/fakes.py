@@ -17,8 +17,17 @@ class FakeNvml(types.ModuleType):
         def __str__(self) -> str:
             return "NVML Shared Library Not Found"
 
+    class NVMLError_NotSupported(NVMLError):
+        def __str__(self) -> str:
+            return "Not Supported"
+
     def __init__(
-        self, available: bool = True, used: list[int] | None = None, process_bytes: int = 0, pid: int | None = None
+        self,
+        available: bool = True,
+        used: list[int] | None = None,
+        process_bytes: int = 0,
+        pid: int | None = None,
+        energy_mj: list[int] | None = None,
     ):
         super().__init__("pynvml")
         self.available = available
@@ -26,6 +35,8 @@ class FakeNvml(types.ModuleType):
         self.process_bytes = process_bytes
         self.pid = os.getpid() if pid is None else pid  # the process said to be using the GPU
         self.calls = 0
+        self.energy_mj = list(energy_mj) if energy_mj is not None else None  # None: a GPU older than Volta
+        self.energy_calls = 0
 
     def nvmlInit(self) -> None:
         if not self.available:
@@ -45,6 +56,14 @@ class FakeNvml(types.ModuleType):
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: str):
         return [types.SimpleNamespace(pid=self.pid, usedGpuMemory=self.process_bytes)]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
+        # Millijoules since the driver loaded; walks through the scripted readings like the memory ones.
+        if self.energy_mj is None:
+            raise self.NVMLError_NotSupported()
+        value = self.energy_mj[min(self.energy_calls, len(self.energy_mj) - 1)]
+        self.energy_calls += 1
+        return value
 
 
 def open_fake_nvml(devices: list[str], **kwargs) -> tuple[FakeNvml, dict[str, str]]:
