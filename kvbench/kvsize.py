@@ -136,8 +136,10 @@ def _why_it_differs(cache: Any, bytes_by_device: dict[str, int]) -> str | None:
     if windows:
         sizes = ", ".join(str(window) for window in sorted(windows - {None})) or "a window of"
         reasons.append(f"sliding-window layers keep only the last {sizes} positions")
-    max_lengths = {getattr(layer, "max_cache_len", None) for layer in layers} - {None}
-    if max_lengths and not any(getattr(layer, "is_sliding", False) for layer in layers):
+    max_lengths = {
+        getattr(layer, "max_cache_len", None) for layer in layers if not getattr(layer, "is_sliding", False)
+    } - {None}
+    if max_lengths:
         reasons.append(
             f"static cache: preallocated for {max(max_lengths)} positions, more than it fills when the"
             " generation is shorter"
