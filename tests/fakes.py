@@ -53,6 +53,7 @@ class FakeNvml(types.ModuleType):
         processes_mismatch: bool = False,
         memory_fails_after: int | None = None,
         crash: bool = False,
+        energy_mj: list[int] | None = None,
     ):
         super().__init__("pynvml")
         self.available = available
@@ -67,6 +68,8 @@ class FakeNvml(types.ModuleType):
         # The process reading memory dies on its first reading (a driver fault, the OOM killer).
         self.crash = crash
         self.calls = 0
+        self.energy_mj = list(energy_mj) if energy_mj is not None else None  # None: a GPU older than Volta
+        self.energy_calls = 0
 
     def nvmlInit(self) -> None:
         if not self.available:
@@ -147,6 +150,14 @@ class FakeNvml(types.ModuleType):
                 " nvmlDeviceGetComputeRunningProcesses_v2"
             )
         return [types.SimpleNamespace(pid=self.pid, usedGpuMemory=self.process_bytes)]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
+        # Millijoules since the driver loaded; walks through the scripted readings like the memory ones.
+        if self.energy_mj is None:
+            raise self.NVMLError_NotSupported()
+        value = self.energy_mj[min(self.energy_calls, len(self.energy_mj) - 1)]
+        self.energy_calls += 1
+        return value
 
 
 def open_fake_nvml(devices: list[str], **kwargs) -> tuple[FakeNvml, dict[str, str]]:

@@ -22,3 +22,107 @@ def test_batch_and_dtype_scale_linearly():
     one = cache_bytes_for(config, 10, 1, "float32")
     assert cache_bytes_for(config, 10, 4, "float32") == 4 * one
     assert cache_bytes_for(config, 10, 1, "float16") == one // 2
+
+
+# --- the cache measured after a real generate() ---------------------------------------------------
+
+import pytest  # noqa: E402
+
+from kvbench.kvsize import agrees_with_theory, cache_of, cached_positions, measured_cache_bytes  # noqa: E402
+
+PROMPT, NEW, BATCH = 5, 7, 2
+
+
+def _generate(directory, **kwargs):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    ids = torch.randint(3, 60, (BATCH, PROMPT), generator=torch.Generator().manual_seed(0))
+    output = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        use_cache=kwargs.pop("use_cache", True),
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    assert output.sequences.shape[1] == PROMPT + NEW
+    return model.config, cache_of(output)
+
+
+def test_cache_holds_prompt_plus_new_minus_one_positions():
+    # The last generated token is returned, never fed back through the model.
+    assert cached_positions(prompt_tokens=5, new_tokens=7) == 11
+    assert cached_positions(prompt_tokens=5, new_tokens=1) == 5
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_measured_dynamic_cache_equals_theory(fixture, request):
+    config, cache = _generate(request.getfixturevalue(fixture))
+    measured = measured_cache_bytes(cache)
+    positions = cached_positions(PROMPT, NEW)
+    theory = cache_bytes_for(config, positions, BATCH, "float32")
+    assert measured.cache_class == "DynamicCache"
+    assert measured.positions_held == positions
+    assert measured.kv_bytes == theory  # exact: prompt + new - 1 positions
+    assert agrees_with_theory(measured.kv_bytes, theory)
+    # One position more (prompt + new) is already off by more than 1% at this length.
+    assert not agrees_with_theory(measured.kv_bytes, cache_bytes_for(config, PROMPT + NEW, BATCH, "float32"))
+    assert measured.tensors == 2 * config.num_hidden_layers
+    assert measured.bytes_by_device == {"cpu": theory}
+    assert measured.reason is None
+
+
+def test_gqa_cache_is_smaller_than_its_attention_heads_suggest(tiny_llama_dir):
+    config, cache = _generate(tiny_llama_dir)
+    with_all_heads = kv_cache_bytes(2, config.num_attention_heads, 8, cached_positions(PROMPT, NEW), BATCH, 4)
+    assert measured_cache_bytes(cache).kv_bytes == with_all_heads // 2  # 2 KV heads of 4
+
+
+def test_static_cache_measures_its_preallocation_and_says_so(tiny_gpt2_dir):
+    config, cache = _generate(tiny_gpt2_dir, cache_implementation="static", max_cache_len=32)
+    measured = measured_cache_bytes(cache)
+    theory = cache_bytes_for(config, cached_positions(PROMPT, NEW), BATCH, "float32")
+    assert measured.kv_bytes >= theory
+    assert measured.kv_bytes == cache_bytes_for(config, 32, BATCH, "float32")
+    assert "static cache" in measured.reason and "32 positions" in measured.reason
+    assert measured.bookkeeping_bytes > 0  # its position counters, kept out of kv_bytes
+
+
+def test_sliding_window_cache_holds_less_and_says_why(tmp_path):
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, sliding_window=4,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    config, cache = _generate(tmp_path)
+    measured = measured_cache_bytes(cache)
+    assert measured.kv_bytes < cache_bytes_for(config, cached_positions(PROMPT, NEW), BATCH, "float32")
+    assert "sliding-window" in measured.reason and "4" in measured.reason
+
+
+def test_uncached_generation_has_no_cache_to_measure(tiny_gpt2_dir):
+    _, cache = _generate(tiny_gpt2_dir, use_cache=False)
+    measured = measured_cache_bytes(cache)
+    assert measured.kv_bytes is None and "use_cache=False" in measured.reason
+
+
+def test_legacy_tuples_count_each_storage_once():
+    import torch
+
+    key = torch.zeros(1, 2, 10, 4)
+    value = torch.zeros(1, 2, 10, 4)
+    # The second layer's key is a view of the first's: the same memory, so counted once.
+    legacy = ((key, value), (key[:, :, :5], torch.zeros(1, 2, 10, 4)))
+    measured = measured_cache_bytes(legacy)
+    assert measured.kv_bytes == 3 * 1 * 2 * 10 * 4 * 4
+    assert measured.tensors == 3
+    assert measured.positions_held is None

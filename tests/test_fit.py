@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from kvbench.errors import KvbenchError
+from kvbench.fit import crossover, extrapolate, fit_latency
+
+LENGTHS = (16, 32, 64, 128, 256)
+
+
+def _runs(a, b, k, noise=0.02, runs=5, seed=0):
+    """Synthetic runs of a + b n**k with multiplicative noise, like run-to-run drift."""
+    rng = np.random.default_rng(seed)
+    return [(n, (a + b * n**k) * (1 + noise * rng.standard_normal())) for n in LENGTHS for _ in range(runs)]
+
+
+def test_recovers_a_linear_exponent_from_noisy_runs():
+    fit = fit_latency(_runs(a=0.3, b=0.03, k=1.0), "cached")
+    assert fit.exponent == pytest.approx(1.0, abs=0.1)
+    assert fit.exponent_ci95_low <= 1.0 <= fit.exponent_ci95_high
+    assert 0 < fit.exponent_stderr < 0.1
+    assert (fit.points, fit.lengths, fit.min_new_tokens, fit.max_new_tokens) == (25, 5, 16, 256)
+    assert fit.rms_relative_residual == pytest.approx(0.02, rel=0.5)
+
+
+def test_recovers_a_quadratic_exponent_from_noisy_runs():
+    fit = fit_latency(_runs(a=0.3, b=2e-4, k=2.0, seed=1), "uncached")
+    assert fit.exponent == pytest.approx(2.0, abs=0.15)
+    assert fit.exponent_ci95_low <= 2.0 <= fit.exponent_ci95_high
+
+
+def test_the_intercept_keeps_fixed_cost_out_of_the_exponent():
+    # A large fixed cost (prefill) on a linear curve: a pure log-log slope would say about 0.6.
+    fit = fit_latency(_runs(a=5.0, b=0.03, k=1.0, noise=0.005))
+    assert fit.exponent == pytest.approx(1.0, abs=0.1)
+    assert fit.intercept_s == pytest.approx(5.0, rel=0.1)
+
+
+def test_noise_widens_the_interval():
+    quiet = fit_latency(_runs(a=0.3, b=0.03, k=1.0, noise=0.005, seed=2))
+    noisy = fit_latency(_runs(a=0.3, b=0.03, k=1.0, noise=0.05, seed=2))
+    assert noisy.exponent_stderr > 3 * quiet.exponent_stderr
+
+
+def test_crossover_worked_by_hand():
+    # cached 1 + 0.1 n, uncached 0.01 n^2: equal where n^2 - 10 n - 100 = 0, n = 5 + sqrt(125) = 16.18.
+    lengths = (4, 8, 16, 32, 64)
+    cached = [(n, 1 + 0.1 * n) for n in lengths]
+    uncached = [(n, 0.01 * n**2) for n in lengths]
+    result = extrapolate(cached, uncached)
+    assert result.cached.exponent == pytest.approx(1.0, abs=1e-3)
+    assert result.uncached.exponent == pytest.approx(2.0, abs=1e-3)
+    assert result.crossover_new_tokens == pytest.approx(5 + 125**0.5, rel=1e-3)
+    assert "inside" in result.crossover_reason
+    assert result.longest_new_tokens == 64
+    # At 128: 163.84 / 13.8; at 640: 4096 / 65.
+    assert result.speedup_at_2x == pytest.approx(163.84 / 13.8, rel=1e-3)
+    assert result.speedup_at_10x == pytest.approx(4096 / 65, rel=1e-3)
+
+
+def test_no_crossover_when_the_cache_always_pays():
+    lengths = (4, 8, 16, 32)
+    result = extrapolate([(n, 0.1 * n) for n in lengths], [(n, 0.1 * n + 0.001 * n**2) for n in lengths])
+    assert result.crossover_new_tokens is None
+    assert "pays at every length" in result.crossover_reason
+
+
+def test_no_crossover_when_the_cache_never_pays():
+    lengths = (4, 8, 16, 32)
+    cached = fit_latency([(n, 2 + 0.2 * n**1.5) for n in lengths], "cached")
+    uncached = fit_latency([(n, 1 + 0.1 * n**1.2) for n in lengths], "uncached")
+    point, reason = crossover(cached, uncached, up_to=320)
+    assert point is None and "does not pay at any length" in reason
+
+
+def test_too_few_lengths_is_a_user_error():
+    with pytest.raises(KvbenchError, match="at least 3 lengths"):
+        fit_latency([(10, 1.0), (10, 1.1), (20, 2.0), (20, 2.1)], "cached")
+
+
+def test_non_positive_latency_is_rejected():
+    with pytest.raises(ValueError):
+        fit_latency([(1, 1.0), (2, 0.0), (3, 3.0), (4, 4.0)])

@@ -1,0 +1,137 @@
+import math
+
+import pytest
+from transformers import GPT2Config, LlamaConfig
+
+from kvbench.errors import KvbenchError
+from kvbench.kvsize import cache_bytes_for
+from kvbench.roofline import (
+    ModelCost,
+    StepCost,
+    datasheet_peaks,
+    fraction_of_bound,
+    generation_cost,
+    measure_device_peaks,
+    model_cost,
+    roofline_bound,
+    step_bound_s,
+    step_cost,
+)
+
+GPT2_SMALL_PARAMETERS = 124_439_808  # GPT-2 small with its tied output head
+
+# A model small enough to work by hand: KV(n, B) = 2 x 2 layers x 1 head x 4 x n x B x 4 bytes = 64 n B.
+TOY = ModelCost(parameters=1000, bytes_per_element=4, layers=2, hidden=8, attention_width=8, kv_heads=1, head_dim=4)
+
+
+def test_gpt2_small_cached_step_reads_weights_and_cache():
+    model = model_cost(GPT2Config(), GPT2_SMALL_PARAMETERS, "float32")
+    assert (model.layers, model.hidden, model.attention_width, model.kv_heads) == (12, 768, 768, 12)
+    # Step 10 after a 6-token prompt attends over 16 positions.
+    cost = step_cost(model, "cached", step=10, prompt_tokens=6, batch=1)
+    kv = 2 * 12 * 12 * 64 * 16 * 4  # 1,179,648 bytes
+    assert kv == cache_bytes_for(GPT2Config(), 16, 1, "float32")
+    assert cost.bytes_moved == 4 * 124_439_808 + kv == 498_938_880
+    assert cost.flops == 2 * 124_439_808 + 4 * 12 * 768 * 16 == 249_469_440
+
+
+def test_batch_shares_the_weights_but_not_the_cache_or_arithmetic():
+    one = step_cost(TOY, "cached", step=2, prompt_tokens=3, batch=1)
+    four = step_cost(TOY, "cached", step=2, prompt_tokens=3, batch=4)
+    assert four.bytes_moved - TOY.weight_bytes == 4 * (one.bytes_moved - TOY.weight_bytes)
+    assert four.flops == 4 * one.flops
+
+
+def test_gqa_reads_fewer_cache_bytes_but_attends_with_every_head():
+    config = LlamaConfig(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, num_hidden_layers=22)
+    model = model_cost(config, 1_100_000_000, "bfloat16")
+    assert (model.kv_heads, model.head_dim, model.attention_width) == (4, 64, 2048)
+    assert model.kv_bytes(100, 1) == cache_bytes_for(config, 100, 1, "bfloat16")
+
+
+def test_step_costs_by_hand():
+    # Cached step 2 after 3 prompt tokens: n = 5 positions.
+    assert step_cost(TOY, "cached", 2, 3, 1) == StepCost(4000 + 64 * 5, 2 * 1000 + 4 * 2 * 8 * 5)
+    # Uncached step 2: a full forward over 5 tokens, hidden states in and out of both layers.
+    assert step_cost(TOY, "uncached", 2, 3, 1) == StepCost(4000 + 320 + 2 * 2 * 5 * 8 * 4, 10_000 + 4 * 2 * 8 * 25)
+    # Step 0 is the prefill in both modes.
+    assert step_cost(TOY, "cached", 0, 3, 1) == step_cost(TOY, "uncached", 0, 3, 1) == StepCost(4576, 6576)
+
+
+def test_generation_cost_sums_the_steps():
+    # Cached: prefill (4576, 6576), then n = 4 (4256, 2256) and n = 5 (4320, 2320).
+    assert generation_cost(TOY, "cached", 3, 3, 1) == StepCost(13_152, 11_152)
+    uncached = generation_cost(TOY, "uncached", 3, 3, 1)
+    assert uncached.flops == 6576 + 9024 + 11600
+
+
+def test_uncached_arithmetic_grows_quadratically_cached_linearly():
+    model = model_cost(GPT2Config(), GPT2_SMALL_PARAMETERS, "float32")
+    cached = [generation_cost(model, "cached", 6, n, 1).flops for n in (100, 200)]
+    uncached = [generation_cost(model, "uncached", 6, n, 1).flops for n in (100, 200)]
+    assert cached[1] / cached[0] == pytest.approx(2, rel=0.05)
+    assert uncached[1] / uncached[0] == pytest.approx(4, rel=0.15)
+
+
+def test_bound_is_the_slower_of_memory_and_arithmetic_step_by_step():
+    # 1000 bytes/s and 2000 FLOPs/s: every cached step is memory-bound.
+    cached = roofline_bound(TOY, "cached", 3, 3, 1, bandwidth_bytes_per_s=1000, flops_per_s=2000)
+    assert cached.bound_s == pytest.approx(4.576 + 4.256 + 4.320)
+    assert cached.bound_per_token_s == pytest.approx(13.152 / 3)
+    assert (cached.memory_bound_steps, cached.limited_by) == (3, "memory bandwidth")
+    # Uncached: step 2 (4960 bytes, 11600 FLOPs) turns compute-bound.
+    uncached = roofline_bound(TOY, "uncached", 3, 3, 1, bandwidth_bytes_per_s=1000, flops_per_s=2000)
+    assert uncached.bound_s == pytest.approx(4.576 + 4.768 + 5.8)
+    assert uncached.memory_bound_steps == 2
+    assert step_bound_s(StepCost(4960, 11600), 1000, 2000) == pytest.approx(5.8)
+    slow_arithmetic = roofline_bound(TOY, "uncached", 3, 3, 1, bandwidth_bytes_per_s=1e9, flops_per_s=1)
+    assert slow_arithmetic.limited_by == "compute"
+
+
+def test_fraction_of_bound():
+    assert fraction_of_bound(0.71, 1.0) == pytest.approx(0.71)
+    assert fraction_of_bound(1.0, 0.0) is None
+
+
+def test_unknown_dtype_is_a_user_error():
+    with pytest.raises(KvbenchError, match="dtype"):
+        model_cost(GPT2Config(), 1, "int3")
+
+
+@pytest.mark.parametrize(
+    "name, row",
+    [
+        ("Tesla T4", "T4"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", None),
+        ("NVIDIA A10", "A10"),
+        ("NVIDIA A10G", None),
+        ("NVIDIA A100-SXM4-40GB", "A100-40GB"),
+        ("NVIDIA A100-PCIE-40GB", "A100-40GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100-80GB SXM"),
+        ("NVIDIA A100 80GB PCIe", None),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", None),
+        ("NVIDIA H100 NVL", None),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", None),
+        ("cpu", None),
+        (None, None),
+    ],
+)
+def test_datasheet_matches_device_names(name, row):
+    peaks = datasheet_peaks(name)
+    assert (peaks.name if peaks else None) == row
+
+
+def test_datasheet_t4_peaks():
+    t4 = datasheet_peaks("Tesla T4")
+    assert (t4.memory_bandwidth_bytes_per_s, t4.fp16_tensor_flops_per_s) == (320e9, 65e12)
+
+
+def test_microbenchmark_on_cpu_measures_something():
+    peaks = measure_device_peaks("cpu", seconds=0.5)
+    for value in (peaks.copy_bandwidth_bytes_per_s, peaks.matmul_flops_per_s):
+        assert value > 0 and math.isfinite(value)
+    assert peaks.matmul_dtype == "float32"
+    assert peaks.seconds_spent_s > 0
