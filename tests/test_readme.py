@@ -1,0 +1,66 @@
+"""The README's examples are real: every TOML block is a valid experiment file whose every cell passes the
+checks a run makes, and every `kvbench` command in a shell block parses with the current command line."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from kvbench.cli import app
+from kvbench.config import build_config
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+
+
+def kvbench_commands() -> list[list[str]]:
+    """Each `kvbench …` invocation in the shell blocks, as argument lists (comments, pipes and
+    redirections cut off; `&&` chains split)."""
+    found = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = "" if line.lstrip().startswith("#") else line.split(" #", 1)[0]
+            for part in re.split(r"&&|\|\||;", line):
+                words = shlex.split(re.split(r"[|>]", part)[0])
+                for index, word in enumerate(words):
+                    if word == "kvbench" or word.endswith("/kvbench"):
+                        found.append(words[index + 1 :])
+                        break
+    return found
+
+
+TOML_BLOCKS = blocks("toml")
+COMMANDS = kvbench_commands()
+
+
+def test_the_readme_has_examples_to_check():
+    assert len(TOML_BLOCKS) >= 1 and len(COMMANDS) >= 8
+
+
+@pytest.mark.parametrize("text", TOML_BLOCKS)
+def test_toml_blocks_are_valid_experiments(text, tmp_path, monkeypatch):
+    path = tmp_path / "experiment.toml"
+    path.write_text(text)
+    build_config(path, {})
+    # Every cell's model and length, checked as a run checks them before measuring.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--dry-run", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(args)[:60] for args in COMMANDS])
+def test_commands_parse(args):
+    group = get_command(app)
+    if not args or args[0].startswith("-"):
+        context = group.make_context("kvbench", list(args))  # --help, --version
+        return
+    command = group.get_command(None, args[0])
+    assert command is not None, f"kvbench has no command {args[0]!r}"
+    command.make_context(args[0], list(args[1:]))
