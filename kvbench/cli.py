@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import secrets
 import shlex
 import signal
 import sys
@@ -95,10 +96,18 @@ class ProgressDisplay:
         pass
 
 
+def _file_name_of(model: str) -> str:
+    """A model as a file name: a directory by its own name ("." is the current directory's), never hidden."""
+    path = Path(model).expanduser()
+    name = path.resolve().name if path.exists() else model.replace("/", "_")
+    return name.lstrip(".") or "model"
+
+
 def default_output(models: list[str]) -> Path:
-    name = "+".join(Path(model).name or model for model in models).replace("/", "_")
+    name = "+".join(_file_name_of(model) for model in models)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{name}-{stamp}.json"
+    # Two runs started in the same second must not share a file.
+    return Path("results") / f"{name}-{stamp}-{secrets.token_hex(2)}.json"
 
 
 def _setting_option(name: str) -> inspect.Parameter:
@@ -141,7 +150,7 @@ def _cli_values(name: str, value: object) -> object:
     return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
 
 
-def run(config_file: Optional[Path], resume: bool, **given: object) -> None:
+def run(config_file: Optional[Path], resume: bool, force: bool, **given: object) -> None:
     """Time generate() with and without the KV cache and write a results file.
 
     With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
@@ -160,9 +169,12 @@ def run(config_file: Optional[Path], resume: bool, **given: object) -> None:
 
         overrides = {name: _cli_values(name, value) for name, value in given.items()}
         config = build_config(config_file, overrides)
+        if resume and not config.output:
+            raise KvbenchError("--resume needs --output naming the results file to continue")
         path = Path(config.output) if config.output else default_output(config.model)
         overrides["output"] = str(path)
-        _run_and_report(config, path, resume, command_line(config_file, overrides, resume))
+        commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
+        _run_and_report(config, path, resume, force, commands)
 
 
 def _register_run() -> None:
@@ -181,6 +193,14 @@ def _register_run() -> None:
             inspect.Parameter.KEYWORD_ONLY,
             default=typer.Option(
                 False, "--resume", help="Keep the cells already finished in --output; measure the rest."
+            ),
+            annotation=bool,
+        ),
+        inspect.Parameter(
+            "force",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                False, "--force", help="Replace --output (and the CSV beside it) if it exists. Without it, never."
             ),
             annotation=bool,
         ),
@@ -223,37 +243,58 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
+def _run_and_report(config, path: Path, resume: bool, force: bool, commands: tuple[str, str]) -> None:
+    # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, from the start (loading takes seconds).
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _load_and_measure(config, path, resume, force, commands)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _load_and_measure(config, path: Path, resume: bool, force: bool, commands: tuple[str, str]) -> None:
     from kvbench.report import print_result
 
-    # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
-    with stderr.status("loading torch, transformers and the model…"):
-        from transformers.utils import logging as transformers_logging
+    command, resume_command = commands
+    try:
+        # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
+        with stderr.status("loading torch, transformers and the model…"):
+            from transformers.utils import logging as transformers_logging
 
-        from kvbench.runner import Benchmark
+            from kvbench.runner import Benchmark
 
-        # kvbench reports what matters itself; transformers' warnings would bury the progress display.
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-        display = ProgressDisplay(stderr)
-        benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+            # kvbench reports what matters itself; transformers' warnings would bury the progress display.
+            transformers_logging.set_verbosity_error()
+            transformers_logging.disable_progress_bar()
+            display = ProgressDisplay(stderr)
+            benchmark = Benchmark(
+                config, output=path, observer=display, command=command, resume=resume, force=force
+            )
+    except KeyboardInterrupt:
+        stderr.print(
+            "[yellow]Interrupted[/] while loading, before anything was measured; nothing was written.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
         stderr.print(
             "[yellow]note:[/] uncached generation of hundreds of tokens takes minutes per run on a CPU;"
             " for a quick look use --max-new-tokens 200 --runs 3",
             highlight=False,
         )
-    # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, saying where the finished runs are.
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with display.progress:
             result = benchmark.run()
     except KeyboardInterrupt:
-        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are saved in {path} (marked incomplete).")
+        stderr.print(
+            f"\n[yellow]Interrupted.[/] Finished runs are saved in {path} (marked incomplete); to measure the"
+            f" rest: {resume_command}",
+            highlight=False,
+            soft_wrap=True,
+        )
         print_result(benchmark.result, stdout)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     print_result(result, stdout)
     stdout.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
     if any(cell.status == "error" for cell in result.cells):
@@ -297,6 +338,7 @@ def compare(
             raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
         if fail_on_regression is not None and fail_on_regression < 0:
             raise KvbenchError("--fail-on-regression takes a non-negative percentage, such as 5")
+        _refuse_repeated_files(files)
         comparison = compare_results(files, baseline=baseline, threshold_pct=fail_on_regression)
     if fmt == "table":
         from kvbench.report import render_comparison
@@ -309,6 +351,19 @@ def compare(
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if comparison.regressions:
         raise typer.Exit(1)
+
+
+def _refuse_repeated_files(files: List[Path]) -> None:
+    """The same file twice would compare it with itself and find nothing: almost surely a slip."""
+    from kvbench.compare import expand_paths
+
+    seen: dict[Path, Path] = {}
+    for path in expand_paths(files):
+        key = path.resolve()
+        if key in seen:
+            also = "" if seen[key] == path else f" (also as {seen[key]})"
+            raise KvbenchError(f"{path} is given twice{also}; compare different results files")
+        seen[key] = path
 
 
 @app.command()
@@ -330,5 +385,18 @@ def plot(
             stdout.print(str(path), highlight=False)
 
 
+def _tolerant_output() -> None:
+    """Where the output's encoding cannot show a character (PYTHONIOENCODING=ascii, an old console), print
+    '?' for it rather than crash after measuring; rich then draws its tables with ASCII too."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change: leave it
+                pass
+
+
 def main() -> None:
+    _tolerant_output()
     app()
