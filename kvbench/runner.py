@@ -300,11 +300,11 @@ class Benchmark:
         return [cell_result for cell_result in self.result.cells if cell_result.status not in FINISHED_STATES]
 
     def run(self) -> BenchmarkResult:
+        if self.file is not None:
+            self.file.open()
         pending = self._pending()
         per_cell = (run_limits(self.config)[1] + self.config.warmup) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
-        if self.file is not None:
-            self.file.open()
         try:
             self.save()
             for index, cell_result in enumerate(pending):
