@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import secrets
 import shlex
 import signal
 import sys
@@ -62,10 +63,18 @@ def _main(
     """
 
 
+def _file_name_of(model: str) -> str:
+    """A model as a file name: a directory by its own name ("." is the current directory's), never hidden."""
+    path = Path(model).expanduser()
+    name = path.resolve().name if path.exists() else model.replace("/", "_")
+    return name.lstrip(".") or "model"
+
+
 def default_output(models: list[str]) -> Path:
-    name = "+".join(Path(model).name or model for model in models).replace("/", "_")
+    name = "+".join(_file_name_of(model) for model in models)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{name}-{stamp}.json"
+    # Two runs started in the same second must not share a file.
+    return Path("results") / f"{name}-{stamp}-{secrets.token_hex(2)}.json"
 
 
 def _setting_option(name: str) -> inspect.Parameter:
@@ -114,7 +123,15 @@ def _cli_values(name: str, value: object) -> object:
     return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
 
 
-def run(config_file: Optional[Path], resume: bool, dry_run: bool, json_output: bool, show_output: bool, **given: object) -> None:
+def run(
+    config_file: Optional[Path],
+    resume: bool,
+    force: bool,
+    dry_run: bool,
+    json_output: bool,
+    show_output: bool,
+    **given: object,
+) -> None:
     """Time generate() with and without the KV cache and write a results file.
 
     With no options this is the reference experiment: gpt2, "What is KV caching?", 1000 new tokens,
@@ -138,16 +155,20 @@ def run(config_file: Optional[Path], resume: bool, dry_run: bool, json_output: b
         overrides = {name: _cli_values(name, value) for name, value in given.items()}
         config = build_config(config_file, overrides)
         if config.output == "-":
+            if resume:
+                raise KvbenchError("--resume needs --output naming a results file to continue, not -")
             # The document goes to stdout; no file is written.
             config.output, json_output, path = None, True, None
         else:
+            if resume and not config.output:
+                raise KvbenchError("--resume needs --output naming the results file to continue")
             path = Path(config.output) if config.output else default_output(config.model)
             overrides["output"] = str(path)
-        command = command_line(config_file, overrides, resume)
+        commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
         if dry_run:
             _dry_run(config, path)
             return
-        _run_and_report(config, path, resume, command, json_output=json_output, show_output=show_output)
+        _run_and_report(config, path, resume, force, commands, json_output=json_output, show_output=show_output)
 
 
 def _register_run() -> None:
@@ -194,6 +215,16 @@ def _register_run() -> None:
             bool,
             typer.Option(
                 False, "--show-output", metavar="", help="Print the text each mode generated (needs a tokenizer)."
+            ),
+        ),
+        own(
+            "force",
+            bool,
+            typer.Option(
+                False,
+                "--force",
+                metavar="",
+                help="Replace --output (and the CSV beside it) if it exists. Without it, never.",
             ),
         ),
     ]
@@ -244,14 +275,13 @@ def _quiet_transformers() -> None:
 
 
 def _dry_run(config, path: Optional[Path]) -> None:
-    """Every check a run makes before measuring, then the plan."""
+    """Every check a run makes before measuring, then the plan; nothing is written."""
     from kvbench.report import render_plan
 
     with stderr.status("loading torch, transformers and checking the models…"):
         _quiet_transformers()
         from kvbench.runner import Benchmark, plan
 
-        # No output: a dry run writes nothing, but the path is checked as a run would.
         if path is not None:
             from kvbench.results import check_writable
 
@@ -260,17 +290,41 @@ def _dry_run(config, path: Optional[Path]) -> None:
     stdout.print(render_plan(plan(benchmark), path))
 
 
-def _run_and_report(config, path: Optional[Path], resume: bool, command: str, *, json_output: bool, show_output: bool) -> None:
+def _run_and_report(
+    config, path: Optional[Path], resume: bool, force: bool, commands: tuple[str, str], **shown: bool
+) -> None:
+    # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, from the start (loading takes seconds).
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _load_and_measure(config, path, resume, force, commands, **shown)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _load_and_measure(
+    config, path: Optional[Path], resume: bool, force: bool, commands: tuple[str, str], *, json_output: bool, show_output: bool
+) -> None:
     from kvbench.progress import progress_for
     from kvbench.report import one_line_summary
 
-    # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
-    with stderr.status("loading torch, transformers and the model…"):
-        _quiet_transformers()
-        from kvbench.runner import Benchmark
+    command, resume_command = commands
+    try:
+        # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
+        with stderr.status("loading torch, transformers and the model…"):
+            _quiet_transformers()
+            from kvbench.runner import Benchmark
 
-        display = progress_for(stderr)
-        benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume)
+            display = progress_for(stderr)
+            benchmark = Benchmark(
+                config, output=path, observer=display, command=command, resume=resume, force=force
+            )
+    except KeyboardInterrupt:
+        stderr.print(
+            "[yellow]Interrupted[/] while loading, before anything was measured; nothing was written.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
         stderr.print(
             "[yellow]note:[/] uncached generation of hundreds of tokens takes minutes per run on a CPU;"
@@ -279,18 +333,17 @@ def _run_and_report(config, path: Optional[Path], resume: bool, command: str, *,
         )
     # With --json, stdout carries the document alone.
     tables = stderr if json_output else stdout
-    # A CI job cancelled sends SIGTERM: stop as Ctrl-C does, saying where the finished runs are.
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with display:
             result = benchmark.run()
     except KeyboardInterrupt:
-        where = f"saved in {path} (marked incomplete)" if path else "printed below (marked incomplete)"
-        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are {where}.", highlight=False)
+        if path is None:
+            where = "printed below (marked incomplete)"
+        else:
+            where = f"saved in {path} (marked incomplete); to measure the rest: {resume_command}"
+        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are {where}", highlight=False, soft_wrap=True)
         _report(benchmark.result, tables, json_output, show_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     _report(result, tables, json_output, show_output)
     if path is not None:
         tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
@@ -371,6 +424,7 @@ def compare(
             raise KvbenchError(
                 f"--fail-on-regression takes a non-negative percentage, such as 5, not {fail_on_regression}"
             )
+        _refuse_repeated_files(files)
         comparison = compare_results(
             files,
             baseline=baseline,
@@ -396,6 +450,19 @@ def compare(
         raise typer.Exit(EXIT_UNJUDGED)
 
 
+def _refuse_repeated_files(files: List[Path]) -> None:
+    """The same file twice would compare it with itself and find nothing: almost surely a slip."""
+    from kvbench.compare import expand_paths
+
+    seen: dict[Path, Path] = {}
+    for path in expand_paths(files):
+        key = path.resolve()
+        if key in seen:
+            also = "" if seen[key] == path else f" (also as {seen[key]})"
+            raise KvbenchError(f"{path} is given twice{also}; compare different results files")
+        seen[key] = path
+
+
 @app.command()
 def plot(
     file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
@@ -415,5 +482,18 @@ def plot(
             stdout.print(str(path), highlight=False)
 
 
+def _tolerant_output() -> None:
+    """Where the output's encoding cannot show a character (PYTHONIOENCODING=ascii, an old console), print
+    '?' for it rather than crash after measuring; rich then draws its tables with ASCII too."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change: leave it
+                pass
+
+
 def main() -> None:
+    _tolerant_output()
     app()

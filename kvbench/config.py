@@ -42,6 +42,7 @@ def setting(
     short: str | None = None,
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
+    maximum: float | None = None,
     must_match: bool = False,
     comma_separated: bool = False,
     shown_default: str | None = None,
@@ -50,6 +51,7 @@ def setting(
     """A BenchConfig field with what the command line, TOML validation and --resume need to know.
 
     minimum: the smallest value allowed (inclusive) for a number or each number of a list.
+    maximum: the largest value allowed (inclusive), where the libraries underneath have a limit.
     must_match: --resume refuses a results file made with another value.
     comma_separated: on the command line, one option may list several values ("cached,uncached").
     shown_default: how --help shows the default when the value itself would not read well.
@@ -60,6 +62,7 @@ def setting(
         "short": short,
         "choices": choices,
         "minimum": minimum,
+        "maximum": maximum,
         "must_match": must_match,
         "comma_separated": comma_separated,
         "shown_default": shown_default,
@@ -79,6 +82,16 @@ class BenchConfig:
         "Hub id, local model directory, or a config shipped with kvbench (gpt2, tinyllama-1.1b, tiny-gpt2,"
         " tiny-llama). Repeat to sweep.",
         short="-m",
+        must_match=True,
+    )
+    revision: str | None = setting(
+        None, "Branch, tag or commit of a hub model to load (default: its main branch).", must_match=True
+    )
+    trust_remote_code: bool = setting(
+        False,
+        "Allow a model to run the Python code it ships (its config's auto_map). Off: such a model is"
+        " refused, never run.",
+        must_match=True,
     )
     weights: str = setting(
         "auto",
@@ -92,9 +105,15 @@ class BenchConfig:
         None, "Use N seeded synthetic prompt ids instead of tokenizing the prompt.", minimum=1, must_match=True
     )
     max_new_tokens: list[int] = setting(
-        [1000], "New tokens per generation, always generated in full. Repeat to sweep.", short="-n", minimum=1
+        [1000],
+        "New tokens per generation, always generated in full. Repeat to sweep.",
+        short="-n",
+        minimum=1,
+        must_match=True,
     )
-    batch_size: list[int] = setting([1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1)
+    batch_size: list[int] = setting(
+        [1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1, must_match=True
+    )
     dtype: list[str] = setting(
         ["auto"],
         "auto (float32 on a CPU, the checkpoint's 16-bit type on a GPU; transformers' own 'auto' would"
@@ -102,12 +121,16 @@ class BenchConfig:
         " Repeat to sweep.",
         choices=DTYPES,
         aliases=DTYPE_ALIASES,
+        must_match=True,
     )
     cache_implementation: list[str] = setting(
-        ["dynamic"], "The cached mode's cache class. Repeat to sweep.", choices=CACHE_IMPLEMENTATIONS
+        ["dynamic"],
+        "The cached mode's cache class. Repeat to sweep.",
+        choices=CACHE_IMPLEMENTATIONS,
+        must_match=True,
     )
     attn_implementation: list[str] = setting(
-        ["auto"], "Attention backend. Repeat to sweep.", choices=ATTN_IMPLEMENTATIONS
+        ["auto"], "Attention backend. Repeat to sweep.", choices=ATTN_IMPLEMENTATIONS, must_match=True
     )
     modes: list[str] = setting(
         list(MODES), "Modes to measure, comma-separated.", choices=MODES, must_match=True, comma_separated=True
@@ -138,7 +161,10 @@ class BenchConfig:
         choices=DEVICE_MAPS,
         must_match=True,
     )
-    seed: int = setting(0, "Seed for random weights and synthetic prompts.", minimum=0, must_match=True)
+    # torch seeds are 64-bit; TOML integers are signed 64-bit.
+    seed: int = setting(
+        0, "Seed for random weights and synthetic prompts.", minimum=0, maximum=2**63 - 1, must_match=True
+    )
     sample_interval_ms: float = setting(10.0, "VRAM sampling interval in milliseconds.")
     memory_sampling: bool = setting(True, "Sample VRAM through NVML while generating.")
     output: str | None = setting(
@@ -275,12 +301,24 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise KvbenchError(f"config file {path} does not exist; check the path") from None
     except OSError as error:
         raise KvbenchError(f"config file {path} cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise KvbenchError(
+            f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, as TOML requires"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise KvbenchError(f"{path}: not valid TOML ({error}); fix the syntax") from None
-    # Users write option names as on the command line; accept both spellings.
-    return {key.replace("-", "_"): value for key, value in data.items()}
+    # Users write option names as on the command line; accept both spellings, but not both at once:
+    # which one would win is not obvious to a reader of the file.
+    settings: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name in settings:
+            raise KvbenchError(f"{path}: '{spelled[name]}' and '{key}' set the same setting; keep one")
+        settings[name], spelled[name] = value, key
+    return settings
 
 
 def build_config(config_file: str | Path | None, overrides: dict[str, Any]) -> BenchConfig:
@@ -301,7 +339,7 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
-        choices, minimum = item.metadata["choices"], item.metadata["minimum"]
+        choices, minimum, maximum = (item.metadata[key] for key in ("choices", "minimum", "maximum"))
         for one in values:
             if choices is not None and one not in choices:
                 raise KvbenchError(
@@ -309,6 +347,8 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
                 )
             if minimum is not None and one < minimum:
                 raise KvbenchError(f"{source}: '{item.name}' must be at least {minimum:g}, got {one}")
+            if maximum is not None and one > maximum:
+                raise KvbenchError(f"{source}: '{item.name}' must be at most {maximum}, got {one}")
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
@@ -328,6 +368,10 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         raise KvbenchError(
             f"{source}: 'compile' needs 'warmup' of at least 1: the first generation compiles, and timing it"
             " would time the compiler; raise --warmup"
+        )
+    if any(not model.strip() for model in config.model):
+        raise KvbenchError(
+            f"{source}: a 'model' name is empty; give a hub id, a model directory or a shipped config name"
         )
     if not config.prompt:
         raise KvbenchError(f"{source}: 'prompt' is empty; give some text or use --prompt-tokens")

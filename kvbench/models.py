@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 from kvbench.devices import Devices, is_gpu, native_bfloat16
 from kvbench.errors import KvbenchError
 
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# Inside the package, so a wheel install finds them wherever it runs.
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "shipped_models"
 # GPT-2's tokenizer turns the reference prompt "What is KV caching?" into 6 tokens: without a
 # tokenizer, a synthetic prompt of that length keeps runs comparable with the reference.
 SYNTHETIC_PROMPT_TOKENS = 6
@@ -28,7 +29,7 @@ class ModelSource:
     """Where a model's architecture (and maybe weights) comes from."""
 
     name: str
-    kind: str  # "local" (a directory), "shipped" (configs/models/<name>.json), "hub", "config-file"
+    kind: str  # "local" (a directory), "shipped" (kvbench/shipped_models/<name>.json), "hub", "config-file"
     location: str
 
 
@@ -42,6 +43,9 @@ class ResolvedConfig:
     files_from: str | None  # directory or hub id holding weights and tokenizer files, if any
     local_only: bool  # load those files without asking the hub
     notes: list[str] = field(default_factory=list)
+    # Passed to every from_pretrained call, so transformers never asks on stdin whether to run code.
+    trust_remote_code: bool = False
+    revision: str | None = None
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -107,8 +111,10 @@ def _read_config_file(path: str) -> Any:
         raise KvbenchError(f"model config {path}: {error}") from None
 
 
-def check_causal_lm(config: Any, name: str) -> None:
+def check_causal_lm(config: Any, name: str, custom_code: bool = False) -> None:
     """Only decoders keep a KV cache; refuse encoders (BERT) and encoder-decoders with a clear reason."""
+    if custom_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return  # a causal LM by its own (allowed) code
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -164,13 +170,89 @@ def bfloat16_note(dtypes: list[str], capability: tuple[int, int] | None) -> str 
     )
 
 
-def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
+def refuse_custom_code(config_path: Path, name: str, trust_remote_code: bool) -> None:
+    """A config with `auto_map` names Python files that transformers would import (and, without an
+    explicit answer, ask about on stdin): refuse it unless the user allowed custom code."""
+    if trust_remote_code:
+        return
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise KvbenchError(f"model config {config_path} cannot be read ({error}); fix or replace it") from None
+    if isinstance(data, dict) and data.get("auto_map"):
+        raise KvbenchError(
+            f"{name} ships its own Python code (auto_map in {config_path.name}); kvbench runs it only with"
+            " --trust-remote-code, after you have read it"
+        )
+
+
+def check_weight_files(directory: Path, name: str) -> None:
+    """Open the weight files from_pretrained will load (safetensors first, as transformers prefers),
+    reading headers only, so a damaged or unsafe file is found before anything is measured."""
+    safetensors = sorted(directory.glob("*.safetensors"))
+    index = next(iter(sorted(directory.glob("*.index.json"))), None)
+    if index is not None:
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise KvbenchError(f"{name}: weight index {index.name} cannot be read ({error}); fix or replace it") from None
+        missing = sorted(shard for shard in shards if not (directory / shard).is_file())
+        if missing:
+            raise KvbenchError(f"{name}: weight file {missing[0]} listed in {index.name} is missing; download it again")
+    if safetensors:
+        from safetensors import safe_open
+
+        for path in safetensors:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+                raise KvbenchError(
+                    f"{name}: weight file {path.name} is damaged ({error}); download it again or use --weights random"
+                ) from None
+        return
+    for pattern in ("*.bin", "*.pt"):
+        for path in sorted(directory.glob(pattern)):
+            _check_pickled_weights(path, name)
+
+
+def _check_pickled_weights(path: Path, name: str) -> None:
+    """Unpickle with weights_only on the meta device: no tensor data is read, and a pickle that would
+    run code is refused by torch rather than run."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise KvbenchError(unsafe_weights_message(name, path.name)) from None
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a bad file
+        if "weights_only" in str(error) or "Weights only" in str(error):
+            raise KvbenchError(unsafe_weights_message(name, path.name)) from None
+        raise KvbenchError(
+            f"{name}: weight file {path.name} cannot be read ({type(error).__name__}: {str(error)[:200]});"
+            " download it again or use --weights random"
+        ) from None
+
+
+def unsafe_weights_message(name: str, file: str) -> str:
+    return (
+        f"{name}: the weights in {file} cannot be loaded safely (a pickle that holds more than tensors, which"
+        " could run code); use the model's .safetensors weights, or --weights random"
+    )
+
+
+def _load_config(
+    source: ModelSource, weights: str, trust_remote_code: bool = False, revision: str | None = None
+) -> ResolvedConfig:
     from transformers import AutoConfig
 
     if source.kind == "local":
         directory = Path(source.location)
+        refuse_custom_code(directory / "config.json", source.name, trust_remote_code)
         try:
-            config = AutoConfig.from_pretrained(directory)
+            config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             raise KvbenchError(f"model directory {directory}: cannot read its config ({error})") from None
         has_weights = _has_weights(directory)
@@ -180,6 +262,8 @@ def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
                 " architecture"
             )
         use = "pretrained" if has_weights and weights != "random" else "random"
+        if use == "pretrained":
+            check_weight_files(directory, source.name)
         notes = []
         if use == "random" and weights == "auto":
             notes.append(f"{directory} holds no weights: random weights from its config.json")
@@ -194,11 +278,11 @@ def _load_config(source: ModelSource, weights: str) -> ResolvedConfig:
             )
         return _random_from_file(Path(source.location), source.kind)
     if source.kind == "shipped":
-        return _from_hub(shipped_hub_id(Path(source.location)), weights, Path(source.location))
+        return _from_hub(shipped_hub_id(Path(source.location)), weights, Path(source.location), revision)
     fallback = next((p for p in shipped_configs().values() if shipped_hub_id(p) == source.name), None)
-    if weights == "random" and fallback is not None:
+    if weights == "random" and fallback is not None and revision is None:
         return _random_from_file(fallback, "shipped")
-    return _from_hub(source.name, weights, fallback)
+    return _from_hub(source.name, weights, fallback, revision, trust_remote_code)
 
 
 def shipped_hub_id(path: Path) -> str | None:
@@ -211,21 +295,34 @@ def _random_from_file(path: Path, kind: str) -> ResolvedConfig:
     return ResolvedConfig(_read_config_file(str(path)), "random", f"{label} {path}", None, True)
 
 
-def _from_hub(hub_id: str, weights: str, fallback: Path | None) -> ResolvedConfig:
+def _from_hub(
+    hub_id: str,
+    weights: str,
+    fallback: Path | None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> ResolvedConfig:
     """Real weights where the hub or the local cache has them; else the shipped config, if any."""
     from transformers import AutoConfig
 
     online = hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(hub_id, local_files_only=not online)
+        config = AutoConfig.from_pretrained(
+            hub_id, local_files_only=not online, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as error:
+        if isinstance(error, ValueError) and "trust_remote_code" in str(error):
+            raise KvbenchError(
+                f"{hub_id} ships its own Python code (auto_map in its config); kvbench runs it only with"
+                " --trust-remote-code, after you have read it"
+            ) from None
         reason = "the hub is unreachable and it is not in the local cache" if not online else str(error)
         if weights == "auto" and fallback is not None:
             resolved = _random_from_file(fallback, "shipped")
             why = "hub unreachable, not cached" if not online else "not loadable from the hub"
             resolved.notes.append(
-                f"{hub_id}: no pretrained weights ({why}), so RANDOM weights from configs/models/"
-                f"{fallback.name}: the same architecture, so the same timing"
+                f"{hub_id}: no pretrained weights ({why}), so RANDOM weights from the shipped config"
+                f" {fallback.name}: the same architecture, so the same timing"
             )
             return resolved
         available = ", ".join(shipped_configs()) or "none"
@@ -234,7 +331,9 @@ def _from_hub(hub_id: str, weights: str, fallback: Path | None) -> ResolvedConfi
             f" or a shipped config ({available})"
         ) from None
     use = "random" if weights == "random" else "pretrained"
-    return ResolvedConfig(config, use, f"hub {hub_id}", hub_id, not online)
+    return ResolvedConfig(
+        config, use, f"hub {hub_id}", hub_id, not online, trust_remote_code=trust_remote_code, revision=revision
+    )
 
 
 @dataclass
@@ -249,17 +348,23 @@ class PreparedModel:
     notes: list[str]
 
 
-def prepare_model(name: str, weights: str) -> PreparedModel:
+def prepare_model(
+    name: str, weights: str, *, trust_remote_code: bool = False, revision: str | None = None
+) -> PreparedModel:
     from transformers import AutoTokenizer
 
-    resolved = _load_config(locate(name), weights)
-    check_causal_lm(resolved.config, name)
+    resolved = _load_config(locate(name), weights, trust_remote_code, revision)
+    resolved.trust_remote_code = trust_remote_code
+    check_causal_lm(resolved.config, name, custom_code=trust_remote_code)
     notes = list(resolved.notes)
     tokenizer = None
     if resolved.files_from is not None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                resolved.files_from, local_files_only=resolved.local_only
+                resolved.files_from,
+                local_files_only=resolved.local_only,
+                revision=resolved.revision,
+                trust_remote_code=resolved.trust_remote_code,
             )
         except (OSError, ValueError, TypeError, KeyError):
             notes.append(f"{name}: no tokenizer found; the prompt is synthetic token ids")
@@ -294,6 +399,11 @@ class LoadedModel:
 
 def check_context(prepared: PreparedModel, prompt_tokens: int, new_tokens: int) -> None:
     limit = prepared.max_positions
+    if limit is not None and prompt_tokens >= limit:
+        raise KvbenchError(
+            f"{prepared.name}: the prompt is too long: {prompt_tokens} tokens leave no room for a new token in"
+            f" its context of {limit} tokens; use a shorter prompt or --prompt-tokens {max(limit // 2, 1)}"
+        )
     if limit is not None and prompt_tokens + new_tokens > limit:
         raise KvbenchError(
             f"{prepared.name}: a {prompt_tokens}-token prompt plus {new_tokens} new tokens exceeds its"
@@ -311,6 +421,8 @@ def build_model(
     device_map: str | None = None,
     capability: tuple[int, int] | None = None,
 ) -> LoadedModel:
+    import pickle
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -328,12 +440,17 @@ def build_model(
                 attn_implementation=attn,
                 local_files_only=resolved.local_only,
                 device_map=device_map,
+                revision=resolved.revision,
+                trust_remote_code=resolved.trust_remote_code,
             )
         else:
             # Seeded so two runs of the same config time the same random model.
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(
-                resolved.config, dtype=torch_dtype, attn_implementation=attn
+                resolved.config,
+                dtype=torch_dtype,
+                attn_implementation=attn,
+                trust_remote_code=resolved.trust_remote_code,
             )
             if device_map is not None:
                 model = _dispatch(model, device_map)
@@ -344,6 +461,8 @@ def build_model(
         ) from None
     except OSError as error:
         raise KvbenchError(f"{name}: cannot load weights ({error}); try --weights random") from None
+    except pickle.UnpicklingError:
+        raise KvbenchError(unsafe_weights_message(name, "its .bin/.pt files")) from None
     placement = None
     if device_map is None:
         model = model.to(device)

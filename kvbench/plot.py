@@ -142,14 +142,24 @@ def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path
 def plot_result(result: BenchmarkResult, directory: str | Path) -> list[Path]:
     """Write the figures a results file supports into a directory; returns their paths."""
     directory = Path(directory)
+    if not result.runs:
+        raise KvbenchError("this results file holds no measured runs to plot; run kvbench run first")
+    made = [parent for parent in (directory, *directory.parents) if not parent.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise KvbenchError(f"cannot create {directory} ({error.strerror}); choose another --out-dir") from None
-    if not result.runs:
-        raise KvbenchError("this results file holds no measured runs to plot; run kvbench run first")
-    paths = [plot_per_token(result, directory / "per-token.png")]
-    axis = sweep_axis(result)
-    if axis is not None:
-        paths += plot_sweep(result, axis, directory)
+    try:
+        paths = [plot_per_token(result, directory / "per-token.png")]
+        axis = sweep_axis(result)
+        if axis is not None:
+            paths += plot_sweep(result, axis, directory)
+    except BaseException:
+        # No empty folder left behind by a plot that failed.
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return paths

@@ -62,10 +62,10 @@ class LineProgress:
 
     def planned(self, generations: int) -> None:
         self.plan.total, self.plan.started = generations, time.monotonic()
-        self._print(f"kvbench: {generations} generations planned")
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
-        self._print(f"cell {index + 1}/{count}: {cell.id}")
+        if count > 1:
+            self._print(f"cell {index + 1}/{count}: {cell.id}")
 
     def generation_started(self, label: str, new_tokens: int) -> None:
         self._label = label

@@ -6,20 +6,26 @@ Schema history (the reader accepts every version listed):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import glob
 import json
 import math
 import os
-import tempfile
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import Cell
+from kvbench.config import BenchConfig, Cell
 from kvbench.errors import KvbenchError
 from kvbench.memory import MemoryFigures
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
+CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error")
+RUN_MODES = ("cached", "uncached")
 
 
 @dataclass
@@ -192,33 +198,200 @@ def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
 
 
 class ResultsFile:
-    """Where one run keeps its results: checked before measuring, then written only by `save`."""
+    """Where one run keeps its results. Made before measuring, it only checks: the path can be written,
+    and it holds nothing this run would destroy (a file is replaced only with `replace`, or continued with
+    `resume`), and no other run is writing it. `open` then takes the lock and makes the directory; `save`
+    writes; `close` lets go, removing the directories it made if nothing was written."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, replace: bool = False, resume: bool = False) -> None:
         self.path = check_writable(path)
+        self.replace, self.resume = replace, resume
+        self.lock = OutputLock(self.path)
+        holder = self.lock.holder()
+        if holder is not None:
+            raise self.lock.busy(holder)
+        self._refuse_foreign_files()
+        self._seen = _identity(self.path)  # what --resume read, so a change before the lock is caught
+        self._made_directories: list[Path] = []
+        self.written = False
+
+    def _refuse_foreign_files(self) -> None:
+        if self.replace:
+            return
+        ours = (self.path, csv_path_for(self.path)) if self.resume and self.path.exists() else ()
+        for path in (self.path, csv_path_for(self.path)):
+            if path not in ours and (path.exists() or path.is_symlink()):
+                raise KvbenchError(
+                    f"output {path} already exists; pass --force to replace it, --resume to continue a run"
+                    " of the same experiment, or choose another --output"
+                )
+
+    @property
+    def is_open(self) -> bool:
+        return self.lock.held
+
+    def open(self) -> None:
+        """Make the directory, take the lock for the whole run, and clear temporary files that killed runs
+        left behind."""
+        missing = [parent for parent in (self.path.parent, *self.path.parent.parents) if not parent.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise KvbenchError(f"cannot write results to {self.path} ({error.strerror}); choose another --output") from None
+        self._made_directories = missing  # deepest first
+        try:
+            self.lock.acquire()
+            # Another run may have written the file between the checks and the lock.
+            if not self.replace and _identity(self.path) != self._seen:
+                raise KvbenchError(
+                    f"output {self.path} changed after this run checked it (another run?); run the command again"
+                )
+            self._refuse_foreign_files()
+        except BaseException:
+            self.close()
+            raise
+        remove_stale_temporaries(self.path)
+
+    def close(self) -> None:
+        self.lock.release()
+        if not self.written:
+            for directory in self._made_directories:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+        self._made_directories = []
 
     def save(self, result: BenchmarkResult, with_csv: bool = False) -> None:
-        write_result(result, self.path)
-        if with_csv:
-            write_runs_csv(result, self.path)
+        """Write the JSON (and the CSV); a failure to write is one line, and leaves the previous save whole."""
+        one_off = not self.is_open
+        if one_off:
+            self.open()
+        try:
+            write_result(result, self.path)
+            self.written = True
+            if with_csv:
+                write_runs_csv(result, self.path)
+        except OSError as error:
+            raise KvbenchError(
+                f"cannot write results to {self.path} ({error.strerror or error}); what was saved before is"
+                " intact: free space or fix the folder, then continue with --resume"
+            ) from None
+        finally:
+            if one_off:
+                self.close()
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class OutputLock:
+    """An exclusive lock on a results file for the whole run: a hidden `.NAME.lock` beside it holding the
+    owner's pid. Beside the file, not on it, because every save replaces the file itself by a rename."""
+
+    def __init__(self, results_path: Path) -> None:
+        self.results_path = results_path
+        self.path = results_path.with_name(f".{results_path.name}.lock")
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> int | None:
+        """The pid of a live run that holds the lock, read without taking or writing anything."""
+        try:
+            pid = int(self.path.read_text(encoding="ascii").strip() or "0")
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return pid if pid > 0 and _process_alive(pid) and not self.held else None
+
+    def busy(self, pid: int | None) -> KvbenchError:
+        who = f" (pid {pid})" if pid else ""
+        return KvbenchError(
+            f"output {self.results_path} is being written by another kvbench run{who}; wait for it to finish"
+            " or choose another --output"
+        )
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locking
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self.busy(self.holder()) from None
+            # The previous holder removes the file as it lets go: if that happened after we opened it, the
+            # lock we hold is on a file nobody else will look at; take the one now at the path.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Removed while still held, so a run that opened it meanwhile sees the change and retries.
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the hidden temporary files (`.NAME.PID.tmp`) of runs that were killed mid-write."""
+    removed = []
+    for target in (path, csv_path_for(path)):
+        prefix = f".{target.name}."
+        for temporary in target.parent.glob(glob.escape(prefix) + "*.tmp"):
+            pid = temporary.name[len(prefix) : -len(".tmp")]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+                temporary.unlink(missing_ok=True)
+                removed.append(temporary)
+    return removed
 
 
 def check_writable(path: str | Path) -> Path:
-    """Fail before measuring, not after, when the results cannot be saved."""
+    """Fail before measuring, not after, when the results cannot be saved; writes nothing."""
     path = Path(path)
     if path.is_dir():
         raise KvbenchError(f"output {path} is a directory; give a file name such as {path}/run.json")
     if path.suffix != ".json":
         raise KvbenchError(f"output {path} must end in .json (the runs' CSV is written beside it)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".kvbench-write-check-"):
-            pass
-    except OSError as error:
-        raise KvbenchError(
-            f"cannot write results to {path} ({error.strerror}); choose another --output"
-        ) from None
-    return path
+    existing = next(parent for parent in (path.parent.absolute(), *path.parent.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        problem = "Not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "Permission denied"
+    else:
+        return path
+    raise KvbenchError(f"cannot write results to {path} ({problem}: {existing}); choose another --output")
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
@@ -246,6 +419,7 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
             f"{origin} uses results schema {version}, newer than this kvbench reads ({SCHEMA_VERSION});"
             " upgrade kvbench"
         )
+    check_fields(data, origin)
     try:
         result = _build(BenchmarkResult, data)
         result.cells = [_cell_from_dict(cell) for cell in data["cells"]]
@@ -279,6 +453,103 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
                 f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has its first token after its"
                 " end (time_to_first_token_s > latency_s); the file is damaged, rerun kvbench run"
             )
+# Fields a results file always holds although the dataclass gives them a default.
+_REQUIRED_IN_FILE = {BenchmarkResult: ("cells", "runs")}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
+    """What is wrong with a JSON value against a dataclass field's annotation, or None. The annotations
+    are the one declaration of the format: this reads them rather than repeating them."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(annotation) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        problems = [_type_problem(value, option, where) for option in options]
+        return None if None in problems else problems[0]
+    if dataclasses.is_dataclass(annotation):
+        return _object_problem(value, annotation, where)
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{where} must be a list, got {_shown(value)}"
+        (item_type,) = typing.get_args(annotation)
+        return next((p for i, item in enumerate(value) if (p := _type_problem(item, item_type, f"{where}[{i}]"))), None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"{where} must be an object, got {_shown(value)}"
+        _, value_type = typing.get_args(annotation)
+        return next((p for key, item in value.items() if (p := _type_problem(item, value_type, f"{where}.{key}"))), None)
+    if annotation is type(None):
+        return None if value is None else f"{where} must be null, got {_shown(value)}"
+    # bool is an int subclass in Python, but true is not a count; an integer is a fine float.
+    accepted = {float: (int, float)}.get(annotation, annotation)
+    if isinstance(value, accepted) and (annotation is bool or not isinstance(value, bool)):
+        return None
+    return f"{where} must be {_TYPE_NAMES.get(annotation, annotation.__name__)}, got {_shown(value)}"
+
+
+def _object_problem(value: Any, cls: type, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} must be an object, got {_shown(value)}"
+    required = _REQUIRED_IN_FILE.get(cls, ())
+    for item in fields(cls):
+        name = f"{where}.{item.name}" if where else item.name
+        if item.name not in value:
+            no_default = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+            if no_default or item.name in required:
+                return f"{name} is missing"
+            continue
+        problem = _type_problem(value[item.name], _hints(cls)[item.name], name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_fields(data: dict[str, Any], origin: str) -> None:
+    """Every field of a results file has the type its dataclass declares, the settings have the types
+    BenchConfig declares, and states, modes and cell references are ones kvbench writes; the first
+    problem is named in one line."""
+    problem = _object_problem(data, BenchmarkResult, "")
+    if problem is None:
+        config = data["config"]
+        hints = _hints(BenchConfig)
+        problem = next(
+            (p for key in hints if key in config if (p := _type_problem(config[key], hints[key], f"config.{key}"))),
+            None,
+        )
+    if problem is None:
+        problem = _meaning_problem(data)
+    if problem is not None:
+        raise KvbenchError(f"{origin} is a damaged kvbench results file: {problem}; rerun kvbench run to replace it")
+
+
+def _meaning_problem(data: dict[str, Any]) -> str | None:
+    ids = set()
+    for index, cell in enumerate(data["cells"]):
+        if cell.get("status", "pending") not in CELL_STATES:
+            return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
+        ids.add(Cell(**{item.name: cell["settings"][item.name] for item in fields(Cell)}).id)
+    for index, run in enumerate(data["runs"]):
+        if run["mode"] not in RUN_MODES:
+            return f"runs[{index}].mode {_shown(run['mode'])} is not cached or uncached"
+        if run["cell"] not in ids:
+            return f"runs[{index}].cell {_shown(run['cell'])} names no cell of the file"
+    return None
 
 
 def read_result(path: str | Path) -> BenchmarkResult:

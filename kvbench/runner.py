@@ -110,10 +110,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# How torch's CPU allocator words a failed allocation (a RuntimeError, not a MemoryError).
+_CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     import torch
 
-    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError))
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in _CPU_OUT_OF_MEMORY)
+
+
+class _LoadFailure(Exception):
+    """A model that cannot be loaded for one cell of a sweep: recorded for the cell, and the sweep goes on."""
 
 
 @dataclass
@@ -213,6 +223,7 @@ class Benchmark:
         observer: Observer | None = None,
         command: str | None = None,
         resume: bool = False,
+        force: bool = False,
     ) -> None:
         from kvbench import environment
 
@@ -220,7 +231,10 @@ class Benchmark:
         self.config = config
         self.observer = observer or Observer()
         output = output if output is not None else config.output
-        self.file = ResultsFile(output) if output is not None else None
+        if resume and output is None:
+            raise KvbenchError("--resume needs --output naming the results file to continue")
+        # Checked only: nothing is written before every check below has passed too.
+        self.file = ResultsFile(output, replace=force, resume=resume) if output is not None else None
         self.device = resolve_device(config.device)
         self.capability = compute_capability(self.device)
         self.cells = expand(config)
@@ -252,6 +266,14 @@ class Benchmark:
                     f"--resume: {self.file.path} was made with {key}={before!r}, not"
                     f" {getattr(self.config, key)!r}; use the same settings or a new --output"
                 )
+        # Timings from two machines are not one experiment, whatever the device setting says ("auto").
+        for key in ("device", "device_name"):
+            before, now = previous.environment.get(key), self.result.environment.get(key)
+            if before != now:
+                raise KvbenchError(
+                    f"--resume: {self.file.path} was measured with {key} {before!r}, this run has {now!r};"
+                    " resume on the same hardware or use a new --output"
+                )
         kept = {cell.id: cell for cell in previous.cells if cell.status in FINISHED_STATES}
         self.result.cells = [kept.get(cell.id, cell) for cell in self.result.cells]
         self.result.runs = [run for run in previous.runs if run.cell in kept]
@@ -263,7 +285,15 @@ class Benchmark:
         the last cell of a sweep is not found after hours of measuring."""
         from kvbench import models
 
-        self.prepared = {name: models.prepare_model(name, self.config.weights) for name in self.config.model}
+        self.prepared = {
+            name: models.prepare_model(
+                name,
+                self.config.weights,
+                trust_remote_code=self.config.trust_remote_code,
+                revision=self.config.revision,
+            )
+            for name in self.config.model
+        }
         self.prompts = {}
         for name, prepared in self.prepared.items():
             ids, how = models.prompt_ids(prepared, self.config.prompt, self.config.prompt_tokens, self.config.seed)
@@ -293,11 +323,13 @@ class Benchmark:
         return [cell_result for cell_result in self.result.cells if cell_result.status not in FINISHED_STATES]
 
     def run(self) -> BenchmarkResult:
+        if self.file is not None:
+            self.file.open()
         pending = self._pending()
         per_cell = (run_limits(self.config)[1] + self.config.warmup) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
-        self.save()
         try:
+            self.save()
             for index, cell_result in enumerate(pending):
                 self.observer.cell_started(cell_result, index, len(pending))
                 self._run_cell(cell_result)
@@ -307,11 +339,14 @@ class Benchmark:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
             self.save(final=True)
             raise
+        else:
+            self.result.complete = True
+            self.save(final=True)
         finally:
             if self.probe is not None:
                 self.probe.close()
-        self.result.complete = True
-        self.save(final=True)
+            if self.file is not None:
+                self.file.close()
         return self.result
 
     def _model_for(self, cell: Cell) -> Any:
@@ -339,6 +374,26 @@ class Benchmark:
             )
         return self._loaded[1]
 
+    def _load_for(self, cell: Cell) -> Any:
+        """The cell's model. Its files were checked before measuring; what fails only now (weights that do
+        not fit the architecture, a backend that refuses) is this cell's failure: in a sweep it is
+        recorded and the sweep goes on, for a single cell it is one line."""
+        try:
+            return self._model_for(cell)
+        except KvbenchError as error:
+            if len(self.cells) == 1:
+                raise
+            raise _LoadFailure(str(error)) from None
+        except Exception as error:
+            if _is_out_of_memory(error):
+                raise
+            if len(self.cells) == 1:
+                raise KvbenchError(
+                    f"{cell.model}: cannot load the model ({type(error).__name__}: {error}); check its files"
+                    " or use --weights random"
+                ) from None
+            raise
+
     def _free_memory(self) -> None:
         gc.collect()
         if is_gpu(self.device):
@@ -356,7 +411,7 @@ class Benchmark:
         self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
         failure: tuple[str, str] | None = None
         try:
-            loaded = self._model_for(cell)
+            loaded = self._load_for(cell)
             ids, how = self.prompts[cell.model]
             cell_result.model = loaded.info()
             # How the model was run: let compile (a static cache on a GPU) or held to eager code.
@@ -374,6 +429,15 @@ class Benchmark:
             size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
             if _is_out_of_memory(error):
                 failure = ("oom", f"out of memory at {size} ({type(error).__name__})")
+                if len(self.cells) == 1:
+                    # Recorded first, so the file says what happened; then one line, not a traceback.
+                    cell_result.status, cell_result.reason = failure
+                    self.save(final=True)
+                    raise KvbenchError(
+                        f"{cell.model}: out of memory at {size}; try a smaller --batch-size or --max-new-tokens"
+                    ) from None
+            elif isinstance(error, _LoadFailure):
+                failure = ("error", str(error))
             elif len(self.cells) > 1:
                 failure = ("error", f"{type(error).__name__}: {error}")
             else:
@@ -480,9 +544,15 @@ def _pad_token_id(model: Any) -> int:
 
 
 def run_benchmark(
-    config: BenchConfig, output: str | Path | None = None, *, observer: Observer | None = None, resume: bool = False
+    config: BenchConfig,
+    output: str | Path | None = None,
+    *,
+    observer: Observer | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> BenchmarkResult:
     """Measure cached against uncached generation as `config` says and return the whole result (runs,
     cells, and summaries computed from the runs). The results file, `output` or else `config.output`
-    if either is given, is rewritten after every generation and marked complete at the end."""
-    return Benchmark(config, output=output, observer=observer, resume=resume).run()
+    if either is given, is rewritten after every generation and marked complete at the end. An existing
+    file is replaced only with `force`, or continued with `resume`."""
+    return Benchmark(config, output=output, observer=observer, resume=resume, force=force).run()
