@@ -256,7 +256,7 @@ def _run_and_report(config, path: Path, resume: bool, command: str) -> None:
         signal.signal(signal.SIGTERM, previous_handler)
     print_result(result, stdout)
     stdout.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
-    if any(cell.status == "error" for cell in result.cells):
+    if any(cell.status in ("error", "timeout") for cell in result.cells):
         raise typer.Exit(1)
 
 

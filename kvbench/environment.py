@@ -44,25 +44,45 @@ def git_commit() -> str | None:
     return completed.stdout.strip() or None if completed.returncode == 0 else None
 
 
-def _gpu(device: str) -> dict[str, Any]:
-    import torch
-
-    properties = torch.cuda.get_device_properties(cuda_index(device))
-    info: dict[str, Any] = {
-        "gpu_name": properties.name,
-        "gpu_memory_bytes": properties.total_memory,
-        "cuda_version": torch.version.cuda,
-        "gpu_driver": None,
-    }
+def _driver_version() -> str | None:
     try:
         import pynvml
 
         pynvml.nvmlInit()
         driver = pynvml.nvmlSystemGetDriverVersion()
-        info["gpu_driver"] = driver.decode() if isinstance(driver, bytes) else driver
+        return driver.decode() if isinstance(driver, bytes) else driver
     except Exception:  # noqa: BLE001 - the driver version is a nicety; memory.py reports NVML's absence
-        pass
-    return info
+        return None
+
+
+def _gpu(device: str) -> dict[str, Any]:
+    import torch
+
+    properties = torch.cuda.get_device_properties(cuda_index(device))
+    return {
+        "gpu_name": properties.name,
+        "gpu_memory_bytes": properties.total_memory,
+        "cuda_version": torch.version.cuda,
+        "gpu_driver": _driver_version(),
+    }
+
+
+def placement(devices: Devices) -> dict[str, Any]:
+    """Where a cell is being measured: this host and process, its devices, and each GPU's identity (the
+    UUID tells two GPUs of the same model apart, across hosts too)."""
+    where: dict[str, Any] = {"host": platform.node(), "pids": [os.getpid()], "devices": list(devices.names)}
+    if devices.on_gpu:
+        import torch
+
+        driver = _driver_version()
+        where["gpus"] = []
+        for device in devices.gpus:
+            properties = torch.cuda.get_device_properties(cuda_index(device))
+            uuid = getattr(properties, "uuid", None)
+            where["gpus"].append(
+                {"device": device, "name": properties.name, "uuid": f"GPU-{uuid}" if uuid else None, "driver": driver}
+            )
+    return where
 
 
 def collect(devices: Devices) -> dict[str, Any]:

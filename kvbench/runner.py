@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ from kvbench.config import (
     run_limits,
     validate,
 )
-from kvbench.devices import Devices, is_gpu, resolve_device
+from kvbench.devices import Devices, is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
 from kvbench.memory import MemoryProbe
@@ -184,6 +186,8 @@ def measure_generation(
         time_to_first_token_s=times[0] if times else None,
         token_times_s=[round(t, 6) for t in times],
         per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
+        host=platform.node(),
+        pid=os.getpid(),
         **asdict(reading.totals),
     )
     return run_record, new_ids
@@ -202,13 +206,16 @@ class Benchmark:
         resume: bool = False,
     ) -> None:
         from kvbench import environment
+        from kvbench.launchers import make_launcher
 
         validate(config)
         self.config = config
         self.observer = observer or Observer()
         output = output if output is not None else config.output
         self.file = ResultsFile(output) if output is not None else None
-        self.device = resolve_device(config.device)
+        # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
+        self.launcher = make_launcher(config)
+        self.device = self.launcher.resolve_device(config.device)
         self.cells = expand(config)
         self.result = BenchmarkResult(
             environment=environment.collect(Devices((self.device,))),
@@ -275,11 +282,7 @@ class Benchmark:
         self.observer.planned(per_cell * len(pending))
         self.save()
         try:
-            for index, cell_result in enumerate(pending):
-                self.observer.cell_started(cell_result, index, len(pending))
-                self._run_cell(cell_result)
-                self.save(final=True)
-                self.observer.cell_finished(cell_result)
+            self.launcher.measure(self, pending)
         except KeyboardInterrupt:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
             self.save(final=True)
@@ -322,7 +325,13 @@ class Benchmark:
 
             torch.cuda.empty_cache()
 
-    def _run_cell(self, cell_result: CellResult) -> None:
+    def devices_in_use(self) -> Devices:
+        """The devices of the model loaded last (all of them with --device-map), else the run's device."""
+        return self._loaded[1].devices if self._loaded is not None else Devices((self.device,))
+
+    def measure_cell(self, cell_result: CellResult) -> None:
+        """Measure one cell in this process, recording a failure that is the cell's own (out of memory,
+        an error within a sweep) in the cell and going on."""
         cell = cell_result.settings
         reason = unsupported_reason(cell, self.device)
         if reason is not None:
