@@ -28,11 +28,11 @@ from kvbench.runner import Benchmark, Observer
 
 Send = Callable[[tuple], None]
 
-# Test hook: make the measuring process of a cell whose id contains KVBENCH_TEST_FAULT_CELL fail after
-# its first measured run: "kill" (SIGKILL, as the kernel's out-of-memory killer), "abort" (a crash),
-# "hang", "error" (a CUDA-like error), "oom".
+# Test hook: KVBENCH_TEST_FAULT="kill@new=4 ,hang@new=6 " makes the measuring process of a cell whose id
+# contains the text after "@" (all cells if there is none) fail after its first measured run: "kill"
+# (SIGKILL, as the kernel's out-of-memory killer), "abort" (a crash), "hang", "error" (a CUDA-like
+# error), "oom".
 FAULT_VARIABLE = "KVBENCH_TEST_FAULT"
-FAULT_CELL_VARIABLE = "KVBENCH_TEST_FAULT_CELL"
 
 # A process measuring on a GPU holds it: the settings below are the parent's, not the measuring process's.
 _PARENT_ONLY = {"isolation": "none", "processes": 1, "cell_timeout": None, "launcher": "local", "output": None}
@@ -113,8 +113,13 @@ class _StreamingBenchmark(Benchmark):
 
 
 def _inject_fault(job: CellJob) -> None:
-    fault = os.environ.get(FAULT_VARIABLE)
-    if not fault or job.first_run != 0 or os.environ.get(FAULT_CELL_VARIABLE, "") not in job.cell.id:
+    if job.first_run != 0:
+        return
+    for spec in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
+        fault, _, where = spec.partition("@")
+        if where in job.cell.id:
+            break
+    else:
         return
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
