@@ -82,8 +82,10 @@ class CellAssembly:
         """A cell interrupted before is measured again from its start, so its runs stay interleaved."""
         result, cell_result = self.benchmark.result, self.cell_result
         result.runs = [run for run in result.runs if run.cell != cell_result.id]
-        cell_result.status, cell_result.reason, cell_result.ran_on = "incomplete", None, None
-        cell_result.outputs_match = cell_result.first_divergence = None
+        cell_result.status = "incomplete"
+        for name in ("reason", "ran_on", "model", "prompt_tokens", "prompt_source", "kv_cache_bytes", "stop_reason",
+                     "outputs_match", "first_divergence"):
+            setattr(cell_result, name, None)
         self.started = True
         self.benchmark.observer.cell_started(cell_result, index, count)
 

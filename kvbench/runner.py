@@ -278,7 +278,8 @@ class Benchmark:
 
     def run(self) -> BenchmarkResult:
         pending = self._pending()
-        per_cell = (run_limits(self.config)[1] + self.config.warmup) * len(self.config.modes)
+        # With --processes N, every process warms up.
+        per_cell = (run_limits(self.config)[1] + self.config.warmup * self.config.processes) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
         self.save()
         try:
