@@ -133,9 +133,8 @@ class CellAssembly:
             matches = [match for match, _ in self._outputs.values()]
             if False in matches:
                 cell_result.outputs_match = False
-                cell_result.first_divergence = min(
-                    divergence for match, divergence in self._outputs.values() if match is False and divergence is not None
-                )
+                found = [at for match, at in self._outputs.values() if match is False and at is not None]
+                cell_result.first_divergence = min(found) if found else None
             elif matches and all(match is True for match in matches):
                 cell_result.outputs_match = True
 
@@ -227,7 +226,8 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
                         finished = True
                         break
                 elif deadline is not None and time.monotonic() >= deadline:
-                    yield ("failed", "timeout", f"not finished within --cell-timeout {timeout_s:g} s; its process was stopped")
+                    reason = f"not finished within --cell-timeout {timeout_s:g} s; its process was stopped"
+                    yield ("failed", "timeout", reason)
                     return
         finally:
             _end(process, grace_s=10 if finished else 0)

@@ -17,7 +17,7 @@ from tests.test_runner import Recorder
 
 def shape(result):
     """What a results file holds, without what differs between two runs (times, memory, processes)."""
-    cells = [(cell.id, cell.status, cell.prompt_tokens, cell.outputs_match, cell.kv_cache_bytes) for cell in result.cells]
+    cells = [(c.id, c.status, c.prompt_tokens, c.outputs_match, c.kv_cache_bytes) for c in result.cells]
     runs = [(run.cell, run.mode, run.run, run.new_tokens, len(run.token_times_s)) for run in result.runs]
     return cells, runs
 
