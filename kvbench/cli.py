@@ -349,7 +349,7 @@ def _load_and_measure(
         tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
     for line in one_line_summary(result):
         tables.print(f"summary: {line}", highlight=False, soft_wrap=True)
-    if any(cell.status == "error" for cell in result.cells):
+    if any(cell.status in ("error", "timeout") for cell in result.cells):
         raise typer.Exit(1)
 
 

@@ -33,6 +33,8 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+ISOLATIONS = ("none", "process")
+LAUNCHERS = ("local", "ray")
 
 
 def setting(
@@ -167,6 +169,42 @@ class BenchConfig:
     )
     sample_interval_ms: float = setting(10.0, "VRAM sampling interval in milliseconds.")
     memory_sampling: bool = setting(True, "Sample VRAM through NVML while generating.")
+    isolation: str = setting(
+        "process",
+        "process: measure each cell in a fresh Python process, so a crash, hang or leftover memory of one"
+        " cell cannot touch the next; none: every cell in this process (no start-up cost per cell).",
+        choices=ISOLATIONS,
+    )
+    processes: int = setting(
+        1,
+        "Spread each cell's runs over N fresh processes, one after another, so the spread between runs"
+        " includes process-to-process variation (3 or more for compare to use it).",
+        minimum=1,
+        must_match=True,
+    )
+    cell_timeout: float | None = setting(
+        None, "Record a cell as timed out when it takes longer than this many seconds (with --isolation process)."
+    )
+    launcher: str = setting(
+        "local",
+        "local: this machine (cells run one per GPU at once where there are several); ray: each cell"
+        " becomes a Ray task (pip install 'kvbench[ray]').",
+        choices=LAUNCHERS,
+    )
+    ray_address: str | None = setting(
+        None,
+        "With --launcher ray: the cluster to join (auto, or ray://host:10001).",
+        shown_default="start a local Ray instance",
+    )
+    accelerator_type: str | None = setting(
+        None, "With --launcher ray: run cells only on GPUs of this Ray accelerator type (e.g. A100, H100)."
+    )
+    gpus_per_cell: int | None = setting(
+        None,
+        "With --launcher ray: GPUs each cell asks for (for a model spread with --device-map).",
+        minimum=0,
+        shown_default="1 on a GPU, 0 on a CPU",
+    )
     output: str | None = setting(
         None,
         "Results .json (a .csv of runs goes beside it).",
@@ -375,8 +413,34 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         )
     if not config.prompt:
         raise KvbenchError(f"{source}: 'prompt' is empty; give some text or use --prompt-tokens")
+    _validate_launch(config, source)
     if not valid_device_name(config.device):
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _validate_launch(config: BenchConfig, source: str) -> None:
+    """The rules that tie the isolation, process and launcher settings together."""
+    if config.processes > 1 and config.target_rse is not None:
+        raise KvbenchError(
+            f"{source}: 'processes' above 1 splits a fixed number of runs; it cannot be combined with"
+            " 'target_rse' (choose one)"
+        )
+    if config.processes > config.runs:
+        raise KvbenchError(
+            f"{source}: 'processes' ({config.processes}) is more than 'runs' ({config.runs}); every process"
+            f" needs a run: use --runs {config.processes} or more"
+        )
+    if config.cell_timeout is not None:
+        if not config.cell_timeout > 0:
+            raise KvbenchError(f"{source}: 'cell_timeout' must be positive seconds, got {config.cell_timeout}")
+        if config.isolation == "none" and config.processes == 1 and config.launcher == "local":
+            raise KvbenchError(
+                f"{source}: 'cell_timeout' needs cells in their own processes to stop one; add --isolation process"
+            )
+    if config.launcher != "ray":
+        for name in ("ray_address", "accelerator_type", "gpus_per_cell"):
+            if getattr(config, name) is not None:
+                raise KvbenchError(f"{source}: '{name}' applies only with --launcher ray; add it or drop {name}")
 
 
 def run_limits(config: BenchConfig) -> tuple[int, int]:

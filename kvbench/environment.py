@@ -67,6 +67,20 @@ def _gpu(device: str) -> dict[str, Any]:
     return info
 
 
+def placement(devices: Devices) -> dict[str, Any]:
+    """Where a cell is being measured: this host and process, its devices, and each GPU's identity (the
+    UUID tells two GPUs of the same model apart, across hosts too)."""
+    where: dict[str, Any] = {"host": platform.node(), "pids": [os.getpid()], "devices": list(devices.names)}
+    if devices.on_gpu:
+        where["gpus"] = []
+        for device in devices.gpus:
+            facts = _gpu(device)
+            where["gpus"].append(
+                {"device": device, "name": facts["gpu_name"], "uuid": facts.get("gpu_uuid"), "driver": facts["gpu_driver"]}
+            )
+    return where
+
+
 def collect(devices: Devices) -> dict[str, Any]:
     """The machine and software of a run; `devices` are those the benchmark was asked to use."""
     import torch

@@ -93,7 +93,7 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
 
 def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     lines: list[Text] = []
-    if cell.status in ("skipped", "oom", "error"):
+    if cell.status in ("skipped", "oom", "error", "timeout"):
         lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
     speedup = speedup_of(result, cell)

@@ -45,6 +45,9 @@ class RunRecord(MemoryFigures):
     token_times_s: list[float] = field(default_factory=list)
     # With a model spread over several GPUs: the memory figures of each device.
     per_device: dict[str, dict[str, int | None]] | None = None
+    # The process that measured the run, so statistics can tell runs of one process from another's.
+    host: str | None = None
+    pid: int | None = None
 
 
 @dataclass
@@ -53,7 +56,7 @@ class CellResult:
 
     settings: Cell
     # "pending" (not started), "incomplete" (interrupted), "measured", or not measurable: "skipped",
-    # "oom", "error", with the reason.
+    # "oom", "error", "timeout" (past --cell-timeout), with the reason.
     status: str = "pending"
     reason: str | None = None
     model: dict[str, Any] | None = None
@@ -64,6 +67,9 @@ class CellResult:
     first_divergence: int | None = None  # index of the first new token that differs between modes
     stop_reason: str | None = None  # with --target-rse: why measuring stopped where it did
     generated_text: dict[str, str] | None = None  # each mode's first measured output, where there is a tokenizer
+    # Where it was measured: launcher, host, the measuring processes' ids, devices, and each GPU's name,
+    # UUID and driver.
+    ran_on: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kvbench.devices import is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import BYTES_PER_ELEMENT, kv_cache_bytes, kv_geometry
 
@@ -247,7 +248,7 @@ def measure_device_peaks(device: str = "cpu", seconds: float = 2.0) -> MeasuredP
     CPU, float16 on CUDA (the tensor cores' type). Copy buffers are far larger than any CPU cache."""
     import torch
 
-    cuda = device.startswith("cuda")
+    cuda = is_gpu(device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     started = time.perf_counter()
 

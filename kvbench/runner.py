@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ from kvbench.config import (
     run_limits,
     validate,
 )
-from kvbench.devices import Devices, compute_capability, is_gpu, resolve_device
+from kvbench.devices import Devices, compute_capability, is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
 from kvbench.memory import MemoryProbe, free_memory
@@ -207,6 +209,8 @@ def measure_generation(
         time_to_first_token_s=times[0] if times else None,
         token_times_s=[round(t, 6) for t in times],
         per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
+        host=platform.node(),
+        pid=os.getpid(),
         **asdict(reading.totals),
     )
     return run_record, new_ids
@@ -226,6 +230,7 @@ class Benchmark:
         force: bool = False,
     ) -> None:
         from kvbench import environment
+        from kvbench.launchers import make_launcher
 
         validate(config)
         self.config = config
@@ -235,9 +240,14 @@ class Benchmark:
             raise KvbenchError("--resume needs --output naming the results file to continue")
         # Checked only: nothing is written before every check below has passed too.
         self.file = ResultsFile(output, replace=force, resume=resume) if output is not None else None
-        self.device = resolve_device(config.device)
+        # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
+        self.launcher = make_launcher(config)
+        self.device = self.launcher.resolve_device(config.device)
         self.capability = compute_capability(self.device)
         self.cells = expand(config)
+        # In a sweep a failing cell is recorded and the sweep goes on; a run of one cell reports it as the
+        # run's own error. A measuring process (kvbench.worker) measures its cell as part of a sweep.
+        self.part_of_sweep = len(self.cells) > 1
         self.result = BenchmarkResult(
             environment=environment.collect(Devices((self.device,))),
             config=config_to_dict(config),
@@ -326,15 +336,12 @@ class Benchmark:
         if self.file is not None:
             self.file.open()
         pending = self._pending()
-        per_cell = (run_limits(self.config)[1] + self.config.warmup) * len(self.config.modes)
+        # With --processes N, every process warms up.
+        per_cell = (run_limits(self.config)[1] + self.config.warmup * self.config.processes) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
         try:
             self.save()
-            for index, cell_result in enumerate(pending):
-                self.observer.cell_started(cell_result, index, len(pending))
-                self._run_cell(cell_result)
-                self.save(final=True)
-                self.observer.cell_finished(cell_result)
+            self.launcher.measure(self, pending)
         except KeyboardInterrupt:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
             self.save(final=True)
@@ -347,6 +354,10 @@ class Benchmark:
                 self.probe.close()
             if self.file is not None:
                 self.file.close()
+        only = None if self.part_of_sweep else self.result.cells[0]
+        if only is not None and only.status == "oom":
+            # Recorded in the file first; for the user one line, not a traceback.
+            raise KvbenchError(f"{only.settings.model}: {only.reason}; try a smaller --batch-size or --max-new-tokens")
         return self.result
 
     def _model_for(self, cell: Cell) -> Any:
@@ -381,13 +392,13 @@ class Benchmark:
         try:
             return self._model_for(cell)
         except KvbenchError as error:
-            if len(self.cells) == 1:
+            if not self.part_of_sweep:
                 raise
             raise _LoadFailure(str(error)) from None
         except Exception as error:
             if _is_out_of_memory(error):
                 raise
-            if len(self.cells) == 1:
+            if not self.part_of_sweep:
                 raise KvbenchError(
                     f"{cell.model}: cannot load the model ({type(error).__name__}: {error}); check its files"
                     " or use --weights random"
@@ -401,7 +412,13 @@ class Benchmark:
 
             torch.cuda.empty_cache()
 
-    def _run_cell(self, cell_result: CellResult) -> None:
+    def devices_in_use(self) -> Devices:
+        """The devices of the model loaded last (all of them with --device-map), else the run's device."""
+        return self._loaded[1].devices if self._loaded is not None else Devices((self.device,))
+
+    def measure_cell(self, cell_result: CellResult) -> None:
+        """Measure one cell in this process, recording a failure that is the cell's own (out of memory,
+        an error within a sweep) in the cell and going on."""
         cell = cell_result.settings
         reason = unsupported_reason(cell, self.device, self.capability)
         if reason is not None:
@@ -428,17 +445,11 @@ class Benchmark:
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
             size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
             if _is_out_of_memory(error):
+                # Recorded; a run of this one cell then ends in one line (Benchmark.run), not a traceback.
                 failure = ("oom", f"out of memory at {size} ({type(error).__name__})")
-                if len(self.cells) == 1:
-                    # Recorded first, so the file says what happened; then one line, not a traceback.
-                    cell_result.status, cell_result.reason = failure
-                    self.save(final=True)
-                    raise KvbenchError(
-                        f"{cell.model}: out of memory at {size}; try a smaller --batch-size or --max-new-tokens"
-                    ) from None
             elif isinstance(error, _LoadFailure):
                 failure = ("error", str(error))
-            elif len(self.cells) > 1:
+            elif self.part_of_sweep:
                 failure = ("error", f"{type(error).__name__}: {error}")
             else:
                 raise

@@ -286,3 +286,19 @@ def speedup_words(test: RatioTest) -> str:
     low, high = (test.low, test.high) if faster else (1 / test.high, 1 / test.low)
     within = "" if test.significant() else ", within noise"
     return text + f" ({test.confidence:.0%} interval {low:.2f}×–{high:.2f}×{within})"
+
+
+def process_aware_samples(latencies: Sequence[float], process_ids: Sequence[object]) -> list[float]:
+    """The samples a test of means should use when runs come from several processes: with 3 or more
+    processes, each process's mean latency (first-seen order), so the standard error includes the drift
+    between processes that the runs within one process cannot show; otherwise the latencies themselves.
+    Runs of one process are not independent samples of the next process's behaviour (pyperf averages
+    per worker process for the same reason)."""
+    if len(latencies) != len(process_ids):
+        raise ValueError("one process id per latency is needed")
+    by_process: dict[object, list[float]] = {}
+    for latency, process in zip(latencies, process_ids):
+        by_process.setdefault(process, []).append(latency)
+    if len(by_process) < 3:
+        return list(latencies)
+    return [statistics.fmean(values) for values in by_process.values()]

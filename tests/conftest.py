@@ -78,7 +78,8 @@ def bert_dir() -> Path:
 
 
 def tiny_config(model: Path | str, **overrides) -> BenchConfig:
-    settings = dict(model=[str(model)], max_new_tokens=[8], runs=2, warmup=0, device="cpu")
+    # In this process unless a test asks for measuring processes: most tests check what is measured.
+    settings = dict(model=[str(model)], max_new_tokens=[8], runs=2, warmup=0, device="cpu", isolation="none")
     settings.update(overrides)
     return BenchConfig(**settings)
 

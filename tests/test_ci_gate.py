@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 GATE = REPO / "ci" / "kvbench_gate.py"
 # Just enough of the tree for `python -m kvbench` to run from a checkout.
 NEEDED = ("kvbench/", "configs/models/", "pyproject.toml")
-BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\n'
-# Prepended to the head commit's kvbench/__main__.py: a change under review that makes every generate()
+BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\nisolation = "none"\n'
+# Appended to the head commit's kvbench/runner.py: a change under review that makes every generate()
 # a second slower, far beyond this machine's noise.
 SLOWER = '''import time
 from transformers.generation.utils import GenerationMixin
@@ -66,8 +66,8 @@ def repo(tmp_path_factory) -> Path:
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base commit")
-    main = root / "kvbench" / "__main__.py"
-    main.write_text(SLOWER + main.read_text())
+    runner = root / "kvbench" / "runner.py"
+    runner.write_text(runner.read_text() + "\n" + SLOWER)
     (root / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=100000\n")
     git(root, "commit", "-q", "-am", "head commit: slower generate, looser gate")
     return root

@@ -1,5 +1,6 @@
 import json
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +239,9 @@ def test_shipped_cpu_config_runs_its_sweep(tmp_path):
     assert [cell["settings"]["max_new_tokens"] for cell in data["cells"]] == [16, 32, 64]
     assert all(cell["status"] == "measured" and cell["outputs_match"] for cell in data["cells"])
     assert len(data["runs"]) == 3 * 2 * 3
+    # Each cell measured in a fresh process (the default isolation), none in this one.
+    pids = [cell["ran_on"]["pids"] for cell in data["cells"]]
+    assert all(len(p) == 1 and p[0] != os.getpid() for p in pids) and len({p[0] for p in pids}) == 3
 
 
 def test_version_and_short_help():

@@ -24,7 +24,8 @@ from tests.conftest import make_result
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden.json"
-QUICK = ["-n", "2", "-r", "1", "-w", "0", "-d", "cpu"]
+# In this process (--isolation none), where the tests' fakes apply.
+QUICK = ["-n", "2", "-r", "1", "-w", "0", "-d", "cpu", "--isolation", "none"]
 
 
 def invoke(*args):
@@ -55,7 +56,7 @@ class Untouched:
 
 # Progress, not messages: the plain lines a log gets ("[3/6] cached 1/2: ...", "cell 2/3: ...") and the
 # live display's (done/total elapsed).
-PROGRESS = re.compile(r"^\[\d+/\d+\] |^cell \d+/\d+: |\d+/\d+ +\d+:\d\d:\d\d")
+PROGRESS = re.compile(r"^\[\d+/\d+\] |^cell .*: |\d+/\d+ +\d+:\d\d:\d\d")
 
 
 def assert_one_line(result, code: int, *fragments: str) -> str:
@@ -400,11 +401,11 @@ def test_the_interrupt_message_gives_the_command_that_resumes(tmp_path, monkeypa
     def interrupted(self, cell_result):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.Benchmark, "_run_cell", interrupted)
+    monkeypatch.setattr(runner.Benchmark, "measure_cell", interrupted)
     output = tmp_path / "r.json"
     result = invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output)
     assert result.exit_code == 130
-    assert f"kvbench run --model tiny-gpt2 --max-new-tokens 2 --runs 1 --warmup 0 --device cpu --output {output} --resume" in result.stderr
+    assert f"kvbench run --model tiny-gpt2 --max-new-tokens 2 --runs 1 --warmup 0 --device cpu --isolation none --output {output} --resume" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -184,3 +184,16 @@ def test_per_token_curve_is_the_median_gap_by_position():
     # gaps from the start: [1,1,2], [1,2,2], [2,1,3] -> medians 1, 1, 2 (seconds) -> ms
     assert per_token_curve_ms(runs) == [1000.0, 1000.0, 2000.0]
     assert per_token_curve_ms([]) == []
+
+
+def test_runs_from_three_or_more_processes_become_per_process_means():
+    from kvbench.stats import process_aware_samples
+
+    latencies = [1.0, 3.0, 2.0, 4.0, 10.0, 20.0]
+    processes = ["a", "a", "b", "b", "c", "c"]
+    assert process_aware_samples(latencies, processes) == [2.0, 3.0, 15.0]
+    # Fewer than three processes: too few means to estimate a spread from; the runs themselves.
+    assert process_aware_samples(latencies[:4], processes[:4]) == latencies[:4]
+    assert process_aware_samples([1.0, 2.0], [7, 7]) == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        process_aware_samples([1.0], [])

@@ -1,0 +1,127 @@
+"""Cells as Ray tasks (--launcher ray): each asks the cluster for the GPUs it needs, measures in a fresh
+process on the node Ray gives it, and streams its records back to this process, which alone writes the
+results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported only here, only when used."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+from kvbench.config import BenchConfig
+from kvbench.errors import KvbenchError
+from kvbench.launchers import CellAssembly, cell_events, cell_jobs
+from kvbench.results import CellResult
+from kvbench.worker import CellJob
+
+if TYPE_CHECKING:
+    from kvbench.runner import Benchmark
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise KvbenchError("--launcher ray needs Ray; pip install 'kvbench[ray]'") from None
+    return ray
+
+
+def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[tuple]:
+    """Runs as a Ray task: the cell's measuring processes on this node, one after another, their events
+    streamed back as Ray yields them. The node's id goes with the place the cell ran."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    live: set = set()
+    try:
+        for event in cell_events(jobs, timeout_s, live):
+            if event[0] == "cell" and event[1].get("ran_on"):
+                event = ("cell", {**event[1], "ran_on": {**event[1]["ran_on"], "ray_node_id": node}})
+            yield event
+    finally:
+        # Cancelled (Ctrl-C in the parent): the measuring process must not outlive its task.
+        for process in list(live):
+            process.kill()
+
+
+class RayLauncher:
+    """Every cell submitted at once as a Ray task; Ray runs as many at a time as the cluster has room for."""
+
+    name = "ray"
+
+    def __init__(self, config: BenchConfig) -> None:
+        self.config = config
+
+    def resolve_device(self, requested: str) -> str:
+        """Left to each task: "auto" is a GPU where Ray gave the task one, and the GPUs a task sees are the
+        ones Ray assigned it (numbered from 0)."""
+        if requested.startswith("cuda:") and requested != "cuda:0":
+            raise KvbenchError(f"--launcher ray assigns the GPUs; use --device cuda or auto, not {requested}")
+        return requested
+
+    def resources(self, ray: Any) -> dict[str, Any]:
+        """What each cell's task asks Ray for."""
+        config = self.config
+        if config.gpus_per_cell is not None:
+            gpus = config.gpus_per_cell
+        elif config.device == "cpu":
+            gpus = 0
+        elif config.device == "auto":
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        else:
+            gpus = 1
+        # Ray may reuse its worker processes: the measuring process each task starts is the fresh one.
+        options: dict[str, Any] = {"num_gpus": gpus}
+        if gpus == 0:
+            # A CPU cell takes a whole node's cores (the smallest node's count), so no other cell runs
+            # beside it and shares the cores it is timed on.
+            sizes = [node["Resources"].get("CPU", 1) for node in ray.nodes() if node.get("Alive")]
+            options["num_cpus"] = min(sizes) if sizes else 1
+        else:
+            options["num_cpus"] = 1
+        if config.accelerator_type is not None:
+            options["accelerator_type"] = config.accelerator_type
+        return options
+
+    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
+        ray = _import_ray()
+        started_here = not ray.is_initialized()
+        if started_here:
+            # No address: start a local instance (or join the one RAY_ADDRESS names).
+            ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            self._measure(ray, benchmark, pending)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _measure(self, ray: Any, benchmark: Benchmark, pending: list[CellResult]) -> None:
+        task = ray.remote(cell_task)
+        options = self.resources(ray)
+        streams: dict[Any, tuple[int, CellAssembly]] = {}
+        for index, cell_result in enumerate(pending):
+            jobs = cell_jobs(self.config, cell_result.settings)
+            stream = task.options(**options, name=f"kvbench {cell_result.id}").remote(jobs, self.config.cell_timeout)
+            streams[stream] = (index, CellAssembly(benchmark, cell_result, self.name))
+        try:
+            while streams:
+                ready, _ = ray.wait(list(streams), num_returns=1, timeout=0.5)
+                for stream in ready:
+                    index, assembly = streams[stream]
+                    if not assembly.started:
+                        assembly.begin(index, len(pending))
+                    try:
+                        event = ray.get(next(stream))
+                    except StopIteration:
+                        assembly.finish()
+                        del streams[stream]
+                        continue
+                    except ray.exceptions.RayError as error:
+                        # The task itself died (its node lost, its worker killed): the cell fails alone.
+                        assembly.fail("error", f"the Ray task failed: {str(error).strip().splitlines()[0]}")
+                        assembly.finish()
+                        del streams[stream]
+                        continue
+                    assembly.apply(event)
+        finally:
+            # Ctrl-C or an error: cells not finished are cancelled; those finished are already saved.
+            for stream in streams:
+                ray.cancel(stream)

@@ -1,0 +1,188 @@
+"""A measuring process: measures one cell, or its share of a cell's runs, with the same code as an
+in-process run, and streams every record back to the process that holds the results file.
+
+Events sent (tuples, so they cross a pipe or a Ray stream unchanged):
+  ("progress", observer hook name, arguments)  generation started / finished, tokens (throttled)
+  ("runs", [RunRecord])                        runs just measured, numbered within the whole cell
+  ("cell", {CellResult field: value})          the cell's state: model, prompt, status, outputs match...
+  ("unmeasured", {figure: why})                memory figures this process could not measure
+  ("done",)                                    finished; the process exits
+  ("failed", status, reason)                   the cell failed here ("error" or "oom")
+  ("user_error", message)                      a KvbenchError: the whole run stops, as it would in-process
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+from kvbench.config import BenchConfig, Cell
+from kvbench.errors import KvbenchError
+from kvbench.results import CellResult
+from kvbench.runner import Benchmark, Observer
+
+Send = Callable[[tuple], None]
+
+# Test hook: KVBENCH_TEST_FAULT="kill@new=4 ,hang@new=6 " makes the measuring process of a cell whose id
+# contains the text after "@" (all cells if there is none) fail after its first measured run: "kill"
+# (SIGKILL, as the kernel's out-of-memory killer), "abort" (a crash), "hang", "error" (a CUDA-like
+# error), "oom".
+FAULT_VARIABLE = "KVBENCH_TEST_FAULT"
+
+# A process measuring on a GPU holds it: the settings below are the parent's, not the measuring process's.
+_PARENT_ONLY = {"isolation": "none", "processes": 1, "cell_timeout": None, "launcher": "local", "output": None}
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What one measuring process does: `runs` runs per mode of `cell`, numbered from `first_run`, on
+    `device` (None: the configured device)."""
+
+    config: BenchConfig
+    cell: Cell
+    runs: int
+    first_run: int = 0
+    device: str | None = None
+
+    def measuring_config(self) -> BenchConfig:
+        """The sweep's settings narrowed to this job: one cell, its share of the runs, in this process."""
+        axes = {name: [getattr(self.cell, name)] for name in (f.name for f in fields(Cell))}
+        ray_only = {"ray_address": None, "accelerator_type": None, "gpus_per_cell": None}
+        narrowed = replace(self.config, **axes, **_PARENT_ONLY, **ray_only, runs=self.runs)
+        if self.device is not None:
+            narrowed.device = self.device
+        return narrowed
+
+
+def cell_state(cell_result: CellResult) -> dict[str, Any]:
+    return {f.name: getattr(cell_result, f.name) for f in fields(CellResult) if f.name != "settings"}
+
+
+class _ForwardingObserver(Observer):
+    """Progress for the parent's display. Tokens are counted and sent at most once a second: a message
+    per token, sent from inside the timed generate(), would cost it more than the display is worth."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._tokens = 0
+        self._last_sent = 0.0
+
+    def generation_started(self, label: str, new_tokens: int) -> None:
+        self._send(("progress", "generation_started", (label, new_tokens)))
+
+    def token(self) -> None:
+        self._tokens += 1
+        now = time.monotonic()
+        if now - self._last_sent >= 1.0:
+            self._send(("progress", "token", (self._tokens,)))
+            self._tokens, self._last_sent = 0, now
+
+    def generation_finished(self, latency_s: float | None) -> None:
+        if self._tokens:
+            self._send(("progress", "token", (self._tokens,)))
+            self._tokens = 0
+        self._send(("progress", "generation_finished", (latency_s,)))
+
+
+class _StreamingBenchmark(Benchmark):
+    """The in-process benchmark of one job, whose saves send what is new instead of writing a file."""
+
+    def __init__(self, job: CellJob, send: Send) -> None:
+        super().__init__(job.measuring_config(), observer=_ForwardingObserver(send))
+        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
+        self.part_of_sweep = True
+        self._job, self._send, self._runs_sent = job, send, 0
+
+    def save(self, final: bool = False) -> None:
+        super().save(final)  # no file: only the timestamp
+        runs = self.result.runs
+        if len(runs) < self._runs_sent:  # the cell's runs were dropped (it failed): nothing new to send
+            self._runs_sent = len(runs)
+        new = runs[self._runs_sent :]
+        if new:
+            self._runs_sent = len(runs)
+            self._send(("runs", [replace(run, run=run.run + self._job.first_run) for run in new]))
+        self._send(("cell", cell_state(self.result.cells[0])))
+        if self.result.unmeasured:
+            self._send(("unmeasured", dict(self.result.unmeasured)))
+        if new:
+            _inject_fault(self._job)
+
+
+def _inject_fault(job: CellJob) -> None:
+    if job.first_run != 0:
+        return
+    for spec in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
+        fault, _, where = spec.partition("@")
+        if where in job.cell.id:
+            break
+    else:
+        return
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "abort":
+        os.abort()
+    elif fault == "hang":
+        time.sleep(3600)
+    elif fault == "error":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+    elif fault == "oom":
+        raise MemoryError("simulated")
+
+
+def measure(job: CellJob, send: Send) -> None:
+    """Measure a job in this process, sending its events as they happen."""
+    from transformers.utils import logging as transformers_logging
+
+    # The parent's display shows progress; transformers' warnings from every process would bury it.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        benchmark = _StreamingBenchmark(job, send)
+        benchmark.run()
+    except KvbenchError as error:
+        send(("user_error", str(error)))
+        return
+    except Exception as error:  # noqa: BLE001 - the parent records the cell's failure and goes on
+        send(("failed", "oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
+        return
+    send(("cell", cell_state(benchmark.result.cells[0])))
+    send(("done",))
+
+
+def _exit_with_parent() -> None:
+    """A measuring process whose parent is gone (killed, or a cancelled Ray task) must not go on holding
+    a GPU: a thread checks once a second, which costs the measurement nothing it can see."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="kvbench-parent-watch", daemon=True).start()
+
+
+def main(job_fd: int, events_fd: int) -> None:
+    """The measuring process: reads its job from one pipe and sends its events down another."""
+    from multiprocessing.connection import Connection
+
+    # Ctrl-C at a terminal reaches the whole process group: the parent alone decides what to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    with Connection(job_fd, writable=False) as jobs:
+        job = jobs.recv()
+    with Connection(events_fd, readable=False) as events:
+        measure(job, events.send)
+
+
+# Started as `python -m kvbench.worker JOB_FD EVENTS_FD`: a fresh interpreter that imports only kvbench,
+# never the caller's script (multiprocessing's spawn would run that script again in every process).
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
