@@ -91,9 +91,14 @@ class ModeBound:
         """ "cached at 71% of the memory-bandwidth bound (bound 2.41 ms/token)" """
         limit = "memory-bandwidth" if self.limited_by == "memory bandwidth" else "compute"
         return (
-            f"{self.mode} at {self.fraction_of_bound:.0%} of the {limit} bound"
+            f"{self.mode} at {percent(self.fraction_of_bound)} of the {limit} bound"
             f" ({self.bound_per_token_s * 1000:.3g} ms/token bound, {self.measured_per_token_s * 1000:.3g} measured)"
         )
+
+
+def percent(fraction: float) -> str:
+    """71%, 4.2%, 0.13%: two significant figures, so a small fraction does not read as 0%."""
+    return f"{fraction * 100:.2g}%" if fraction < 0.1 else f"{fraction:.0%}"
 
 
 def model_cost_of(cell: CellResult) -> ModelCost | None:

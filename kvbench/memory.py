@@ -376,6 +376,7 @@ class MemoryProbe:
             self.unavailable["torch_cuda_peaks"] = f"the device is {devices.describe()}, not a CUDA GPU"
         self._sampler: SamplingProcess | None = None
         self.timeline_source: str | None = None
+        self._rss_only = False  # the sampling process reads RSS: a timeline, no VRAM figures
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
@@ -388,6 +389,7 @@ class MemoryProbe:
             # No VRAM to sample: the sampling process reads this process's RSS instead, for the timeline.
             self.unavailable["vram"] = reason
             reason, self.timeline_source = None, "this process's RSS (/proc statm)"
+            self._rss_only = True
             opener = functools.partial(open_rss_sampler, os.getpid())
         if reason is None:
             try:
@@ -427,7 +429,7 @@ class MemoryProbe:
         if self._sampler is not None and sampled is None:
             self._sampler_gone()
         timeline = sampled.timeline if sampled is not None else None
-        if sampled is not None and not self.devices.on_gpu:
+        if sampled is not None and self._rss_only:
             sampled = None  # the CPU's RSS sampler: a timeline, no VRAM figures
         if sampled is not None:
             # NVML's process list answers for this process on all its GPUs at once.

@@ -118,7 +118,7 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
             [
                 # Token times are stored rounded to the microsecond: the last may read a hair past the end.
                 run_metrics(
-                    run.token_times_s, max(run.latency_s, *run.token_times_s[-1:]), run.prompt_tokens, run.batch_size
+                    run.token_times_s, max([run.latency_s, *run.token_times_s[-1:]]), run.prompt_tokens, run.batch_size
                 )
                 for run in runs
             ]
