@@ -161,7 +161,7 @@ class LengthFit:
     """Latency against new tokens for one group of cells that differ only in length."""
 
     group: str  # the group's named settings
-    cells: tuple[str, ...]
+    cells: list[str]
     extrapolation: LengthExtrapolation | None
     reason: str | None = None  # why there is no fit
 
@@ -188,7 +188,7 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
             for mode in ("cached", "uncached")
         }
         name = named_settings(cells[0].settings, axes) or cells[0].settings.model
-        ids = tuple(cell.id for cell in cells)
+        ids = [cell.id for cell in cells]
         try:
             fits.append(LengthFit(name, ids, extrapolate(points["cached"], points["uncached"])))
         except KvbenchError as error:
