@@ -103,8 +103,12 @@ class BenchConfig:
         must_match=True,
     )
     prompt: str = setting(REFERENCE_PROMPT, "Prompt text.", must_match=True, shown_default=repr(REFERENCE_PROMPT))
-    prompt_tokens: int | None = setting(
-        None, "Use N seeded synthetic prompt ids instead of tokenizing the prompt.", minimum=1, must_match=True
+    prompt_tokens: list[int] | None = setting(
+        None,
+        "Prompt length in tokens: the prompt's tokens repeated or cut to N where the model has a tokenizer,"
+        " N seeded synthetic ids where it has none. Repeat to sweep.",
+        minimum=1,
+        shown_default="the prompt text, tokenized",
     )
     max_new_tokens: list[int] = setting(
         [1000],
@@ -168,7 +172,14 @@ class BenchConfig:
         0, "Seed for random weights and synthetic prompts.", minimum=0, maximum=2**63 - 1, must_match=True
     )
     sample_interval_ms: float = setting(10.0, "VRAM sampling interval in milliseconds.")
-    memory_sampling: bool = setting(True, "Sample VRAM through NVML while generating.")
+    memory_sampling: bool = setting(
+        True, "Sample memory while generating: VRAM through NVML on a GPU, this process's RSS on a CPU."
+    )
+    device_peaks: bool = setting(
+        True,
+        "Measure the device's memory bandwidth and matrix-multiply throughput first (a few seconds), for"
+        " the roofline bound each mode is measured against.",
+    )
     isolation: str = setting(
         "process",
         "process: measure each cell in a fresh Python process, so a crash, hang or leftover memory of one"
@@ -231,13 +242,16 @@ class Cell:
     dtype: str
     cache_implementation: str
     attn_implementation: str
+    prompt_tokens: int | None = None  # None: the prompt text as tokenized
 
     @property
     def id(self) -> str:
-        """The key that ties a results file's runs to their cell."""
+        """The key that ties a results file's runs to their cell. A cell without a prompt length keeps the
+        id it had before prompt length was an axis, so older results files still resume and compare."""
+        prompt = f" prompt={self.prompt_tokens}" if self.prompt_tokens is not None else ""
         return (
             f"{self.model} new={self.max_new_tokens} batch={self.batch_size} {self.dtype}"
-            f" cache={self.cache_implementation} attn={self.attn_implementation}"
+            f" cache={self.cache_implementation} attn={self.attn_implementation}{prompt}"
         )
 
     def label(self, dtype: str | None = None) -> str:
@@ -247,7 +261,10 @@ class Cell:
             extras.append(f"cache {self.cache_implementation}")
         if self.attn_implementation != "auto":
             extras.append(f"attn {self.attn_implementation}")
-        return f"{self.model} · {self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
+        prompt = f"{self.prompt_tokens}-token prompt · " if self.prompt_tokens is not None else ""
+        return (
+            f"{self.model} · {prompt}{self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
+        )
 
 
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
@@ -262,6 +279,10 @@ def config_fields() -> dict[str, Field]:
 def field_kind(name: str) -> tuple[type, bool]:
     """(element type, whether it is a list) of a BenchConfig field, read from its annotation."""
     annotation = typing.get_type_hints(BenchConfig)[name]
+    # An optional list (`list[int] | None`) is a list whose absence means "not swept".
+    optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is not list and len(optional) == 1 and typing.get_origin(optional[0]) is list:
+        annotation = optional[0]
     is_list = typing.get_origin(annotation) is list
     if is_list:
         (annotation,) = typing.get_args(annotation)
@@ -281,7 +302,8 @@ def resume_must_match() -> tuple[str, ...]:
 
 def expand(config: BenchConfig) -> list[Cell]:
     """The sweep's cells in a stable order (models outermost, so each model loads once per dtype)."""
-    combos = itertools.product(*(getattr(config, axis) for axis in SWEEP_AXES))
+    # An optional axis left unset (prompt_tokens = None) is one cell with that axis None.
+    combos = itertools.product(*(getattr(config, axis) or [None] for axis in SWEEP_AXES))
     return [Cell(*combo) for combo in combos]
 
 

@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import re
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
@@ -81,6 +82,10 @@ class MemoryReading:
 
     totals: MemoryFigures
     per_device: dict[str, MemoryFigures] | None = None
+    # (seconds since the run's start, bytes) as sampled: device-wide VRAM summed over the GPUs, or on a
+    # CPU this process's RSS; None when nothing sampled.
+    timeline: list[tuple[float, int]] | None = None
+    timeline_source: str | None = None
 
 
 class PeakRss:
@@ -123,6 +128,7 @@ class SamplerReading:
     process_unavailable: str | None
     # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
     device_unavailable: str | None = None
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
 
     @property
     def baseline_bytes(self) -> int:
@@ -150,6 +156,8 @@ class NvmlSampler:
         self.peak_process_bytes: int | None = None
         self.process_unavailable: str | None = None
         self.samples = 0
+        self._started = time.monotonic()
+        self.timeline: list[tuple[float, int]] = [(0.0, sum(self.baseline.values()))]
 
     def _used(self, handle: Any) -> int:
         """Device-wide VRAM in use; 0 once a reading has failed, which device_unavailable explains."""
@@ -179,13 +187,17 @@ class NvmlSampler:
 
     def sample(self) -> None:
         process_total: int | None = 0
+        used_total = 0
         for device, handle in self._handles.items():
-            self.peak[device] = max(self.peak[device], self._used(handle))
+            used = self._used(handle)
+            used_total += used
+            self.peak[device] = max(self.peak[device], used)
             process = self._process_bytes(handle)
             process_total = None if process is None or process_total is None else process_total + process
         if process_total is not None:
             self.peak_process_bytes = max(self.peak_process_bytes or 0, process_total)
         self.samples += 1
+        self.timeline.append((time.monotonic() - self._started, used_total))
 
     def reading(self) -> SamplerReading:
         return SamplerReading(
@@ -195,7 +207,55 @@ class NvmlSampler:
             self.samples,
             self.process_unavailable,
             self.device_unavailable,
+            list(self.timeline),
         )
+
+
+class RssSampler:
+    """The CPU's counterpart of NvmlSampler, run in the sampling process: the measured process's
+    resident memory over time, read from /proc/<pid>/statm (one system call per reading, as NVML's is one
+    ioctl). Only the timeline is kept: the process's own VmHWM already gives the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self._path = f"/proc/{pid}/statm"
+        self._page_bytes = os.sysconf("SC_PAGE_SIZE")
+        self._read()  # fail now, in the opener, when /proc is not there
+
+    def _read(self) -> int:
+        with open(self._path) as statm:
+            return int(statm.read().split()[1]) * self._page_bytes
+
+    def begin(self) -> None:
+        self._started = time.monotonic()
+        self.samples = 0
+        self.timeline: list[tuple[float, int]] = [(0.0, self._read())]
+
+    def sample(self) -> None:
+        try:
+            self.timeline.append((time.monotonic() - self._started, self._read()))
+        except (OSError, ValueError, IndexError):
+            return  # the measured process is ending; the run's reading is what was sampled so far
+        self.samples += 1
+
+    def reading(self) -> SamplerReading:
+        return SamplerReading({}, {}, None, self.samples, None, None, list(self.timeline))
+
+
+def open_rss_sampler(pid: int) -> RssSampler:
+    return RssSampler(pid)
+
+
+def downsample(timeline: list[tuple[float, int]] | None, points: int = 100) -> list[list[float]] | None:
+    """At most `points` readings (plus the highest), evenly spread over the run: enough to draw memory
+    against time without a results file that grows with the sampling rate."""
+    if not timeline:
+        return None
+    if len(timeline) > points:
+        step = len(timeline) / points
+        kept = {int(i * step) for i in range(points - 1)} | {len(timeline) - 1}
+        kept.add(max(range(len(timeline)), key=lambda i: timeline[i][1]))
+        timeline = [timeline[i] for i in sorted(kept)]
+    return [[round(t, 4), int(used)] for t, used in timeline]
 
 
 class SamplerUnavailable(Exception):
@@ -206,8 +266,9 @@ def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], 
     """The sampling process: on "start" take a baseline, sample every interval until "stop", reply. A
     failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop."""
     try:
-        nvml, handles = opener()
-        sampler = NvmlSampler(nvml, handles, pid)
+        opened = opener()
+        # An opener gives (pynvml, handles) for the GPU, or a sampler of its own (RssSampler on a CPU).
+        sampler = NvmlSampler(*opened, pid) if isinstance(opened, tuple) else opened
     except Exception as error:  # noqa: BLE001 - any failure to open is reported, not raised, over the pipe
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
@@ -314,6 +375,8 @@ class MemoryProbe:
         if not devices.on_gpu:
             self.unavailable["torch_cuda_peaks"] = f"the device is {devices.describe()}, not a CUDA GPU"
         self._sampler: SamplingProcess | None = None
+        self.timeline_source: str | None = None
+        self._rss_only = False  # the sampling process reads RSS: a timeline, no VRAM figures
         if not sample_vram:
             self.unavailable["vram"] = "VRAM sampling was turned off (--no-memory-sampling)"
             return
@@ -321,13 +384,20 @@ class MemoryProbe:
         if opener is None:
             uuids, reason = gpu_uuids(list(devices.names))
             opener = functools.partial(open_by_uuid, uuids)
+        self.timeline_source = "device VRAM (NVML)"
+        if reason is not None and not devices.on_gpu:
+            # No VRAM to sample: the sampling process reads this process's RSS instead, for the timeline.
+            self.unavailable["vram"] = reason
+            reason, self.timeline_source = None, "this process's RSS (/proc statm)"
+            self._rss_only = True
+            opener = functools.partial(open_rss_sampler, os.getpid())
         if reason is None:
             try:
                 self._sampler = SamplingProcess(opener, interval_s)
             except SamplerUnavailable as error:
-                reason = f"the NVML sampling process could not start ({error})"
+                reason = f"the {self.timeline_source} sampling process could not start ({error})"
         if reason is not None:
-            self.unavailable["vram"] = reason
+            self.unavailable["vram" if devices.on_gpu else "memory_timeline"] = reason
 
     def start(self) -> None:
         self._rss.reset()
@@ -358,6 +428,9 @@ class MemoryProbe:
         sampled = self._sampler.stop() if self._sampler is not None else None
         if self._sampler is not None and sampled is None:
             self._sampler_gone()
+        timeline = sampled.timeline if sampled is not None else None
+        if sampled is not None and self._rss_only:
+            sampled = None  # the CPU's RSS sampler: a timeline, no VRAM figures
         if sampled is not None:
             # NVML's process list answers for this process on all its GPUs at once.
             samples, process_peak = sampled.samples, sampled.peak_process_bytes
@@ -373,7 +446,8 @@ class MemoryProbe:
         totals.peak_rss_bytes = self._rss.peak_bytes()
         totals.vram_samples = samples
         totals.vram_process_peak_bytes = process_peak
-        return MemoryReading(totals, per_device if len(per_device) > 1 else None)
+        source = self.timeline_source if timeline else None
+        return MemoryReading(totals, per_device if len(per_device) > 1 else None, timeline or None, source)
 
     def close(self) -> None:
         """End the sampling process (it would also end with this one)."""

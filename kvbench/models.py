@@ -512,11 +512,20 @@ def prompt_ids(prepared: PreparedModel, prompt: str, prompt_tokens: int | None, 
     """One row of prompt ids and how they were made: tokenized text, or seeded synthetic ids."""
     import torch
 
-    if prompt_tokens is None and prepared.tokenizer is not None:
+    if prepared.tokenizer is not None:
         ids = prepared.tokenizer(prompt, return_tensors="pt").input_ids[0]
-        if ids.numel() > 0:
+        if ids.numel() > 0 and prompt_tokens is None:
             return ids, "tokenized"
+        if ids.numel() > 0:
+            return fit_to_length(ids, prompt_tokens), "tokenized"
     length = prompt_tokens or SYNTHETIC_PROMPT_TOKENS
     vocab = prepared.resolved.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (length,), generator=generator), "synthetic"
+
+
+def fit_to_length(ids: Any, length: int) -> Any:
+    """A tokenized prompt repeated, then cut, to exactly `length` ids: real tokens of the model's own
+    vocabulary at any prompt length, from one short text."""
+    repeats = -(-length // int(ids.numel()))
+    return ids.repeat(repeats)[:length]

@@ -1,4 +1,5 @@
-"""PNG figures of a results file: per-token latency by position, and latency and memory across a sweep."""
+"""PNG figures of a results file: per-token latency against the roofline bound, latency across a sweep with
+fitted curves, the cache's measured size against theory, and memory over time."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from pathlib import Path
 
 from kvbench.config import SWEEP_AXES
 from kvbench.errors import KvbenchError
+from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
 from kvbench.results import BenchmarkResult, CellResult
 from kvbench.stats import per_token_curve_ms
 
+# One colour per mode in every figure.
 MODE_COLOURS = {"cached": "tab:blue", "uncached": "tab:red"}
-NUMERIC_AXES = ("max_new_tokens", "batch_size")
+NUMERIC_AXES = ("max_new_tokens", "batch_size", "prompt_tokens")
 AXIS_LABELS = {
     "max_new_tokens": "new tokens generated",
     "batch_size": "batch size",
@@ -18,7 +21,11 @@ AXIS_LABELS = {
     "cache_implementation": "cache implementation",
     "attn_implementation": "attention implementation",
     "model": "model",
+    "prompt_tokens": "prompt tokens",
 }
+# Panels per figure: beyond this a sweep's groups go on to further figures (name-2.png, ...), so each
+# panel stays large enough to read.
+MAX_PANELS = 6
 
 
 def _pyplot():
@@ -35,107 +42,229 @@ def _hardware(result: BenchmarkResult) -> str:
     return f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')})"
 
 
+def _title(result: BenchmarkResult, what: str) -> str:
+    """What a figure shows, on which hardware, and RANDOM weights when any cell had them."""
+    weights = {(cell.model or {}).get("weights") for cell in result.cells}
+    random = " · RANDOM weights" if "random" in weights else ""
+    return f"{what}: {', '.join(result.config['model'])} on {_hardware(result)}{random}"
+
+
+def _measured(result: BenchmarkResult, cell: CellResult) -> bool:
+    return bool(result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"))
+
+
+def _groups(result: BenchmarkResult, axis: str) -> dict[tuple, list[CellResult]]:
+    """Measured cells grouped by every setting but `axis`, each group ordered along it."""
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in result.cells:
+        if _measured(result, cell):
+            key = tuple(getattr(cell.settings, a) for a in SWEEP_AXES if a != axis)
+            groups.setdefault(key, []).append(cell)
+    for cells in groups.values():
+        cells.sort(key=lambda cell: _sort_key(getattr(cell.settings, axis)))
+    return groups
+
+
+def _sort_key(value: object) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _group_name(result: BenchmarkResult, cell: CellResult, without: str) -> str:
+    axes = [axis for axis in varying_axes(result) if axis != without]
+    return named_settings(cell.settings, axes) or cell.settings.model
+
+
+def _panels(plt, count: int, width: float = 6.0, height: float = 4.0):
+    """Figures of at most MAX_PANELS panels (two columns) holding `count` panels: [(figure, [axes])]."""
+    pages = []
+    for start in range(0, max(count, 1), MAX_PANELS):
+        n = min(MAX_PANELS, count - start) or 1
+        columns = 1 if n == 1 else 2
+        rows = -(-n // columns)
+        figure, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+        axes = list(grid.flat)
+        for spare in axes[n:]:
+            spare.set_visible(False)
+        pages.append((figure, axes[:n]))
+    return pages
+
+
+def _save(plt, pages, directory: Path, name: str, title: str) -> list[Path]:
+    paths = []
+    for index, (figure, axes) in enumerate(pages):
+        for axis in axes:
+            axis.grid(True, alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=8)
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        path = directory / (f"{name}.png" if index == 0 else f"{name}-{index + 1}.png")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
 def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
     """Per group of otherwise-equal settings, the longest generation: shorter ones are its prefix."""
-    longest: dict[tuple, CellResult] = {}
-    for cell in result.cells:
-        if not result.runs_of(cell.id, "cached") and not result.runs_of(cell.id, "uncached"):
-            continue
-        settings = cell.settings
-        group = tuple(getattr(settings, axis) for axis in SWEEP_AXES if axis != "max_new_tokens")
-        if group not in longest or settings.max_new_tokens > longest[group].settings.max_new_tokens:
-            longest[group] = cell
-    return list(longest.values())
+    return [cells[-1] for cells in _groups(result, "max_new_tokens").values()]
 
 
-def plot_per_token(result: BenchmarkResult, path: Path) -> Path:
+def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explanation) -> list[Path]:
+    """Each new token's time by position per mode, with the roofline bound on it as a dashed line."""
     plt = _pyplot()
     cells = _longest_cells(result)
-    figure, axes = plt.subplots(len(cells), 1, figsize=(9, 4 * len(cells)), squeeze=False)
-    for axis, cell in zip(axes[:, 0], cells):
+    pages = _panels(plt, len(cells), width=7.0)
+    panels = [axis for _, axes in pages for axis in axes]
+    for axis, cell in zip(panels, cells):
         for mode in result.modes:
             curve = per_token_curve_ms([run.token_times_s for run in result.runs_of(cell.id, mode)])
-            if curve:
-                # Position 0 is the prefill (the whole prompt), the rest one decode step each.
-                axis.plot(range(len(curve)), curve, label=mode, color=MODE_COLOURS.get(mode))
+            if not curve:
+                continue
+            colour = MODE_COLOURS.get(mode)
+            # Position 0 is the prefill (the whole prompt), the rest one decode step each.
+            axis.plot(range(len(curve)), curve, label=f"{mode}, measured", color=colour)
+            bound = step_bounds_ms(cell, mode, explanation.peaks)
+            if bound:
+                reached = explanation.bound_of(cell.id, mode)
+                share = f" (run at {percent(reached.fraction_of_bound)} of it)" if reached else ""
+                axis.plot(range(len(bound)), bound, linestyle="--", color=colour, label=f"{mode}, bound{share}")
+        axis.set_yscale("log")
         axis.set_xlabel("new token position")
-        axis.set_ylabel("time for this token (ms, median of runs)")
-        axis.set_title(f"{cell.id}", fontsize=9)
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"Per-token latency: {', '.join(result.config['model'])} on {_hardware(result)}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+        axis.set_ylabel("ms for this token (median of runs)")
+        axis.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
+    return _save(plt, pages, directory, "per-token", _title(result, "Per-token latency and the roofline bound"))
 
 
 def sweep_axis(result: BenchmarkResult) -> str | None:
     """The first setting that varies across measured cells (new tokens first), or None."""
-    measured = [cell for cell in result.cells if cell.status == "measured" or result.runs_of(cell.id, "cached")]
+    axes = varying_axes(result)
     for axis in ("max_new_tokens", *[a for a in SWEEP_AXES if a != "max_new_tokens"]):
-        if len({getattr(cell.settings, axis) for cell in measured}) > 1:
+        if axis in axes:
             return axis
     return None
 
 
-def _series(result: BenchmarkResult, axis: str) -> dict[tuple, list[tuple[object, CellResult]]]:
-    """Cells grouped by every setting but the swept one, each group ordered along the swept axis."""
-    groups: dict[tuple, list[tuple[object, CellResult]]] = {}
-    for cell in result.cells:
-        rest = tuple(getattr(cell.settings, a) for a in SWEEP_AXES if a != axis)
-        groups.setdefault(rest, []).append((getattr(cell.settings, axis), cell))
-    return groups
+def _fit_for(explanation: Explanation, cells: list[CellResult]):
+    ids = {cell.id for cell in cells}
+    return next((fit.extrapolation for fit in explanation.fits if set(fit.cells) == ids and fit.extrapolation), None)
 
 
-def _position(axis: str, value: object) -> object:
-    """Numeric settings sit on a numeric axis; the others (dtype, implementation names) are categories."""
-    return value if axis in NUMERIC_AXES else str(value)
-
-
-def plot_sweep(result: BenchmarkResult, axis: str, directory: Path) -> list[Path]:
+def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanation: Explanation) -> list[Path]:
+    """Latency per generate() along the swept setting, a panel per group: points and error bars on a
+    numeric axis (with the fitted curves for new tokens), bars side by side for a categorical one."""
     plt = _pyplot()
-    groups = _series(result, axis)
-    latency_figure, latency_axis = plt.subplots(figsize=(8, 5))
-    memory_figure, memory_axis = plt.subplots(figsize=(8, 5))
-    many = len(groups) > 1
-    for rest, points in groups.items():
-        suffix = f" ({', '.join(str(v) for v in rest)})" if many else ""
-        for mode in result.modes:
-            rows = [(_position(axis, x), result.summary_of(cell.id, mode)) for x, cell in points]
-            rows = [(x, summary) for x, summary in rows if summary is not None]
+    groups = list(_groups(result, axis).values())
+    pages = _panels(plt, len(groups))
+    panels = [ax for _, axes in pages for ax in axes]
+    numeric = axis in NUMERIC_AXES
+    for ax, cells in zip(panels, groups):
+        labels = [str(getattr(cell.settings, axis)) for cell in cells]
+        for index, mode in enumerate(result.modes):
+            summaries = [result.summary_of(cell.id, mode) for cell in cells]
+            rows = [(cell, s) for cell, s in zip(cells, summaries) if s is not None]
             if not rows:
                 continue
-            latency_axis.errorbar(
-                [x for x, _ in rows], [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows],
-                marker="o", capsize=3, label=f"{mode}{suffix}", color=None if many else MODE_COLOURS.get(mode),
-            )
-            memory = [(x, *summary.peak_memory()) for x, summary in rows]
-            memory = [(x, value / 2**20, source) for x, value, source in memory if value is not None]
-            if memory:
-                memory_axis.plot(
-                    [x for x, _, _ in memory], [m for _, m, _ in memory], marker="o",
-                    label=f"peak {memory[0][2]}, {mode}{suffix}",
-                )
-        kv = [(_position(axis, x), cell.kv_cache_bytes / 2**20) for x, cell in points if cell.kv_cache_bytes]
-        if kv:
-            memory_axis.plot(*zip(*kv), linestyle="--", marker="x", label=f"theoretical KV cache{suffix}")
-    title = f"{', '.join(result.config['model'])} on {_hardware(result)}"
-    latency_axis.set_xlabel(AXIS_LABELS[axis])
-    latency_axis.set_ylabel("latency per generate() (s, mean ± std)")
-    latency_axis.set_title(f"Latency vs {AXIS_LABELS[axis]}: {title}", fontsize=10)
-    memory_axis.set_xlabel(AXIS_LABELS[axis])
-    memory_axis.set_ylabel("MiB")
-    memory_axis.set_title(f"Memory vs {AXIS_LABELS[axis]}: {title}", fontsize=10)
-    paths = []
-    for figure, ax, name in ((latency_figure, latency_axis, "latency"), (memory_figure, memory_axis, "memory")):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        figure.tight_layout()
-        path = directory / f"{name}-vs-{axis}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        paths.append(path)
+            colour = MODE_COLOURS.get(mode)
+            if numeric:
+                xs = [getattr(cell.settings, axis) for cell, _ in rows]
+                runs = [(run.new_tokens if axis == "max_new_tokens" else getattr(cell.settings, axis), run.latency_s)
+                        for cell, _ in rows for run in result.runs_of(cell.id, mode)]
+                ax.scatter([x for x, _ in runs], [y for _, y in runs], s=10, alpha=0.4, color=colour)
+                ax.errorbar(xs, [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows], fmt="o",
+                            capsize=3, color=colour, label=f"{mode} (mean ± std)")
+            else:
+                width = 0.8 / len(result.modes)
+                positions = [labels.index(str(getattr(cell.settings, axis))) + (index - 0.5) * width for cell, _ in rows]
+                ax.bar(positions, [s.mean_s for _, s in rows], width, yerr=[s.std_s or 0 for _, s in rows],
+                       capsize=3, color=colour, label=mode)
+        fitted = _fit_for(explanation, cells) if axis == "max_new_tokens" else None
+        if fitted is not None:
+            import numpy as np
+
+            lengths = np.geomspace(max(1, fitted.cached.min_new_tokens / 2), 2 * fitted.longest_new_tokens, 100)
+            for power in (fitted.cached, fitted.uncached):
+                error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
+                ax.plot(lengths, [power.predict_s(n) for n in lengths], color=MODE_COLOURS.get(power.mode),
+                        linestyle=":", label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}")
+            if fitted.crossover_new_tokens is not None:
+                ax.axvline(fitted.crossover_new_tokens, color="grey", linewidth=0.8,
+                           label=f"crossover {fitted.crossover_new_tokens:.1f} tokens")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(AXIS_LABELS[axis])
+        ax.set_ylabel("latency per generate() (s)")
+        ax.set_title(_group_name(result, cells[0], axis), fontsize=9)
+    return _save(plt, pages, directory, f"latency-vs-{axis}", _title(result, f"Latency vs {AXIS_LABELS[axis]}"))
+
+
+def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list[Path]:
+    """The cache object's measured bytes against the theory at the positions it held, along the swept
+    setting: what can be measured on any device (a CPU's RSS cannot see a cache beside the model)."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(8, 5))
+    numeric = axis in NUMERIC_AXES
+    markers = "osD^v<>px*"
+    for index, cells in enumerate(_groups(result, axis).values()):
+        cells = [cell for cell in cells if cell.kv_cache_theory_bytes]
+        if not cells:
+            continue
+        xs = [getattr(cell.settings, axis) if numeric else str(getattr(cell.settings, axis)) for cell in cells]
+        name = _group_name(result, cells[0], axis)
+        line = ax.plot(xs, [cell.kv_cache_theory_bytes / 2**20 for cell in cells], linestyle="--",
+                       label=f"theory, {name}")[0]
+        measured = [(x, cell.kv_cache_measured_bytes / 2**20) for x, cell in zip(xs, cells) if cell.kv_cache_measured_bytes]
+        if measured:
+            ax.plot(*zip(*measured), linestyle="none", marker=markers[index % len(markers)], color=line.get_color(),
+                    label=f"measured cache object, {name}")
+    if numeric:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(AXIS_LABELS[axis])
+    ax.set_ylabel("KV cache after the run (MiB)")
+    return _save(plt, [(figure, [ax])], directory, f"cache-size-vs-{axis}",
+                 _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"))
+
+
+def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Path]:
+    """Sampled memory against time for each mode's runs, in the longest cell of each group; on a GPU also
+    torch's allocated bytes against position, which grows with the cache."""
+    plt = _pyplot()
+    cells = [cell for cell in _longest_cells(result)
+             if any(run.memory_timeline for mode in result.modes for run in result.runs_of(cell.id, mode))]
+    if not cells:
+        return []
+    pages = _panels(plt, len(cells))
+    panels = [ax for _, axes in pages for ax in axes]
+    source = ""
+    for ax, cell in zip(panels, cells):
+        for mode in result.modes:
+            for index, run in enumerate(result.runs_of(cell.id, mode)):
+                if run.memory_timeline:
+                    source = run.memory_timeline_source or source
+                    ax.plot([t for t, _ in run.memory_timeline], [b / 2**20 for _, b in run.memory_timeline],
+                            color=MODE_COLOURS.get(mode), alpha=0.7, linewidth=1, label=mode if index == 0 else None)
+        ax.set_xlabel("seconds since generate() began")
+        ax.set_ylabel(f"{source or 'memory'} (MiB)")
+        ax.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
+    paths = _save(plt, pages, directory, "memory-over-time", _title(result, f"Memory over time ({source})"))
+    allocated = [cell for cell in cells if any(run.allocated_by_position for run in result.runs_of(cell.id, "cached"))]
+    if allocated:
+        pages = _panels(plt, len(allocated))
+        for ax, cell in zip([ax for _, axes in pages for ax in axes], allocated):
+            for mode in result.modes:
+                runs = [run for run in result.runs_of(cell.id, mode) if run.allocated_by_position]
+                if runs:
+                    points = runs[0].allocated_by_position
+                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode),
+                            label=mode)
+            ax.set_xlabel("new token position")
+            ax.set_ylabel("torch allocated (MiB)")
+            ax.set_title(_group_name(result, cell, "max_new_tokens"), fontsize=9)
+        paths += _save(plt, pages, directory, "allocated-by-position",
+                       _title(result, "GPU memory allocated by torch as the cache grows"))
     return paths
 
 
@@ -150,10 +279,13 @@ def plot_result(result: BenchmarkResult, directory: str | Path) -> list[Path]:
     except OSError as error:
         raise KvbenchError(f"cannot create {directory} ({error.strerror}); choose another --out-dir") from None
     try:
-        paths = [plot_per_token(result, directory / "per-token.png")]
+        explanation = explain_result(result)
+        paths = plot_per_token(result, directory, explanation)
         axis = sweep_axis(result)
         if axis is not None:
-            paths += plot_sweep(result, axis, directory)
+            paths += plot_latency(result, axis, directory, explanation)
+            paths += plot_cache_size(result, axis, directory)
+        paths += plot_memory_over_time(result, directory)
     except BaseException:
         # No empty folder left behind by a plot that failed.
         for folder in made:

@@ -109,16 +109,8 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         if summary is not None:
             std = summary.std_s if summary.std_s is not None else 0.0
             lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
-    if cell.kv_cache_bytes is not None:
-        text = (
-            f"KV cache at {cell.prompt_tokens} + {cell.settings.max_new_tokens} tokens: "
-            f"{format_bytes(cell.kv_cache_bytes)} in theory (2 × layers × kv_heads × head_dim × tokens × batch"
-            " × bytes)"
-        )
-        difference = memory_difference(result, cell.id)
-        if difference is not None:
-            text += f"; measured peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"
-        lines.append(Text(text))
+    lines.extend(kv_cache_lines(result, cell))
+    lines.extend(metric_lines(result, cell))
     if cell.stop_reason:
         lines.append(Text(f"runs: {cell.stop_reason}", style="dim"))
     for mode in result.modes:
@@ -148,6 +140,116 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     return lines
 
 
+def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
+    """The cache's size as measured on its object beside the theory, and what memory figures cannot show."""
+    lines = []
+    if cell.kv_cache_measured_bytes is not None and cell.kv_cache_theory_bytes:
+        agrees = cell.kv_cache_agrees
+        relation = "=" if agrees else "≠"
+        difference = cell.kv_cache_measured_bytes / cell.kv_cache_theory_bytes - 1
+        text = (
+            f"KV cache measured: {format_bytes(cell.kv_cache_measured_bytes)} ({cell.kv_cache_class},"
+            f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"
+            f" ({difference:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
+        )
+        lines.append(Text(text, style=None if agrees else "yellow"))
+    elif cell.kv_cache_bytes is not None:
+        lines.append(
+            Text(
+                f"KV cache at {cell.prompt_tokens} + {cell.settings.max_new_tokens} tokens: "
+                f"{format_bytes(cell.kv_cache_bytes)} in theory (its object was not measured in this file)"
+            )
+        )
+    if cell.kv_cache_note:
+        lines.append(Text(f"KV cache: {cell.kv_cache_note}", style="yellow"))
+    difference = memory_difference(result, cell.id)
+    if difference is not None:
+        lines.append(Text(f"peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"))
+    elif cell.kv_cache_measured_bytes is not None and not result.environment.get("gpu_name"):
+        lines.append(
+            Text(
+                "peak RSS cannot show the cache's cost: a cache this size is lost beside the model and the"
+                " allocator's reuse, so only the cache object's own bytes are reported",
+                style="dim",
+            )
+        )
+    return lines
+
+
+def _ms3(value: float | None) -> str:
+    return f"{value * 1000:.3g}" if value is not None else "—"
+
+
+def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) -> list[Text]:
+    """Per mode, one compact line of serving metrics (ms unless named) and the roofline fraction."""
+    from kvbench.explain import explain_result
+
+    explanation = explanation or explain_result(result)
+    lines = []
+    for mode in result.modes:
+        summary = result.summary_of(cell.id, mode)
+        if summary is None:
+            continue
+        parts = []
+        if summary.ttft_p50_s is not None:
+            parts.append(
+                f"TTFT p50/90/99 {_ms3(summary.ttft_p50_s)}/{_ms3(summary.ttft_p90_s)}/{_ms3(summary.ttft_p99_s)}"
+            )
+            parts.append(f"TPOT {_ms3(summary.tpot_mean_s)}")
+            parts.append(f"ITL p50/90/99 {_ms3(summary.itl_p50_s)}/{_ms3(summary.itl_p90_s)}/{_ms3(summary.itl_p99_s)}")
+            parts.append(f"e2e p50/90/99 {_s(summary.e2e_p50_s)}/{_s(summary.e2e_p90_s)}/{_s(summary.e2e_p99_s)} s")
+            decode = f"{summary.decode_tokens_per_s:.1f}" if summary.decode_tokens_per_s is not None else "—"
+            parts.append(f"prefill {summary.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s")
+        if summary.energy_j_per_token is not None:
+            parts.append(f"{summary.energy_j_per_token:.3g} J/token")
+        if parts:
+            lines.append(Text(f"{mode}: " + " · ".join(parts)))
+    bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]
+    if bounds:
+        lines.append(Text("roofline: " + "; ".join(bound.words() for bound in bounds)))
+    return lines
+
+
+def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
+    """Latency fitted against new tokens per group: the exponents, the crossover and predicted speedups."""
+    from kvbench.explain import explain_result
+
+    explanation = explanation or explain_result(result)
+    if not explanation.fits:
+        return None
+    table = Table(
+        title="beyond the lengths run: latency ≈ a + b·n^k fitted per mode (k ± standard error)",
+        title_justify="left",
+    )
+    for header in ("group", "cached k", "uncached k", "crossover", "speedup at 2× / 10× longest"):
+        table.add_column(header, justify="left" if header == "group" else "right")
+    notes = []
+    for fit in explanation.fits:
+        fitted = fit.extrapolation
+        if fitted is None:
+            table.add_row(fit.group, "—", "—", "—", "—")
+            notes.append(f"{fit.group}: {fit.reason}")
+            continue
+
+        def exponent(power) -> str:
+            error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
+            return f"{power.exponent:.2f}{error}"
+
+        crossing = (
+            f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
+        )
+        longest = fitted.longest_new_tokens
+        table.add_row(
+            fit.group,
+            exponent(fitted.cached),
+            exponent(fitted.uncached),
+            crossing,
+            f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
+        )
+        notes.append(f"{fit.group}: {fitted.crossover_reason}")
+    return Group(table, *(Text(note) for note in notes))
+
+
 def render_result(result: BenchmarkResult) -> Group:
     environment = result.environment
     parts: list = [
@@ -168,6 +270,14 @@ def render_result(result: BenchmarkResult) -> Group:
         else:
             parts.append(Text(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
+    fits = fit_table(result)
+    if fits is not None:
+        parts.append(fits)
+    from kvbench.explain import peaks_of
+
+    peaks = peaks_of(result.environment)
+    if peaks is not None:
+        parts.append(Text(f"roofline peaks: {peaks.source}", style="dim"))
     pending = [cell.id for cell in result.cells if cell.status == "pending"]
     if pending:
         parts.append(Text(f"not run: {len(pending)} cell(s)", style="yellow"))

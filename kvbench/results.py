@@ -48,6 +48,14 @@ class RunRecord(MemoryFigures):
     # The process that measured the run, so statistics can tell runs of one process from another's.
     host: str | None = None
     pid: int | None = None
+    # (end-to-end - first token) / (new tokens - 1): the mean time per token after the first (TPOT).
+    time_per_output_token_s: float | None = None
+    energy_j: float | None = None  # the device's (or CPU package's) energy over the run; None: see unmeasured
+    # [seconds since the run's start, bytes], at most ~100 readings: VRAM on a GPU, RSS on a CPU.
+    memory_timeline: list[list[float]] | None = None
+    memory_timeline_source: str | None = None
+    # [new token position, bytes torch had allocated] every few tokens, on a CUDA device only.
+    allocated_by_position: list[list[int]] | None = None
 
 
 @dataclass
@@ -70,6 +78,14 @@ class CellResult:
     # Where it was measured: launcher, host, the measuring processes' ids, devices, and each GPU's name,
     # UUID and driver.
     ran_on: dict[str, Any] | None = None
+    # The cache object of the first measured cached run, its tensors' bytes walked (kvsize), beside the
+    # theory at the positions it actually holds (prompt + new - 1: the last token is never fed back).
+    kv_cache_measured_bytes: int | None = None
+    kv_cache_positions: int | None = None
+    kv_cache_theory_bytes: int | None = None
+    kv_cache_class: str | None = None
+    kv_cache_agrees: bool | None = None  # within 1%
+    kv_cache_note: str | None = None  # why measured and theory may differ, or why nothing was measured
 
     @property
     def id(self) -> str:
@@ -99,6 +115,20 @@ class ModeSummary(MemoryFigures):
     early_token_ms: float | None
     late_token_ms: float | None
     outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
+    # Serving metrics (kvbench.metrics; vLLM's definitions): percentiles over runs, ITL over every gap.
+    ttft_p50_s: float | None = None
+    ttft_p90_s: float | None = None
+    ttft_p99_s: float | None = None
+    tpot_mean_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p90_s: float | None = None
+    itl_p99_s: float | None = None
+    e2e_p50_s: float | None = None
+    e2e_p90_s: float | None = None
+    e2e_p99_s: float | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    energy_j_per_token: float | None = None  # mean over runs with an energy reading
 
 
 @dataclass
@@ -150,7 +180,7 @@ class BenchmarkResult:
         times and per-device memory (those are in the JSON file)."""
         import pandas as pd
 
-        nested = ("token_times_s", "per_device")
+        nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position")
         own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
         columns = own + list(MemoryFigures.names())
         return pd.DataFrame([{name: getattr(run, name) for name in columns} for run in self.runs], columns=columns)
@@ -168,6 +198,10 @@ def to_dict(result: BenchmarkResult) -> dict[str, Any]:
     # (kvbench itself always does).
     data["cells"] = [{"id": cell.id, **stored} for cell, stored in zip(result.cells, data["cells"])]
     data["summary"] = [asdict(summary) for summary in result.summary]
+    # Like the summary, computed from the rest of the file and written for other readers.
+    from kvbench.explain import explain_result
+
+    data["explained"] = explain_result(result).to_dict()
     # Readers find the format and version first when they open the file.
     head = {"format": FORMAT_NAME, "schema_version": data.pop("schema_version")}
     return {**head, **data}

@@ -27,7 +27,8 @@ from kvbench.config import (
 from kvbench.devices import Devices, compute_capability, is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import cache_bytes_for
-from kvbench.memory import MemoryProbe, free_memory
+from kvbench.energy import CounterReader, energy_reader
+from kvbench.memory import MemoryProbe, downsample, free_memory
 from kvbench.results import BenchmarkResult, CellResult, ResultsFile, RunRecord, read_result
 from kvbench.stats import relative_standard_error
 
@@ -56,15 +57,27 @@ class TokenClock:
     """A generate() streamer that notes when each new token arrives. generate() hands it the prompt
     first, then one batch of tokens per step, on the same call that is being timed."""
 
-    def __init__(self, on_token: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        on_token: Callable[[], None],
+        clock: Callable[[], float] = time.perf_counter,
+        allocated: Callable[[], int] | None = None,
+    ) -> None:
+        """`allocated`, on a CUDA device only: torch's allocated bytes, read every few tokens to show the
+        cache growing with position (a counter read, no synchronisation, so the timing is not disturbed)."""
         self._on_token = on_token
         self._clock = clock
+        self._allocated = allocated
         self.times_s: list[float] = []
+        self.allocated_by_position: list[list[int]] = []
+        self.every = 1
         self._start = 0.0
         self._prompt_seen = False
 
-    def begin(self) -> None:
+    def begin(self, new_tokens: int = 0) -> None:
         self.times_s = []
+        self.allocated_by_position = []
+        self.every = max(1, new_tokens // 100)  # about 100 readings per run
         self._prompt_seen = False
         self._start = self._clock()
 
@@ -74,6 +87,8 @@ class TokenClock:
             self._prompt_seen = True
             return
         self.times_s.append(now - self._start)
+        if self._allocated is not None and (len(self.times_s) - 1) % self.every == 0:
+            self.allocated_by_position.append([len(self.times_s) - 1, self._allocated()])
         self._on_token()
 
     def end(self) -> None:
@@ -152,7 +167,7 @@ class Generation:
             kwargs["cache_implementation"] = self.cell.cache_implementation
         if not self.compile:
             kwargs["disable_compile"] = True
-        self.clock.begin()
+        self.clock.begin(self.cell.max_new_tokens)
         return self.model.generate(
             self.input_ids,
             attention_mask=self.attention_mask,
@@ -163,6 +178,8 @@ class Generation:
             use_cache=mode == "cached",
             pad_token_id=self.pad_token_id,
             streamer=self.clock,
+            # The output then carries the cache object, whose bytes kvsize measures after the run.
+            return_dict_in_generate=True,
             **kwargs,
         )
 
@@ -178,20 +195,34 @@ def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock, com
 
 
 def measure_generation(
-    generate: Generation, mode: str, run: int, probe: MemoryProbe, timed: Callable
+    generate: Generation,
+    mode: str,
+    run: int,
+    probe: MemoryProbe,
+    timed: Callable,
+    *,
+    energy: CounterReader | None = None,
+    on_output: Callable[[Any], None] | None = None,
 ) -> tuple[RunRecord, Any]:
-    """One measured generate(): memory probed around it, timed, its length checked. Returns the run's
-    record and the new token ids."""
+    """One measured generate(): memory probed and energy counted around it, timed, its length checked.
+    `on_output` sees generate()'s whole output (its cache included) before it is dropped. Returns the
+    run's record and the new token ids."""
     # Outside the timed span: each run starts from the same memory, not from what the last one left.
     free_memory(probe.devices)
     probe.start()
+    if energy is not None:
+        energy.start()
     try:
         output, latency_s = timed(lambda: generate(mode))
     finally:
         # Stopped even when generate() fails (out of memory, Ctrl-C), so the sampler is never left running.
+        joules = energy.stop().joules if energy is not None else None
         reading = probe.stop()
+    if on_output is not None:
+        on_output(output)
     cell, times = generate.cell, generate.clock.times_s
-    new_ids = output[:, generate.prompt_tokens :]
+    new_ids = output.sequences[:, generate.prompt_tokens :]
+    del output  # the cache goes with it, before the next run is measured
     if new_ids.shape[1] != cell.max_new_tokens or len(times) != cell.max_new_tokens:
         raise RuntimeError(
             f"generate() produced {new_ids.shape[1]} new tokens ({len(times)} streamed), not {cell.max_new_tokens}"
@@ -211,6 +242,11 @@ def measure_generation(
         per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
         host=platform.node(),
         pid=os.getpid(),
+        time_per_output_token_s=(latency_s - times[0]) / (len(times) - 1) if len(times) > 1 else None,
+        energy_j=joules,
+        memory_timeline=downsample(reading.timeline),
+        memory_timeline_source=reading.timeline_source,
+        allocated_by_position=list(generate.clock.allocated_by_position) or None,
         **asdict(reading.totals),
     )
     return run_record, new_ids
@@ -261,6 +297,7 @@ class Benchmark:
         self._prepare_models()
         self._loaded: tuple[tuple[str, str, str], Any] | None = None
         self.probe: MemoryProbe | None = None
+        self.energy: CounterReader | None = None
 
     def _carry_over_finished_cells(self) -> None:
         if self.file is None:
@@ -306,8 +343,9 @@ class Benchmark:
         }
         self.prompts = {}
         for name, prepared in self.prepared.items():
-            ids, how = models.prompt_ids(prepared, self.config.prompt, self.config.prompt_tokens, self.config.seed)
-            self.prompts[name] = (ids, how)
+            for length in self.config.prompt_tokens or [None]:
+                self.prompts[name, length] = models.prompt_ids(prepared, self.config.prompt, length, self.config.seed)
+            ids, how = self.prompts[name, (self.config.prompt_tokens or [None])[0]]
             notes = list(prepared.notes)
             if how == "synthetic" and self.config.prompt_tokens is None:
                 notes.append(
@@ -321,7 +359,9 @@ class Benchmark:
         if note is not None and note not in self.result.notes:
             self.result.notes.append(note)
         for cell in self.cells:
-            models.check_context(self.prepared[cell.model], len(self.prompts[cell.model][0]), cell.max_new_tokens)
+            models.check_context(
+                self.prepared[cell.model], len(self.prompts[cell.model, cell.prompt_tokens][0]), cell.max_new_tokens
+            )
 
     def save(self, final: bool = False) -> None:
         """The JSON after every generation; the CSV of runs too at the end of each cell and of the run."""
@@ -340,6 +380,8 @@ class Benchmark:
         per_cell = (run_limits(self.config)[1] + self.config.warmup * self.config.processes) * len(self.config.modes)
         self.observer.planned(per_cell * len(pending))
         try:
+            if pending:
+                self._device_peaks()
             self.save()
             self.launcher.measure(self, pending)
         except KeyboardInterrupt:
@@ -383,6 +425,9 @@ class Benchmark:
             self.probe = MemoryProbe(
                 loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling
             )
+            self.energy = energy_reader(list(loaded.devices.names))
+            if self.energy.unavailable:
+                self.result.unmeasured["energy"] = self.energy.unavailable
         return self._loaded[1]
 
     def _load_for(self, cell: Cell) -> Any:
@@ -404,6 +449,19 @@ class Benchmark:
                     " or use --weights random"
                 ) from None
             raise
+    def _device_peaks(self) -> None:
+        """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
+        the copy buffers compete with nothing), and a known GPU's datasheet figures beside them."""
+        from kvbench.roofline import datasheet_peaks, measure_device_peaks
+
+        environment = self.result.environment
+        sheet = datasheet_peaks(environment.get("gpu_name"))
+        if sheet is not None:
+            environment["datasheet_peaks"] = asdict(sheet)
+        if not self.config.device_peaks:
+            self.result.unmeasured["device_peaks"] = "not measured (--no-device-peaks): no roofline bound from them"
+            return
+        environment["device_peaks"] = asdict(measure_device_peaks(self.device))
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -429,7 +487,7 @@ class Benchmark:
         failure: tuple[str, str] | None = None
         try:
             loaded = self._load_for(cell)
-            ids, how = self.prompts[cell.model]
+            ids, how = self.prompts[cell.model, cell.prompt_tokens]
             cell_result.model = loaded.info()
             # How the model was run: let compile (a static cache on a GPU) or held to eager code.
             cell_result.model["compile"] = self.config.compile
@@ -437,8 +495,10 @@ class Benchmark:
             cell_result.kv_cache_bytes = cache_bytes_for(
                 loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
             )
+            cell_result.model["cost"] = _model_cost(loaded)
             cell_result.status = "incomplete"
-            generation = prepare_generation(loaded, cell, ids, TokenClock(self.observer.token), self.config.compile)
+            clock = TokenClock(self.observer.token, allocated=_allocated_reader(loaded.devices))
+            generation = prepare_generation(loaded, cell, ids, clock, self.config.compile)
             self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:
             raise
@@ -482,10 +542,19 @@ class Benchmark:
                 break
             for mode in config.modes:
                 self.observer.generation_started(f"{mode} {run + 1}/{most}", cell.max_new_tokens)
-                measured, new_ids = measure_generation(generate, mode, run, self.probe, timed)
+                measure_cache = mode == "cached" and "cached" not in first_outputs
+                measured, new_ids = measure_generation(
+                    generate,
+                    mode,
+                    run,
+                    self.probe,
+                    timed,
+                    energy=self.energy,
+                    on_output=(lambda output: record_cache_size(cell_result, output, loaded)) if measure_cache else None,
+                )
                 first_outputs.setdefault(mode, new_ids.cpu())
                 self.result.runs.append(measured)
-                self.result.unmeasured = dict(self.probe.unavailable)
+                self.result.unmeasured.update(self.probe.unavailable)
                 self.save()
                 self.observer.generation_finished(measured.latency_s)
         else:
@@ -542,6 +611,45 @@ def plan(benchmark: Benchmark) -> Plan:
         cells.append((cell_result, "measure"))
         generations += per_cell
     return Plan(cells, generations, (fewest, most))
+
+
+def record_cache_size(cell_result: CellResult, output: Any, loaded: Any) -> None:
+    """The bytes of a cached run's cache object beside the theory at the positions it holds."""
+    from kvbench import kvsize
+
+    cell = cell_result.settings
+    measurement = kvsize.measured_cache_bytes(kvsize.cache_of(output))
+    positions = kvsize.cached_positions(cell_result.prompt_tokens or 0, cell.max_new_tokens)
+    theory = kvsize.cache_bytes_for(loaded.model.config, positions, cell.batch_size, loaded.dtype)
+    cell_result.kv_cache_measured_bytes = measurement.kv_bytes
+    cell_result.kv_cache_positions = positions
+    cell_result.kv_cache_theory_bytes = theory
+    cell_result.kv_cache_class = measurement.cache_class
+    cell_result.kv_cache_agrees = kvsize.agrees_with_theory(measurement.kv_bytes, theory)
+    notes = [measurement.reason] if measurement.reason else []
+    if measurement.positions_held is not None and measurement.positions_held != positions:
+        notes.append(f"the cache reports {measurement.positions_held} positions held, not {positions}")
+    cell_result.kv_cache_note = "; ".join(notes) or None
+
+
+def _model_cost(loaded: Any) -> dict[str, int] | None:
+    """What the roofline needs from the model (kvbench.roofline.ModelCost), kept in the results file so
+    `show` and `plot` compute the bound without loading the model."""
+    from kvbench.roofline import model_cost
+
+    try:
+        return asdict(model_cost(loaded.model.config, loaded.parameters, loaded.dtype))
+    except KvbenchError:
+        return None
+
+
+def _allocated_reader(devices: Devices) -> Callable[[], int] | None:
+    """torch's allocated bytes over the model's GPUs, for TokenClock; None on a CPU."""
+    if not devices.on_gpu:
+        return None
+    import torch
+
+    return lambda: sum(torch.cuda.memory_allocated(device) for device in devices.gpus)
 
 
 def _pad_token_id(model: Any) -> int:

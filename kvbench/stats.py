@@ -82,6 +82,7 @@ def summarize_mode(cell: str, mode: str, runs: Sequence[RunRecord]) -> ModeSumma
     latency = summarize(latencies)
     ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
     memory = MemoryFigures.over_runs(runs)
+    serving = serving_metrics(runs)
     return ModeSummary(
         cell=cell,
         mode=mode,
@@ -97,7 +98,40 @@ def summarize_mode(cell: str, mode: str, runs: Sequence[RunRecord]) -> ModeSumma
         late_token_ms=_median_or_none([median_gap_ms(r.token_times_s, 0.9, 1.0) for r in runs]),
         outlier_runs=[runs[i].run for i in outlier_indices(latencies)],
         **{name: getattr(memory, name) for name in MemoryFigures.names()},
+        **serving,
     )
+
+
+def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
+    """ModeSummary's TTFT, TPOT, ITL, end-to-end and rate figures (kvbench.metrics), and energy per token.
+    Empty when a run has no per-token times (a file from before they were kept): nothing to compute from."""
+    from kvbench.energy import joules_per_token
+    from kvbench.metrics import mode_metrics, run_metrics
+
+    figures: dict[str, float | None] = {}
+    energies = [
+        joules_per_token(run.energy_j, run.new_tokens, run.batch_size) for run in runs if run.energy_j is not None
+    ]
+    figures["energy_j_per_token"] = statistics.fmean(energies) if energies else None
+    try:
+        metrics = mode_metrics(
+            [
+                # Token times are stored rounded to the microsecond: the last may read a hair past the end.
+                run_metrics(
+                    run.token_times_s, max([run.latency_s, *run.token_times_s[-1:]]), run.prompt_tokens, run.batch_size
+                )
+                for run in runs
+            ]
+        )
+    except ValueError:
+        return figures
+    for name, distribution in (("ttft", metrics.ttft_s), ("itl", metrics.itl_s), ("e2e", metrics.e2e_s)):
+        for q in ("p50", "p90", "p99"):
+            figures[f"{name}_{q}_s"] = getattr(distribution, q) if distribution is not None else None
+    figures["tpot_mean_s"] = metrics.tpot_s.mean if metrics.tpot_s is not None else None
+    figures["prefill_tokens_per_s"] = metrics.prefill_tokens_per_s_mean
+    figures["decode_tokens_per_s"] = metrics.decode_tokens_per_s_mean
+    return figures
 
 
 # Outliers: a modified z-score, 0.6745 (x - median) / MAD, above OUTLIER_Z, from OUTLIER_MIN_N runs on.

@@ -51,7 +51,9 @@ class CellJob:
 
     def measuring_config(self) -> BenchConfig:
         """The sweep's settings narrowed to this job: one cell, its share of the runs, in this process."""
-        axes = {name: [getattr(self.cell, name)] for name in (f.name for f in fields(Cell))}
+        # An axis left unset (prompt_tokens: the prompt text's own length) stays unset.
+        values = {f.name: getattr(self.cell, f.name) for f in fields(Cell)}
+        axes = {name: None if value is None else [value] for name, value in values.items()}
         ray_only = {"ray_address": None, "accelerator_type": None, "gpus_per_cell": None}
         narrowed = replace(self.config, **axes, **_PARENT_ONLY, **ray_only, runs=self.runs)
         if self.device is not None:

@@ -11,7 +11,12 @@ def test_plots_of_a_real_sweep(tiny_gpt2_dir, tmp_path):
     result = read_result(path)
     assert sweep_axis(result) == "max_new_tokens"
     written = plot_result(result, tmp_path / "plots")
-    assert [p.name for p in written] == ["per-token.png", "latency-vs-max_new_tokens.png", "memory-vs-max_new_tokens.png"]
+    assert [p.name for p in written] == [
+        "per-token.png",
+        "latency-vs-max_new_tokens.png",
+        "cache-size-vs-max_new_tokens.png",
+        "memory-over-time.png",
+    ]
     for png in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000

@@ -80,9 +80,13 @@ def test_tokenizer_is_used_when_the_model_has_one(tiny_gpt2_dir, tiny_llama_dir)
     without = run_benchmark(tiny_config(tiny_llama_dir, runs=1))
     assert without.cells[0].prompt_source == "synthetic"
     assert without.cells[0].prompt_tokens == 6
-    forced = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, prompt_tokens=9))
-    assert forced.cells[0].prompt_source == "synthetic"
-    assert forced.runs[0].prompt_tokens == 9
+    # A prompt length with a tokenizer: the prompt's own tokens, repeated and cut to that length.
+    forced = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, prompt_tokens=[12]))
+    assert forced.cells[0].prompt_source == "tokenized"
+    assert forced.runs[0].prompt_tokens == 12
+    synthetic = run_benchmark(tiny_config(tiny_llama_dir, runs=1, prompt_tokens=[9]))
+    assert synthetic.cells[0].prompt_source == "synthetic"
+    assert synthetic.runs[0].prompt_tokens == 9
 
 
 def test_results_file_holds_environment_config_runs_and_summary(tiny_llama_dir, tmp_path):
