@@ -10,7 +10,14 @@ from kvbench.config import Cell
 from kvbench.errors import KvbenchError
 from kvbench.results import BenchmarkResult, ModeSummary, RunRecord, read_result
 from kvbench.stats import summarize_mode
-from kvbench.stats import RatioTest, cached_speedup, compare_means, holm_levels, noise_warning
+from kvbench.stats import (
+    RatioTest,
+    cached_speedup,
+    compare_means,
+    holm_levels,
+    noise_warning,
+    process_aware_samples,
+)
 
 # The false-alarm rate of a whole comparison, per metric: every measurement (cell × mode × file) is one
 # test of a family, and Holm's procedure keeps the chance of any false call in it at most ALPHA.
@@ -143,16 +150,19 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def metric_samples(runs: list[RunRecord]) -> dict[str, list[float]]:
-    """Each metric's per-run values: latency, time to first token, and decode time per token,
-    (latency - first token) / (new tokens - 1). A metric some run lacks is left out."""
-    samples = {"latency": [run.latency_s for run in runs]}
+    """Each metric's values as the tests take them: latency, time to first token, and decode time per
+    token, (latency - first token) / (new tokens - 1), one per run; or, when the runs come from 3 or more
+    processes (--processes), one per process, its mean, so the standard error includes the drift between
+    processes that runs inside one process cannot show. A metric some run lacks is left out."""
+    per_run = {"latency": [run.latency_s for run in runs]}
     if runs and all(run.time_to_first_token_s is not None for run in runs):
-        samples["ttft"] = [run.time_to_first_token_s for run in runs]
+        per_run["ttft"] = [run.time_to_first_token_s for run in runs]
         if all(run.new_tokens >= 2 for run in runs):
-            samples["tpot"] = [
+            per_run["tpot"] = [
                 (run.latency_s - run.time_to_first_token_s) / (run.new_tokens - 1) for run in runs
             ]
-    return samples
+    processes = [(run.host, run.pid) for run in runs]
+    return {metric: process_aware_samples(values, processes) for metric, values in per_run.items()}
 
 
 def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:

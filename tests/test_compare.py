@@ -230,3 +230,22 @@ def test_a_noisy_mode_is_warned_about(tmp_path):
     noisy = save(tmp_path, "noisy", make_result({"cached": [80.0, 122.5, 165.0, 70.0, 175.0]}))
     comparison = compare_results([noisy, noisy])
     assert any("too noisy to trust" in warning for warning in comparison.warnings)
+
+
+def test_runs_from_three_processes_are_judged_on_process_means(tmp_path):
+    """--processes 3: each process is steady inside, but the processes differ. Judged run by run, a 3%
+    difference between two such files looks certain; judged on process means, it is within the drift."""
+
+    def spread(result, per_process):
+        runs = result.runs_of(result.cells[0].id, "cached")
+        for run, (pid, latency) in zip(runs, per_process):
+            run.host, run.pid, run.latency_s = "h", pid, latency
+        return result
+
+    drift = [(1, 1.00), (1, 1.001), (2, 1.10), (2, 1.101), (3, 0.95), (3, 0.951)]
+    shifted = [(pid, latency * 1.03) for pid, latency in drift]
+    base = save(tmp_path, "base", spread(make_result({"cached": [1.0] * 6}), drift))
+    other = save(tmp_path, "other", spread(make_result({"cached": [1.0] * 6}), shifted))
+    entry = compare_results([base, other]).rows[0].entries[1]
+    assert entry.samples["latency"] == pytest.approx([1.0005 * 1.03, 1.1005 * 1.03, 0.9505 * 1.03])
+    assert not entry.versus_baseline.significant()
