@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from kvbench.compare import ALPHA, METRICS, Comparison, Entry
+from kvbench.results import SERVING_FIELDS, ModeSummary
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
@@ -134,6 +135,36 @@ def speedup_cell(test: RatioTest | None) -> str:
     return shown
 
 
+def _ms(value: float | None) -> str:
+    return f"{value * 1000:.3g}" if value is not None else "—"
+
+
+def serving_parts(summary: ModeSummary) -> list[str]:
+    """A mode's serving metrics as short phrases (ms unless named), as `show` and `compare` print them:
+    TTFT, TPOT, ITL and end-to-end latency, with percentiles over runs (ITL over every gap)."""
+    if summary.ttft_p50_s is None:
+        return []
+    percentiles = (summary.e2e_p50_s, summary.e2e_p90_s, summary.e2e_p99_s)
+    e2e = "/".join(f"{value:.3f}" if value is not None else "—" for value in percentiles)
+    return [
+        f"TTFT p50/90/99 {_ms(summary.ttft_p50_s)}/{_ms(summary.ttft_p90_s)}/{_ms(summary.ttft_p99_s)}",
+        f"TPOT {_ms(summary.tpot_mean_s)}",
+        f"ITL p50/90/99 {_ms(summary.itl_p50_s)}/{_ms(summary.itl_p90_s)}/{_ms(summary.itl_p99_s)}",
+        f"e2e p50/90/99 {e2e} s",
+    ]
+
+
+def percentile_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Per measurement and file, the serving metrics' percentiles; no rows when no file recorded them."""
+    headers = ["measurement", *(f"{loaded.label} (ms unless named)" for loaded in comparison.files)]
+    rows = []
+    for row in comparison.rows:
+        cells = [" · ".join(serving_parts(e.summary)) if e is not None else "" for e in row.entries]
+        if any(cells):
+            rows.append([row.key.label(), *(cell or "—" for cell in cells)])
+    return headers, rows
+
+
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -143,9 +174,9 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def to_markdown(comparison: Comparison) -> str:
     parts = [_markdown_table(*timing_grid(comparison))]
-    speedups = speedup_grid(comparison)
-    if speedups[1]:
-        parts.append(_markdown_table(*speedups))
+    for grid in (speedup_grid(comparison), percentile_grid(comparison)):
+        if grid[1]:
+            parts.append(_markdown_table(*grid))
     parts.append(method_note(comparison))
     lines = [f"> not judged: {line}  " for line in comparison.unjudged]
     lines += [f"> warning: {w}  " for w in comparison.warnings]
@@ -207,6 +238,7 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
                 "ci_confidence": test.confidence if test and test.low is not None else None,
                 "p_value": test.p_value if test else None,
                 "significant": test.significant() if test else None,
+                **{name: getattr(entry.summary, name) for name in SERVING_FIELDS},
             }
             for metric in ("ttft", "tpot"):
                 values = entry.samples.get(metric)

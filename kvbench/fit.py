@@ -138,6 +138,47 @@ class LengthExtrapolation:
     crossover_reason: str  # what the crossover means, or why there is none
     speedup_at_2x: float  # predicted uncached / cached latency at 2 x longest_new_tokens
     speedup_at_10x: float  # ... and at 10 x
+    # Uncached exponent minus cached, with its 95% interval (None where a fit has no uncertainty), and
+    # what it says: whether uncached latency grows faster with length, or that these lengths cannot tell.
+    exponent_gap: float = math.nan
+    exponent_gap_ci95_low: float | None = None
+    exponent_gap_ci95_high: float | None = None
+    exponent_gap_reason: str = ""
+
+
+def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | None, float | None, str]:
+    """How much faster uncached latency grows with length than cached: the difference of the fitted
+    exponents, with a 95% interval from their standard errors (Welch–Satterthwaite degrees of freedom,
+    each fit having points - 3), and the verdict that interval supports."""
+    from scipy.special import stdtrit
+
+    gap = uncached.exponent - cached.exponent
+    errors = (cached.exponent_stderr, uncached.exponent_stderr)
+    if any(error is None for error in errors):
+        return gap, None, None, f"exponents differ by {gap:+.2f}; a fit's uncertainty could not be estimated"
+    variances = [error**2 for error in errors]
+    freedoms = [max(fit.points - 3, 1) for fit in (cached, uncached)]
+    total = sum(variances)
+    if total == 0:
+        low = high = gap
+    else:
+        df = total**2 / sum(v**2 / d for v, d in zip(variances, freedoms))
+        half = float(stdtrit(df, 0.975)) * math.sqrt(total)
+        low, high = gap - half, gap + half
+    shown = f"{gap:+.2f} [{low:+.2f}, {high:+.2f}]"
+    if low > 0:
+        reason = f"uncached latency grows faster with length than cached: exponents differ by {shown}"
+    elif high < 0:
+        reason = (
+            f"cached latency grows faster with length than uncached ({shown}), which the cost of the two modes"
+            " does not explain: check the sweep for noisy lengths"
+        )
+    else:
+        reason = (
+            f"these lengths cannot tell the exponents apart ({shown}): sweep longer generations, where an"
+            " uncached step's recomputation outweighs reading the weights"
+        )
+    return gap, low, high, reason
 
 
 def crossover(cached: PowerFit, uncached: PowerFit, up_to: float) -> tuple[float | None, str]:
@@ -177,6 +218,7 @@ def extrapolate(
     longest = max(cached.max_new_tokens, uncached.max_new_tokens)
     at_2x, at_10x = (uncached.predict_s(f * longest) / cached.predict_s(f * longest) for f in EXTRAPOLATION_FACTORS)
     point, reason = crossover(cached, uncached, up_to=EXTRAPOLATION_FACTORS[-1] * longest)
+    gap, gap_low, gap_high, gap_reason = exponent_gap(cached, uncached)
     return LengthExtrapolation(
         cached=cached,
         uncached=uncached,
@@ -185,4 +227,8 @@ def extrapolate(
         crossover_reason=reason,
         speedup_at_2x=at_2x,
         speedup_at_10x=at_10x,
+        exponent_gap=gap,
+        exponent_gap_ci95_low=gap_low,
+        exponent_gap_ci95_high=gap_high,
+        exponent_gap_reason=gap_reason,
     )

@@ -13,34 +13,10 @@ from typing import Any
 
 from rich.console import Console
 
+from kvbench.eta import Planned, TimeLeft, clock_text
+
 # A long uncached generation (minutes) should still show it is alive.
 REDRAW_EVERY_S = 2.0
-
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
-class _Plan:
-    """Generations planned and done, and an estimate of the time left from the average so far."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.done = 0
-        self.started = time.monotonic()
-
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
-
-    def left(self) -> str:
-        if not self.done:
-            return "time left unknown"
-        # Uncached generations take longer than cached ones, and the two alternate: the running
-        # average is a fair guess, not a promise.
-        remaining = self.elapsed_s() / self.done * (self.total - self.done)
-        return f"about {_clock(remaining)} left"
 
 
 class LineProgress:
@@ -48,8 +24,9 @@ class LineProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.plan = _Plan()
+        self.time_left = TimeLeft([])
         self._label = ""
+        self._generation: Planned | None = None
 
     def __enter__(self) -> LineProgress:
         return self
@@ -60,25 +37,25 @@ class LineProgress:
     def _print(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    def planned(self, generations: int) -> None:
-        self.plan.total, self.plan.started = generations, time.monotonic()
+    def planned(self, generations: list[Planned]) -> None:
+        self.time_left = TimeLeft(generations)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         if count > 1:
             self._print(f"cell {index + 1}/{count}: {cell.id}")
 
-    def generation_started(self, label: str, new_tokens: int) -> None:
-        self._label = label
+    def generation_started(self, label: str, generation: Planned) -> None:
+        self._label, self._generation = label, generation
 
     def token(self) -> None:
         pass
 
     def generation_finished(self, latency_s: float | None) -> None:
-        self.plan.done += 1
+        left = self.time_left
+        left.finished(self._generation, latency_s)
         took = f"{latency_s:.3f} s" if latency_s is not None else "unmeasured"
         self._print(
-            f"[{self.plan.done}/{self.plan.total}] {self._label}: {took} · elapsed"
-            f" {_clock(self.plan.elapsed_s())} · {self.plan.left()}"
+            f"[{left.done}/{left.total}] {self._label}: {took} · elapsed {clock_text(left.elapsed_s())} · {left.text()}"
         )
 
     def cell_finished(self, cell: Any) -> None:
@@ -96,7 +73,6 @@ class LiveProgress:
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         # No refresh thread: it would redraw while generate() is being timed.
@@ -105,10 +81,13 @@ class LiveProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            # Rich's own estimate averages the generations so far; a length sweep's last ones take longest.
+            TextColumn("{task.fields[left]}"),
             console=console,
             auto_refresh=False,
         )
+        self.time_left = TimeLeft([])
+        self._generation: Planned | None = None
         self._overall: Any = None
         self._current: Any = None
         self._tokens = 0
@@ -122,20 +101,21 @@ class LiveProgress:
         self.progress.refresh()
         self.progress.stop()
 
-    def planned(self, generations: int) -> None:
-        self._overall = self.progress.add_task("all generations", total=generations)
+    def planned(self, generations: list[Planned]) -> None:
+        self.time_left = TimeLeft(generations)
+        self._overall = self.progress.add_task("all generations", total=len(generations), left=self.time_left.text())
         self.progress.refresh()
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         if count > 1:
             self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}", highlight=False)
 
-    def generation_started(self, label: str, new_tokens: int) -> None:
-        self._tokens = 0
+    def generation_started(self, label: str, generation: Planned) -> None:
+        self._tokens, self._generation = 0, generation
         if self._current is None:
-            self._current = self.progress.add_task(label, total=new_tokens)
+            self._current = self.progress.add_task(label, total=generation.new_tokens, left="")
         else:
-            self.progress.reset(self._current, total=new_tokens, description=label)
+            self.progress.reset(self._current, total=generation.new_tokens, description=label)
         self.progress.refresh()
 
     def token(self) -> None:
@@ -148,8 +128,9 @@ class LiveProgress:
             self.progress.refresh()
 
     def generation_finished(self, latency_s: float | None) -> None:
+        self.time_left.finished(self._generation, latency_s)
         self.progress.update(self._current, completed=self._tokens)
-        self.progress.advance(self._overall)
+        self.progress.update(self._overall, advance=1, left=self.time_left.text())
         self.progress.refresh()
 
     def cell_finished(self, cell: Any) -> None:

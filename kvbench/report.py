@@ -176,13 +176,10 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     return lines
 
 
-def _ms3(value: float | None) -> str:
-    return f"{value * 1000:.3g}" if value is not None else "—"
-
-
 def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) -> list[Text]:
     """Per mode, one compact line of serving metrics (ms unless named) and the roofline fraction."""
     from kvbench.explain import explain_result
+    from kvbench.export import serving_parts
 
     explanation = explanation or explain_result(result)
     lines = []
@@ -190,14 +187,8 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
         summary = result.summary_of(cell.id, mode)
         if summary is None:
             continue
-        parts = []
-        if summary.ttft_p50_s is not None:
-            parts.append(
-                f"TTFT p50/90/99 {_ms3(summary.ttft_p50_s)}/{_ms3(summary.ttft_p90_s)}/{_ms3(summary.ttft_p99_s)}"
-            )
-            parts.append(f"TPOT {_ms3(summary.tpot_mean_s)}")
-            parts.append(f"ITL p50/90/99 {_ms3(summary.itl_p50_s)}/{_ms3(summary.itl_p90_s)}/{_ms3(summary.itl_p99_s)}")
-            parts.append(f"e2e p50/90/99 {_s(summary.e2e_p50_s)}/{_s(summary.e2e_p90_s)}/{_s(summary.e2e_p99_s)} s")
+        parts = serving_parts(summary)
+        if parts:
             decode = f"{summary.decode_tokens_per_s:.1f}" if summary.decode_tokens_per_s is not None else "—"
             parts.append(f"prefill {summary.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s")
         if summary.energy_j_per_token is not None:
@@ -246,7 +237,7 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
             crossing,
             f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
         )
-        notes.append(f"{fit.group}: {fitted.crossover_reason}")
+        notes.append(f"{fit.group}: {fitted.exponent_gap_reason}; {fitted.crossover_reason}")
     return Group(table, *(Text(note) for note in notes))
 
 
@@ -290,7 +281,7 @@ def render_result(result: BenchmarkResult) -> Group:
 
 def render_comparison(comparison) -> Group:
     """The comparison as rich tables, regressions in red, then its warnings."""
-    from kvbench.export import method_note, speedup_grid, timing_grid
+    from kvbench.export import method_note, percentile_grid, speedup_grid, timing_grid
 
     headers, rows = timing_grid(comparison)
     table = Table(title="latency per generate() by file", title_justify="left")
@@ -300,14 +291,17 @@ def render_comparison(comparison) -> Group:
         style = "red" if any("REGRESSION" in cell for cell in cells) else None
         table.add_row(*cells, style=style)
     parts: list = [table]
-    speed_headers, speed_rows = speedup_grid(comparison)
-    if speed_rows:
-        speed_table = Table(title="what the KV cache buys, by file", title_justify="left")
-        for index, header in enumerate(speed_headers):
-            speed_table.add_column(header, justify="left" if index == 0 else "right")
-        for cells in speed_rows:
-            speed_table.add_row(*cells)
-        parts.append(speed_table)
+    titles = {speedup_grid: "what the KV cache buys, by file", percentile_grid: "serving metrics, by file"}
+    for grid, title in titles.items():
+        grid_headers, grid_rows = grid(comparison)
+        if not grid_rows:
+            continue
+        grid_table = Table(title=title, title_justify="left")
+        for index, header in enumerate(grid_headers):
+            grid_table.add_column(header, justify="left" if index == 0 or grid is percentile_grid else "right")
+        for cells in grid_rows:
+            grid_table.add_row(*cells)
+        parts.append(grid_table)
     parts.append(Text(method_note(comparison), style="dim"))
     for warning in comparison.warnings:
         parts.append(Text(f"warning: {warning}", style="yellow"))

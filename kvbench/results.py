@@ -96,6 +96,10 @@ class CellResult:
         return self.settings.label((self.model or {}).get("dtype"))
 
 
+def _serving():
+    return field(default=None, metadata={"serving": True})
+
+
 @dataclass
 class ModeSummary(MemoryFigures):
     """One mode of one cell over its runs; always computed from the runs, never trusted from a file."""
@@ -116,19 +120,23 @@ class ModeSummary(MemoryFigures):
     late_token_ms: float | None
     outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
     # Serving metrics (kvbench.metrics; vLLM's definitions): percentiles over runs, ITL over every gap.
-    ttft_p50_s: float | None = None
-    ttft_p90_s: float | None = None
-    ttft_p99_s: float | None = None
-    tpot_mean_s: float | None = None
-    itl_p50_s: float | None = None
-    itl_p90_s: float | None = None
-    itl_p99_s: float | None = None
-    e2e_p50_s: float | None = None
-    e2e_p90_s: float | None = None
-    e2e_p99_s: float | None = None
-    prefill_tokens_per_s: float | None = None
-    decode_tokens_per_s: float | None = None
-    energy_j_per_token: float | None = None  # mean over runs with an energy reading
+    # Marked so that every table of them (compare's CSV and JSON) takes the whole set.
+    ttft_p50_s: float | None = _serving()
+    ttft_p90_s: float | None = _serving()
+    ttft_p99_s: float | None = _serving()
+    tpot_mean_s: float | None = _serving()
+    itl_p50_s: float | None = _serving()
+    itl_p90_s: float | None = _serving()
+    itl_p99_s: float | None = _serving()
+    e2e_p50_s: float | None = _serving()
+    e2e_p90_s: float | None = _serving()
+    e2e_p99_s: float | None = _serving()
+    prefill_tokens_per_s: float | None = _serving()
+    decode_tokens_per_s: float | None = _serving()
+    energy_j_per_token: float | None = _serving()  # mean over runs with an energy reading
+
+
+SERVING_FIELDS = tuple(f.name for f in fields(ModeSummary) if f.metadata.get("serving"))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from kvbench.config import (
 )
 from kvbench.devices import Devices, compute_capability, is_gpu
 from kvbench.errors import KvbenchError
+from kvbench.eta import Planned
 from kvbench.kvsize import cache_bytes_for
 from kvbench.energy import CounterReader, energy_reader
 from kvbench.memory import MemoryProbe, downsample, free_memory
@@ -39,11 +40,11 @@ FINISHED_STATES = ("measured", "skipped", "oom")
 class Observer:
     """Progress hooks for a display; every hook does nothing by default, so library callers need none."""
 
-    def planned(self, generations: int) -> None: ...
+    def planned(self, generations: list[Planned]) -> None: ...
 
     def cell_started(self, cell: CellResult, index: int, count: int) -> None: ...
 
-    def generation_started(self, label: str, new_tokens: int) -> None: ...
+    def generation_started(self, label: str, generation: Planned) -> None: ...
 
     def token(self) -> None: ...
 
@@ -51,6 +52,11 @@ class Observer:
         """A generation ended: its measured latency, or None for a warmup."""
 
     def cell_finished(self, cell: CellResult) -> None: ...
+
+
+def planned_generation(cell: Cell, mode: str) -> Planned:
+    """One generation of a cell, as the estimate of the time left counts it."""
+    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0)
 
 
 class TokenClock:
@@ -377,8 +383,9 @@ class Benchmark:
             self.file.open()
         pending = self._pending()
         # With --processes N, every process warms up.
-        per_cell = (run_limits(self.config)[1] + self.config.warmup * self.config.processes) * len(self.config.modes)
-        self.observer.planned(per_cell * len(pending))
+        per_mode = run_limits(self.config)[1] + self.config.warmup * self.config.processes
+        modes = self.config.modes
+        self.observer.planned([planned_generation(c.settings, mode) for c in pending for mode in modes] * per_mode)
         try:
             if pending:
                 self._device_peaks()
@@ -530,7 +537,8 @@ class Benchmark:
         timed = make_timer(loaded.devices)
         for warmup in range(config.warmup):
             for mode in config.modes:
-                self.observer.generation_started(f"warmup {mode} {warmup + 1}/{config.warmup}", cell.max_new_tokens)
+                label = f"warmup {mode} {warmup + 1}/{config.warmup}"
+                self.observer.generation_started(label, planned_generation(cell, mode))
                 generate(mode)
                 self.observer.generation_finished(None)
 
@@ -541,7 +549,7 @@ class Benchmark:
             if run >= fewest and self._precise_enough(cell_result):
                 break
             for mode in config.modes:
-                self.observer.generation_started(f"{mode} {run + 1}/{most}", cell.max_new_tokens)
+                self.observer.generation_started(f"{mode} {run + 1}/{most}", planned_generation(cell, mode))
                 measure_cache = mode == "cached" and "cached" not in first_outputs
                 measured, new_ids = measure_generation(
                     generate,

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from kvbench.config import BenchConfig, Cell
 from kvbench.errors import KvbenchError
+from kvbench.eta import Planned
 from kvbench.results import CellResult
 from kvbench.runner import Benchmark, Observer
 
@@ -74,8 +75,8 @@ class _ForwardingObserver(Observer):
         self._tokens = 0
         self._last_sent = 0.0
 
-    def generation_started(self, label: str, new_tokens: int) -> None:
-        self._send(("progress", "generation_started", (label, new_tokens)))
+    def generation_started(self, label: str, generation: Planned) -> None:
+        self._send(("progress", "generation_started", (label, generation)))
 
     def token(self) -> None:
         self._tokens += 1

@@ -6,7 +6,8 @@ import pytest
 
 from kvbench.compare import compare_results
 from kvbench.errors import KvbenchError
-from kvbench.export import records, render_text, speedup_grid, timing_grid
+from kvbench.export import percentile_grid, records, render_text, speedup_grid, timing_grid
+from kvbench.results import SERVING_FIELDS
 from kvbench.results import write_result
 from kvbench.runner import run_benchmark
 from tests.conftest import make_result, tiny_config
@@ -49,6 +50,29 @@ def test_real_runs_compare_in_every_format(two_real_runs):
     action = json.loads(render_text(comparison, "benchmark-action"))
     assert [entry["unit"] for entry in action] == ["s", "s"]
     assert all(set(entry) == {"name", "unit", "value", "range", "extra"} for entry in action)
+
+
+def test_serving_percentiles_in_every_format(two_real_runs, tmp_path):
+    """TTFT, ITL and end-to-end p50/p90/p99 from real runs: a table per file, and every serving figure of
+    each mode's summary as a CSV column; files without token times get no such table."""
+    comparison = compare_results(two_real_runs)
+    headers, rows = percentile_grid(comparison)
+    assert len(headers) == 3 and [row[0].split(' · ')[-1] for row in rows] == ["cached", "uncached"]
+    assert all("TTFT p50/90/99" in cell and "ITL p50/90/99" in cell for row in rows for cell in row[1:])
+    assert "ITL p50/90/99" in render_text(comparison, "markdown")
+    csv_rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    entries = [entry for r in comparison.rows for entry in r.entries if entry is not None]
+    assert len(csv_rows) == len(entries) == 4
+    for row, entry in zip(csv_rows, entries):
+        summary = entry.summary
+        assert set(SERVING_FIELDS) <= set(row)
+        assert float(row["itl_p99_s"]) == pytest.approx(summary.itl_p99_s)
+        assert float(row["e2e_p50_s"]) == pytest.approx(summary.e2e_p50_s)
+        assert summary.itl_p50_s <= summary.itl_p90_s <= summary.itl_p99_s
+    # Stored runs with no per-token times: nothing to take percentiles of, so no table at all.
+    bare = compare_results([save(tmp_path, "a", make_result()), save(tmp_path, "b", make_result())])
+    assert percentile_grid(bare)[1] == []
+    assert "p50/90/99" not in render_text(bare, "markdown")
 
 
 def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):

@@ -80,3 +80,46 @@ def test_too_few_lengths_is_a_user_error():
 def test_non_positive_latency_is_rejected():
     with pytest.raises(ValueError):
         fit_latency([(1, 1.0), (2, 0.0), (3, 3.0), (4, 4.0)])
+
+
+def _lengths_runs(a, b, k, lengths, noise, rng, runs=3):
+    return [(n, (a + b * n**k) * (1 + noise * rng.standard_normal())) for n in lengths for _ in range(runs)]
+
+
+def test_the_exponent_gap_is_judged_from_its_interval():
+    steep = extrapolate(_runs(a=0.3, b=0.05, k=1.0), _runs(a=0.3, b=0.01, k=1.7, seed=3))
+    assert steep.exponent_gap == pytest.approx(0.7, abs=0.15)
+    assert 0 < steep.exponent_gap_ci95_low < steep.exponent_gap < steep.exponent_gap_ci95_high
+    assert steep.exponent_gap_reason.startswith("uncached latency grows faster with length than cached")
+    reversed_ = extrapolate(_runs(a=0.3, b=0.01, k=1.7, seed=4), _runs(a=0.3, b=0.05, k=1.0, seed=5))
+    assert reversed_.exponent_gap_reason.startswith("cached latency grows faster")
+    # Equal exponents, 10% noise over short lengths: the interval straddles 0 and kvbench says so.
+    rng = np.random.default_rng(6)
+    short = (8, 16, 32, 64)
+    same = extrapolate(_lengths_runs(0.3, 0.05, 1.0, short, 0.1, rng), _lengths_runs(0.3, 0.08, 1.0, short, 0.1, rng))
+    assert same.exponent_gap_ci95_low < 0 < same.exponent_gap_ci95_high
+    assert same.exponent_gap_reason.startswith("these lengths cannot tell the exponents apart")
+
+
+def test_the_exponent_gap_claims_a_difference_rarely_when_there_is_none():
+    """Simulated through the real fits: equal true exponents, 5% noise, five lengths, three runs each. A
+    95% interval should call a gap in about 5% of sweeps (7% in 300 simulated sweeps at 2%, 5% and 10%
+    noise); it must not in more than 10%. With a true gap
+    of 0.6 at the same noise it must call it in most."""
+    rng = np.random.default_rng(7)
+    lengths = (16, 32, 64, 128, 256)
+    sweeps = 150
+    false_calls = sum(
+        not extrapolate(
+            _lengths_runs(0.3, 0.05, 1.0, lengths, 0.05, rng), _lengths_runs(0.5, 0.08, 1.0, lengths, 0.05, rng)
+        ).exponent_gap_reason.startswith("these lengths cannot tell")
+        for _ in range(sweeps)
+    )
+    assert false_calls / sweeps <= 0.10
+    found = sum(
+        extrapolate(
+            _lengths_runs(0.3, 0.05, 1.0, lengths, 0.05, rng), _lengths_runs(0.3, 0.01, 1.6, lengths, 0.05, rng)
+        ).exponent_gap_reason.startswith("uncached latency grows faster")
+        for _ in range(50)
+    )
+    assert found >= 45
