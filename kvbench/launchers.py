@@ -115,6 +115,9 @@ class CellAssembly:
             self._merge(event[1])
         elif kind == "unmeasured":
             self.benchmark.result.unmeasured.update(event[1])
+        elif kind == "stderr":
+            prefix = f"{self.label_prefix} " if self.label_prefix else ""
+            self.benchmark.observer.output(f"{prefix}{event[1]}")
         elif kind == "failed":
             self.fail(event[1], event[2])
         elif kind == "user_error":
@@ -178,6 +181,41 @@ def _describe_death(process: subprocess.Popen) -> str:
     return f"the measuring process (pid {process.pid}) ended with exit code {code} before finishing"
 
 
+class StderrTail:
+    """A measuring process's stderr, read line by line on a thread: its lines are passed on to be printed
+    above the progress display (written straight to the terminal they would tear it), and the last of
+    them say why a process that died did."""
+
+    LONGEST_LINE = 1000  # characters; a process may write anything
+
+    def __init__(self, stream) -> None:
+        self._new: queue.Queue[str] = queue.Queue()
+        self._last: deque[str] = deque(maxlen=20)
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        with stream:
+            for raw in stream:
+                line = raw.decode("utf-8", errors="replace").rstrip()[: self.LONGEST_LINE]
+                if line.strip():
+                    self._last.append(line)
+                    self._new.put(line)
+
+    def new_lines(self) -> list[str]:
+        lines = []
+        while True:
+            try:
+                lines.append(self._new.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def last_words(self, wait_s: float = 2.0) -> str:
+        """The process's last line on stderr, once it has all been read (a dead process's stderr ends)."""
+        self._thread.join(timeout=wait_s)
+        return self._last[-1] if self._last else ""
+
+
 def start_worker(job: CellJob) -> tuple[subprocess.Popen, Connection]:
     """A fresh Python process measuring `job`, and the end of the pipe its events arrive on.
 
@@ -189,6 +227,7 @@ def start_worker(job: CellJob) -> tuple[subprocess.Popen, Connection]:
         [sys.executable, "-m", "kvbench.worker", str(job_read), str(events_write)],
         pass_fds=(job_read, events_write),
         env=_child_environment(),
+        stderr=subprocess.PIPE,
     )
     # The child holds the only other ends: its death is an end of file here.
     os.close(job_read)
@@ -213,16 +252,24 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
     deadline = time.monotonic() + timeout_s if timeout_s else None
     for job in jobs:
         process, receiver = start_worker(job)
+        stderr = StderrTail(process.stderr)
         live.add(process)
         status, finished = None, False
         try:
             while True:
                 wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-                if receiver.poll(wait_s):
+                ready = receiver.poll(wait_s)
+                for line in stderr.new_lines():
+                    yield ("stderr", line)
+                if ready:
                     try:
                         event = receiver.recv()
                     except EOFError:
-                        yield ("failed", "error", _describe_death(process))
+                        why = _describe_death(process)
+                        last = stderr.last_words()
+                        for line in stderr.new_lines():
+                            yield ("stderr", line)
+                        yield ("failed", "error", f"{why}; its last words on stderr: {last}" if last else why)
                         return
                     if event[0] == "cell":
                         status = event[1]["status"]

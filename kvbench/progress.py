@@ -62,6 +62,9 @@ class LineProgress:
         if cell.status not in ("measured", "incomplete"):
             self._print(f"cell {cell.id}: {cell.status} ({cell.reason})")
 
+    def output(self, line: str) -> None:
+        self._print(f"  | {line}")
+
 
 class LiveProgress:
     """A rich progress display: all generations, and the current one token by token."""
@@ -135,6 +138,10 @@ class LiveProgress:
 
     def cell_finished(self, cell: Any) -> None:
         pass
+
+    def output(self, line: str) -> None:
+        # Printed through the display's console, so it lands above the bars instead of tearing them.
+        self.progress.console.print(f"  | {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def progress_for(console: Console) -> LiveProgress | LineProgress:

@@ -7,6 +7,7 @@ import gc
 import importlib.util
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -52,6 +53,10 @@ class Observer:
         """A generation ended: its measured latency, or None for a warmup."""
 
     def cell_finished(self, cell: CellResult) -> None: ...
+
+    def output(self, line: str) -> None:
+        """A line a measuring process wrote to its stderr; a display prints it above itself."""
+        print(line, file=sys.stderr)
 
 
 def planned_generation(cell: Cell, mode: str) -> Planned:

@@ -132,6 +132,9 @@ def _inject_fault(job: CellJob) -> None:
         os.abort()
     elif fault == "hang":
         time.sleep(3600)
+    elif fault == "exit":  # what a native library does when it gives up: a line on stderr, then exit
+        os.write(2, b"simulated native failure: unrecoverable state\n")
+        os._exit(3)
     elif fault == "error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
     elif fault == "oom":

@@ -83,6 +83,27 @@ def test_a_cell_whose_process_fails_is_recorded_and_the_sweep_goes_on(tiny_gpt2_
     assert read_result(tmp_path / "faults.json").complete
 
 
+def test_a_measuring_process_stderr_is_printed_through_the_display_and_names_its_death(
+    tiny_gpt2_dir, tmp_path, monkeypatch
+):
+    """A process that writes to stderr and exits: its line reaches the display's output hook (not the
+    terminal under it), and the cell's reason quotes it."""
+    monkeypatch.setenv(FAULT_VARIABLE, "exit@new=4 ")
+    config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 6], runs=2, isolation="process")
+    lines = []
+
+    class Display(Recorder):
+        def output(self, line):
+            lines.append(line)
+
+    result = run_benchmark(config, output=tmp_path / "exit.json", observer=Display())
+    failed, measured = result.cells
+    assert failed.status == "error" and measured.status == "measured"
+    assert "exit code 3" in failed.reason
+    assert failed.reason.endswith("its last words on stderr: simulated native failure: unrecoverable state")
+    assert "simulated native failure: unrecoverable state" in lines
+
+
 def test_a_hung_cell_is_stopped_at_its_timeout(tiny_gpt2_dir, monkeypatch):
     monkeypatch.setenv(FAULT_VARIABLE, "hang")
     started = time.monotonic()
