@@ -32,7 +32,7 @@ from kvbench.kvsize import cache_bytes_for
 from kvbench.energy import CounterReader, energy_reader
 from kvbench.memory import MemoryProbe, downsample, free_memory
 from kvbench.results import BenchmarkResult, CellResult, ResultsFile, RunRecord, read_result
-from kvbench.stats import relative_standard_error
+from kvbench.stats import RSE_CONFIDENCE, precise_enough
 
 # Cell states that --resume keeps rather than measures again.
 FINISHED_STATES = ("measured", "skipped", "oom")
@@ -588,15 +588,16 @@ class Benchmark:
         target = self.config.target_rse
         if target is None:
             return False
-        errors = [
-            relative_standard_error([r.latency_s for r in self.result.runs_of(cell_result.id, mode)])
-            for mode in self.config.modes
-        ]
-        if all(error is not None and error <= target for error in errors):
-            worst = max(e for e in errors if e is not None)
-            cell_result.stop_reason = f"every mode within the target RSE {target:.1%} (worst {worst:.2%})"
-            return True
-        return False
+        samples = {
+            mode: [r.latency_s for r in self.result.runs_of(cell_result.id, mode)] for mode in self.config.modes
+        }
+        enough, worst = precise_enough(samples, target)
+        if enough:
+            cell_result.stop_reason = (
+                f"every mode within the target RSE {target:.1%} at {RSE_CONFIDENCE:.0%} confidence"
+                f" (worst upper bound {worst:.2%})"
+            )
+        return enough
 
 
 @dataclass

@@ -44,6 +44,33 @@ def relative_standard_error(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
 
 
+# --target-rse stops a cell once this upper confidence bound on each mode's RSE is within the target: the
+# point estimate from five noisy runs is often low by chance, and stopping on it stopped cells early.
+RSE_CONFIDENCE = 0.90
+
+
+def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE) -> float | None:
+    """A one-sided upper confidence bound on the relative standard error of the mean: the sample standard
+    deviation scaled by sqrt((n - 1) / q), q the chi-squared (n - 1 df) quantile at 1 - confidence, as
+    for normal runs. None until there are two values."""
+    from scipy.special import chdtri
+
+    rse = relative_standard_error(values)
+    if rse is None:
+        return None
+    df = len(values) - 1
+    return rse * math.sqrt(df / float(chdtri(df, confidence)))
+
+
+def precise_enough(samples: dict[str, Sequence[float]], target: float) -> tuple[bool, float | None]:
+    """Whether every mode's mean is known within `target` RSE (at RSE_CONFIDENCE), and the worst bound."""
+    bounds = [rse_upper_bound(values) for values in samples.values()]
+    if not bounds or any(bound is None for bound in bounds):
+        return False, None
+    worst = max(bounds)
+    return worst <= target, worst
+
+
 def token_gaps_s(token_times_s: Sequence[float]) -> list[float]:
     """The time each new token took: the first from the call's start (the prefill), then each decode step."""
     return [b - a for a, b in zip([0.0, *token_times_s], token_times_s)]
