@@ -10,7 +10,8 @@ fraction of the time the long ones take. Instead each mode's latency is fitted a
 with a, b ≥ 0, and the time left is the elapsed time scaled by the predicted work left over the predicted
 work done, so loading, warmups and the cost of isolation are carried along in proportion. With one length
 measured, a and b cannot be told apart and latency is taken as proportional to n: the estimate is low
-until a second length has run.
+until a second length has run. Each model has its own fits; a model not reached yet is guessed from the
+models measured so far, which can be far off (a tiny model after GPT-2) until it has run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Planned:
     mode: str
     new_tokens: int
     prompt_tokens: int = 0  # 0 where the prompt is the default text, whose length is known only once loaded
+    model: str = ""
 
     @property
     def positions(self) -> float:
@@ -77,7 +79,7 @@ class TimeLeft:
         self.done = 0
         self._left = Counter(planned)
         self._finished: list[Planned] = []
-        self._measured: dict[str, list[tuple[Planned, float]]] = defaultdict(list)
+        self._measured: dict[tuple[str, str], list[tuple[Planned, float]]] = defaultdict(list)
 
     def elapsed_s(self) -> float:
         return self._clock() - self.started
@@ -96,20 +98,29 @@ class TimeLeft:
             self._left[generation] -= 1
         self._finished.append(generation)
         if latency_s is not None and latency_s > 0:
-            self._measured[generation.mode].append((generation, latency_s))
+            self._measured[generation.model, generation.mode].append((generation, latency_s))
 
     def seconds_left(self) -> float | None:
         if not self.done:
             return None
         left = list(self._left.elements())
-        models = {mode: fit_latency_model(points) for mode, points in self._measured.items()}
-        fallback = fit_latency_model([point for points in self._measured.values() for point in points])
+        measured = self._measured
+        # The model's own fit for the mode; for a model not reached yet, the mode's over the models so far
+        # (a guess: models differ), and for a mode not reached yet, every generation's.
+        by_model = {key: fit_latency_model(points) for key, points in measured.items()}
+        by_mode = {
+            mode: fit_latency_model([p for (_, m), points in measured.items() if m == mode for p in points])
+            for _, mode in measured
+        }
+        fallback = fit_latency_model([point for points in measured.values() for point in points])
         if fallback is None or not self._finished:
             # Nothing measured yet (warmups only): the average generation so far.
             return self.elapsed_s() / self.done * (self.total - self.done)
 
         def predicted(generations: list[Planned]) -> float:
-            return sum((models.get(g.mode) or fallback).predict_s(g) for g in generations)
+            return sum(
+                (by_model.get((g.model, g.mode)) or by_mode.get(g.mode) or fallback).predict_s(g) for g in generations
+            )
 
         work_done = predicted(self._finished)
         if work_done <= 0:

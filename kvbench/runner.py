@@ -61,7 +61,7 @@ class Observer:
 
 def planned_generation(cell: Cell, mode: str) -> Planned:
     """One generation of a cell, as the estimate of the time left counts it."""
-    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0)
+    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0, cell.model)
 
 
 class TokenClock:

@@ -103,3 +103,25 @@ def test_generations_of_cells_that_stopped_early_stay_planned():
     clock.now += 1
     left.finished(Planned("cached", 999), 1.0)  # a generation that was never planned: counted, not removed
     assert left.done == 1 and left.planned_left == len(order)
+
+
+def test_each_model_is_predicted_from_its_own_runs_once_it_has_some():
+    """A sweep of a large and a small model: while only the large one has run, the small one is guessed
+    from it (too long); once the small one has run two lengths, from its own runs."""
+    lengths = (16, 64, 256)
+    plan = [Planned(mode, n, 8, model) for model in ("big", "small") for n in lengths for mode in ("cached", "uncached")]
+    clock = Clock()
+    left = TimeLeft(plan, clock=clock)
+
+    def finish(generation, scale):
+        latency = latency_of(generation) * scale
+        clock.now += latency
+        left.finished(generation, latency)
+
+    for generation in plan[:6]:
+        finish(generation, scale=1.0)
+    truth_small = sum(latency_of(g) * 0.01 for g in plan[6:])
+    assert left.seconds_left() > 50 * truth_small
+    for generation in plan[6:11]:
+        finish(generation, scale=0.01)
+    assert left.seconds_left() == pytest.approx(latency_of(plan[11]) * 0.01, rel=0.01)
