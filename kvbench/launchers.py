@@ -115,7 +115,7 @@ class CellAssembly:
             self._merge(event[1])
         elif kind == "unmeasured":
             self.benchmark.result.unmeasured.update(event[1])
-        elif kind == "stderr":
+        elif kind == "output":
             prefix = f"{self.label_prefix} " if self.label_prefix else ""
             self.benchmark.observer.output(f"{prefix}{event[1]}")
         elif kind == "failed":
@@ -181,12 +181,14 @@ def _describe_death(process: subprocess.Popen) -> str:
     return f"the measuring process (pid {process.pid}) ended with exit code {code} before finishing"
 
 
-class StderrTail:
-    """A measuring process's stderr, read line by line on a thread: its lines are passed on to be printed
-    above the progress display (written straight to the terminal they would tear it), and the last of
-    them say why a process that died did."""
+class OutputTail:
+    """What a measuring process prints (stdout and stderr, in one pipe), read line by line on a thread.
+    Its lines are passed on to be printed above the progress display: written straight to the terminal
+    they would tear the display, and on stdout they would corrupt `--json` output. The last of them say
+    why a process that died did."""
 
-    LONGEST_LINE = 1000  # characters; a process may write anything
+    LONGEST_LINE = 1000  # characters shown of a line; a process may write anything
+    READ_AT_MOST = 64 * 1024  # bytes read for one line, so a line with no end cannot exhaust memory
 
     def __init__(self, stream) -> None:
         self._new: queue.Queue[str] = queue.Queue()
@@ -196,8 +198,9 @@ class StderrTail:
 
     def _read(self, stream) -> None:
         with stream:
-            for raw in stream:
-                line = raw.decode("utf-8", errors="replace").rstrip()[: self.LONGEST_LINE]
+            for raw in iter(lambda: stream.readline(self.READ_AT_MOST), b""):
+                # A progress bar redraws with carriage returns: what shows is the part after the last.
+                line = raw.decode("utf-8", errors="replace").rstrip().rsplit("\r", 1)[-1][: self.LONGEST_LINE]
                 if line.strip():
                     self._last.append(line)
                     self._new.put(line)
@@ -211,7 +214,7 @@ class StderrTail:
                 return lines
 
     def last_words(self, wait_s: float = 2.0) -> str:
-        """The process's last line on stderr, once it has all been read (a dead process's stderr ends)."""
+        """The process's last line of output, once it has all been read (a dead process's pipe ends)."""
         self._thread.join(timeout=wait_s)
         return self._last[-1] if self._last else ""
 
@@ -227,7 +230,8 @@ def start_worker(job: CellJob) -> tuple[subprocess.Popen, Connection]:
         [sys.executable, "-m", "kvbench.worker", str(job_read), str(events_write)],
         pass_fds=(job_read, events_write),
         env=_child_environment(),
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     # The child holds the only other ends: its death is an end of file here.
     os.close(job_read)
@@ -252,24 +256,24 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
     deadline = time.monotonic() + timeout_s if timeout_s else None
     for job in jobs:
         process, receiver = start_worker(job)
-        stderr = StderrTail(process.stderr)
+        output = OutputTail(process.stdout)
         live.add(process)
         status, finished = None, False
         try:
             while True:
                 wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
                 ready = receiver.poll(wait_s)
-                for line in stderr.new_lines():
-                    yield ("stderr", line)
+                for line in output.new_lines():
+                    yield ("output", line)
                 if ready:
                     try:
                         event = receiver.recv()
                     except EOFError:
                         why = _describe_death(process)
-                        last = stderr.last_words()
-                        for line in stderr.new_lines():
-                            yield ("stderr", line)
-                        yield ("failed", "error", f"{why}; its last words on stderr: {last}" if last else why)
+                        last = output.last_words()
+                        for line in output.new_lines():
+                            yield ("output", line)
+                        yield ("failed", "error", f"{why}; the last line it printed: {last}" if last else why)
                         return
                     if event[0] == "cell":
                         status = event[1]["status"]

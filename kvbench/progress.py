@@ -54,9 +54,8 @@ class LineProgress:
         left = self.time_left
         left.finished(self._generation, latency_s)
         took = f"{latency_s:.3f} s" if latency_s is not None else "unmeasured"
-        self._print(
-            f"[{left.done}/{left.total}] {self._label}: {took} · elapsed {clock_text(left.elapsed_s())} · {left.text()}"
-        )
+        elapsed = clock_text(left.elapsed_s())
+        self._print(f"[{left.done}/{left.total}] {self._label}: {took} · elapsed {elapsed} · {left.text()}")
 
     def cell_finished(self, cell: Any) -> None:
         if cell.status not in ("measured", "incomplete"):
@@ -106,7 +105,8 @@ class LiveProgress:
 
     def planned(self, generations: list[Planned]) -> None:
         self.time_left = TimeLeft(generations)
-        self._overall = self.progress.add_task("all generations", total=len(generations), left=self.time_left.text())
+        overall = self.progress.add_task("all generations", total=len(generations), left=self.time_left.text())
+        self._overall = overall
         self.progress.refresh()
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:

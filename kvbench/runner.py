@@ -55,7 +55,7 @@ class Observer:
     def cell_finished(self, cell: CellResult) -> None: ...
 
     def output(self, line: str) -> None:
-        """A line a measuring process wrote to its stderr; a display prints it above itself."""
+        """A line a measuring process printed (stdout or stderr); a display prints it above itself."""
         print(line, file=sys.stderr)
 
 

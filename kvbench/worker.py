@@ -133,6 +133,7 @@ def _inject_fault(job: CellJob) -> None:
     elif fault == "hang":
         time.sleep(3600)
     elif fault == "exit":  # what a native library does when it gives up: a line on stderr, then exit
+        os.write(1, b"simulated output on stdout\n")
         os.write(2, b"simulated native failure: unrecoverable state\n")
         os._exit(3)
     elif fault == "error":

@@ -83,11 +83,11 @@ def test_a_cell_whose_process_fails_is_recorded_and_the_sweep_goes_on(tiny_gpt2_
     assert read_result(tmp_path / "faults.json").complete
 
 
-def test_a_measuring_process_stderr_is_printed_through_the_display_and_names_its_death(
+def test_what_a_measuring_process_prints_goes_through_the_display_and_names_its_death(
     tiny_gpt2_dir, tmp_path, monkeypatch
 ):
-    """A process that writes to stderr and exits: its line reaches the display's output hook (not the
-    terminal under it), and the cell's reason quotes it."""
+    """A process that prints to stdout and stderr and exits: its lines reach the display's output hook
+    (not the terminal under it, not the JSON on stdout), and the cell's reason quotes the last."""
     monkeypatch.setenv(FAULT_VARIABLE, "exit@new=4 ")
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 6], runs=2, isolation="process")
     lines = []
@@ -100,8 +100,8 @@ def test_a_measuring_process_stderr_is_printed_through_the_display_and_names_its
     failed, measured = result.cells
     assert failed.status == "error" and measured.status == "measured"
     assert "exit code 3" in failed.reason
-    assert failed.reason.endswith("its last words on stderr: simulated native failure: unrecoverable state")
-    assert "simulated native failure: unrecoverable state" in lines
+    assert failed.reason.endswith("the last line it printed: simulated native failure: unrecoverable state")
+    assert lines == ["simulated output on stdout", "simulated native failure: unrecoverable state"]
 
 
 def test_a_hung_cell_is_stopped_at_its_timeout(tiny_gpt2_dir, monkeypatch):
