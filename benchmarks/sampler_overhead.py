@@ -64,7 +64,7 @@ class SamplingThread:
     def stop(self):
         self._stop.set()
         self._thread.join()
-        self._sampler.sample()
+        self._sampler.sample(final=True)
         return self._sampler.reading()
 
     def close(self) -> None:

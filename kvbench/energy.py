@@ -31,7 +31,8 @@ class EnergyReading:
 
 
 def joules_per_token(joules: float | None, new_tokens: int, batch_size: int) -> float | None:
-    """Energy per generated token: a batch of B sequences makes B tokens a step."""
+    """Energy per generated token, the prompt's prefill included (the whole generate() is counted): a
+    batch of B sequences makes B tokens a step."""
     if joules is None or new_tokens * batch_size <= 0:
         return None
     return joules / (new_tokens * batch_size)
@@ -81,6 +82,15 @@ class CounterReader:
                 delta += span
             per_domain[domain] = delta
         self._before = None
+        if not any(per_domain.values()):
+            # NVML's counter advances every few milliseconds (coarser on some GPUs): a run shorter than
+            # that reads 0 J, which averaged into joules per token would be a false measurement.
+            return EnergyReading(
+                self.source,
+                None,
+                unavailable=f"the {self.source} energy counter did not advance during the run (shorter than its"
+                " update period); energy needs longer runs",
+            )
         return EnergyReading(self.source, sum(per_domain.values()), per_domain)
 
 
@@ -173,6 +183,10 @@ def energy_reader(devices: list[str], rapl_root: str = RAPL_ROOT) -> CounterRead
 
         uuids, reason = gpu_uuids(devices)
         if reason is not None:
+            return Unavailable("nvml", reason)
+        if any(uuid.startswith("MIG-") for uuid in uuids):
+            # The parent GPU's counter would count every other instance's work as this run's.
+            reason = "NVML has no energy counter per MIG instance; the whole GPU's would count other instances"
             return Unavailable("nvml", reason)
         pynvml, handles = open_by_uuid(uuids)
         return NvmlEnergy(pynvml, handles)

@@ -123,7 +123,7 @@ class SamplerReading:
 
     baseline: dict[str, int]
     peak: dict[str, int]
-    peak_process_bytes: int | None  # this process's VRAM on all its devices, at its highest
+    peak_process_bytes: int | None  # this process's VRAM on all its devices, read once the run is over
     samples: int
     process_unavailable: str | None
     # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
@@ -185,17 +185,22 @@ class NvmlSampler:
         )
         return None
 
-    def sample(self) -> None:
-        process_total: int | None = 0
+    def sample(self, final: bool = False) -> None:
+        """Device-wide VRAM on every GPU; with `final` (once generate() has returned) also this process's.
+        Its VRAM is what torch's caching allocator holds, which it keeps until the run is over (free_memory
+        empties it before the run), so the last reading is its peak; listing every GPU process each 10 ms
+        would only add driver calls beside the timed run."""
         used_total = 0
         for device, handle in self._handles.items():
             used = self._used(handle)
             used_total += used
             self.peak[device] = max(self.peak[device], used)
-            process = self._process_bytes(handle)
-            process_total = None if process is None or process_total is None else process_total + process
-        if process_total is not None:
-            self.peak_process_bytes = max(self.peak_process_bytes or 0, process_total)
+        if final:
+            process_total: int | None = 0
+            for handle in self._handles.values():
+                process = self._process_bytes(handle)
+                process_total = None if process is None or process_total is None else process_total + process
+            self.peak_process_bytes = process_total
         self.samples += 1
         self.timeline.append((time.monotonic() - self._started, used_total))
 
@@ -230,7 +235,7 @@ class RssSampler:
         self.samples = 0
         self.timeline: list[tuple[float, int]] = [(0.0, self._read())]
 
-    def sample(self) -> None:
+    def sample(self, final: bool = False) -> None:
         try:
             self.timeline.append((time.monotonic() - self._started, self._read()))
         except (OSError, ValueError, IndexError):
@@ -281,7 +286,7 @@ def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], 
                 sampler.sample()
             conn.recv()
             # One last sample, so a generate() shorter than the interval still has a peak.
-            sampler.sample()
+            sampler.sample(final=True)
             conn.send(sampler.reading())
     except (EOFError, OSError):
         pass  # the measuring process has gone (killed, or interrupted): so does its sampler
@@ -429,6 +434,8 @@ class MemoryProbe:
         if self._sampler is not None and sampled is None:
             self._sampler_gone()
         timeline = sampled.timeline if sampled is not None else None
+        if sampled is not None and sampled.device_unavailable:
+            timeline = None  # its readings after the failure are zeros, not memory
         if sampled is not None and self._rss_only:
             sampled = None  # the CPU's RSS sampler: a timeline, no VRAM figures
         if sampled is not None:

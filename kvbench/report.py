@@ -192,7 +192,7 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
             decode = f"{summary.decode_tokens_per_s:.1f}" if summary.decode_tokens_per_s is not None else "—"
             parts.append(f"prefill {summary.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s")
         if summary.energy_j_per_token is not None:
-            parts.append(f"{summary.energy_j_per_token:.3g} J/token")
+            parts.append(f"{summary.energy_j_per_token:.3g} J/token (prefill included)")
         if parts:
             lines.append(Text(f"{mode}: " + " · ".join(parts)))
     bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]

@@ -133,7 +133,7 @@ class ModeSummary(MemoryFigures):
     e2e_p99_s: float | None = _serving()
     prefill_tokens_per_s: float | None = _serving()
     decode_tokens_per_s: float | None = _serving()
-    energy_j_per_token: float | None = _serving()  # mean over runs with an energy reading
+    energy_j_per_token: float | None = _serving()  # the whole generate(), prefill included; mean over runs
 
 
 SERVING_FIELDS = tuple(f.name for f in fields(ModeSummary) if f.metadata.get("serving"))

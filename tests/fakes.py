@@ -70,6 +70,7 @@ class FakeNvml(types.ModuleType):
         self.calls = 0
         self.energy_mj = list(energy_mj) if energy_mj is not None else None  # None: a GPU older than Volta
         self.energy_calls = 0
+        self.process_list_calls = 0
 
     def nvmlInit(self) -> None:
         if not self.available:
@@ -142,6 +143,7 @@ class FakeNvml(types.ModuleType):
         return types.SimpleNamespace(used=value, total=80 * 2**30, free=80 * 2**30 - value)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: str):
+        self.process_list_calls += 1
         if self.processes_mismatch:
             # nvidia-ml-py's wording when the driver lacks nvmlDeviceGetComputeRunningProcesses_v3.
             raise self.NVMLLibraryMismatchError(

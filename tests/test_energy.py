@@ -42,6 +42,21 @@ def test_nvml_counter_going_backwards_is_not_reported_as_energy():
     assert reading.joules is None and "went backwards" in reading.unavailable
 
 
+def test_a_counter_that_did_not_advance_is_not_zero_energy():
+    """A run shorter than NVML's update period reads the same counter twice: unmeasured, not 0 J."""
+    reader = NvmlEnergy(FakeNvml(energy_mj=[1_000, 5_000, 5_000]), {"cuda:0": "gpu0"})
+    reader.start()
+    reading = reader.stop()
+    assert reading.joules is None and "did not advance" in reading.unavailable
+
+
+def test_a_mig_instance_has_no_energy_counter_of_its_own(fake_nvml, monkeypatch):
+    monkeypatch.setattr("kvbench.nvml.gpu_uuids", lambda devices: (["MIG-5c3a"], None))
+    monkeypatch.setattr("kvbench.nvml.open_by_uuid", lambda uuids: pytest.fail("must not open the parent GPU"))
+    reader = energy_reader(["cuda:0"])
+    assert reader.source == "nvml" and "per MIG instance" in reader.unavailable
+
+
 def test_missing_nvml_library_is_the_reason_for_a_gpu(fake_nvml):
     fake_nvml(available=False)
     reader = energy_reader(["cuda:0"])

@@ -52,19 +52,22 @@ def test_sampler_keeps_baseline_and_peaks():
     fake = FakeNvml(used=[100, 300, 700, 200], process_bytes=50)
     sampler = NvmlSampler(fake, {"cuda:0": "gpu0"}, pid=os.getpid())
     sampler.begin()
-    for _ in range(3):
+    for _ in range(2):
         sampler.sample()
+    # While generate() runs only device memory is read: the process list is read once, at the end.
+    assert fake.process_list_calls == 0 and sampler.reading().peak_process_bytes is None
+    sampler.sample(final=True)
     reading = sampler.reading()
     assert reading.baseline == {"cuda:0": 100}
     assert reading.peak == {"cuda:0": 700}
-    assert reading.peak_process_bytes == 50
+    assert reading.peak_process_bytes == 50 and fake.process_list_calls == 1
     assert reading.samples == 3 and reading.process_unavailable is None
 
 
 def test_sampler_explains_a_process_it_cannot_see():
     sampler = NvmlSampler(FakeNvml(used=[100]), {"cuda:0": "gpu0"}, pid=-1)
     sampler.begin()
-    sampler.sample()
+    sampler.sample(final=True)
     assert sampler.reading().peak_process_bytes is None
     assert "not in NVML's process list" in sampler.reading().process_unavailable
 
@@ -73,7 +76,7 @@ def test_sampler_covers_every_gpu_a_model_spans():
     fake = FakeNvml(used=[100, 200, 500, 300], process_bytes=40)
     sampler = NvmlSampler(fake, {"cuda:0": "gpu0", "cuda:1": "gpu1"}, pid=os.getpid())
     sampler.begin()
-    sampler.sample()  # baselines were 100 and 200; now 500 and 300
+    sampler.sample(final=True)  # baselines were 100 and 200; now 500 and 300
     reading = sampler.reading()
     assert reading.peak == {"cuda:0": 500, "cuda:1": 300}
     assert (reading.baseline_bytes, reading.peak_device_bytes) == (300, 800)
@@ -148,6 +151,20 @@ def test_sampling_process_survives_device_memory_failing():
         assert sampler.start() and sampler.stop() is not None
     finally:
         sampler.close()
+
+
+def test_a_failed_device_memory_reading_leaves_no_timeline():
+    """After NVML stops answering, the sampler's readings are zeros: not a VRAM timeline to store."""
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100], memory_fails_after=2)
+    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
+    try:
+        probe.start()
+        time.sleep(0.05)
+        reading = probe.stop()
+    finally:
+        probe.close()
+    assert "cannot read device memory" in probe.unavailable["vram_device"]
+    assert reading.timeline is None and reading.timeline_source is None
 
 
 def test_probe_reports_an_nvml_failure_as_unmeasured_not_as_an_error():
