@@ -176,7 +176,8 @@ def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | N
     else:
         reason = (
             f"these lengths cannot tell the exponents apart ({shown}): sweep longer generations, where an"
-            " uncached step's recomputation outweighs reading the weights"
+            " uncached step's recomputation outweighs the fixed cost of a step (reading the weights, launching"
+            " kernels)"
         )
     return gap, low, high, reason
 
