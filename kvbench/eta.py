@@ -3,15 +3,15 @@
 A sweep's generations are far from equal: an uncached generation of n tokens recomputes the whole
 sequence at every step, so it costs about n·(P + n/2) positions, while a cached one costs about n steps.
 An average over the generations done so far would, after the short cells of a length sweep, promise a
-fraction of the time the long ones take. Instead each mode's latency is fitted as
+fraction of the time the long ones take. Instead each model's and mode's latency is fitted as
 
     latency ≈ a·n + b·positions,    positions = n·P + n·(n + 1)/2    (P prompt tokens, n new tokens)
 
-with a, b ≥ 0, and the time left is the elapsed time scaled by the predicted work left over the predicted
-work done, so loading, warmups and the cost of isolation are carried along in proportion. With one length
-measured, a and b cannot be told apart and latency is taken as proportional to n: the estimate is low
-until a second length has run. Each model has its own fits; a model not reached yet is guessed from the
-models measured so far, which can be far off (a tiny model after GPT-2) until it has run.
+with a, b ≥ 0, and the time left is the predicted latency of every generation left plus, for every cell
+not started, the time a cell has cost beyond its generations so far (starting a process, loading the
+model). With one length measured, a and b cannot be told apart and latency is taken as proportional to n:
+the estimate is low until a second length has run. A model not reached yet is guessed from the models
+measured so far, which can be far off (a tiny model after GPT-2) until it has run.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Planned:
     new_tokens: int
     prompt_tokens: int = 0  # 0 where the prompt is the default text, whose length is known only once loaded
     model: str = ""
+    cell: str = ""  # the cell's id: its generations share one start-up
 
     @property
     def positions(self) -> float:
@@ -78,7 +79,7 @@ class TimeLeft:
         self.total = len(planned)
         self.done = 0
         self._left = Counter(planned)
-        self._finished: list[Planned] = []
+        self._finished: list[tuple[Planned, float | None]] = []
         self._measured: dict[tuple[str, str], list[tuple[Planned, float]]] = defaultdict(list)
 
     def elapsed_s(self) -> float:
@@ -96,14 +97,13 @@ class TimeLeft:
             return
         if self._left[generation] > 0:
             self._left[generation] -= 1
-        self._finished.append(generation)
+        self._finished.append((generation, latency_s))
         if latency_s is not None and latency_s > 0:
             self._measured[generation.model, generation.mode].append((generation, latency_s))
 
     def seconds_left(self) -> float | None:
         if not self.done:
             return None
-        left = list(self._left.elements())
         measured = self._measured
         # The model's own fit for the mode; for a model not reached yet, the mode's over the models so far
         # (a guess: models differ), and for a mode not reached yet, every generation's.
@@ -113,19 +113,19 @@ class TimeLeft:
             for _, mode in measured
         }
         fallback = fit_latency_model([point for points in measured.values() for point in points])
-        if fallback is None or not self._finished:
+        if fallback is None:
             # Nothing measured yet (warmups only): the average generation so far.
             return self.elapsed_s() / self.done * (self.total - self.done)
 
-        def predicted(generations: list[Planned]) -> float:
-            return sum(
-                (by_model.get((g.model, g.mode)) or by_mode.get(g.mode) or fallback).predict_s(g) for g in generations
-            )
+        def predicted(generation: Planned) -> float:
+            model = by_model.get((generation.model, generation.mode)) or by_mode.get(generation.mode) or fallback
+            return model.predict_s(generation)
 
-        work_done = predicted(self._finished)
-        if work_done <= 0:
-            return self.elapsed_s() / self.done * (self.total - self.done)
-        return self.elapsed_s() * predicted(left) / work_done
+        spent = sum(latency if latency is not None else predicted(g) for g, latency in self._finished)
+        started = {g.cell for g, _ in self._finished}
+        per_cell_s = max(self.elapsed_s() - spent, 0.0) / max(len(started), 1)
+        left = list(self._left.elements())
+        return sum(predicted(g) for g in left) + per_cell_s * len({g.cell for g in left} - started)
 
     def text(self) -> str:
         seconds = self.seconds_left()

@@ -4,7 +4,7 @@ mode is measured against, and latency fitted against length to say what happens 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from kvbench.config import SWEEP_AXES, Cell
@@ -102,8 +102,11 @@ def percent(fraction: float) -> str:
 
 
 def model_cost_of(cell: CellResult) -> ModelCost | None:
+    """The stored cost (checked when the file was read); keys a newer kvbench added are left aside."""
     cost = (cell.model or {}).get("cost")
-    return ModelCost(**cost) if cost else None
+    if not cost:
+        return None
+    return ModelCost(**{item.name: cost[item.name] for item in fields(ModelCost) if item.name in cost})
 
 
 def _bound(cell: CellResult, mode: str, peaks: Peaks) -> RooflineBound | None:

@@ -586,11 +586,36 @@ def check_fields(data: dict[str, Any], origin: str) -> None:
         raise KvbenchError(f"{origin} is a damaged kvbench results file: {problem}; rerun kvbench run to replace it")
 
 
+def _explained_problem(value: Any, cls: type, where: str) -> str | None:
+    """The inputs `show` and `plot` compute the roofline from (stored peaks, a model's cost): the types
+    their dataclass declares, and every number finite and positive (a zero would divide, a negative bound
+    would mean nothing); the two parameter counts of a cost may be 0."""
+    problem = _object_problem(value, cls, where)
+    if problem is not None:
+        return problem
+    for item in fields(cls):
+        number = value.get(item.name)
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            may_be_zero = item.name in ("lookup_parameters", "head_parameters")
+            if not math.isfinite(number) or number < 0 or (number == 0 and not may_be_zero):
+                return f"{where}.{item.name} must be a finite positive number, got {_shown(number)}"
+    return None
+
+
 def _meaning_problem(data: dict[str, Any]) -> str | None:
+    from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
+
+    for key, cls in (("device_peaks", MeasuredPeaks), ("datasheet_peaks", DatasheetPeaks)):
+        if data["environment"].get(key) is not None:
+            if problem := _explained_problem(data["environment"][key], cls, f"environment.{key}"):
+                return problem
     ids = set()
     for index, cell in enumerate(data["cells"]):
         if cell.get("status", "pending") not in CELL_STATES:
             return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
+        cost = (cell.get("model") or {}).get("cost")
+        if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
+            return problem
         ids.add(Cell(**{item.name: cell["settings"][item.name] for item in fields(Cell)}).id)
     for index, run in enumerate(data["runs"]):
         if run["mode"] not in RUN_MODES:

@@ -1,22 +1,26 @@
 """The physical limit of a generation: bytes and FLOPs each token needs, the device's peaks, and the time bound.
 
 The cost model, per generated token (step t = 0 .. new_tokens - 1, prompt of P tokens, batch B, e bytes
-per element, W = parameters x e, L layers, A = attention heads x head size):
+per element, L layers, A = attention heads x head size). The parameters fall in three parts: lookup tables
+(input token and position embeddings, each position reading one row), the output head (vocab x hidden,
+which generate() applies to the last position only: transformers passes logits_to_keep=1), and the body
+(every other weight, a multiply-add per weight per position). A head tied to the token embedding counts
+as the head. W = (parameters - lookup tables) x e: the weights a forward pass must read.
 
 - Cached. Step 0 is the prefill (a full forward over the P prompt tokens, as below). Step t >= 1 feeds one
   token per sequence and attends over the n = P + t positions held (the cache so far plus itself):
   bytes = W (every weight read once, shared by the batch) + KV(n) (the cache read, the new position written);
-  FLOPs = 2 x parameters x B (a multiply-add per weight) + 4 x L x A x n x B (Q.K and attention.V).
+  FLOPs = 2 x (body + head) x B + 4 x L x A x n x B (Q.K and attention.V).
 - Uncached. Step t runs a full forward over n = P + t tokens:
   bytes = W + KV(n) + 2 x L x n x hidden x B x e (each layer's hidden states read in and written out once);
-  FLOPs = 2 x parameters x n x B + 4 x L x A x n^2 x B (the full n x n score square: eager and SDPA
+  FLOPs = 2 x body x n x B + 2 x head x B + 4 x L x A x n^2 x B (the full n x n score square: eager and SDPA
   attention compute it and mask, they do not skip the upper triangle).
 
 Bytes count only traffic that cannot be avoided (no score matrices, no re-reads when activations spill from
 cache), and FLOPs only matrix products, so time >= max(bytes / bandwidth, FLOPs / throughput) per step is
-a lower bound: a measured time can approach it, never beat it. 2 x parameters counts the embedding table as
-a matrix product, which it is for the output head (tied in GPT-2) and not for the input lookup; the
-difference is small beside the transformer blocks for every model kvbench ships.
+a lower bound: a measured time can approach it, never beat it. A results file written before the parts
+were recorded counts every parameter as body, which overstates an uncached step's FLOPs (for GPT-2 small,
+whose tied head is 31% of its parameters, by up to 1.46x).
 """
 
 from __future__ import annotations
@@ -45,17 +49,27 @@ class ModelCost:
     attention_width: int  # attention heads x head size: the width of Q.K and attention.V
     kv_heads: int
     head_dim: int
+    lookup_parameters: int = 0  # embedding tables only looked up (a row per position), not the head's
+    head_parameters: int = 0  # the output head, applied to the last position of each step only
 
     @property
     def weight_bytes(self) -> int:
-        return self.parameters * self.bytes_per_element
+        return (self.parameters - self.lookup_parameters) * self.bytes_per_element
+
+    @property
+    def body_parameters(self) -> int:
+        """The weights every position multiplies through."""
+        return self.parameters - self.lookup_parameters - self.head_parameters
 
     def kv_bytes(self, positions: int, batch: int) -> int:
         return kv_cache_bytes(self.layers, self.kv_heads, self.head_dim, positions, batch, self.bytes_per_element)
 
 
-def model_cost(config: Any, parameters: int, dtype: str) -> ModelCost:
-    """ModelCost from a transformers config (GPT-2 and Llama attribute names), a parameter count and a dtype."""
+def model_cost(
+    config: Any, parameters: int, dtype: str, lookup_parameters: int = 0, head_parameters: int = 0
+) -> ModelCost:
+    """ModelCost from a transformers config (GPT-2 and Llama attribute names), a parameter count, a dtype,
+    and how many of the parameters are lookup tables and the output head (parameter_roles)."""
     if dtype not in BYTES_PER_ELEMENT:
         raise KvbenchError(f"unknown dtype {dtype!r} for the roofline; use one of {', '.join(BYTES_PER_ELEMENT)}")
     geometry = kv_geometry(config)
@@ -74,7 +88,24 @@ def model_cost(config: Any, parameters: int, dtype: str) -> ModelCost:
         attention_width=heads * geometry.head_dim,
         kv_heads=geometry.kv_heads,
         head_dim=geometry.head_dim,
+        lookup_parameters=lookup_parameters,
+        head_parameters=head_parameters,
     )
+
+
+def parameter_roles(model: Any) -> tuple[int, int]:
+    """(lookup-table parameters, output-head parameters) of a loaded transformers model: every
+    nn.Embedding's weight except one shared with the output head (GPT-2 ties them), and the head's weight."""
+    import torch
+
+    head = model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    lookup = sum(
+        module.weight.numel()
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding) and module.weight is not head_weight
+    )
+    return lookup, head_weight.numel() if head_weight is not None else 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +120,8 @@ def _full_forward(model: ModelCost, tokens: int, batch: int) -> StepCost:
     activations = 2 * model.layers * tokens * model.hidden * batch * model.bytes_per_element
     return StepCost(
         bytes_moved=model.weight_bytes + model.kv_bytes(tokens, batch) + activations,
-        flops=2 * model.parameters * tokens * batch + 4 * model.layers * model.attention_width * tokens**2 * batch,
+        flops=2 * (model.body_parameters * tokens + model.head_parameters) * batch
+        + 4 * model.layers * model.attention_width * tokens**2 * batch,
     )
 
 
@@ -102,7 +134,8 @@ def step_cost(model: ModelCost, mode: str, step: int, prompt_tokens: int, batch:
         return _full_forward(model, positions, batch)
     return StepCost(
         bytes_moved=model.weight_bytes + model.kv_bytes(positions, batch),
-        flops=2 * model.parameters * batch + 4 * model.layers * model.attention_width * positions * batch,
+        flops=2 * (model.body_parameters + model.head_parameters) * batch
+        + 4 * model.layers * model.attention_width * positions * batch,
     )
 
 

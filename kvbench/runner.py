@@ -61,7 +61,7 @@ class Observer:
 
 def planned_generation(cell: Cell, mode: str) -> Planned:
     """One generation of a cell, as the estimate of the time left counts it."""
-    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0, cell.model)
+    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0, cell.model, cell.id)
 
 
 class TokenClock:
@@ -649,10 +649,11 @@ def record_cache_size(cell_result: CellResult, output: Any, loaded: Any) -> None
 def _model_cost(loaded: Any) -> dict[str, int] | None:
     """What the roofline needs from the model (kvbench.roofline.ModelCost), kept in the results file so
     `show` and `plot` compute the bound without loading the model."""
-    from kvbench.roofline import model_cost
+    from kvbench.roofline import model_cost, parameter_roles
 
     try:
-        return asdict(model_cost(loaded.model.config, loaded.parameters, loaded.dtype))
+        lookup, head = parameter_roles(loaded.model)
+        return asdict(model_cost(loaded.model.config, loaded.parameters, loaded.dtype, lookup, head))
     except KvbenchError:
         return None
 

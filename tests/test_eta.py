@@ -12,7 +12,7 @@ def sweep(lengths, prompt_tokens=8, runs=3, warmup=1):
     for n in lengths:
         for index in range(warmup + runs):
             for mode in ("cached", "uncached"):
-                order.append((Planned(mode, n, prompt_tokens), index < warmup))
+                order.append((Planned(mode, n, prompt_tokens, cell=f"new={n}"), index < warmup))
     return order
 
 
@@ -31,7 +31,7 @@ class Clock:
         return self.now
 
 
-def play(order, stop_after, cell_overhead_s=2.0):
+def play(order, stop_after, cell_overhead_s=20.0):
     """Run the first stop_after generations on a scripted clock; return the estimate and the true time left."""
     clock = Clock()
     left = TimeLeft([generation for generation, _ in order], clock=clock)
@@ -125,3 +125,16 @@ def test_each_model_is_predicted_from_its_own_runs_once_it_has_some():
     for generation in plan[6:11]:
         finish(generation, scale=0.01)
     assert left.seconds_left() == pytest.approx(latency_of(plan[11]) * 0.01, rel=0.01)
+
+
+def test_cells_not_started_carry_the_start_up_a_cell_has_cost():
+    """Cells of a tiny model, each in a fresh process: 30 s to start and load, well under a second to
+    generate. After one cell the estimate counts four more start-ups, not just their generations."""
+    plan = [Planned(mode, 8, 8, "tiny", cell=f"cell{c}") for c in range(5) for mode in ("cached", "uncached")]
+    clock = Clock()
+    left = TimeLeft(plan, clock=clock)
+    clock.now += 30  # the first cell's process starts and loads its model
+    for generation in plan[:2]:
+        clock.now += 0.2
+        left.finished(generation, 0.2)
+    assert left.seconds_left() == pytest.approx(4 * (30 + 0.4), rel=0.01)

@@ -408,6 +408,24 @@ def test_the_interrupt_message_gives_the_command_that_resumes(tmp_path, monkeypa
     assert f"kvbench run --model tiny-gpt2 --max-new-tokens 2 --runs 1 --warmup 0 --device cpu --isolation none --output {output} --resume" in result.stderr
 
 
+PEAKS = {
+    "device": "cpu", "copy_bandwidth_bytes_per_s": 1.6e10, "copy_buffer_bytes": 2**26, "matmul_flops_per_s": 7.7e10,
+    "matmul_dtype": "float32", "matmul_size": 1024, "seconds_spent_s": 2.3,
+}
+
+
+def test_a_newer_files_extra_cost_fields_are_left_aside(tmp_path):
+    data = json.loads(GOLDEN.read_text())
+    data["environment"]["device_peaks"] = PEAKS
+    for cell in data["cells"]:
+        cell["model"]["cost"]["sparsity"] = 0.5  # a field some later kvbench might add
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps(data))
+    result = invoke("show", path)
+    assert result.exit_code == 0, result.output
+    assert "roofline: cached at" in result.stdout
+
+
 @pytest.mark.parametrize(
     "damage, field",
     [
@@ -422,6 +440,13 @@ def test_the_interrupt_message_gives_the_command_that_resumes(tmp_path, monkeypa
         (lambda d: d["cells"][0]["settings"].update(batch_size=True), "cells[0].settings.batch_size must be an integer"),
         (lambda d: d.update(environment=[]), "environment must be an object"),
         (lambda d: d.pop("runs"), "runs is missing"),
+        # What show computes the roofline from: a zero would divide, text would not multiply.
+        (lambda d: d["environment"].update(device_peaks={**PEAKS, "matmul_flops_per_s": 0}),
+         "environment.device_peaks.matmul_flops_per_s must be a finite positive number"),
+        (lambda d: d["environment"].update(datasheet_peaks={"name": "T4", "memory_bandwidth_bytes_per_s": 3e11}),
+         "environment.datasheet_peaks.fp16_tensor_flops_per_s is missing"),
+        (lambda d: d["cells"][0]["model"]["cost"].update(layers="12"), "cells[0].model.cost.layers must be an integer"),
+        (lambda d: d["cells"][0]["model"]["cost"].update(hidden=-64), "cells[0].model.cost.hidden must be a finite positive"),
     ],
 )
 def test_results_files_with_wrong_types_name_the_first_bad_field(tmp_path, damage, field):
