@@ -17,6 +17,7 @@ from typing import Any
 
 from kvbench.devices import valid_device_name
 from kvbench.errors import KvbenchError
+from kvbench.stats import RSE_CONFIDENCE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -144,8 +145,9 @@ class BenchConfig:
     runs: int = setting(10, "Measured generations per mode.", short="-r", minimum=1, must_match=True)
     target_rse: float | None = setting(
         None,
-        "Stop each cell once every mode's relative standard error of the mean is, with 90% confidence, at"
-        " most this fraction (0.01 = 1%), between --min-runs and --max-runs runs.",
+        "Stop each cell once every mode's relative standard error of the mean is, with"
+        f" {RSE_CONFIDENCE:.0%} confidence, at most this fraction (0.01 = 1%), between --min-runs and --max-runs"
+        " runs.",
         must_match=True,
     )
     min_runs: int = setting(5, "Fewest runs per mode with --target-rse.", minimum=2, must_match=True)

@@ -45,6 +45,7 @@ class CounterReader:
 
     def __init__(self) -> None:
         self.unavailable: str | None = None
+        self.run_problem: str | None = None  # why the last run has no reading, for the results file
         self._before: dict[str, float] | None = None
         self._read_errors: tuple[type[BaseException], ...] = (OSError, ValueError)
 
@@ -63,6 +64,11 @@ class CounterReader:
                 self.unavailable = f"{self.source} counters could not be read ({error})"
 
     def stop(self) -> EnergyReading:
+        reading = self._reading()
+        self.run_problem = reading.unavailable
+        return reading
+
+    def _reading(self) -> EnergyReading:
         if self.unavailable is not None or self._before is None:
             return EnergyReading(self.source, None, unavailable=self.unavailable or "stop() without start()")
         try:
@@ -82,15 +88,8 @@ class CounterReader:
                 delta += span
             per_domain[domain] = delta
         self._before = None
-        if not any(per_domain.values()):
-            # NVML's counter advances every few milliseconds (coarser on some GPUs): a run shorter than
-            # that reads 0 J, which averaged into joules per token would be a false measurement.
-            return EnergyReading(
-                self.source,
-                None,
-                unavailable=f"the {self.source} energy counter did not advance during the run (shorter than its"
-                " update period); energy needs longer runs",
-            )
+        # 0 J stays a reading: NVML's counter advances every few milliseconds (coarser on some GPUs), so
+        # of runs shorter than that some read a tick and some none, and only their mean is unbiased.
         return EnergyReading(self.source, sum(per_domain.values()), per_domain)
 
 

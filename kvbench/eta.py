@@ -8,8 +8,8 @@ fraction of the time the long ones take. Instead each model's and mode's latency
     latency ≈ a·n + b·positions,    positions = n·P + n·(n + 1)/2    (P prompt tokens, n new tokens)
 
 with a, b ≥ 0, and the time left is the predicted latency of every generation left plus, for every cell
-not started, the time a cell has cost beyond its generations so far (starting a process, loading the
-model). With one length measured, a and b cannot be told apart and latency is taken as proportional to n:
+not started, the time a finished cell took beyond its generations (starting a process, loading the model,
+saving), shared among the cells running at once. With one length measured, a and b cannot be told apart and latency is taken as proportional to n:
 the estimate is low until a second length has run. A model not reached yet is guessed from the models
 measured so far, which can be far off (a tiny model after GPT-2) until it has run.
 """
@@ -71,7 +71,8 @@ def fit_latency_model(points: list[tuple[Planned, float]]) -> _LatencyModel | No
 
 
 class TimeLeft:
-    """Planned generations, those finished with their latencies, and the estimate of the time left."""
+    """Planned generations, the cells and generations finished with their latencies, and the estimate of
+    the time left."""
 
     def __init__(self, planned: list[Planned], clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -79,8 +80,11 @@ class TimeLeft:
         self.total = len(planned)
         self.done = 0
         self._left = Counter(planned)
-        self._finished: list[tuple[Planned, float | None]] = []
         self._measured: dict[tuple[str, str], list[tuple[Planned, float]]] = defaultdict(list)
+        self._cells_started: dict[str, float] = {}  # cell id: when it started
+        self._cells_finished: set[str] = set()
+        self._generations_of: dict[str, list[tuple[Planned, float | None]]] = defaultdict(list)
+        self._beyond_generations_s: list[float] = []  # per finished cell: its time beyond its generations
 
     def elapsed_s(self) -> float:
         return self._clock() - self.started
@@ -89,43 +93,71 @@ class TimeLeft:
     def planned_left(self) -> int:
         return sum(self._left.values())
 
+    def cell_started(self, cell: str) -> None:
+        self._cells_started.setdefault(cell, self._clock())
+
+    def cell_finished(self, cell: str) -> None:
+        """A cell ended: what it did not run (it stopped early with --target-rse, failed or was skipped)
+        is no longer to come, and the time it took beyond its generations is the cost of a cell."""
+        for generation in [g for g in self._left if g.cell == cell]:
+            del self._left[generation]
+        if cell in self._cells_started and cell not in self._cells_finished:
+            self._cells_finished.add(cell)
+            if self._generations_of[cell]:
+                spent = sum(self._spent_s(g, latency) for g, latency in self._generations_of[cell])
+                self._beyond_generations_s.append(max(self._clock() - self._cells_started[cell] - spent, 0.0))
+
     def finished(self, generation: Planned | None, latency_s: float | None) -> None:
-        """A generation ended (latency None for a warmup). Cells that stop early (--target-rse) leave their
-        unrun generations planned, so the estimate errs long."""
+        """A generation ended (latency None for a warmup)."""
         self.done += 1
         if generation is None:
             return
         if self._left[generation] > 0:
             self._left[generation] -= 1
-        self._finished.append((generation, latency_s))
+        self._generations_of[generation.cell].append((generation, latency_s))
         if latency_s is not None and latency_s > 0:
             self._measured[generation.model, generation.mode].append((generation, latency_s))
+
+    def _model_for(self, generation: Planned) -> _LatencyModel | None:
+        """The model's own fit for the mode; for a model not reached yet, the mode's over the models so far
+        (a guess: models differ); for a mode not reached yet, every generation's."""
+        own = self._measured.get((generation.model, generation.mode))
+        if own:
+            return fit_latency_model(own)
+        same_mode = [p for (_, mode), points in self._measured.items() if mode == generation.mode for p in points]
+        return fit_latency_model(same_mode or [p for points in self._measured.values() for p in points])
+
+    def _spent_s(self, generation: Planned, latency_s: float | None) -> float:
+        """A generation's latency; for a warmup, which is not timed, what its fit predicts."""
+        if latency_s is not None:
+            return latency_s
+        model = self._model_for(generation)
+        return model.predict_s(generation) if model is not None else 0.0
 
     def seconds_left(self) -> float | None:
         if not self.done:
             return None
-        measured = self._measured
-        # The model's own fit for the mode; for a model not reached yet, the mode's over the models so far
-        # (a guess: models differ), and for a mode not reached yet, every generation's.
-        by_model = {key: fit_latency_model(points) for key, points in measured.items()}
-        by_mode = {
-            mode: fit_latency_model([p for (_, m), points in measured.items() if m == mode for p in points])
-            for _, mode in measured
-        }
-        fallback = fit_latency_model([point for points in measured.values() for point in points])
-        if fallback is None:
-            # Nothing measured yet (warmups only): the average generation so far.
+        if not self._measured:
+            # Nothing timed yet (warmups only): the average generation so far.
             return self.elapsed_s() / self.done * (self.total - self.done)
-
-        def predicted(generation: Planned) -> float:
-            model = by_model.get((generation.model, generation.mode)) or by_mode.get(generation.mode) or fallback
-            return model.predict_s(generation)
-
-        spent = sum(latency if latency is not None else predicted(g) for g, latency in self._finished)
-        started = {g.cell for g, _ in self._finished}
-        per_cell_s = max(self.elapsed_s() - spent, 0.0) / max(len(started), 1)
-        left = list(self._left.elements())
-        return sum(predicted(g) for g in left) + per_cell_s * len({g.cell for g in left} - started)
+        models: dict[tuple[str, str], _LatencyModel | None] = {}
+        generations_left = 0.0
+        for generation, count in self._left.items():
+            key = (generation.model, generation.mode)
+            if key not in models:
+                models[key] = self._model_for(generation)
+            model = models[key]
+            generations_left += count * (model.predict_s(generation) if model is not None else 0.0)
+        if self._beyond_generations_s:
+            per_cell_s = sum(self._beyond_generations_s) / len(self._beyond_generations_s)
+        else:  # no cell finished yet: what the cells running have cost beyond their generations so far
+            first = min(self._cells_started.values(), default=self.started)
+            spent = sum(self._spent_s(g, t) for runs in self._generations_of.values() for g, t in runs)
+            per_cell_s = max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
+        cells_to_start = {g.cell for g, count in self._left.items() if count} - set(self._cells_started)
+        # Cells measured at once (one per GPU, or on Ray) share the time left.
+        running = max(len(set(self._cells_started) - self._cells_finished), 1)
+        return (generations_left + per_cell_s * len(cells_to_start)) / running
 
     def text(self) -> str:
         seconds = self.seconds_left()

@@ -243,7 +243,10 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
             for metric in ("ttft", "tpot"):
                 values = entry.samples.get(metric)
                 other = entry.tests.get(metric)
-                record[f"{metric}_mean_s"] = sum(values) / len(values) if values else None
+                # tpot_mean_s is the summary's (a mean over runs), set above with the serving figures, unless
+                # the runs lack per-token times; then, as ttft_mean_s, the mean of what the tests take.
+                if record.get(f"{metric}_mean_s") is None:
+                    record[f"{metric}_mean_s"] = sum(values) / len(values) if values else None
                 record[f"{metric}_ratio_to_baseline"] = other.ratio if other else None
                 record[f"{metric}_ci_low"] = other.low if other else None
                 record[f"{metric}_ci_high"] = other.high if other else None

@@ -246,7 +246,8 @@ def _child_environment() -> dict[str, str]:
     measures with the same kvbench (a checkout that is not installed included)."""
     here = str(Path(__file__).resolve().parent.parent)
     path = [here] + [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry and entry != here]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    # Unbuffered, so what a process prints reaches the display in order and is not lost if it dies.
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
 
 
 def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> Iterator[tuple]:
@@ -258,9 +259,9 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
         process, receiver = start_worker(job)
         output = OutputTail(process.stdout)
         live.add(process)
-        status, finished = None, False
+        status, finished, ending = None, False, None
         try:
-            while True:
+            while ending is None and not finished:
                 wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
                 ready = receiver.poll(wait_s)
                 for line in output.new_lines():
@@ -271,26 +272,29 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
                     except EOFError:
                         why = _describe_death(process)
                         last = output.last_words()
-                        for line in output.new_lines():
-                            yield ("output", line)
-                        yield ("failed", "error", f"{why}; the last line it printed: {last}" if last else why)
-                        return
+                        ending = ("failed", "error", f"{why}; the last line it printed: {last}" if last else why)
+                        continue
                     if event[0] == "cell":
                         status = event[1]["status"]
-                    yield event
                     if event[0] in ("failed", "user_error"):
-                        return
-                    if event[0] == "done":
-                        finished = True
-                        break
+                        ending = event
+                        continue
+                    yield event
+                    finished = event[0] == "done"
                 elif deadline is not None and time.monotonic() >= deadline:
                     reason = f"not finished within --cell-timeout {timeout_s:g} s; its process was stopped"
-                    yield ("failed", "timeout", reason)
-                    return
+                    ending = ("failed", "timeout", reason)
         finally:
             _end(process, grace_s=10 if finished else 0)
             live.discard(process)
             receiver.close()
+        # What the process printed last (its pipe closes as it ends) comes before how it ended.
+        output.last_words(wait_s=0.5 if finished else 2.0)
+        for line in output.new_lines():
+            yield ("output", line)
+        if ending is not None:
+            yield ending
+            return
         if status in FAILED_STATES:
             return
 

@@ -188,8 +188,9 @@ class NvmlSampler:
     def sample(self, final: bool = False) -> None:
         """Device-wide VRAM on every GPU; with `final` (once generate() has returned) also this process's.
         Its VRAM is what torch's caching allocator holds, which it keeps until the run is over (free_memory
-        empties it before the run), so the last reading is its peak; listing every GPU process each 10 ms
-        would only add driver calls beside the timed run."""
+        empties it before the run), so the last reading is its peak unless the allocator gave memory back
+        during the run (it does to retry an allocation that failed, or with PYTORCH_NO_CUDA_MEMORY_CACHING);
+        listing every GPU process each 10 ms would add driver calls beside the timed run."""
         used_total = 0
         for device, handle in self._handles.items():
             used = self._used(handle)

@@ -41,6 +41,7 @@ class LineProgress:
         self.time_left = TimeLeft(generations)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
+        self.time_left.cell_started(cell.id)
         if count > 1:
             self._print(f"cell {index + 1}/{count}: {cell.id}")
 
@@ -50,14 +51,15 @@ class LineProgress:
     def token(self) -> None:
         pass
 
-    def generation_finished(self, latency_s: float | None) -> None:
+    def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         left = self.time_left
-        left.finished(self._generation, latency_s)
+        left.finished(generation or self._generation, latency_s)
         took = f"{latency_s:.3f} s" if latency_s is not None else "unmeasured"
         elapsed = clock_text(left.elapsed_s())
         self._print(f"[{left.done}/{left.total}] {self._label}: {took} · elapsed {elapsed} · {left.text()}")
 
     def cell_finished(self, cell: Any) -> None:
+        self.time_left.cell_finished(cell.id)
         if cell.status not in ("measured", "incomplete"):
             self._print(f"cell {cell.id}: {cell.status} ({cell.reason})")
 
@@ -110,6 +112,7 @@ class LiveProgress:
         self.progress.refresh()
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
+        self.time_left.cell_started(cell.id)
         if count > 1:
             self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}", highlight=False)
 
@@ -130,14 +133,14 @@ class LiveProgress:
             self.progress.update(self._current, completed=self._tokens)
             self.progress.refresh()
 
-    def generation_finished(self, latency_s: float | None) -> None:
-        self.time_left.finished(self._generation, latency_s)
+    def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
+        self.time_left.finished(generation or self._generation, latency_s)
         self.progress.update(self._current, completed=self._tokens)
         self.progress.update(self._overall, advance=1, left=self.time_left.text())
         self.progress.refresh()
 
     def cell_finished(self, cell: Any) -> None:
-        pass
+        self.time_left.cell_finished(cell.id)
 
     def output(self, line: str) -> None:
         # Printed through the display's console, so it lands above the bars instead of tearing them.

@@ -490,8 +490,7 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
         for name, value in times.items():
             if value is None and name == "time_to_first_token_s":
                 continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or value <= 0:
+            if not _finite_positive(value):
                 raise KvbenchError(
                     f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has {name} {value!r}, not a"
                     " finite positive number of seconds; the file is damaged, rerun kvbench run"
@@ -572,7 +571,7 @@ def check_fields(data: dict[str, Any], origin: str) -> None:
     """Every field of a results file has the type its dataclass declares, the settings have the types
     BenchConfig declares, and states, modes and cell references are ones kvbench writes; the first
     problem is named in one line."""
-    problem = _object_problem(data, BenchmarkResult, "")
+    problem = _object_problem(data, BenchmarkResult, "") or _oversized(data, "")
     if problem is None:
         config = data["config"]
         hints = _hints(BenchConfig)
@@ -596,10 +595,39 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
     for item in fields(cls):
         number = value.get(item.name)
         if isinstance(number, (int, float)) and not isinstance(number, bool):
-            may_be_zero = item.name in ("lookup_parameters", "head_parameters")
-            if not math.isfinite(number) or number < 0 or (number == 0 and not may_be_zero):
+            may_be_zero = item.name in ("lookup_parameters", "head_parameters") and number == 0
+            if not (may_be_zero or _finite_positive(number)):
                 return f"{where}.{item.name} must be a finite positive number, got {_shown(number)}"
+    parts = value.get("lookup_parameters", 0) + value.get("head_parameters", 0)
+    if "parameters" in value and parts > value["parameters"]:
+        return f"{where}: lookup_parameters and head_parameters add up to more than parameters"
     return None
+
+
+# JSON integers have no bound, and one beyond a float's range breaks any arithmetic on it.
+_LARGEST_INTEGER = 2**63
+
+
+def _oversized(value: Any, where: str) -> str | None:
+    """The first integer anywhere in the document too large to be a count of anything."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INTEGER:
+        return f"{where or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        if (problem := _oversized(item, inner)) is not None:
+            return problem
+    return None
+
+
+def _finite_positive(value: Any) -> bool:
+    """A number JSON may hold that is finite and above 0; an integer too large for a float is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:
+        return False
 
 
 def _meaning_problem(data: dict[str, Any]) -> str | None:

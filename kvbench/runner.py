@@ -39,7 +39,8 @@ FINISHED_STATES = ("measured", "skipped", "oom")
 
 
 class Observer:
-    """Progress hooks for a display; every hook does nothing by default, so library callers need none."""
+    """Progress hooks for a display. Every hook but `output` does nothing by default, so library callers
+    need none; `output` passes a measuring process's lines on to stderr, where they would have gone."""
 
     def planned(self, generations: list[Planned]) -> None: ...
 
@@ -49,7 +50,7 @@ class Observer:
 
     def token(self) -> None: ...
 
-    def generation_finished(self, latency_s: float | None) -> None:
+    def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         """A generation ended: its measured latency, or None for a warmup."""
 
     def cell_finished(self, cell: CellResult) -> None: ...
@@ -542,10 +543,10 @@ class Benchmark:
         timed = make_timer(loaded.devices)
         for warmup in range(config.warmup):
             for mode in config.modes:
-                label = f"warmup {mode} {warmup + 1}/{config.warmup}"
-                self.observer.generation_started(label, planned_generation(cell, mode))
+                label, generation = f"warmup {mode} {warmup + 1}/{config.warmup}", planned_generation(cell, mode)
+                self.observer.generation_started(label, generation)
                 generate(mode)
-                self.observer.generation_finished(None)
+                self.observer.generation_finished(None, generation)
 
         first_outputs: dict[str, Any] = {}
         fewest, most = run_limits(config)
@@ -554,7 +555,8 @@ class Benchmark:
             if run >= fewest and self._precise_enough(cell_result):
                 break
             for mode in config.modes:
-                self.observer.generation_started(f"{mode} {run + 1}/{most}", planned_generation(cell, mode))
+                generation = planned_generation(cell, mode)
+                self.observer.generation_started(f"{mode} {run + 1}/{most}", generation)
                 measure_cache = mode == "cached" and "cached" not in first_outputs
                 measured, new_ids = measure_generation(
                     generate,
@@ -568,8 +570,10 @@ class Benchmark:
                 first_outputs.setdefault(mode, new_ids.cpu())
                 self.result.runs.append(measured)
                 self.result.unmeasured.update(self.probe.unavailable)
+                if self.energy is not None and self.energy.run_problem:
+                    self.result.unmeasured["energy"] = self.energy.run_problem
                 self.save()
-                self.observer.generation_finished(measured.latency_s)
+                self.observer.generation_finished(measured.latency_s, generation)
         else:
             if config.target_rse is not None and not self._precise_enough(cell_result):
                 cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"

@@ -139,7 +139,8 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
     energies = [
         joules_per_token(run.energy_j, run.new_tokens, run.batch_size) for run in runs if run.energy_j is not None
     ]
-    figures["energy_j_per_token"] = statistics.fmean(energies) if energies else None
+    # Every run at 0 J: each was shorter than the counter's update period, which says nothing of its energy.
+    figures["energy_j_per_token"] = statistics.fmean(energies) if any(energies) else None
     try:
         metrics = mode_metrics(
             [

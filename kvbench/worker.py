@@ -85,11 +85,11 @@ class _ForwardingObserver(Observer):
             self._send(("progress", "token", (self._tokens,)))
             self._tokens, self._last_sent = 0, now
 
-    def generation_finished(self, latency_s: float | None) -> None:
+    def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         if self._tokens:
             self._send(("progress", "token", (self._tokens,)))
             self._tokens = 0
-        self._send(("progress", "generation_finished", (latency_s,)))
+        self._send(("progress", "generation_finished", (latency_s, generation)))
 
 
 class _StreamingBenchmark(Benchmark):
@@ -133,7 +133,7 @@ def _inject_fault(job: CellJob) -> None:
     elif fault == "hang":
         time.sleep(3600)
     elif fault == "exit":  # what a native library does when it gives up: a line on stderr, then exit
-        os.write(1, b"simulated output on stdout\n")
+        print("simulated output on stdout")  # buffered, unless the parent asked for unbuffered output
         os.write(2, b"simulated native failure: unrecoverable state\n")
         os._exit(3)
     elif fault == "error":

@@ -42,12 +42,31 @@ def test_nvml_counter_going_backwards_is_not_reported_as_energy():
     assert reading.joules is None and "went backwards" in reading.unavailable
 
 
-def test_a_counter_that_did_not_advance_is_not_zero_energy():
-    """A run shorter than NVML's update period reads the same counter twice: unmeasured, not 0 J."""
+def test_runs_shorter_than_the_counter_tick_average_to_the_truth_and_all_zero_is_unmeasured():
+    """NVML's counter ticks every few ms: of runs shorter than a tick, some read one tick and some none.
+    Keeping the zeros keeps the mean true; a mode whose every run read 0 J reports no energy at all."""
+    from kvbench.stats import serving_metrics
+    from tests.conftest import make_result
+
     reader = NvmlEnergy(FakeNvml(energy_mj=[1_000, 5_000, 5_000]), {"cuda:0": "gpu0"})
     reader.start()
+    assert reader.stop().joules == 0.0 and reader.run_problem is None
+    result = make_result({"cached": [1.0, 1.0, 1.0, 1.0]}, max_new_tokens=10)
+    for run, joules in zip(result.runs, [2.0, 0.0, 2.0, 0.0]):  # a 2 J tick, caught by half the runs
+        run.energy_j = joules
+    assert serving_metrics(result.runs)["energy_j_per_token"] == pytest.approx(0.1)
+    for run in result.runs:
+        run.energy_j = 0.0
+    assert serving_metrics(result.runs)["energy_j_per_token"] is None
+
+
+def test_a_counter_that_fails_mid_run_says_why_for_that_run():
+    fake = FakeNvml(energy_mj=[1_000, 5_000])
+    reader = NvmlEnergy(fake, {"cuda:0": "gpu0"})
+    reader.start()
+    fake.energy_mj = None  # the counter stops answering
     reading = reader.stop()
-    assert reading.joules is None and "did not advance" in reading.unavailable
+    assert reading.joules is None and "could not be read" in reader.run_problem
 
 
 def test_a_mig_instance_has_no_energy_counter_of_its_own(fake_nvml, monkeypatch):

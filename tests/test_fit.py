@@ -103,8 +103,8 @@ def test_the_exponent_gap_is_judged_from_its_interval():
 
 def test_the_exponent_gap_claims_a_difference_rarely_when_there_is_none():
     """Simulated through the real fits: equal true exponents, 5% noise, five lengths, three runs each. A
-    95% interval should call a gap in about 5% of sweeps (7% in 300 simulated sweeps at 2%, 5% and 10%
-    noise); it must not in more than 10%. With a true gap
+    95% interval should call a gap in about 5% of sweeps (a separate run of 300 sweeps at each of 2%, 5%
+    and 10% noise called one in about 7%); here 150 sweeps must call one in no more than 10%. With a true gap
     of 0.6 at the same noise it must call it in most."""
     rng = np.random.default_rng(7)
     lengths = (16, 32, 64, 128, 256)

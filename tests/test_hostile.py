@@ -447,6 +447,9 @@ def test_a_newer_files_extra_cost_fields_are_left_aside(tmp_path):
          "environment.datasheet_peaks.fp16_tensor_flops_per_s is missing"),
         (lambda d: d["cells"][0]["model"]["cost"].update(layers="12"), "cells[0].model.cost.layers must be an integer"),
         (lambda d: d["cells"][0]["model"]["cost"].update(hidden=-64), "cells[0].model.cost.hidden must be a finite positive"),
+        (lambda d: d["cells"][0]["model"]["cost"].update(head_parameters=10**9), "add up to more than parameters"),
+        (lambda d: d["runs"][0].update(peak_rss_bytes=10**400), "runs[0].peak_rss_bytes is an integer too large"),
+        (lambda d: d["runs"][0].update(latency_s=10**400), "runs[0].latency_s is an integer too large"),
     ],
 )
 def test_results_files_with_wrong_types_name_the_first_bad_field(tmp_path, damage, field):

@@ -15,13 +15,13 @@ class Recorder(Observer):
         self.finished = 0
         self.interrupt_after = interrupt_after
 
-    def generation_started(self, label, new_tokens):
+    def generation_started(self, label, generation):
         self.labels.append(label)
 
     def token(self):
         self.tokens += 1
 
-    def generation_finished(self, latency_s):
+    def generation_finished(self, latency_s, generation=None):
         self.finished += 1
         if self.interrupt_after is not None and self.finished >= self.interrupt_after:
             raise KeyboardInterrupt
