@@ -38,6 +38,10 @@ ISOLATIONS = ("none", "process")
 LAUNCHERS = ("local", "ray")
 
 
+# A million positions is beyond every model's context: a larger length is a slip, not an experiment.
+MOST_TOKENS = 2**20
+
+
 def setting(
     default: Any,
     help: str,
@@ -109,6 +113,7 @@ class BenchConfig:
         "Prompt length in tokens: the prompt's tokens repeated or cut to N where the model has a tokenizer,"
         " N seeded synthetic ids where it has none. Repeat to sweep.",
         minimum=1,
+        maximum=MOST_TOKENS,
         shown_default="the prompt text, tokenized",
     )
     max_new_tokens: list[int] = setting(
@@ -116,10 +121,11 @@ class BenchConfig:
         "New tokens per generation, always generated in full. Repeat to sweep.",
         short="-n",
         minimum=1,
+        maximum=MOST_TOKENS,
         must_match=True,
     )
     batch_size: list[int] = setting(
-        [1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1, must_match=True
+        [1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1, maximum=2**16, must_match=True
     )
     dtype: list[str] = setting(
         ["auto"],

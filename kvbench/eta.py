@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,16 @@ class TimeLeft:
     """Planned generations, the cells and generations finished with their latencies, and the estimate of
     the time left."""
 
-    def __init__(self, planned: list[Planned], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, planned: Mapping[Planned, int] | Iterable[Planned], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`planned`: each generation with how many times it will run (a sweep with --max-runs in the
+        millions plans that many, which a list would hold one by one), or the generations one by one."""
         self._clock = clock
         self.started = clock()
-        self.total = len(planned)
+        self._left = Counter(dict(planned) if isinstance(planned, Mapping) else planned)
+        self.total = sum(self._left.values())
         self.done = 0
-        self._left = Counter(planned)
         self._measured: dict[tuple[str, str], list[tuple[Planned, float]]] = defaultdict(list)
         self._cells_started: dict[str, float] = {}  # cell id: when it started
         self._cells_finished: set[str] = set()
@@ -139,7 +143,7 @@ class TimeLeft:
             return None
         if not self._measured:
             # Nothing timed yet (warmups only): the average generation so far.
-            return self.elapsed_s() / self.done * (self.total - self.done)
+            return self.elapsed_s() / self.done * self.planned_left
         models: dict[tuple[str, str], _LatencyModel | None] = {}
         generations_left = 0.0
         for generation, count in self._left.items():
@@ -155,9 +159,16 @@ class TimeLeft:
             spent = sum(self._spent_s(g, t) for runs in self._generations_of.values() for g, t in runs)
             per_cell_s = max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
         cells_to_start = {g.cell for g, count in self._left.items() if count} - set(self._cells_started)
+        running = set(self._cells_started) - self._cells_finished
+        # A running cell still has the rest of a cell's cost beyond its generations to pay: with
+        # --processes N, the start-up of its later processes.
+        still_to_pay = sum(max(per_cell_s - self._beyond_so_far_s(cell), 0.0) for cell in running)
         # Cells measured at once (one per GPU, or on Ray) share the time left.
-        running = max(len(set(self._cells_started) - self._cells_finished), 1)
-        return (generations_left + per_cell_s * len(cells_to_start)) / running
+        return (generations_left + per_cell_s * len(cells_to_start) + still_to_pay) / max(len(running), 1)
+
+    def _beyond_so_far_s(self, cell: str) -> float:
+        spent = sum(self._spent_s(g, latency) for g, latency in self._generations_of[cell])
+        return self._clock() - self._cells_started[cell] - spent
 
     def text(self) -> str:
         seconds = self.seconds_left()

@@ -106,7 +106,9 @@ def fit_latency(points: Sequence[tuple[float, float]], mode: str = "") -> PowerF
     except RuntimeError:  # did not converge: keep the grid's answer, say nothing of its uncertainty
         (a, b, k), covariance = start, None
     stderr = low = high = None
-    if covariance is not None and np.isfinite(covariance[2, 2]) and covariance[2, 2] >= 0:
+    # A variance of exactly 0 is not certainty: the fit could not estimate the exponent at all (latency that
+    # does not depend on length leaves k free), and the pseudo-inverse gives such a direction no variance.
+    if covariance is not None and np.isfinite(covariance[2, 2]) and covariance[2, 2] > 0:
         stderr = float(math.sqrt(covariance[2, 2]))
         t = float(stdtrit(len(points) - 3, 0.975))
         low, high = float(k) - t * stderr, float(k) + t * stderr

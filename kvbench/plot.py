@@ -46,7 +46,8 @@ def _title(result: BenchmarkResult, what: str) -> str:
     """What a figure shows, on which hardware, and RANDOM weights when any cell had them."""
     weights = {(cell.model or {}).get("weights") for cell in result.cells}
     random = " · RANDOM weights" if "random" in weights else ""
-    return f"{what}: {', '.join(result.config['model'])} on {_hardware(result)}{random}"
+    models = dict.fromkeys(cell.settings.model for cell in result.cells)  # the cells say what ran
+    return f"{what}: {', '.join(models)} on {_hardware(result)}{random}"
 
 
 def _measured(result: BenchmarkResult, cell: CellResult) -> bool:

@@ -37,7 +37,7 @@ class LineProgress:
     def _print(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
-    def planned(self, generations: list[Planned]) -> None:
+    def planned(self, generations: dict[Planned, int]) -> None:
         self.time_left = TimeLeft(generations)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
@@ -105,9 +105,9 @@ class LiveProgress:
         self.progress.refresh()
         self.progress.stop()
 
-    def planned(self, generations: list[Planned]) -> None:
+    def planned(self, generations: dict[Planned, int]) -> None:
         self.time_left = TimeLeft(generations)
-        overall = self.progress.add_task("all generations", total=len(generations), left=self.time_left.text())
+        overall = self.progress.add_task("all generations", total=self.time_left.total, left=self.time_left.text())
         self._overall = overall
         self.progress.refresh()
 

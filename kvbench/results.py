@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell
+from kvbench.config import BenchConfig, Cell, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.memory import MemoryFigures
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
-CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error")
+CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error", "timeout")
 RUN_MODES = ("cached", "uncached")
 
 
@@ -482,24 +482,47 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
     return result
 
 
+# Seconds a generate() can take: beyond these the statistics overflow or divide by zero.
+SHORTEST_S, LONGEST_S = 1e-9, 1e7
+# Energy, within a float's comfortable range.
+MOST_JOULES = 1e12
+
+
 def check_run_times(runs: list[RunRecord], origin: str) -> None:
-    """Refuse times no generate() can take (NaN, infinite, zero or negative, a first token after the
-    end): judged, they would print "+nan%" or "-332% faster" instead of failing."""
+    """Refuse what no generate() can record (NaN, infinite, zero, negative or absurd times, tokens out of
+    order or after the end, negative energy): judged, they would print "+nan%" or "-332% faster", or
+    overflow, instead of failing."""
     for run in runs:
+        where = f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r}"
         times = {"latency_s": run.latency_s, "time_to_first_token_s": run.time_to_first_token_s}
         for name, value in times.items():
             if value is None and name == "time_to_first_token_s":
                 continue
-            if not _finite_positive(value):
+            if not (_finite_positive(value) and SHORTEST_S <= value <= LONGEST_S):
                 raise KvbenchError(
-                    f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has {name} {value!r}, not a"
-                    " finite positive number of seconds; the file is damaged, rerun kvbench run"
+                    f"{where} has {name} {_shown(value)}, not a number of seconds a generate() can take;"
+                    " the file is damaged, rerun kvbench run"
                 )
         if run.time_to_first_token_s is not None and run.time_to_first_token_s > run.latency_s:
             raise KvbenchError(
-                f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} has its first token after its"
-                " end (time_to_first_token_s > latency_s); the file is damaged, rerun kvbench run"
+                f"{where} has its first token after its end (time_to_first_token_s > latency_s); the file is"
+                " damaged, rerun kvbench run"
             )
+        if run.new_tokens < 1 or run.batch_size < 1:
+            raise KvbenchError(f"{where} has {run.new_tokens} new tokens in batches of {run.batch_size}; the file is damaged")
+        times_s = run.token_times_s
+        # Stored to the microsecond: the last may read a hair past the end.
+        in_order = all(math.isfinite(t) and t >= 0 for t in times_s) and all(a <= b for a, b in zip(times_s, times_s[1:]))
+        if not in_order or (times_s and times_s[-1] > run.latency_s + 1e-3):
+            raise KvbenchError(
+                f"{where} has token_times_s that are not finite, in order and within its latency; the file is"
+                " damaged, rerun kvbench run"
+            )
+        energy = run.energy_j
+        if energy is not None and not (math.isfinite(energy) and 0 <= energy <= MOST_JOULES):
+            raise KvbenchError(f"{where} has energy_j {_shown(energy)}, not a number of joules; the file is damaged")
+
+
 # Fields a results file always holds although the dataclass gives them a default.
 _REQUIRED_IN_FILE = {BenchmarkResult: ("cells", "runs")}
 
@@ -585,6 +608,17 @@ def check_fields(data: dict[str, Any], origin: str) -> None:
         raise KvbenchError(f"{origin} is a damaged kvbench results file: {problem}; rerun kvbench run to replace it")
 
 
+# Bounds no real device or model reaches, so a stored figure beyond them is damage, not a measurement:
+# within them the roofline's arithmetic stays finite.
+_PLAUSIBLE = {
+    "copy_bandwidth_bytes_per_s": (1e6, 1e15),
+    "memory_bandwidth_bytes_per_s": (1e6, 1e15),
+    "matmul_flops_per_s": (1e6, 1e18),
+    "fp16_tensor_flops_per_s": (1e6, 1e18),
+    "bytes_per_element": (1, 8),
+}
+
+
 def _explained_problem(value: Any, cls: type, where: str) -> str | None:
     """The inputs `show` and `plot` compute the roofline from (stored peaks, a model's cost): the types
     their dataclass declares, and every number finite and positive (a zero would divide, a negative bound
@@ -598,6 +632,9 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
             may_be_zero = item.name in ("lookup_parameters", "head_parameters") and number == 0
             if not (may_be_zero or _finite_positive(number)):
                 return f"{where}.{item.name} must be a finite positive number, got {_shown(number)}"
+            low, high = _PLAUSIBLE.get(item.name, (0, math.inf))
+            if not may_be_zero and not low <= number <= high:
+                return f"{where}.{item.name} {_shown(number)} is outside what any device or model has ({low:g}..{high:g})"
     parts = value.get("lookup_parameters", 0) + value.get("head_parameters", 0)
     if "parameters" in value and parts > value["parameters"]:
         return f"{where}: lookup_parameters and head_parameters add up to more than parameters"
@@ -638,9 +675,16 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
             if problem := _explained_problem(data["environment"][key], cls, f"environment.{key}"):
                 return problem
     ids = set()
+    limits = config_fields()
     for index, cell in enumerate(data["cells"]):
         if cell.get("status", "pending") not in CELL_STATES:
             return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
+        # The same bounds the command line holds a setting to (the roofline and plots step through lengths).
+        for name, value in cell["settings"].items():
+            meta = limits[name].metadata if name in limits else {}
+            low, high = meta.get("minimum"), meta.get("maximum")
+            if isinstance(value, int) and ((low is not None and value < low) or (high is not None and value > high)):
+                return f"cells[{index}].settings.{name} {_shown(value)} is outside {low}..{high}"
         cost = (cell.get("model") or {}).get("cost")
         if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
             return problem
@@ -662,9 +706,17 @@ def read_result(path: str | Path) -> BenchmarkResult:
     except (OSError, UnicodeDecodeError) as error:
         raise KvbenchError(f"{path} cannot be read ({error}); pass a kvbench results .json file") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise KvbenchError(
             f"{path} is not JSON ({error.msg} at line {error.lineno}); pass a kvbench results .json file"
         ) from None
+    except (ValueError, RecursionError) as error:  # NaN, an integer of thousands of digits, deep nesting
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise KvbenchError(f"{path} is not a results file kvbench wrote ({reason}); rerun kvbench run") from None
     return from_dict(data, str(path))
+
+
+def _no_constant(name: str) -> None:
+    """Python's JSON reader takes NaN and Infinity, which are not JSON and which kvbench never writes."""
+    raise ValueError(f"{name} is not a JSON number")

@@ -42,7 +42,8 @@ class Observer:
     """Progress hooks for a display. Every hook but `output` does nothing by default, so library callers
     need none; `output` passes a measuring process's lines on to stderr, where they would have gone."""
 
-    def planned(self, generations: list[Planned]) -> None: ...
+    def planned(self, generations: dict[Planned, int]) -> None:
+        """Each generation the run will do, with how many times."""
 
     def cell_started(self, cell: CellResult, index: int, count: int) -> None: ...
 
@@ -391,7 +392,7 @@ class Benchmark:
         # With --processes N, every process warms up.
         per_mode = run_limits(self.config)[1] + self.config.warmup * self.config.processes
         modes = self.config.modes
-        self.observer.planned([planned_generation(c.settings, mode) for c in pending for mode in modes] * per_mode)
+        self.observer.planned({planned_generation(c.settings, mode): per_mode for c in pending for mode in modes})
         try:
             if pending:
                 self._device_peaks()

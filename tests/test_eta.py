@@ -188,3 +188,12 @@ def test_cells_measured_at_once_share_the_time_left():
     left.cell_started(plan[1][0])
     left.cell_started(plan[2][0])
     assert left.seconds_left() == pytest.approx(one_at_a_time / 2, rel=0.01)
+
+
+def test_a_plan_of_a_trillion_runs_is_counted_not_listed():
+    """--max-runs in the millions with --target-rse: the plan holds each generation with its count (a
+    trillion of them listed one by one would not fit in any memory)."""
+    left = TimeLeft({Planned("cached", 8, 8, "m", "c"): 10**12, Planned("uncached", 8, 8, "m", "c"): 10**12})
+    left.cell_started("c")
+    left.finished(Planned("cached", 8, 8, "m", "c"), 0.01)
+    assert left.total == 2 * 10**12 and left.planned_left == 2 * 10**12 - 1 and left.seconds_left() > 0
