@@ -688,7 +688,9 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         cost = (cell.get("model") or {}).get("cost")
         if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
             return problem
-        ids.add(Cell(**{item.name: cell["settings"][item.name] for item in fields(Cell)}).id)
+        # A setting added since the file was written (prompt_tokens) takes its default, as when it is built.
+        settings = cell["settings"]
+        ids.add(Cell(**{item.name: settings[item.name] for item in fields(Cell) if item.name in settings}).id)
     for index, run in enumerate(data["runs"]):
         if run["mode"] not in RUN_MODES:
             return f"runs[{index}].mode {_shown(run['mode'])} is not cached or uncached"

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,19 @@ def test_schema_version_is_written_first(tmp_path):
     data = json.loads((tmp_path / "r.json").read_text())
     assert list(data)[:2] == ["format", "schema_version"]
     assert data["schema_version"] == SCHEMA_VERSION
+
+
+COMMITTED = sorted((Path(__file__).resolve().parent.parent / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda path: path.name)
+def test_every_committed_results_file_reads_and_shows(path):
+    """Files written by earlier versions (before prompt length was an axis, before costs were split) stay
+    readable: what a README points to must still open."""
+    from rich.console import Console
+
+    from kvbench.report import render_result
+
+    result = read_result(path)
+    assert result.runs and result.cells
+    Console(file=open(os.devnull, "w"), width=200).print(render_result(result))
