@@ -108,8 +108,7 @@ class TimeLeft:
         if cell in self._cells_started and cell not in self._cells_finished:
             self._cells_finished.add(cell)
             if self._generations_of[cell]:
-                spent = sum(self._spent_s(g, latency) for g, latency in self._generations_of[cell])
-                self._beyond_generations_s.append(max(self._clock() - self._cells_started[cell] - spent, 0.0))
+                self._beyond_generations_s.append(max(self._beyond_so_far_s(cell, {}), 0.0))
 
     def finished(self, generation: Planned | None, latency_s: float | None) -> None:
         """A generation ended (latency None for a warmup)."""
@@ -131,12 +130,16 @@ class TimeLeft:
         same_mode = [p for (_, mode), points in self._measured.items() if mode == generation.mode for p in points]
         return fit_latency_model(same_mode or [p for points in self._measured.values() for p in points])
 
-    def _spent_s(self, generation: Planned, latency_s: float | None) -> float:
+    def _predicted_s(self, generation: Planned, models: dict) -> float:
+        """What the fit predicts for a generation; `models` keeps each fit for the rest of one estimate."""
+        key = (generation.model, generation.mode)
+        if key not in models:
+            models[key] = self._model_for(generation)
+        return models[key].predict_s(generation) if models[key] is not None else 0.0
+
+    def _spent_s(self, generation: Planned, latency_s: float | None, models: dict) -> float:
         """A generation's latency; for a warmup, which is not timed, what its fit predicts."""
-        if latency_s is not None:
-            return latency_s
-        model = self._model_for(generation)
-        return model.predict_s(generation) if model is not None else 0.0
+        return latency_s if latency_s is not None else self._predicted_s(generation, models)
 
     def seconds_left(self) -> float | None:
         if not self.done:
@@ -145,29 +148,24 @@ class TimeLeft:
             # Nothing timed yet (warmups only): the average generation so far.
             return self.elapsed_s() / self.done * self.planned_left
         models: dict[tuple[str, str], _LatencyModel | None] = {}
-        generations_left = 0.0
-        for generation, count in self._left.items():
-            key = (generation.model, generation.mode)
-            if key not in models:
-                models[key] = self._model_for(generation)
-            model = models[key]
-            generations_left += count * (model.predict_s(generation) if model is not None else 0.0)
+        generations_left = sum(count * self._predicted_s(g, models) for g, count in self._left.items())
         if self._beyond_generations_s:
             per_cell_s = sum(self._beyond_generations_s) / len(self._beyond_generations_s)
         else:  # no cell finished yet: what the cells running have cost beyond their generations so far
             first = min(self._cells_started.values(), default=self.started)
-            spent = sum(self._spent_s(g, t) for runs in self._generations_of.values() for g, t in runs)
+            spent = sum(self._spent_s(g, t, models) for runs in self._generations_of.values() for g, t in runs)
             per_cell_s = max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
         cells_to_start = {g.cell for g, count in self._left.items() if count} - set(self._cells_started)
         running = set(self._cells_started) - self._cells_finished
         # A running cell still has the rest of a cell's cost beyond its generations to pay: with
         # --processes N, the start-up of its later processes.
-        still_to_pay = sum(max(per_cell_s - self._beyond_so_far_s(cell), 0.0) for cell in running)
+        still_to_pay = sum(max(per_cell_s - self._beyond_so_far_s(cell, models), 0.0) for cell in running)
         # Cells measured at once (one per GPU, or on Ray) share the time left.
         return (generations_left + per_cell_s * len(cells_to_start) + still_to_pay) / max(len(running), 1)
 
-    def _beyond_so_far_s(self, cell: str) -> float:
-        spent = sum(self._spent_s(g, latency) for g, latency in self._generations_of[cell])
+    def _beyond_so_far_s(self, cell: str, models: dict) -> float:
+        """The time a started cell has taken beyond its generations: starting, loading, saving."""
+        spent = sum(self._spent_s(g, latency, models) for g, latency in self._generations_of[cell])
         return self._clock() - self._cells_started[cell] - spent
 
     def text(self) -> str:
