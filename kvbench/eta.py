@@ -9,9 +9,10 @@ fraction of the time the long ones take. Instead each model's and mode's latency
 
 with a, b ≥ 0, and the time left is the predicted latency of every generation left plus, for every cell
 not started, the time a finished cell took beyond its generations (starting a process, loading the model,
-saving), shared among the cells running at once. With one length measured, a and b cannot be told apart and latency is taken as proportional to n:
-the estimate is low until a second length has run. A model not reached yet is guessed from the models
-measured so far, which can be far off (a tiny model after GPT-2) until it has run.
+saving), shared among the cells running at once. With one length measured, a and b cannot be told
+apart and latency is taken as proportional to n: the estimate is low until a second length has run. A
+model not reached yet is guessed from the models measured so far, which can be far off (a tiny model
+after GPT-2) until it has run.
 """
 
 from __future__ import annotations

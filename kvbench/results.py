@@ -509,10 +509,13 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
                 " damaged, rerun kvbench run"
             )
         if run.new_tokens < 1 or run.batch_size < 1:
-            raise KvbenchError(f"{where} has {run.new_tokens} new tokens in batches of {run.batch_size}; the file is damaged")
+            raise KvbenchError(
+                f"{where} has {run.new_tokens} new tokens in batches of {run.batch_size}; the file is damaged"
+            )
         times_s = run.token_times_s
         # Stored to the microsecond: the last may read a hair past the end.
-        in_order = all(math.isfinite(t) and t >= 0 for t in times_s) and all(a <= b for a, b in zip(times_s, times_s[1:]))
+        finite = all(math.isfinite(t) and t >= 0 for t in times_s)
+        in_order = finite and all(a <= b for a, b in zip(times_s, times_s[1:]))
         if not in_order or (times_s and times_s[-1] > run.latency_s + 1e-3):
             raise KvbenchError(
                 f"{where} has token_times_s that are not finite, in order and within its latency; the file is"
@@ -520,7 +523,9 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
             )
         energy = run.energy_j
         if energy is not None and not (math.isfinite(energy) and 0 <= energy <= MOST_JOULES):
-            raise KvbenchError(f"{where} has energy_j {_shown(energy)}, not a number of joules; the file is damaged")
+            raise KvbenchError(
+                f"{where} has energy_j {_shown(energy)}, not a number of joules; the file is damaged"
+            )
 
 
 # Fields a results file always holds although the dataclass gives them a default.
@@ -634,7 +639,8 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
                 return f"{where}.{item.name} must be a finite positive number, got {_shown(number)}"
             low, high = _PLAUSIBLE.get(item.name, (0, math.inf))
             if not may_be_zero and not low <= number <= high:
-                return f"{where}.{item.name} {_shown(number)} is outside what any device or model has ({low:g}..{high:g})"
+                shown = f"{_shown(number)} is outside what any device or model has ({low:g}..{high:g})"
+                return f"{where}.{item.name} {shown}"
     parts = value.get("lookup_parameters", 0) + value.get("head_parameters", 0)
     if "parameters" in value and parts > value["parameters"]:
         return f"{where}: lookup_parameters and head_parameters add up to more than parameters"
@@ -645,15 +651,18 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
 _LARGEST_INTEGER = 2**63
 
 
-def _oversized(value: Any, where: str) -> str | None:
-    """The first integer anywhere in the document too large to be a count of anything."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INTEGER:
-        return f"{where or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        inner = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
-        if (problem := _oversized(item, inner)) is not None:
-            return problem
+def _oversized(document: Any, where: str) -> str | None:
+    """The first integer anywhere in the document too large to be a count of anything (walked without
+    recursion: the parser accepts nesting deeper than Python's call stack)."""
+    stack = [(where, document)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INTEGER:
+            return f"{where or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        inner = [(f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key), item)
+                 for key, item in items]
+        stack.extend(reversed(inner))
     return None
 
 
@@ -683,7 +692,9 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         for name, value in cell["settings"].items():
             meta = limits[name].metadata if name in limits else {}
             low, high = meta.get("minimum"), meta.get("maximum")
-            if isinstance(value, int) and ((low is not None and value < low) or (high is not None and value > high)):
+            if not isinstance(value, int):
+                continue
+            if (low is not None and value < low) or (high is not None and value > high):
                 return f"cells[{index}].settings.{name} {_shown(value)} is outside {low}..{high}"
         cost = (cell.get("model") or {}).get("cost")
         if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
