@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from kvbench.errors import KvbenchError
+from kvbench.stats import welch_df
 
 MIN_LENGTHS = 3
 MIN_POINTS = 4
@@ -155,17 +156,14 @@ def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | N
     from scipy.special import stdtrit
 
     gap = uncached.exponent - cached.exponent
-    errors = (cached.exponent_stderr, uncached.exponent_stderr)
-    if any(error is None for error in errors):
+    if cached.exponent_stderr is None or uncached.exponent_stderr is None:
         return gap, None, None, f"exponents differ by {gap:+.2f}; a fit's uncertainty could not be estimated"
-    variances = [error**2 for error in errors]
-    freedoms = [max(fit.points - 3, 1) for fit in (cached, uncached)]
-    total = sum(variances)
-    if total == 0:
+    se2_cached, se2_uncached = cached.exponent_stderr**2, uncached.exponent_stderr**2
+    if se2_cached + se2_uncached == 0:
         low = high = gap
     else:
-        df = total**2 / sum(v**2 / d for v, d in zip(variances, freedoms))
-        half = float(stdtrit(df, 0.975)) * math.sqrt(total)
+        df = welch_df(se2_cached, max(cached.points - 3, 1), se2_uncached, max(uncached.points - 3, 1))
+        half = float(stdtrit(df, 0.975)) * math.sqrt(se2_cached + se2_uncached)
         low, high = gap - half, gap + half
     shown = f"{gap:+.2f} [{low:+.2f}, {high:+.2f}]"
     if low > 0:

@@ -259,9 +259,10 @@ class RatioTest:
         return replace(self, low=low, high=high, confidence=confidence)
 
 
-def _welch_df(se2_a: float, n_a: int, se2_b: float, n_b: int) -> float:
-    """Welch-Satterthwaite degrees of freedom from each side's squared standard error."""
-    denominator = se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1)
+def welch_df(se2_a: float, df_a: float, se2_b: float, df_b: float) -> float:
+    """Welch-Satterthwaite degrees of freedom from each side's squared standard error and its own degrees
+    of freedom (n - 1 for a mean, points - parameters for a fit)."""
+    denominator = se2_a**2 / df_a + se2_b**2 / df_b
     return (se2_a + se2_b) ** 2 / denominator if denominator > 0 else float("inf")
 
 
@@ -290,7 +291,7 @@ def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     se2_a = statistics.variance(a) / (len(a) * mean_a**2)
     se2_b = statistics.variance(b) / (len(b) * mean_b**2)
     log_se = math.sqrt(se2_a + se2_b)
-    df = _welch_df(se2_a, len(a), se2_b, len(b))
+    df = welch_df(se2_a, len(a) - 1, se2_b, len(b) - 1)
     if log_se == 0:
         p_value = 1.0 if ratio == 1 else 0.0
     else:
