@@ -399,6 +399,17 @@ def build_config(config_file: str | Path | None, overrides: dict[str, Any]) -> B
     return config
 
 
+def bound_problem(item: Field, value: Any) -> str | None:
+    """What is wrong with a number against a setting's declared minimum and maximum, or None: for the
+    command line and TOML, and for a results file's cell settings."""
+    minimum, maximum = item.metadata["minimum"], item.metadata["maximum"]
+    if minimum is not None and value < minimum:
+        return f"must be at least {minimum:g}, got {value}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum}, got {value}"
+    return None
+
+
 def validate(config: BenchConfig, source: str = "command line") -> None:
     """Reject impossible values before any model is loaded: each field's declared choices and minimum,
     then the rules that tie fields together."""
@@ -407,16 +418,14 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
-        choices, minimum, maximum = (item.metadata[key] for key in ("choices", "minimum", "maximum"))
+        choices = item.metadata["choices"]
         for one in values:
             if choices is not None and one not in choices:
                 raise KvbenchError(
                     f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}"
                 )
-            if minimum is not None and one < minimum:
-                raise KvbenchError(f"{source}: '{item.name}' must be at least {minimum:g}, got {one}")
-            if maximum is not None and one > maximum:
-                raise KvbenchError(f"{source}: '{item.name}' must be at most {maximum}, got {one}")
+            if (problem := bound_problem(item, one)) is not None:
+                raise KvbenchError(f"{source}: '{item.name}' {problem}")
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")

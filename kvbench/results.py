@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell, config_fields
+from kvbench.config import BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.memory import MemoryFigures
 
@@ -690,12 +690,8 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
             return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
         # The same bounds the command line holds a setting to (the roofline and plots step through lengths).
         for name, value in cell["settings"].items():
-            meta = limits[name].metadata if name in limits else {}
-            low, high = meta.get("minimum"), meta.get("maximum")
-            if not isinstance(value, int):
-                continue
-            if (low is not None and value < low) or (high is not None and value > high):
-                return f"cells[{index}].settings.{name} {_shown(value)} is outside {low}..{high}"
+            if name in limits and isinstance(value, int) and (problem := bound_problem(limits[name], value)):
+                return f"cells[{index}].settings.{name} {problem}"
         cost = (cell.get("model") or {}).get("cost")
         if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
             return problem
