@@ -153,38 +153,34 @@ def test_sampling_process_survives_device_memory_failing():
         sampler.close()
 
 
-def test_a_failed_device_memory_reading_leaves_no_timeline():
-    """After NVML stops answering, the sampler's readings are zeros: not a VRAM timeline to store."""
-    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100], memory_fails_after=2)
+def probed_run(running_s: float = 0.0, **fake):
+    """One run measured by a MemoryProbe whose sampling process reads a fake NVML; the probe, closed, and
+    its reading."""
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], **fake)
     probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
     try:
         probe.start()
-        time.sleep(0.05)
-        reading = probe.stop()
+        time.sleep(running_s)
+        return probe, probe.stop()
     finally:
         probe.close()
+
+
+def test_a_failed_device_memory_reading_leaves_no_timeline():
+    """After NVML stops answering, the sampler's readings are zeros: not a VRAM timeline to store."""
+    probe, reading = probed_run(0.05, used=[100], memory_fails_after=2)
     assert "cannot read device memory" in probe.unavailable["vram_device"]
     assert reading.timeline is None and reading.timeline_source is None
 
 
 def test_probe_reports_an_nvml_failure_as_unmeasured_not_as_an_error():
-    opener = functools.partial(open_fake_nvml, ["cuda:0"], processes_mismatch=True)
-    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
-    try:
-        probe.start()
-        reading = probe.stop()
-    finally:
-        probe.close()
+    probe, reading = probed_run(processes_mismatch=True)
     assert reading.totals.vram_samples >= 1
     assert "NVMLLibraryMismatchError" in probe.unavailable["vram_process"]
 
 
 def test_probe_outlives_a_sampling_process_that_died():
-    opener = functools.partial(open_fake_nvml, ["cuda:0"], crash=True)
-    probe = MemoryProbe(Devices(("cpu",)), interval_s=0.001, opener=opener)
-    probe.start()
-    reading = probe.stop()
-    probe.close()
+    probe, reading = probed_run(crash=True)
     assert reading.totals.vram_samples is None
     assert "ended unexpectedly" in probe.unavailable["vram"]
 
