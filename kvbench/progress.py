@@ -26,7 +26,6 @@ class LineProgress:
         self.console = console
         self.time_left = TimeLeft([])
         self._label = ""
-        self._generation: Planned | None = None
 
     def __enter__(self) -> LineProgress:
         return self
@@ -46,14 +45,14 @@ class LineProgress:
             self._print(f"cell {index + 1}/{count}: {cell.id}")
 
     def generation_started(self, label: str, generation: Planned) -> None:
-        self._label, self._generation = label, generation
+        self._label = label
 
     def token(self) -> None:
         pass
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         left = self.time_left
-        left.finished(generation or self._generation, latency_s)
+        left.finished(generation, latency_s)
         took = f"{latency_s:.3f} s" if latency_s is not None else "unmeasured"
         elapsed = clock_text(left.elapsed_s())
         self._print(f"[{left.done}/{left.total}] {self._label}: {took} · elapsed {elapsed} · {left.text()}")
@@ -91,7 +90,6 @@ class LiveProgress:
             auto_refresh=False,
         )
         self.time_left = TimeLeft([])
-        self._generation: Planned | None = None
         self._overall: Any = None
         self._current: Any = None
         self._tokens = 0
@@ -107,8 +105,9 @@ class LiveProgress:
 
     def planned(self, generations: dict[Planned, int]) -> None:
         self.time_left = TimeLeft(generations)
-        overall = self.progress.add_task("all generations", total=self.time_left.total, left=self.time_left.text())
-        self._overall = overall
+        self._overall = self.progress.add_task(
+            "all generations", total=self.time_left.total, left=self.time_left.text()
+        )
         self.progress.refresh()
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
@@ -117,7 +116,7 @@ class LiveProgress:
             self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}", highlight=False)
 
     def generation_started(self, label: str, generation: Planned) -> None:
-        self._tokens, self._generation = 0, generation
+        self._tokens = 0
         if self._current is None:
             self._current = self.progress.add_task(label, total=generation.new_tokens, left="")
         else:
@@ -134,7 +133,7 @@ class LiveProgress:
             self.progress.refresh()
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
-        self.time_left.finished(generation or self._generation, latency_s)
+        self.time_left.finished(generation, latency_s)
         self.progress.update(self._current, completed=self._tokens)
         self.progress.update(self._overall, advance=1, left=self.time_left.text())
         self.progress.refresh()
