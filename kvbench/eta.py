@@ -145,6 +145,9 @@ class TimeLeft:
     def seconds_left(self) -> float | None:
         if not self.done:
             return None
+        if not self.planned_left:
+            # Every planned generation has run: what is left (the last save) is not worth a second.
+            return 0.0
         if not self._measured:
             # Nothing timed yet (warmups only): the average generation so far.
             return self.elapsed_s() / self.done * self.planned_left

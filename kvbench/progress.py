@@ -9,7 +9,7 @@ REDRAW_EVERY_S from the token hook), so what the display costs stays outside the
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -22,9 +22,10 @@ REDRAW_EVERY_S = 2.0
 class LineProgress:
     """One plain line per finished generation and per cell, for logs that are not terminals."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
-        self.time_left = TimeLeft([])
+        self._clock = clock
+        self.time_left = TimeLeft([], clock)
         self._label = ""
 
     def __enter__(self) -> LineProgress:
@@ -37,7 +38,7 @@ class LineProgress:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def planned(self, generations: dict[Planned, int]) -> None:
-        self.time_left = TimeLeft(generations)
+        self.time_left = TimeLeft(generations, self._clock)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         self.time_left.cell_started(cell.id)
@@ -69,7 +70,7 @@ class LineProgress:
 class LiveProgress:
     """A rich progress display: all generations, and the current one token by token."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -89,7 +90,8 @@ class LiveProgress:
             console=console,
             auto_refresh=False,
         )
-        self.time_left = TimeLeft([])
+        self._clock = clock
+        self.time_left = TimeLeft([], clock)
         self._overall: Any = None
         self._current: Any = None
         self._tokens = 0
@@ -104,7 +106,7 @@ class LiveProgress:
         self.progress.stop()
 
     def planned(self, generations: dict[Planned, int]) -> None:
-        self.time_left = TimeLeft(generations)
+        self.time_left = TimeLeft(generations, self._clock)
         self._overall = self.progress.add_task(
             "all generations", total=self.time_left.total, left=self.time_left.text()
         )
@@ -126,7 +128,7 @@ class LiveProgress:
     def token(self) -> None:
         # Called inside the timed generate(): count, and redraw only rarely.
         self._tokens += 1
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_redraw >= REDRAW_EVERY_S:
             self._last_redraw = now
             self.progress.update(self._current, completed=self._tokens)
@@ -146,6 +148,8 @@ class LiveProgress:
         self.progress.console.print(f"  | {line}", markup=False, highlight=False, soft_wrap=True)
 
 
-def progress_for(console: Console) -> LiveProgress | LineProgress:
-    """A live display where stderr is a terminal, plain lines where it is a log."""
-    return LiveProgress(console) if console.is_terminal else LineProgress(console)
+def progress_for(console: Console, clock: Callable[[], float] = time.monotonic) -> LiveProgress | LineProgress:
+    """A live display where stderr is a terminal, plain lines where it is a log. `clock` dates what the
+    display says (elapsed, time left): the wall clock, or a test's scripted one."""
+    display = LiveProgress if console.is_terminal else LineProgress
+    return display(console, clock)

@@ -277,13 +277,17 @@ class Benchmark:
         command: str | None = None,
         resume: bool = False,
         force: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`clock` times every generation and its tokens: perf_counter, or a scripted clock that makes each
+        latency a chosen number (how the tests drive stopping rules and displays without real noise)."""
         from kvbench import environment
         from kvbench.launchers import make_launcher
 
         validate(config)
         self.config = config
         self.observer = observer or Observer()
+        self.clock = clock
         output = output if output is not None else config.output
         if resume and output is None:
             raise KvbenchError("--resume needs --output naming the results file to continue")
@@ -511,7 +515,7 @@ class Benchmark:
             )
             cell_result.model["cost"] = _model_cost(loaded)
             cell_result.status = "incomplete"
-            clock = TokenClock(self.observer.token, allocated=_allocated_reader(loaded.devices))
+            clock = TokenClock(self.observer.token, self.clock, allocated=_allocated_reader(loaded.devices))
             generation = prepare_generation(loaded, cell, ids, clock, self.config.compile)
             self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:
@@ -541,7 +545,7 @@ class Benchmark:
         from kvbench.timing import make_timer
 
         config, cell = self.config, cell_result.settings
-        timed = make_timer(loaded.devices)
+        timed = make_timer(loaded.devices, self.clock)
         for warmup in range(config.warmup):
             for mode in config.modes:
                 label, generation = f"warmup {mode} {warmup + 1}/{config.warmup}", planned_generation(cell, mode)
@@ -689,9 +693,10 @@ def run_benchmark(
     observer: Observer | None = None,
     resume: bool = False,
     force: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> BenchmarkResult:
     """Measure cached against uncached generation as `config` says and return the whole result (runs,
     cells, and summaries computed from the runs). The results file, `output` or else `config.output`
     if either is given, is rewritten after every generation and marked complete at the end. An existing
-    file is replaced only with `force`, or continued with `resume`."""
-    return Benchmark(config, output=output, observer=observer, resume=resume, force=force).run()
+    file is replaced only with `force`, or continued with `resume`. `clock` times the generations."""
+    return Benchmark(config, output=output, observer=observer, resume=resume, force=force, clock=clock).run()

@@ -197,3 +197,22 @@ def test_a_plan_of_a_trillion_runs_is_counted_not_listed():
     left.cell_started("c")
     left.finished(Planned("cached", 8, 8, "m", "c"), 0.01)
     assert left.total == 2 * 10**12 and left.planned_left == 2 * 10**12 - 1 and left.seconds_left() > 0
+
+
+def test_once_every_planned_generation_has_run_nothing_is_left():
+    """The first cell paid a model load the second did not (the same model, kept loaded). At the second
+    cell's last generation nothing planned is left, so its smaller start-up is no debt still to pay, though
+    the cell has not reported its end yet (the runner saves first)."""
+    plan = cells([16, 32], runs=2, warmup=0)
+    clock = Clock()
+    left = TimeLeft(every_generation(plan), clock=clock)
+    for (cell, generations), start_up_s in zip(plan, (30.0, 1.0)):
+        left.cell_started(cell)
+        clock.now += start_up_s
+        for generation, _ in generations:
+            clock.now += latency_of(generation)
+            left.finished(generation, latency_of(generation))
+        if cell == plan[0][0]:
+            left.cell_finished(cell)
+    assert left.planned_left == 0
+    assert left.seconds_left() == 0.0 and left.text() == "about 0:00 left"

@@ -5,6 +5,7 @@ import pytest
 from kvbench.errors import KvbenchError
 from kvbench.results import read_result
 from kvbench.runner import Benchmark, Observer, first_divergence, run_benchmark
+from tests.clocks import ScriptedClock, jittered, steady
 from tests.conftest import tiny_config
 
 
@@ -192,15 +193,26 @@ def test_context_overflow_is_caught_before_any_generation(tiny_gpt2_dir):
 
 
 def test_target_rse_stops_once_precise_enough(tiny_gpt2_dir):
-    loose = run_benchmark(tiny_config(tiny_gpt2_dir, target_rse=0.9, min_runs=3, max_runs=8))
-    assert len(loose.runs_of(loose.cells[0].id, "cached")) == 3
-    assert "within the target RSE 90.0%" in loose.cells[0].stop_reason
+    """Runs 1% apart: the 90% upper bound of each mode's RSE is under 5% at the third run, where it stops."""
+    clock = ScriptedClock(jittered(steady(), [1.0, 1.01, 0.99]))
+    config = tiny_config(tiny_gpt2_dir, target_rse=0.05, min_runs=3, max_runs=8)
+    result = run_benchmark(config, observer=clock, clock=clock)
+    cell = result.cells[0]
+    assert [len(result.runs_of(cell.id, mode)) for mode in ("cached", "uncached")] == [3, 3]
+    assert "within the target RSE 5.0%" in cell.stop_reason
+    # The latencies are the scripted ones: 8 tokens at 10 ms (cached) and 30 ms (uncached), times the jitter.
+    cached = [run.latency_s for run in result.runs_of(cell.id, "cached")]
+    assert cached == pytest.approx([0.08, 0.0808, 0.0792])
 
 
-def test_target_rse_gives_up_at_max_runs(tiny_gpt2_dir):
-    strict = run_benchmark(tiny_config(tiny_gpt2_dir, target_rse=1e-9, min_runs=2, max_runs=4))
-    assert len(strict.runs_of(strict.cells[0].id, "uncached")) == 4
-    assert "most runs (4)" in strict.cells[0].stop_reason
+def test_target_rse_runs_on_while_the_runs_are_too_spread(tiny_gpt2_dir):
+    """Runs 30% apart never bring the bound under 5%: it measures every run allowed and says why it stopped."""
+    clock = ScriptedClock(jittered(steady(), [1.0, 1.3, 0.7]))
+    config = tiny_config(tiny_gpt2_dir, target_rse=0.05, min_runs=2, max_runs=4)
+    result = run_benchmark(config, observer=clock, clock=clock)
+    cell = result.cells[0]
+    assert len(result.runs_of(cell.id, "uncached")) == 4
+    assert "most runs (4)" in cell.stop_reason
 
 
 def test_device_map_path_runs_and_records_placement(tiny_llama_dir):
