@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# One thread per test process (and per process it starts), set before torch is imported: the suite runs
+# on every core through xdist, and tiny models gain nothing from more threads, only contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from kvbench.config import BenchConfig, Cell, config_to_dict
 from kvbench.results import BenchmarkResult, CellResult, RunRecord

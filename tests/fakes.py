@@ -54,6 +54,7 @@ class FakeNvml(types.ModuleType):
         memory_fails_after: int | None = None,
         crash: bool = False,
         energy_mj: list[int] | None = None,
+        reads_file: str | None = None,
     ):
         super().__init__("pynvml")
         self.available = available
@@ -71,6 +72,8 @@ class FakeNvml(types.ModuleType):
         self.energy_mj = list(energy_mj) if energy_mj is not None else None  # None: a GPU older than Volta
         self.energy_calls = 0
         self.process_list_calls = 0
+        # A byte appended per memory reading: how a test sees, across processes, that sampling has happened.
+        self.reads_file = reads_file
 
     def nvmlInit(self) -> None:
         if not self.available:
@@ -140,6 +143,9 @@ class FakeNvml(types.ModuleType):
         # Walks through the scripted readings, then stays on the last one.
         value = self.used[min(self.calls, len(self.used) - 1)]
         self.calls += 1
+        if self.reads_file is not None:
+            with open(self.reads_file, "ab") as reads:
+                reads.write(b".")
         return types.SimpleNamespace(used=value, total=80 * 2**30, free=80 * 2**30 - value)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: str):

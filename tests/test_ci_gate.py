@@ -1,32 +1,45 @@
 """The CI gate script (ci/kvbench_gate.py) end to end on a CPU: a temporary git repository made from this
-tree, a base commit and a head commit that makes every generation slower, measured with tiny-gpt2."""
+tree, a base commit and a head commit that makes every generation twice as slow, run with tiny-gpt2 and
+scripted latencies."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+# One pair of measured commits for the module: its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("ci-gate")
 REPO = Path(__file__).resolve().parent.parent
 GATE = REPO / "ci" / "kvbench_gate.py"
 # Just enough of the tree for `python -m kvbench` to run from a checkout.
 NEEDED = ("kvbench/", "configs/models/", "pyproject.toml")
 BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\nisolation = "none"\n'
-# Appended to the head commit's kvbench/runner.py: a change under review that makes every generate()
-# a second slower, far beyond this machine's noise.
-SLOWER = '''import time
-from transformers.generation.utils import GenerationMixin
-_generate = GenerationMixin.generate
-def _slower(self, *args, **kwargs):
-    time.sleep(1.0)
-    return _generate(self, *args, **kwargs)
-GenerationMixin.generate = _slower
-'''
+# Appended to each side's kvbench/runner.py: every run is timed by a scripted clock that advances a few
+# percent more or less at each reading (the timer's and each token's), so the verdict is the gate's, never
+# the machine's noise. The head commit is the change under review: its every step takes twice as long.
+SCRIPTED_CLOCK = """
+import itertools as _itertools
+_FACTORS = _itertools.cycle([1.0, 1.02, 0.98, 1.01, 0.99])
+class _ScriptedClock:
+    now = 0.0
+    def __call__(self):
+        _ScriptedClock.now += {seconds} * next(_FACTORS)
+        return _ScriptedClock.now
+_measured_init = Benchmark.__init__
+def _scripted_init(self, *args, **kwargs):
+    _measured_init(self, *args, **{{**kwargs, "clock": _ScriptedClock()}})
+Benchmark.__init__ = _scripted_init
+"""
+BASE_SECONDS, HEAD_SECONDS = 0.01, 0.02
+
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com"}
 
@@ -61,13 +74,15 @@ def repo(tmp_path_factory) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     (root / "bench.toml").write_text(BENCH_TOML)
+    runner = root / "kvbench" / "runner.py"
+    original = runner.read_text()
+    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=BASE_SECONDS))
     (root / ".github").mkdir()
     (root / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=25\n")
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base commit")
-    runner = root / "kvbench" / "runner.py"
-    runner.write_text(runner.read_text() + "\n" + SLOWER)
+    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=HEAD_SECONDS))
     (root / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=100000\n")
     git(root, "commit", "-q", "-am", "head commit: slower generate, looser gate")
     return root
@@ -89,10 +104,14 @@ def test_gate_fails_a_slower_head_on_the_base_threshold(repo, slower_head):
     # Headed by the two commits, the device and the versions each side ran with.
     assert git(repo, "log", "-1", "--format=%h base commit", "HEAD~1") in summary
     assert git(repo, "log", "-1", "--format=%h head commit", "HEAD") in summary
-    environment = json.loads(Path(outputs["head-results"]).read_text())["environment"]
+    head, base = (json.loads(Path(outputs[f"{side}-results"]).read_text()) for side in ("head", "base"))
+    # Each side ran its own commit's clock: the scripted latencies, twice as long on head, not this machine's.
+    means = [statistics.mean(run["latency_s"] for run in side["runs"]) for side in (base, head)]
+    assert means[1] / means[0] == pytest.approx(HEAD_SECONDS / BASE_SECONDS, rel=0.02)
+    environment = head["environment"]
     # Each side ran its own checkout's kvbench.
     assert environment["kvbench_git_commit"] == git(repo, "rev-parse", "HEAD")
-    base_environment = json.loads(Path(outputs["base-results"]).read_text())["environment"]
+    base_environment = base["environment"]
     assert base_environment["kvbench_git_commit"] == git(repo, "rev-parse", "HEAD~1")
     for key in ("device_name", "torch", "transformers"):
         assert f"| {environment[key]} | {environment[key]} |" in summary

@@ -83,15 +83,25 @@ def test_sampler_covers_every_gpu_a_model_spans():
     assert reading.peak_process_bytes == 80  # this process on both GPUs
 
 
-def test_sampling_process_samples_while_running():
+def wait_for_readings(reads_file, count: int) -> None:
+    """Until the sampling process has read memory `count` times: its pace is the machine's, not the test's."""
+    deadline = time.monotonic() + 300  # a safety net for a stuck sampler, never a speed check
+    while not (reads_file.exists() and reads_file.stat().st_size >= count):
+        assert time.monotonic() < deadline, "the sampling process never read memory"
+        time.sleep(0.01)
+
+
+def test_sampling_process_samples_while_running(tmp_path):
     # The fake GPU runs this test's process, which the sampling process must find in the list.
+    reads = tmp_path / "reads"
     opener = functools.partial(
-        open_fake_nvml, ["cuda:0"], used=[100, 300, 700, 200], process_bytes=50, pid=os.getpid()
+        open_fake_nvml, ["cuda:0"], used=[100, 300, 700, 200], process_bytes=50, pid=os.getpid(),
+        reads_file=str(reads),
     )
     sampler = SamplingProcess(opener, interval_s=0.001)
     try:
         sampler.start()
-        time.sleep(0.2)
+        wait_for_readings(reads, 4)  # the baseline, and 300, 700, 200 while running
         reading = sampler.stop()
     finally:
         sampler.close()
@@ -140,11 +150,11 @@ def test_sampling_process_survives_an_nvml_library_mismatch():
 
 
 def test_sampling_process_survives_device_memory_failing():
-    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100], memory_fails_after=2)
+    # The baseline reads; every reading after it fails, the final one included, however few were taken.
+    opener = functools.partial(open_fake_nvml, ["cuda:0"], used=[100], memory_fails_after=1)
     sampler = SamplingProcess(opener, interval_s=0.001)
     try:
         sampler.start()
-        time.sleep(0.05)
         reading = sampler.stop()
         assert reading is not None
         assert "cannot read device memory" in reading.device_unavailable
@@ -168,7 +178,7 @@ def probed_run(running_s: float = 0.0, **fake):
 
 def test_a_failed_device_memory_reading_leaves_no_timeline():
     """After NVML stops answering, the sampler's readings are zeros: not a VRAM timeline to store."""
-    probe, reading = probed_run(0.05, used=[100], memory_fails_after=2)
+    probe, reading = probed_run(used=[100], memory_fails_after=1)
     assert "cannot read device memory" in probe.unavailable["vram_device"]
     assert reading.timeline is None and reading.timeline_source is None
 

@@ -168,18 +168,15 @@ def test_unsupported_cache_implementation_is_skipped_with_reason(tiny_llama_dir)
     assert "CUDA" in statuses["offloaded"].reason
 
 
-def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_llama_dir, monkeypatch):
-    import kvbench.runner as runner
+def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny_llama_dir):
+    class OutOfMemoryAtBatch2(Observer):
+        """Fails the batch-2 cell's first generation as an allocation would, from inside the measuring loop."""
 
-    original = runner.Benchmark._measure_cell
+        def generation_started(self, label, generation):
+            if "batch=2" in generation.cell:
+                raise MemoryError("simulated")
 
-    def measure(self, record, generate, loaded):
-        if record.settings.batch_size == 2:
-            raise MemoryError("simulated")
-        return original(self, record, generate, loaded)
-
-    monkeypatch.setattr(runner.Benchmark, "_measure_cell", measure)
-    result = run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1))
+    result = run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1), observer=OutOfMemoryAtBatch2())
     assert [cell.status for cell in result.cells] == ["measured", "oom"]
     assert "batch 2" in result.cells[1].reason
     assert all(run.batch_size == 1 for run in result.runs)
@@ -236,7 +233,10 @@ def test_library_call_returns_a_full_result_without_writing_a_file(tiny_gpt2_dir
     import kvbench
 
     monkeypatch.chdir(tmp_path)
-    config = kvbench.BenchConfig(model=str(tiny_gpt2_dir), max_new_tokens=8, runs=2, warmup=0, device="cpu")
+    # Device peaks (seconds of copy and matmul loops) are the one default left out: test_explain measures them.
+    config = kvbench.BenchConfig(
+        model=str(tiny_gpt2_dir), max_new_tokens=8, runs=2, warmup=0, device="cpu", device_peaks=False
+    )
     result = kvbench.run_benchmark(config)
     assert config.max_new_tokens == [8]
     assert result.complete
