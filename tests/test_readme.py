@@ -64,3 +64,10 @@ def test_commands_parse(args):
     command = group.get_command(None, args[0])
     assert command is not None, f"kvbench has no command {args[0]!r}"
     command.make_context(args[0], list(args[1:]))
+
+
+def test_ci_runs_the_readmes_test_command_verbatim():
+    """CI must run what a user runs: the README's test command, with its xdist options, word for word."""
+    (command,) = [line for block in blocks("bash") for line in block.splitlines() if "-m pytest" in line]
+    assert "-n auto --dist loadgroup" in command
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()
