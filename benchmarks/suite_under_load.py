@@ -3,7 +3,7 @@
     python benchmarks/suite_under_load.py [--busy 2] [--repeat 1] [-- PYTEST ARGS]
 
 Starts `--busy` processes that spin on a core each (a neighbour's build, another CI job), runs the test
-suite as the README's test command runs it (`python -m pytest -q -n auto --dist loadgroup`, from the
+suite as the README's test command runs it (`python -m pytest -q -n auto --dist loadfile`, from the
 repository root, with this interpreter), stops the loops, and prints the suite's closing line, its wall time and the load average it
 ran under. With `--repeat N` it runs the suite N times in a row and stops at the first failure. Exits
 non-zero if any run failed.
@@ -32,7 +32,7 @@ def run_suite(pytest_args: list[str]) -> tuple[int, str, float, float]:
     """The suite's exit code, closing line, wall seconds and the highest 1-minute load average seen."""
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-n", "auto", "--dist", "loadgroup", "-p", "no:cacheprovider", *pytest_args],
+        [sys.executable, "-m", "pytest", "-q", "-n", "auto", "--dist", "loadfile", "-p", "no:cacheprovider", *pytest_args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-# One pair of measured commits for the module: its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("ci-gate")
 REPO = Path(__file__).resolve().parent.parent
 GATE = REPO / "ci" / "kvbench_gate.py"
 # Just enough of the tree for `python -m kvbench` to run from a checkout.

@@ -9,8 +9,6 @@ from kvbench.runner import run_benchmark
 from tests.conftest import tiny_config
 from tests.test_runner import Recorder
 
-# One Ray instance for the module: its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("ray")
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'kvbench[ray]'")
 
 

@@ -69,5 +69,5 @@ def test_commands_parse(args):
 def test_ci_runs_the_readmes_test_command_verbatim():
     """CI must run what a user runs: the README's test command, with its xdist options, word for word."""
     (command,) = [line for block in blocks("bash") for line in block.splitlines() if "-m pytest" in line]
-    assert "-n auto --dist loadgroup" in command
+    assert "-n auto --dist loadfile" in command
     assert command in (REPO / ".ci" / "run").read_text().splitlines()
