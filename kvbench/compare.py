@@ -8,8 +8,8 @@ from pathlib import Path
 
 from kvbench.config import Cell
 from kvbench.errors import KvbenchError
-from kvbench.results import BenchmarkResult, ModeSummary, RunRecord, read_result
-from kvbench.stats import summarize_mode
+from kvbench.records import BenchmarkResult, ModeSummary, RunRecord, summarize_mode
+from kvbench.results import read_result
 from kvbench.stats import (
     RatioTest,
     cached_speedup,

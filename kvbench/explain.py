@@ -10,7 +10,7 @@ from typing import Any
 from kvbench.config import SWEEP_AXES, Cell
 from kvbench.errors import KvbenchError
 from kvbench.fit import LengthExtrapolation, extrapolate
-from kvbench.results import BenchmarkResult, CellResult
+from kvbench.records import BenchmarkResult, CellResult
 from kvbench.roofline import ModelCost, RooflineBound, roofline_bound, step_bound_s, step_cost
 
 # How a setting reads in a legend or a group's name ("attn=eager, batch=1").
@@ -219,6 +219,11 @@ class Explanation:
 
 
 def explain_result(result: BenchmarkResult) -> Explanation:
+    """The roofline bounds and length fits of a result, computed once until a run is added."""
+    return result.derived("explanation", lambda: _explain(result))
+
+
+def _explain(result: BenchmarkResult) -> Explanation:
     peaks = peaks_of(result.environment)
     bounds = [
         bound

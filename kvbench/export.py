@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from kvbench.compare import ALPHA, METRICS, Comparison, Entry
-from kvbench.results import SERVING_FIELDS, ModeSummary
+from kvbench.records import SERVING_FIELDS, ModeSummary
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 

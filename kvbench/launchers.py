@@ -107,7 +107,7 @@ class CellAssembly:
                 getattr(self.benchmark.observer, hook)(*arguments)
         elif kind == "runs":
             if self.cell_result.status not in FAILED_STATES:
-                self.benchmark.result.runs.extend(event[1])
+                self.benchmark.result.add_runs(event[1])
                 # Stable: each cell's runs keep their order, cells measured at once do not interleave.
                 self.benchmark.result.runs.sort(key=lambda run: self._order[run.cell])
                 self.benchmark.save()

@@ -6,7 +6,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from kvbench.results import BenchmarkResult, CellResult, ModeSummary
+from kvbench.records import BenchmarkResult, CellResult, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
 from kvbench.units import format_bytes
 

@@ -380,11 +380,12 @@ class Benchmark:
                 self.prepared[cell.model], len(self.prompts[cell.model, cell.prompt_tokens][0]), cell.max_new_tokens
             )
 
-    def save(self, final: bool = False) -> None:
-        """The JSON after every generation; the CSV of runs too at the end of each cell and of the run."""
+    def save(self, final: bool = False, closing: bool = False) -> None:
+        """The JSON after every generation; the CSV of runs too at the end of each cell and of the run. Only
+        the run's closing save adds the summary and explanation, so a save mid-run computes nothing."""
         self.result.updated_at = _now()
         if self.file is not None:
-            self.file.save(self.result, with_csv=final)
+            self.file.save(self.result, with_csv=final or closing, derived=closing)
 
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if cell_result.status not in FINISHED_STATES]
@@ -404,11 +405,11 @@ class Benchmark:
             self.launcher.measure(self, pending)
         except KeyboardInterrupt:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
-            self.save(final=True)
+            self.save(closing=True)
             raise
         else:
             self.result.complete = True
-            self.save(final=True)
+            self.save(closing=True)
         finally:
             if self.probe is not None:
                 self.probe.close()
@@ -573,7 +574,7 @@ class Benchmark:
                     on_output=(lambda output: record_cache_size(cell_result, output, loaded)) if measure_cache else None,
                 )
                 first_outputs.setdefault(mode, new_ids.cpu())
-                self.result.runs.append(measured)
+                self.result.add_runs([measured])
                 self.result.unmeasured.update(self.probe.unavailable)
                 if self.energy is not None and self.energy.run_problem:
                     self.result.unmeasured["energy"] = self.energy.run_problem

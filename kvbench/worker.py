@@ -101,8 +101,8 @@ class _StreamingBenchmark(Benchmark):
         self.part_of_sweep = True
         self._job, self._send, self._runs_sent = job, send, 0
 
-    def save(self, final: bool = False) -> None:
-        super().save(final)  # no file: only the timestamp
+    def save(self, final: bool = False, closing: bool = False) -> None:
+        super().save(final, closing)  # no file: only the timestamp
         runs = self.result.runs
         if len(runs) < self._runs_sent:  # the cell's runs were dropped (it failed): nothing new to send
             self._runs_sent = len(runs)
