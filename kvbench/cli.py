@@ -43,7 +43,7 @@ def user_errors() -> Iterator[None]:
 
 def _version(value: bool) -> None:
     if value:
-        from kvbench import __version__
+        from kvbench.version import __version__
 
         stdout.print(f"kvbench {__version__}", highlight=False)
         raise typer.Exit()
@@ -349,7 +349,7 @@ def _load_and_measure(
         tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
     for line in one_line_summary(result):
         tables.print(f"summary: {line}", highlight=False, soft_wrap=True)
-    if any(cell.status in ("error", "timeout") for cell in result.cells):
+    if result.cells_to_retry():
         raise typer.Exit(1)
 
 
@@ -388,6 +388,13 @@ def show(
             stdout.print(f"summary: {line}", highlight=False, soft_wrap=True)
 
 
+def _judged_metrics_help() -> str:
+    from kvbench.metrics import JUDGED_METRICS
+
+    named = [f"{metric.name} ({metric.help})" for metric in JUDGED_METRICS.values()]
+    return ", ".join(named[:-1]) + " or " + named[-1]
+
+
 @app.command()
 def compare(
     files: List[Path] = typer.Argument(..., help="Two or more results .json files, or directories of them."),
@@ -408,8 +415,7 @@ def compare(
     ),
     gate_metric: str = typer.Option(
         "latency",
-        help="What the gate judges: latency (per generate()), ttft (time to first token) or tpot (decode"
-        " time per token).",
+        help=f"What the gate judges: {_judged_metrics_help()}.",
     ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change

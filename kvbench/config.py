@@ -278,12 +278,12 @@ class Cell:
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_fields() -> dict[str, Field]:
     return {item.name: item for item in fields(BenchConfig)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_kind(name: str) -> tuple[type, bool]:
     """(element type, whether it is a list) of a BenchConfig field, read from its annotation."""
     annotation = typing.get_type_hints(BenchConfig)[name]

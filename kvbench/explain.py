@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kvbench.config import SWEEP_AXES, Cell
+from kvbench.config import MODES, SWEEP_AXES, Cell
 from kvbench.errors import KvbenchError
 from kvbench.fit import LengthExtrapolation, extrapolate
 from kvbench.records import BenchmarkResult, CellResult
@@ -188,7 +188,7 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
             continue  # not a length sweep at all: nothing to say
         points = {
             mode: [(run.new_tokens, run.latency_s) for cell in cells for run in result.runs_of(cell.id, mode)]
-            for mode in ("cached", "uncached")
+            for mode in MODES
         }
         name = named_settings(cells[0].settings, axes) or cells[0].settings.model
         ids = [cell.id for cell in cells]

@@ -12,33 +12,31 @@ import sys
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import Connection
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Protocol
 
 from kvbench.config import BenchConfig, Cell
 from kvbench.devices import is_gpu, resolve_device
 from kvbench.errors import KvbenchError
-from kvbench.results import CellResult
+from kvbench.measure import Measurement
+from kvbench.records import CellResult, CellState
 from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
 from kvbench.worker import CellJob
 
-if TYPE_CHECKING:
-    from kvbench.runner import Benchmark
 
-# Cell states that end a cell however many of its processes are still to come.
-FAILED_STATES = ("skipped", "oom", "error", "timeout")
+class Launcher(Protocol):
+    """How a run's cells reach the code that measures them: this process, fresh processes, Ray. A launcher
+    resolves the device the run measures on, then measures the pending cells into the run's result,
+    saving after every generation."""
 
+    name: str
 
-def make_launcher(config: BenchConfig) -> Any:
-    if config.launcher == "ray":
-        from kvbench.ray_launcher import RayLauncher
+    def resolve_device(self, requested: str) -> str: ...
 
-        return RayLauncher(config)
-    if config.isolation == "process" or config.processes > 1:
-        return LocalProcesses(config)
-    return InProcess()
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None: ...
 
 
 def cell_jobs(config: BenchConfig, cell: Cell, device: str | None = None) -> list[CellJob]:
@@ -57,15 +55,9 @@ class InProcess:
     def resolve_device(self, requested: str) -> str:
         return resolve_device(requested)
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
-        from kvbench.environment import placement
-
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         for index, cell_result in enumerate(pending):
-            benchmark.observer.cell_started(cell_result, index, len(pending))
-            benchmark.measure_cell(cell_result)
-            cell_result.ran_on = {"launcher": self.name, **placement(benchmark.devices_in_use())}
-            benchmark.save(final=True)
-            benchmark.observer.cell_finished(cell_result)
+            benchmark.measure_here(cell_result, index, len(pending), self.name)
 
 
 # CellResult fields combined over a cell's measuring processes rather than taken from the first.
@@ -76,7 +68,7 @@ class CellAssembly:
     """One cell's events from its measuring processes, applied to the benchmark's result as they arrive,
     so the file is the one an in-process run would write: the same cells, runs in sweep order."""
 
-    def __init__(self, benchmark: Benchmark, cell_result: CellResult, launcher: str, label_prefix: str = "") -> None:
+    def __init__(self, benchmark: Measurement, cell_result: CellResult, launcher: str, label_prefix: str = "") -> None:
         self.benchmark, self.cell_result = benchmark, cell_result
         self.launcher, self.label_prefix = launcher, label_prefix
         self.started = False
@@ -87,7 +79,7 @@ class CellAssembly:
         """A cell interrupted before is measured again from its start, so its runs stay interleaved."""
         result, cell_result = self.benchmark.result, self.cell_result
         result.runs = [run for run in result.runs if run.cell != cell_result.id]
-        cell_result.status = "incomplete"
+        cell_result.status = CellState.INCOMPLETE
         for item in fields(CellResult):
             if item.name not in ("settings", "status"):
                 setattr(cell_result, item.name, None)
@@ -106,7 +98,7 @@ class CellAssembly:
             else:
                 getattr(self.benchmark.observer, hook)(*arguments)
         elif kind == "runs":
-            if self.cell_result.status not in FAILED_STATES:
+            if not CellState(self.cell_result.status).failed:
                 self.benchmark.result.add_runs(event[1])
                 # Stable: each cell's runs keep their order, cells measured at once do not interleave.
                 self.benchmark.result.runs.sort(key=lambda run: self._order[run.cell])
@@ -125,9 +117,9 @@ class CellAssembly:
 
     def _merge(self, state: dict[str, Any]) -> None:
         cell_result = self.cell_result
-        if cell_result.status in FAILED_STATES:
+        if CellState(cell_result.status).failed:
             return
-        if state["status"] in FAILED_STATES:
+        if CellState(state["status"]).failed:
             self.fail(state["status"], state["reason"])
             return
         # What the first measuring process found (the model, the prompt, the cache, generated text...);
@@ -138,7 +130,7 @@ class CellAssembly:
         ran_on = state.get("ran_on")
         if ran_on:
             self._record_place(ran_on)
-        if state["status"] == "measured":
+        if state["status"] == CellState.MEASURED:
             self._outputs[len(self._outputs)] = (state["outputs_match"], state["first_divergence"])
             matches = [match for match, _ in self._outputs.values()]
             if False in matches:
@@ -157,14 +149,14 @@ class CellAssembly:
 
     def fail(self, status: str, reason: str) -> None:
         """The cell is recorded as failed with the reason, without the runs it had, and the sweep goes on."""
-        if self.cell_result.status in FAILED_STATES:
+        if CellState(self.cell_result.status).failed:
             return
-        self.cell_result.status, self.cell_result.reason = status, reason
+        self.cell_result.status, self.cell_result.reason = CellState(status), reason
         self.benchmark.result.runs = [run for run in self.benchmark.result.runs if run.cell != self.cell_result.id]
 
     def finish(self) -> None:
-        if self.cell_result.status == "incomplete":
-            self.cell_result.status = "measured"
+        if self.cell_result.status == CellState.INCOMPLETE:
+            self.cell_result.status = CellState.MEASURED
         self.benchmark.save(final=True)
         self.benchmark.observer.cell_finished(self.cell_result)
 
@@ -295,7 +287,7 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
         if ending is not None:
             yield ending
             return
-        if status in FAILED_STATES:
+        if CellState(status).failed:
             return
 
 
@@ -341,7 +333,7 @@ class LocalProcesses:
             gpus = torch.cuda.device_count()
         return device_slots(self.config.device, device, gpus, self.config.device_map)
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         slots = self.slots(benchmark.device)
         pool, concurrent = DevicePool(slots), len(slots) > 1
         every_device = self.config.device_map is not None

@@ -13,8 +13,9 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from kvbench.devices import Devices
 from kvbench.nvml import gpu_uuids, open_by_uuid

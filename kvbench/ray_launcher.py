@@ -4,16 +4,15 @@ results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from kvbench.config import BenchConfig
 from kvbench.errors import KvbenchError
 from kvbench.launchers import CellAssembly, cell_events, cell_jobs
-from kvbench.results import CellResult
+from kvbench.measure import Measurement
+from kvbench.records import CellResult
 from kvbench.worker import CellJob
-
-if TYPE_CHECKING:
-    from kvbench.runner import Benchmark
 
 
 def _import_ray() -> Any:
@@ -81,7 +80,7 @@ class RayLauncher:
             options["accelerator_type"] = config.accelerator_type
         return options
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -93,7 +92,7 @@ class RayLauncher:
             if started_here:
                 ray.shutdown()
 
-    def _measure(self, ray: Any, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def _measure(self, ray: Any, benchmark: Measurement, pending: list[CellResult]) -> None:
         task = ray.remote(cell_task)
         options = self.resources(ray)
         streams: dict[Any, tuple[int, CellAssembly]] = {}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from enum import Enum
+from typing import Any, TypeVar
 
 from kvbench.config import Cell
 from kvbench.energy import joules_per_token
@@ -16,8 +18,37 @@ Derived = TypeVar("Derived")
 
 # The results file's version (its history is in kvbench.results, which reads every version).
 SCHEMA_VERSION = 1
-CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error", "timeout")
-RUN_MODES = ("cached", "uncached")
+
+
+class CellState(str, Enum):
+    """Where a cell stands; the states a results file may hold, written as their values."""
+
+    PENDING = "pending"  # not started
+    INCOMPLETE = "incomplete"  # started, not finished (interrupted, or being measured)
+    MEASURED = "measured"
+    # Not measurable, with the reason: not supported here, out of memory, failed, past --cell-timeout.
+    SKIPPED = "skipped"
+    OOM = "oom"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def failed(self) -> bool:
+        """Not measurable: the cell keeps no runs, and its reason says why."""
+        return self in (CellState.SKIPPED, CellState.OOM, CellState.ERROR, CellState.TIMEOUT)
+
+    @property
+    def to_retry(self) -> bool:
+        """Failed in a way another try may fix (an error, a timeout): the run did not do all it was asked."""
+        return self.failed and not self.finished
+
+    @property
+    def finished(self) -> bool:
+        """Kept as it is by --resume; an error or a timeout may pass on another try, so is measured again."""
+        return self in (CellState.MEASURED, CellState.SKIPPED, CellState.OOM)
 
 
 @dataclass
@@ -55,9 +86,7 @@ class CellResult:
     """One sweep point: its settings, what was loaded, its state, and what the two modes generated."""
 
     settings: Cell
-    # "pending" (not started), "incomplete" (interrupted), "measured", or not measurable: "skipped",
-    # "oom", "error", "timeout" (past --cell-timeout), with the reason.
-    status: str = "pending"
+    status: CellState = CellState.PENDING
     reason: str | None = None
     model: dict[str, Any] | None = None
     prompt_tokens: int | None = None
@@ -233,6 +262,10 @@ class BenchmarkResult:
         if key not in self._derived:
             self._derived[key] = compute()
         return self._derived[key]
+
+    def cells_to_retry(self) -> list[CellResult]:
+        """The cells that errored or ran out of time: --resume measures them again."""
+        return [cell for cell in self.cells if CellState(cell.status).to_retry]
 
     def cell(self, cell_id: str) -> CellResult:
         return next(cell for cell in self.cells if cell.id == cell_id)

@@ -14,21 +14,20 @@ import math
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell, bound_problem, config_fields
+from kvbench.config import MODES, BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
-from kvbench.memory import MemoryFigures
 from kvbench.records import (
-    CELL_STATES,
-    RUN_MODES,
     SCHEMA_VERSION,
     SERVING_FIELDS,
     BenchmarkResult,
     CellResult,
+    CellState,
     ModeSummary,
     RunRecord,
 )
@@ -36,7 +35,7 @@ from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
 
 # The data model is kvbench.records; these names stay importable from the module that reads and writes it.
 __all__ = [
-    "CELL_STATES", "RUN_MODES", "SCHEMA_VERSION", "SERVING_FIELDS", "BenchmarkResult", "CellResult", "ModeSummary", "RunRecord",
+    "SCHEMA_VERSION", "SERVING_FIELDS", "BenchmarkResult", "CellResult", "CellState", "ModeSummary", "RunRecord",
     "ResultsFile", "read_result", "write_result", "to_dict",
 ]
 
@@ -294,6 +293,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 def _cell_from_dict(data: dict[str, Any]) -> CellResult:
     cell = _build(CellResult, data)
     cell.settings = _build(Cell, data["settings"])
+    cell.status = CellState(cell.status)
     return cell
 
 
@@ -376,7 +376,7 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
 _REQUIRED_IN_FILE = {BenchmarkResult: ("cells", "runs")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -415,6 +415,9 @@ def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
         return next((p for key, item in value.items() if (p := _type_problem(item, value_type, f"{where}.{key}"))), None)
     if annotation is type(None):
         return None if value is None else f"{where} must be null, got {_shown(value)}"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        values = [member.value for member in annotation]
+        return None if value in values else f"{where} {_shown(value)} is not one of {', '.join(values)}"
     # bool is an int subclass in Python, but true is not a count; an integer is a fine float.
     accepted = {float: (int, float)}.get(annotation, annotation)
     if isinstance(value, accepted) and (annotation is bool or not isinstance(value, bool)):
@@ -528,8 +531,6 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
     ids = set()
     limits = config_fields()
     for index, cell in enumerate(data["cells"]):
-        if cell.get("status", "pending") not in CELL_STATES:
-            return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
         # The same bounds the command line holds a setting to (the roofline and plots step through lengths).
         for name, value in cell["settings"].items():
             if name in limits and isinstance(value, int) and (problem := bound_problem(limits[name], value)):
@@ -541,7 +542,7 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         settings = cell["settings"]
         ids.add(Cell(**{item.name: settings[item.name] for item in fields(Cell) if item.name in settings}).id)
     for index, run in enumerate(data["runs"]):
-        if run["mode"] not in RUN_MODES:
+        if run["mode"] not in MODES:
             return f"runs[{index}].mode {_shown(run['mode'])} is not cached or uncached"
         if run["cell"] not in ids:
             return f"runs[{index}].cell {_shown(run['cell'])} names no cell of the file"

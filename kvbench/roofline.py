@@ -31,11 +31,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kvbench.config import MODES
 from kvbench.devices import is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import BYTES_PER_ELEMENT, kv_cache_bytes, kv_geometry
-
-MODES = ("cached", "uncached")
 
 
 @dataclass(frozen=True)
@@ -288,7 +287,7 @@ def measure_device_peaks(device: str = "cpu", seconds: float = 2.0) -> MeasuredP
     buffer_bytes = (256 if cuda else 64) * 2**20
     source = torch.ones(buffer_bytes // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    copy_rate = _best_rate(lambda: target.copy_(source), 2 * buffer_bytes, seconds / 2, synchronize)
+    copy_rate = _best_rate(lambda: target.copy_(source), 2 * buffer_bytes, seconds / 2, synchronize)  # noqa: F821 - run before the del
     del source, target
 
     dtype = torch.float16 if cuda else torch.float32

@@ -18,14 +18,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 from kvbench.config import BenchConfig, Cell
+from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
-from kvbench.results import CellResult
-from kvbench.runner import Benchmark, Observer
+from kvbench.measure import Measurement, Observer
+from kvbench.records import BenchmarkResult, CellResult
 
 Send = Callable[[tuple], None]
 
@@ -92,17 +94,15 @@ class _ForwardingObserver(Observer):
         self._send(("progress", "generation_finished", (latency_s, generation)))
 
 
-class _StreamingBenchmark(Benchmark):
-    """The in-process benchmark of one job, whose saves send what is new instead of writing a file."""
+class _Streamer:
+    """A measurement's saves, sent to the parent as what is new since the last instead of written."""
 
     def __init__(self, job: CellJob, send: Send) -> None:
-        super().__init__(job.measuring_config(), observer=_ForwardingObserver(send))
-        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
-        self.part_of_sweep = True
         self._job, self._send, self._runs_sent = job, send, 0
+        self.result: BenchmarkResult | None = None
 
-    def save(self, final: bool = False, closing: bool = False) -> None:
-        super().save(final, closing)  # no file: only the timestamp
+    def __call__(self, final: bool, closing: bool) -> None:
+        assert self.result is not None
         runs = self.result.runs
         if len(runs) < self._runs_sent:  # the cell's runs were dropped (it failed): nothing new to send
             self._runs_sent = len(runs)
@@ -149,16 +149,28 @@ def measure(job: CellJob, send: Send) -> None:
     # The parent's display shows progress; transformers' warnings from every process would bury it.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    streamer = _Streamer(job, send)
+    config = job.measuring_config()
     try:
-        benchmark = _StreamingBenchmark(job, send)
-        benchmark.run()
+        measurement = Measurement(
+            config, resolve_device(config.device), observer=_ForwardingObserver(send), on_save=streamer
+        )
+        streamer.result = measurement.result
+        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
+        measurement.part_of_sweep = True
+        measurement.prepare_models()
+        measurement.save()
+        try:
+            measurement.measure_here(measurement.result.cells[0], 0, 1, "in-process")
+        finally:
+            measurement.close()
     except KvbenchError as error:
         send(("user_error", str(error)))
         return
     except Exception as error:  # noqa: BLE001 - the parent records the cell's failure and goes on
         send(("failed", "oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
         return
-    send(("cell", cell_state(benchmark.result.cells[0])))
+    send(("cell", cell_state(measurement.result.cells[0])))
     send(("done",))
 
 

@@ -2,6 +2,9 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 import kvbench.explain as explain
 import kvbench.records as records
@@ -59,3 +62,37 @@ def test_a_save_mid_run_runs_no_statistics_and_the_closing_save_writes_the_deriv
     ResultsFile(path, replace=True).save(result)
     data = json.loads(path.read_text())
     assert [s["n"] for s in data["summary"]] == [3, 3] and "explained" in data
+
+
+def test_cell_states_are_written_as_their_names_and_say_whether_they_failed_or_finished():
+    from kvbench.records import CellState
+
+    assert json.dumps([CellState.OOM]) == '["oom"]' and f"{CellState.TIMEOUT}" == "timeout"
+    assert [s.value for s in CellState if s.failed] == ["skipped", "oom", "error", "timeout"]
+    assert [s.value for s in CellState if s.finished] == ["measured", "skipped", "oom"]
+    assert [s.value for s in CellState if s.to_retry] == ["error", "timeout"]
+
+
+def test_every_judged_metric_reads_one_value_per_run():
+    from kvbench.compare import metric_samples
+    from kvbench.metrics import JUDGED_METRICS
+
+    runs = [replace(run, time_to_first_token_s=0.2) for run in make_result({"cached": [1.0, 1.2]}).runs]
+    assert set(metric_samples(runs)) == set(JUDGED_METRICS)
+    assert [JUDGED_METRICS["tpot"].per_run(run) for run in runs] == pytest.approx([0.8 / 99, 1.0 / 99])
+    assert set(metric_samples([replace(run, time_to_first_token_s=None) for run in runs])) == {"latency"}
+
+
+def test_show_explains_a_file_once_and_summarises_each_mode_once(monkeypatch):
+    from typer.testing import CliRunner
+
+    from kvbench.cli import app
+
+    summaries = counting(monkeypatch, records, "summarize_mode")
+    explanations = counting(monkeypatch, explain, "_explain")
+    golden = Path(__file__).parent / "data" / "golden.json"
+    shown = CliRunner().invoke(app, ["show", str(golden)])
+    assert shown.exit_code == 0, shown.output
+    stored = read_result(golden)
+    assert len(explanations) == 1
+    assert len(summaries) == len({(run.cell, run.mode) for run in stored.runs})
