@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -102,7 +102,8 @@ def _setting_option(name: str) -> inspect.Parameter:
     help_text = meta["help"]
     if meta["choices"] and not any(choice in help_text for choice in meta["choices"][1:]):
         help_text += f" One of: {', '.join(meta['choices'])}."
-    annotation = Optional[List[kind]] if is_list else Optional[kind]
+    # Built from the setting's declared type, at run time: Typer reads it, a type checker cannot.
+    annotation = Optional[List[kind]] if is_list else Optional[kind]  # type: ignore[valid-type]
     # Shown in the help text: the option's own default is None, which --help would otherwise show.
     option = typer.Option(
         None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False, metavar=_metavar(kind)
@@ -114,7 +115,7 @@ def _metavar(kind: type) -> str:
     return {bool: "", int: "N", float: "NUMBER", str: "TEXT"}[kind]
 
 
-def _cli_values(name: str, value: object) -> object:
+def _cli_values(name: str, value: Any) -> Any:
     """A command-line value as BenchConfig takes it: comma-separated lists split."""
     from kvbench.config import config_fields
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class Comparison:
         return self.threshold_pct is not None and bool(self.unjudged)
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given; a directory stands for the results .json files directly inside it."""
     found: list[Path] = []
     for raw in paths:
@@ -149,8 +150,12 @@ def metric_samples(runs: list[RunRecord]) -> dict[str, list[float]]:
     token, (latency - first token) / (new tokens - 1), one per run; or, when the runs come from 3 or more
     processes (--processes), one per process, its mean, so the standard error includes the drift between
     processes that runs inside one process cannot show. A metric some run lacks is left out."""
-    per_run = {name: [metric.per_run(run) for run in runs] for name, metric in JUDGED_METRICS.items()}
-    per_run = {name: values for name, values in per_run.items() if None not in values}
+    per_run = {}
+    for name, metric in JUDGED_METRICS.items():
+        values = [metric.per_run(run) for run in runs]
+        present = [value for value in values if value is not None]
+        if len(present) == len(values):
+            per_run[name] = present
     processes = [(run.host, run.pid) for run in runs]
     return {metric: process_aware_samples(values, processes) for metric, values in per_run.items()}
 
@@ -165,6 +170,7 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
                 continue
             key = MeasurementKey(resolved, mode)
             summary = result.summary_of(cell.id, mode)
+            assert summary is not None  # the mode has runs
             memory, source = summary.peak_memory()
             found[key] = Entry(key, summary, metric_samples(runs), memory, source)
     return found
@@ -223,7 +229,7 @@ def _align(
 
 
 def compare_results(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     baseline: str | None = None,
     threshold_pct: float | None = None,
     gate_metric: str = "latency",
@@ -343,7 +349,8 @@ def _adjust_for_family(rows: list[Row]) -> dict[str, int]:
             for entry in row.entries
             if entry is not None and metric in entry.tests and entry.tests[metric].judged
         ]
-        levels = holm_levels([entry.tests[metric].p_value for entry in family], ALPHA)
+        # A judged test has its p-value.
+        levels = holm_levels([entry.tests[metric].p_value or 0.0 for entry in family], ALPHA)
         for entry, level in zip(family, levels):
             entry.tests[metric] = entry.tests[metric].at(1 - level)
         sizes[metric] = len(family)

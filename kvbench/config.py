@@ -300,7 +300,7 @@ def field_kind(name: str) -> tuple[type, bool]:
 
 def default_of(name: str) -> Any:
     item = config_fields()[name]
-    return item.default_factory() if item.default is MISSING else item.default  # type: ignore[misc]
+    return item.default_factory() if item.default is MISSING else item.default  # type: ignore[operator]
 
 
 def resume_must_match() -> tuple[str, ...]:

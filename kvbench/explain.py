@@ -55,23 +55,19 @@ class Peaks:
 def peaks_of(environment: dict[str, Any]) -> Peaks | None:
     """The device's measured peaks (what torch reached: the bound a run can actually approach), else a
     known GPU's datasheet; None when there are neither."""
-    measured = environment.get("device_peaks")
+    measured, sheet = environment.get("device_peaks"), environment.get("datasheet_peaks")
     if measured:
-        return Peaks(
-            measured["copy_bandwidth_bytes_per_s"],
-            measured["matmul_flops_per_s"],
-            f"measured on {measured['device']}: copy {measured['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s,"
-            f" {measured['matmul_dtype']} matmul {measured['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        bandwidth, flops = measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops_per_s"]
+        source = (
+            f"measured on {measured['device']}: copy {bandwidth / 1e9:.1f} GB/s,"
+            f" {measured['matmul_dtype']} matmul {flops / 1e9:.0f} GFLOP/s"
         )
-    sheet = environment.get("datasheet_peaks")
-    if sheet:
-        return Peaks(
-            sheet["memory_bandwidth_bytes_per_s"],
-            sheet["fp16_tensor_flops_per_s"],
-            f"{sheet['name']} datasheet: {sheet['memory_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s,"
-            f" FP16 {sheet['fp16_tensor_flops_per_s'] / 1e12:.0f} TFLOP/s",
-        )
-    return None
+    elif sheet:
+        bandwidth, flops = sheet["memory_bandwidth_bytes_per_s"], sheet["fp16_tensor_flops_per_s"]
+        source = f"{sheet['name']} datasheet: {bandwidth / 1e9:.0f} GB/s, FP16 {flops / 1e12:.0f} TFLOP/s"
+    else:
+        return None
+    return Peaks(bandwidth, flops, source)
 
 
 @dataclass(frozen=True)

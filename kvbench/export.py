@@ -29,6 +29,7 @@ def _pct(ratio: float) -> str:
 
 def interval_text(test: RatioTest) -> str:
     """The interval of the change as printed: "[+0.2%, +18.5%]", its confidence named when not 95%."""
+    assert test.low is not None and test.high is not None  # only a judged test has an interval
     shown = f"[{_pct(test.low)}, {_pct(test.high)}]"
     if round(test.confidence, 4) != 0.95:
         shown += f" ({test.confidence:.1%} CI)"

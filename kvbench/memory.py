@@ -55,7 +55,7 @@ class MemoryFigures:
     def over_runs(cls, readings: Iterable[MemoryFigures]) -> MemoryFigures:
         """A mode's figures: each combined over its runs as its declaration says, ignoring gaps."""
         readings = list(readings)
-        combine = {"max": max, "min": min, "sum": sum}
+        combine: dict[str, Callable[[list[Any]], Any]] = {"max": max, "min": min, "sum": sum}
         values = {}
         for item in fields(MemoryFigures):
             present = [getattr(r, item.name) for r in readings if getattr(r, item.name) is not None]

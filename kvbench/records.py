@@ -171,7 +171,7 @@ def summarize_mode(cell: str, mode: str, runs: Sequence[RunRecord]) -> ModeSumma
     latency = summarize(latencies)
     ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
     memory = MemoryFigures.over_runs(runs)
-    serving = serving_metrics(runs)
+    serving: dict[str, Any] = serving_metrics(runs)
     return ModeSummary(
         cell=cell,
         mode=mode,
@@ -196,7 +196,9 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
     Empty when a run has no per-token times (a file from before they were kept): nothing to compute from."""
     figures: dict[str, float | None] = {}
     energies = [
-        joules_per_token(run.energy_j, run.new_tokens, run.batch_size) for run in runs if run.energy_j is not None
+        joules
+        for run in runs
+        if (joules := joules_per_token(run.energy_j, run.new_tokens, run.batch_size)) is not None
     ]
     # Every run at 0 J: each was shorter than the counter's update period, which says nothing of its energy.
     figures["energy_j_per_token"] = statistics.fmean(energies) if any(energies) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 
@@ -59,12 +59,13 @@ def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE)
     return rse * math.sqrt(df / float(chdtri(df, confidence)))
 
 
-def precise_enough(samples: dict[str, Sequence[float]], target: float) -> tuple[bool, float | None]:
+def precise_enough(samples: Mapping[str, Sequence[float]], target: float) -> tuple[bool, float | None]:
     """Whether every mode's mean is known within `target` RSE (at RSE_CONFIDENCE), and the worst bound."""
     bounds = [rse_upper_bound(values) for values in samples.values()]
-    if not bounds or any(bound is None for bound in bounds):
+    known = [bound for bound in bounds if bound is not None]
+    if not bounds or len(known) < len(bounds):
         return False, None
-    worst = max(bounds)
+    worst = max(known)
     return worst <= target, worst
 
 
