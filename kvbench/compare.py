@@ -76,10 +76,10 @@ class Entry:
 
     @property
     def change_pct(self) -> float | None:
-        test = self.versus_baseline
-        return (test.ratio - 1) * 100 if test is not None else None
+        return self.change_of("latency")
 
     def change_of(self, metric: str) -> float | None:
+        """The change against the baseline in percent, by a judged metric; None for the baseline itself."""
         test = self.tests.get(metric)
         return (test.ratio - 1) * 100 if test is not None else None
 

@@ -132,10 +132,6 @@ class SamplerReading:
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
 
     @property
-    def baseline_bytes(self) -> int:
-        return sum(self.baseline.values())
-
-    @property
     def peak_device_bytes(self) -> int:
         """The sum of each device's own peak."""
         return sum(self.peak.values())

@@ -252,18 +252,6 @@ def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
     return levels
 
 
-def holm_adjusted(p_values: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values: below alpha exactly where Holm's procedure at alpha rejects."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
-
-
 def cached_speedup(uncached: Sequence[float], cached: Sequence[float], confidence: float = 0.95) -> RatioTest:
     """Uncached mean latency over cached mean latency (above 1: the cache is faster), with its interval."""
     return compare_means(uncached, cached, confidence)

