@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from kvbench.config import BenchConfig, Cell
 from kvbench.devices import is_gpu, resolve_device
 from kvbench.errors import KvbenchError
+from kvbench.events import CellChanged, Done, Event, Failed, Output, Progress, RunsMeasured, Unmeasured, UserError
 from kvbench.measure import Measurement
 from kvbench.records import CellResult, CellState
 from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
@@ -86,10 +87,9 @@ class CellAssembly:
         self.started = True
         self.benchmark.observer.cell_started(cell_result, index, count)
 
-    def apply(self, event: tuple) -> None:
-        kind = event[0]
-        if kind == "progress":
-            _, hook, arguments = event
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            hook, arguments = event.hook, event.arguments
             if hook == "generation_started" and self.label_prefix:
                 arguments = (f"{self.label_prefix} {arguments[0]}", *arguments[1:])
             if hook == "token":
@@ -97,23 +97,23 @@ class CellAssembly:
                     self.benchmark.observer.token()
             else:
                 getattr(self.benchmark.observer, hook)(*arguments)
-        elif kind == "runs":
+        elif isinstance(event, RunsMeasured):
             if not CellState(self.cell_result.status).failed:
-                self.benchmark.result.add_runs(event[1])
+                self.benchmark.result.add_runs(event.runs)
                 # Stable: each cell's runs keep their order, cells measured at once do not interleave.
                 self.benchmark.result.runs.sort(key=lambda run: self._order[run.cell])
                 self.benchmark.save()
-        elif kind == "cell":
-            self._merge(event[1])
-        elif kind == "unmeasured":
-            self.benchmark.result.unmeasured.update(event[1])
-        elif kind == "output":
+        elif isinstance(event, CellChanged):
+            self._merge(event.state)
+        elif isinstance(event, Unmeasured):
+            self.benchmark.result.unmeasured.update(event.figures)
+        elif isinstance(event, Output):
             prefix = f"{self.label_prefix} " if self.label_prefix else ""
-            self.benchmark.observer.output(f"{prefix}{event[1]}")
-        elif kind == "failed":
-            self.fail(event[1], event[2])
-        elif kind == "user_error":
-            raise KvbenchError(event[1])
+            self.benchmark.observer.output(f"{prefix}{event.line}")
+        elif isinstance(event, Failed):
+            self.fail(event.status, event.reason)
+        elif isinstance(event, UserError):
+            raise KvbenchError(event.message)
 
     def _merge(self, state: dict[str, Any]) -> None:
         cell_result = self.cell_result
@@ -242,7 +242,7 @@ def _child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
 
 
-def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> Iterator[tuple]:
+def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> Iterator[Event]:
     """Each job in its own fresh process, one after another; yields their events, then a failure event
     for a process that dies or outlives the cell's timeout. `live` holds the processes running, so a
     caller can end them from another thread."""
@@ -257,25 +257,25 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
                 wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
                 ready = receiver.poll(wait_s)
                 for line in output.new_lines():
-                    yield ("output", line)
+                    yield Output(line)
                 if ready:
                     try:
                         event = receiver.recv()
                     except EOFError:
                         why = _describe_death(process)
                         last = output.last_words()
-                        ending = ("failed", "error", f"{why}; the last line it printed: {last}" if last else why)
+                        ending = Failed("error", f"{why}; the last line it printed: {last}" if last else why)
                         continue
-                    if event[0] == "cell":
-                        status = event[1]["status"]
-                    if event[0] in ("failed", "user_error"):
+                    if isinstance(event, CellChanged):
+                        status = event.state["status"]
+                    if isinstance(event, (Failed, UserError)):
                         ending = event
                         continue
                     yield event
-                    finished = event[0] == "done"
+                    finished = isinstance(event, Done)
                 elif deadline is not None and time.monotonic() >= deadline:
                     reason = f"not finished within --cell-timeout {timeout_s:g} s; its process was stopped"
-                    ending = ("failed", "timeout", reason)
+                    ending = Failed("timeout", reason)
         finally:
             _end(process, grace_s=10 if finished else 0)
             live.discard(process)
@@ -283,7 +283,7 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
         # What the process printed last (its pipe closes as it ends) comes before how it ended.
         output.last_words(wait_s=0.5 if finished else 2.0)
         for line in output.new_lines():
-            yield ("output", line)
+            yield Output(line)
         if ending is not None:
             yield ending
             return
@@ -299,12 +299,12 @@ def _end(process: subprocess.Popen, grace_s: float) -> None:
         process.wait()
 
 
-def _pump(events: Iterator[tuple], key: int, inbox: queue.Queue) -> None:
+def _pump(events: Iterator[Event], key: int, inbox: queue.Queue) -> None:
     try:
         for event in events:
             inbox.put((key, event))
     except Exception as error:  # noqa: BLE001 - a launcher bug still ends the cell, and says why
-        inbox.put((key, ("failed", "error", f"launcher: {type(error).__name__}: {error}")))
+        inbox.put((key, Failed("error", f"launcher: {type(error).__name__}: {error}")))
     finally:
         inbox.put((key, None))
 

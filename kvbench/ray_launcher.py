@@ -9,6 +9,7 @@ from typing import Any
 
 from kvbench.config import BenchConfig
 from kvbench.errors import KvbenchError
+from kvbench.events import CellChanged, Event
 from kvbench.launchers import CellAssembly, cell_events, cell_jobs
 from kvbench.measure import Measurement
 from kvbench.records import CellResult
@@ -23,7 +24,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[tuple]:
+def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[Event]:
     """Runs as a Ray task: the cell's measuring processes on this node, one after another, their events
     streamed back as Ray yields them. The node's id goes with the place the cell ran."""
     import ray
@@ -32,8 +33,8 @@ def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[tuple]:
     live: set = set()
     try:
         for event in cell_events(jobs, timeout_s, live):
-            if event[0] == "cell" and event[1].get("ran_on"):
-                event = ("cell", {**event[1], "ran_on": {**event[1]["ran_on"], "ray_node_id": node}})
+            if isinstance(event, CellChanged) and event.state.get("ran_on"):
+                event = CellChanged({**event.state, "ran_on": {**event.state["ran_on"], "ray_node_id": node}})
             yield event
     finally:
         # Cancelled (Ctrl-C in the parent): the measuring process must not outlive its task.

@@ -1,15 +1,6 @@
 """A measuring process: measures one cell, or its share of a cell's runs, with the same code as an
-in-process run, and streams every record back to the process that holds the results file.
-
-Events sent (tuples, so they cross a pipe or a Ray stream unchanged):
-  ("progress", observer hook name, arguments)  generation started / finished, tokens (throttled)
-  ("runs", [RunRecord])                        runs just measured, numbered within the whole cell
-  ("cell", {CellResult field: value})          the cell's state: model, prompt, status, outputs match...
-  ("unmeasured", {figure: why})                memory figures this process could not measure
-  ("done",)                                    finished; the process exits
-  ("failed", status, reason)                   the cell failed here ("error" or "oom")
-  ("user_error", message)                      a KvbenchError: the whole run stops, as it would in-process
-"""
+in-process run, and streams every record back to the process that holds the results file, as the events
+of kvbench.events (picklable, so they cross a pipe or a Ray stream unchanged)."""
 
 from __future__ import annotations
 
@@ -26,10 +17,11 @@ from kvbench.config import BenchConfig, Cell
 from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
+from kvbench.events import CellChanged, Done, Event, Failed, Progress, RunsMeasured, Unmeasured, UserError
 from kvbench.measure import Measurement, Observer
 from kvbench.records import BenchmarkResult, CellResult
 
-Send = Callable[[tuple], None]
+Send = Callable[[Event], None]
 
 # Test hook: KVBENCH_TEST_FAULT="kill@new=4 ,hang@new=6 " makes the measuring process of a cell whose id
 # contains the text after "@" (all cells if there is none) fail after its first measured run: "kill"
@@ -78,20 +70,20 @@ class _ForwardingObserver(Observer):
         self._last_sent = 0.0
 
     def generation_started(self, label: str, generation: Planned) -> None:
-        self._send(("progress", "generation_started", (label, generation)))
+        self._send(Progress("generation_started", (label, generation)))
 
     def token(self) -> None:
         self._tokens += 1
         now = time.monotonic()
         if now - self._last_sent >= 1.0:
-            self._send(("progress", "token", (self._tokens,)))
+            self._send(Progress("token", (self._tokens,)))
             self._tokens, self._last_sent = 0, now
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         if self._tokens:
-            self._send(("progress", "token", (self._tokens,)))
+            self._send(Progress("token", (self._tokens,)))
             self._tokens = 0
-        self._send(("progress", "generation_finished", (latency_s, generation)))
+        self._send(Progress("generation_finished", (latency_s, generation)))
 
 
 class _Streamer:
@@ -109,10 +101,10 @@ class _Streamer:
         new = runs[self._runs_sent :]
         if new:
             self._runs_sent = len(runs)
-            self._send(("runs", [replace(run, run=run.run + self._job.first_run) for run in new]))
-        self._send(("cell", cell_state(self.result.cells[0])))
+            self._send(RunsMeasured([replace(run, run=run.run + self._job.first_run) for run in new]))
+        self._send(CellChanged(cell_state(self.result.cells[0])))
         if self.result.unmeasured:
-            self._send(("unmeasured", dict(self.result.unmeasured)))
+            self._send(Unmeasured(dict(self.result.unmeasured)))
         if new:
             _inject_fault(self._job)
 
@@ -165,13 +157,13 @@ def measure(job: CellJob, send: Send) -> None:
         finally:
             measurement.close()
     except KvbenchError as error:
-        send(("user_error", str(error)))
+        send(UserError(str(error)))
         return
     except Exception as error:  # noqa: BLE001 - the parent records the cell's failure and goes on
-        send(("failed", "oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
+        send(Failed("oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
         return
-    send(("cell", cell_state(measurement.result.cells[0])))
-    send(("done",))
+    send(CellChanged(cell_state(measurement.result.cells[0])))
+    send(Done())
 
 
 def _exit_with_parent() -> None:

@@ -11,8 +11,9 @@ PACKAGE = Path(kvbench.__file__).parent
 LAYERS = {
     # Pure arithmetic and facts with no kvbench data type: units, statistics, serving metrics, KV sizes.
     "base": {"version", "errors", "units", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing", "scheduling"},
-    # What is measured and stored: settings, memory and energy figures, runs, cells, results.
-    "data": {"config", "memory", "energy", "roofline", "records", "environment"},
+    # What is measured and stored: settings, memory and energy figures, runs, cells, results, and the
+    # events that carry them from where a cell is measured.
+    "data": {"config", "memory", "energy", "roofline", "records", "events", "environment"},
     # What the stored runs mean: fits against length, the roofline's explanation.
     "analysis": {"fit", "explain"},
     # The results file: its document holds the explanation, so it reads the analysis.
