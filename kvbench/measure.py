@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell, config_to_dict, expand, run_limits
+from kvbench.config import RSE_CONFIDENCE, BenchConfig, Cell, config_to_dict, expand, run_limits
 from kvbench.devices import Devices, compute_capability, is_gpu
 from kvbench.energy import CounterReader, energy_reader
 from kvbench.errors import KvbenchError
@@ -23,7 +23,7 @@ from kvbench.kvsize import cache_bytes_for
 from kvbench.memory import MemoryProbe, downsample, free_memory
 from kvbench.metrics import time_per_output_token_s
 from kvbench.records import BenchmarkResult, CellResult, CellState, RunRecord
-from kvbench.stats import RSE_CONFIDENCE, precise_enough
+from kvbench.stats import precise_enough
 from kvbench.version import __version__
 
 
@@ -531,7 +531,7 @@ class Measurement:
         samples = {
             mode: [r.latency_s for r in self.result.runs_of(cell_result.id, mode)] for mode in self.config.modes
         }
-        enough, worst = precise_enough(samples, target)
+        enough, worst = precise_enough(samples, target, RSE_CONFIDENCE)
         if enough:
             cell_result.stop_reason = (
                 f"every mode within the target RSE {target:.1%} at {RSE_CONFIDENCE:.0%} confidence"

@@ -41,12 +41,7 @@ def relative_standard_error(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
 
 
-# --target-rse stops a cell once this upper confidence bound on each mode's RSE is within the target: the
-# point estimate from five noisy runs is often low by chance, and stopping on it stopped cells early.
-RSE_CONFIDENCE = 0.90
-
-
-def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE) -> float | None:
+def rse_upper_bound(values: Sequence[float], confidence: float) -> float | None:
     """A one-sided upper confidence bound on the relative standard error of the mean: the sample standard
     deviation scaled by sqrt((n - 1) / q), q the chi-squared (n - 1 df) quantile at 1 - confidence, as
     for normal runs. None until there are two values."""
@@ -59,9 +54,12 @@ def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE)
     return rse * math.sqrt(df / float(chdtri(df, confidence)))
 
 
-def precise_enough(samples: Mapping[str, Sequence[float]], target: float) -> tuple[bool, float | None]:
-    """Whether every mode's mean is known within `target` RSE (at RSE_CONFIDENCE), and the worst bound."""
-    bounds = [rse_upper_bound(values) for values in samples.values()]
+def precise_enough(
+    samples: Mapping[str, Sequence[float]], target: float, confidence: float
+) -> tuple[bool, float | None]:
+    """Whether every mode's mean is known within `target` RSE (its upper bound at `confidence`), and the
+    worst bound."""
+    bounds = [rse_upper_bound(values, confidence) for values in samples.values()]
     known = [bound for bound in bounds if bound is not None]
     if not bounds or len(known) < len(bounds):
         return False, None

@@ -214,9 +214,9 @@ def test_rse_upper_bound_worked_by_hand():
     """Three values, 2 df: the chi-squared 10% quantile is -2 ln 0.9 = 0.2107, so the bound is the RSE
     times sqrt(2 / 0.2107)."""
     values = [1.0, 1.1, 0.9]
-    assert rse_upper_bound(values) == pytest.approx(relative_standard_error(values) * math.sqrt(2 / (-2 * math.log(0.9))))
-    assert rse_upper_bound([1.0]) is None
-    assert precise_enough({"cached": [1.0], "uncached": [1.0, 1.0]}, 0.5) == (False, None)
+    assert rse_upper_bound(values, 0.9) == pytest.approx(relative_standard_error(values) * math.sqrt(2 / (-2 * math.log(0.9))))
+    assert rse_upper_bound([1.0], 0.9) is None
+    assert precise_enough({"cached": [1.0], "uncached": [1.0, 1.0]}, 0.5, 0.9) == (False, None)
 
 
 def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
@@ -242,7 +242,7 @@ def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
         return all(relative_standard_error(values) <= target for values in samples.values())
 
     cells = 600
-    bound = [stops_at(lambda samples: precise_enough(samples, target)[0]) for _ in range(cells)]
+    bound = [stops_at(lambda samples: precise_enough(samples, target, 0.9)[0]) for _ in range(cells)]
     point = [stops_at(on_the_point_estimate) for _ in range(cells)]
     assert sum(n < needed for n in point) / cells > 0.2  # the old rule, for contrast
     assert sum(n < needed for n in bound) / cells < 0.05
