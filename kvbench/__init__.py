@@ -8,11 +8,10 @@
 torch and transformers load only when a benchmark runs, so reading and comparing results stays fast.
 """
 
-__version__ = "0.1.0"
-
-from kvbench.config import BenchConfig  # noqa: E402
-from kvbench.errors import KvbenchError  # noqa: E402
-from kvbench.results import BenchmarkResult, read_result  # noqa: E402
-from kvbench.runner import run_benchmark  # noqa: E402
+from kvbench.config import BenchConfig
+from kvbench.errors import KvbenchError
+from kvbench.results import BenchmarkResult, read_result
+from kvbench.runner import run_benchmark
+from kvbench.version import __version__
 
 __all__ = ["BenchConfig", "BenchmarkResult", "KvbenchError", "read_result", "run_benchmark", "__version__"]

@@ -10,7 +10,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -43,7 +43,7 @@ def user_errors() -> Iterator[None]:
 
 def _version(value: bool) -> None:
     if value:
-        from kvbench import __version__
+        from kvbench.version import __version__
 
         stdout.print(f"kvbench {__version__}", highlight=False)
         raise typer.Exit()
@@ -102,7 +102,8 @@ def _setting_option(name: str) -> inspect.Parameter:
     help_text = meta["help"]
     if meta["choices"] and not any(choice in help_text for choice in meta["choices"][1:]):
         help_text += f" One of: {', '.join(meta['choices'])}."
-    annotation = Optional[List[kind]] if is_list else Optional[kind]
+    # Built from the setting's declared type, at run time: Typer reads it, a type checker cannot.
+    annotation = Optional[List[kind]] if is_list else Optional[kind]  # type: ignore[valid-type]
     # Shown in the help text: the option's own default is None, which --help would otherwise show.
     option = typer.Option(
         None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False, metavar=_metavar(kind)
@@ -114,7 +115,7 @@ def _metavar(kind: type) -> str:
     return {bool: "", int: "N", float: "NUMBER", str: "TEXT"}[kind]
 
 
-def _cli_values(name: str, value: object) -> object:
+def _cli_values(name: str, value: Any) -> Any:
     """A command-line value as BenchConfig takes it: comma-separated lists split."""
     from kvbench.config import config_fields
 
@@ -349,7 +350,7 @@ def _load_and_measure(
         tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)
     for line in one_line_summary(result):
         tables.print(f"summary: {line}", highlight=False, soft_wrap=True)
-    if any(cell.status in ("error", "timeout") for cell in result.cells):
+    if result.cells_to_retry():
         raise typer.Exit(1)
 
 
@@ -388,6 +389,13 @@ def show(
             stdout.print(f"summary: {line}", highlight=False, soft_wrap=True)
 
 
+def _judged_metrics_help() -> str:
+    from kvbench.metrics import JUDGED_METRICS
+
+    named = [f"{metric.name} ({metric.help})" for metric in JUDGED_METRICS.values()]
+    return ", ".join(named[:-1]) + " or " + named[-1]
+
+
 @app.command()
 def compare(
     files: List[Path] = typer.Argument(..., help="Two or more results .json files, or directories of them."),
@@ -408,8 +416,7 @@ def compare(
     ),
     gate_metric: str = typer.Option(
         "latency",
-        help="What the gate judges: latency (per generate()), ttft (time to first token) or tpot (decode"
-        " time per token).",
+        help=f"What the gate judges: {_judged_metrics_help()}.",
     ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from kvbench.config import Cell
 from kvbench.errors import KvbenchError
-from kvbench.results import BenchmarkResult, ModeSummary, RunRecord, read_result
-from kvbench.stats import summarize_mode
+from kvbench.metrics import JUDGED_METRICS
+from kvbench.records import BenchmarkResult, ModeSummary, RunRecord
+from kvbench.results import read_result
 from kvbench.stats import (
     RatioTest,
     cached_speedup,
@@ -22,12 +24,6 @@ from kvbench.stats import (
 # The false-alarm rate of a whole comparison, per metric: every measurement (cell × mode × file) is one
 # test of a family, and Holm's procedure keeps the chance of any false call in it at most ALPHA.
 ALPHA = 0.05
-# What can be compared, and what the gate can judge (--gate-metric): per-run values, in seconds.
-METRICS = {
-    "latency": "latency",
-    "ttft": "time to first token",
-    "tpot": "decode time per token",
-}
 # Settings that, when they differ between files, make a comparison less like-for-like: say so.
 CONFIG_CHECKS = ("prompt", "prompt_tokens", "weights", "warmup", "seed")
 ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cuda_version")
@@ -80,10 +76,10 @@ class Entry:
 
     @property
     def change_pct(self) -> float | None:
-        test = self.versus_baseline
-        return (test.ratio - 1) * 100 if test is not None else None
+        return self.change_of("latency")
 
     def change_of(self, metric: str) -> float | None:
+        """The change against the baseline in percent, by a judged metric; None for the baseline itself."""
         test = self.tests.get(metric)
         return (test.ratio - 1) * 100 if test is not None else None
 
@@ -127,7 +123,7 @@ class Comparison:
         return self.threshold_pct is not None and bool(self.unjudged)
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
+def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given; a directory stands for the results .json files directly inside it."""
     found: list[Path] = []
     for raw in paths:
@@ -154,13 +150,12 @@ def metric_samples(runs: list[RunRecord]) -> dict[str, list[float]]:
     token, (latency - first token) / (new tokens - 1), one per run; or, when the runs come from 3 or more
     processes (--processes), one per process, its mean, so the standard error includes the drift between
     processes that runs inside one process cannot show. A metric some run lacks is left out."""
-    per_run = {"latency": [run.latency_s for run in runs]}
-    if runs and all(run.time_to_first_token_s is not None for run in runs):
-        per_run["ttft"] = [run.time_to_first_token_s for run in runs]
-        if all(run.new_tokens >= 2 for run in runs):
-            per_run["tpot"] = [
-                (run.latency_s - run.time_to_first_token_s) / (run.new_tokens - 1) for run in runs
-            ]
+    per_run = {}
+    for name, metric in JUDGED_METRICS.items():
+        values = [metric.per_run(run) for run in runs]
+        present = [value for value in values if value is not None]
+        if len(present) == len(values):
+            per_run[name] = present
     processes = [(run.host, run.pid) for run in runs]
     return {metric: process_aware_samples(values, processes) for metric, values in per_run.items()}
 
@@ -174,7 +169,8 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
             if not runs:
                 continue
             key = MeasurementKey(resolved, mode)
-            summary = summarize_mode(cell.id, mode, runs)
+            summary = result.summary_of(cell.id, mode)
+            assert summary is not None  # the mode has runs
             memory, source = summary.peak_memory()
             found[key] = Entry(key, summary, metric_samples(runs), memory, source)
     return found
@@ -233,7 +229,7 @@ def _align(
 
 
 def compare_results(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     baseline: str | None = None,
     threshold_pct: float | None = None,
     gate_metric: str = "latency",
@@ -247,8 +243,10 @@ def compare_results(
         raise KvbenchError(
             f"the regression threshold must be a non-negative percentage such as 5, not {threshold_pct}"
         )
-    if gate_metric not in METRICS:
-        raise KvbenchError(f"the gate metric cannot be {gate_metric!r}; choose one of {', '.join(METRICS)}")
+    if gate_metric not in JUDGED_METRICS:
+        raise KvbenchError(
+            f"the gate metric cannot be {gate_metric!r}; choose one of {', '.join(JUDGED_METRICS)}"
+        )
     expanded = expand_paths(paths)
     if len(expanded) < (1 if allow_single else 2):
         raise KvbenchError("compare needs at least two results files; pass two files or a directory of them")
@@ -295,7 +293,7 @@ def compare_results(
                 reason = _why_missing(files[index].result, row_key)
                 unjudged.append(f"{where}: missing ({reason})")
                 continue
-            for metric in METRICS:
+            for metric in JUDGED_METRICS:
                 ours, theirs = entry.samples.get(metric), base_entry.samples.get(metric)
                 if ours and theirs and _positive(ours) and _positive(theirs):
                     entry.tests[metric] = compare_means(ours, theirs)
@@ -324,7 +322,7 @@ def gate_fails(test: RatioTest | None, threshold_pct: float | None) -> bool:
 
 
 def _why_unjudged(entry: Entry, base: Entry, metric: str, base_label: str) -> str | None:
-    name = METRICS[metric]
+    name = JUDGED_METRICS[metric].label
     if metric not in entry.samples or metric not in base.samples:
         side = "this file" if metric not in entry.samples else f"the baseline {base_label}"
         return f"no {name} recorded in {side}"
@@ -344,14 +342,15 @@ def _adjust_for_family(rows: list[Row]) -> dict[str, int]:
     """Widen every judged interval to the level Holm's procedure tests it at, per metric, so that the
     printed interval, the verdict and the family-wise false-alarm rate all agree."""
     sizes = {}
-    for metric in METRICS:
+    for metric in JUDGED_METRICS:
         family = [
             entry
             for row in rows
             for entry in row.entries
             if entry is not None and metric in entry.tests and entry.tests[metric].judged
         ]
-        levels = holm_levels([entry.tests[metric].p_value for entry in family], ALPHA)
+        # A judged test has its p-value.
+        levels = holm_levels([entry.tests[metric].p_value or 0.0 for entry in family], ALPHA)
         for entry, level in zip(family, levels):
             entry.tests[metric] = entry.tests[metric].at(1 - level)
         sizes[metric] = len(family)

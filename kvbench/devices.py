@@ -71,7 +71,8 @@ def compute_capability(*devices: str) -> tuple[int, int] | None:
         return None
     import torch
 
-    return min(tuple(torch.cuda.get_device_capability(cuda_index(device))) for device in gpus)
+    major, minor = min(tuple(torch.cuda.get_device_capability(cuda_index(device))) for device in gpus)
+    return major, minor
 
 
 def native_bfloat16(capability: tuple[int, int] | None) -> bool:

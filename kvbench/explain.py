@@ -7,10 +7,10 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kvbench.config import SWEEP_AXES, Cell
+from kvbench.config import MODES, SWEEP_AXES, Cell
 from kvbench.errors import KvbenchError
 from kvbench.fit import LengthExtrapolation, extrapolate
-from kvbench.results import BenchmarkResult, CellResult
+from kvbench.records import BenchmarkResult, CellResult
 from kvbench.roofline import ModelCost, RooflineBound, roofline_bound, step_bound_s, step_cost
 
 # How a setting reads in a legend or a group's name ("attn=eager, batch=1").
@@ -55,23 +55,19 @@ class Peaks:
 def peaks_of(environment: dict[str, Any]) -> Peaks | None:
     """The device's measured peaks (what torch reached: the bound a run can actually approach), else a
     known GPU's datasheet; None when there are neither."""
-    measured = environment.get("device_peaks")
+    measured, sheet = environment.get("device_peaks"), environment.get("datasheet_peaks")
     if measured:
-        return Peaks(
-            measured["copy_bandwidth_bytes_per_s"],
-            measured["matmul_flops_per_s"],
-            f"measured on {measured['device']}: copy {measured['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s,"
-            f" {measured['matmul_dtype']} matmul {measured['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        bandwidth, flops = measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops_per_s"]
+        source = (
+            f"measured on {measured['device']}: copy {bandwidth / 1e9:.1f} GB/s,"
+            f" {measured['matmul_dtype']} matmul {flops / 1e9:.0f} GFLOP/s"
         )
-    sheet = environment.get("datasheet_peaks")
-    if sheet:
-        return Peaks(
-            sheet["memory_bandwidth_bytes_per_s"],
-            sheet["fp16_tensor_flops_per_s"],
-            f"{sheet['name']} datasheet: {sheet['memory_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s,"
-            f" FP16 {sheet['fp16_tensor_flops_per_s'] / 1e12:.0f} TFLOP/s",
-        )
-    return None
+    elif sheet:
+        bandwidth, flops = sheet["memory_bandwidth_bytes_per_s"], sheet["fp16_tensor_flops_per_s"]
+        source = f"{sheet['name']} datasheet: {bandwidth / 1e9:.0f} GB/s, FP16 {flops / 1e12:.0f} TFLOP/s"
+    else:
+        return None
+    return Peaks(bandwidth, flops, source)
 
 
 @dataclass(frozen=True)
@@ -188,7 +184,7 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
             continue  # not a length sweep at all: nothing to say
         points = {
             mode: [(run.new_tokens, run.latency_s) for cell in cells for run in result.runs_of(cell.id, mode)]
-            for mode in ("cached", "uncached")
+            for mode in MODES
         }
         name = named_settings(cells[0].settings, axes) or cells[0].settings.model
         ids = [cell.id for cell in cells]
@@ -219,6 +215,11 @@ class Explanation:
 
 
 def explain_result(result: BenchmarkResult) -> Explanation:
+    """The roofline bounds and length fits of a result, computed once until a run is added."""
+    return result.derived("explanation", lambda: _explain(result))
+
+
+def _explain(result: BenchmarkResult) -> Explanation:
     peaks = peaks_of(result.environment)
     bounds = [
         bound

@@ -8,8 +8,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from kvbench.compare import ALPHA, METRICS, Comparison, Entry
-from kvbench.results import SERVING_FIELDS, ModeSummary
+from kvbench.compare import ALPHA, Comparison, Entry
+from kvbench.metrics import JUDGED_METRICS
+from kvbench.records import SERVING_FIELDS, ModeSummary
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
@@ -28,6 +29,7 @@ def _pct(ratio: float) -> str:
 
 def interval_text(test: RatioTest) -> str:
     """The interval of the change as printed: "[+0.2%, +18.5%]", its confidence named when not 95%."""
+    assert test.low is not None and test.high is not None  # only a judged test has an interval
     shown = f"[{_pct(test.low)}, {_pct(test.high)}]"
     if round(test.confidence, 4) != 0.95:
         shown += f" ({test.confidence:.1%} CI)"
@@ -61,7 +63,7 @@ def memory_change_pct(entry: Entry, base: Entry | None) -> float | None:
 def _compared_metrics(comparison: Comparison) -> list[str]:
     """Latency always; time to first token and per-token decode time where some file was judged on them."""
     present = {metric for row in comparison.rows for e in row.entries if e is not None for metric in e.tests}
-    return [metric for metric in METRICS if metric == "latency" or metric in present]
+    return [metric for metric in JUDGED_METRICS if metric == "latency" or metric in present]
 
 
 def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -75,7 +77,7 @@ def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     others = [i for i in range(len(files)) if i != base]
     metrics = _compared_metrics(comparison)
     for metric in metrics:
-        suffix = "" if metric == "latency" else f" ({METRICS[metric]})"
+        suffix = "" if metric == "latency" else f" ({JUDGED_METRICS[metric].label})"
         headers += [f"{files[i].label} vs {files[base].label}{suffix}" for i in others]
     rows = []
     for row in comparison.rows:
@@ -198,7 +200,7 @@ def method_note(comparison: Comparison) -> str:
     )
     if comparison.threshold_pct is not None:
         rule = GATE_RULE.replace("PCT", f"{comparison.threshold_pct:g}")
-        note += f" The gate on {METRICS[comparison.gate_metric]} {rule}."
+        note += f" The gate on {JUDGED_METRICS[comparison.gate_metric].label} {rule}."
     return note
 
 
@@ -240,16 +242,16 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
                 "significant": test.significant() if test else None,
                 **{name: getattr(entry.summary, name) for name in SERVING_FIELDS},
             }
-            for metric in ("ttft", "tpot"):
-                values = entry.samples.get(metric)
-                other = entry.tests.get(metric)
-                # tpot_mean_s is the summary's (a mean over runs), set above with the serving figures, unless
-                # the runs lack per-token times; then, as ttft_mean_s, the mean of what the tests take.
-                if record.get(f"{metric}_mean_s") is None:
-                    record[f"{metric}_mean_s"] = sum(values) / len(values) if values else None
-                record[f"{metric}_ratio_to_baseline"] = other.ratio if other else None
-                record[f"{metric}_ci_low"] = other.low if other else None
-                record[f"{metric}_ci_high"] = other.high if other else None
+            for metric in [m for m in JUDGED_METRICS.values() if m.name != "latency"]:
+                values = entry.samples.get(metric.name)
+                other = entry.tests.get(metric.name)
+                # A mean the summary holds (tpot_mean_s) is set above with the serving figures, unless the runs
+                # lack per-token times; then, as for one it lacks (ttft_mean_s), the mean of what the tests take.
+                if record.get(metric.mean_field) is None:
+                    record[metric.mean_field] = sum(values) / len(values) if values else None
+                record[f"{metric.name}_ratio_to_baseline"] = other.ratio if other else None
+                record[f"{metric.name}_ci_low"] = other.low if other else None
+                record[f"{metric.name}_ci_high"] = other.high if other else None
             record["regression"] = entry.regression
             record["unjudged"] = entry.unjudged
             out.append(record)

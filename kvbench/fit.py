@@ -20,8 +20,8 @@ Fitting three parameters needs at least three distinct lengths and four points.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from kvbench.errors import KvbenchError
 from kvbench.stats import welch_df

@@ -134,11 +134,13 @@ def _why_it_differs(cache: Any, bytes_by_device: dict[str, int]) -> str | None:
         reasons.append("quantized cache: states are stored in fewer bits, with scales, so it is smaller")
     windows = {getattr(layer, "sliding_window", None) for layer in layers if getattr(layer, "is_sliding", False)}
     if windows:
-        sizes = ", ".join(str(window) for window in sorted(windows - {None})) or "a window of"
+        sizes = ", ".join(str(window) for window in sorted(w for w in windows if w is not None)) or "a window of"
         reasons.append(f"sliding-window layers keep only the last {sizes} positions")
     max_lengths = {
-        getattr(layer, "max_cache_len", None) for layer in layers if not getattr(layer, "is_sliding", False)
-    } - {None}
+        length
+        for layer in layers
+        if not getattr(layer, "is_sliding", False) and (length := getattr(layer, "max_cache_len", None)) is not None
+    }
     if max_lengths:
         reasons.append(
             f"static cache: preallocated for {max(max_lengths)} positions, more than it fills when the"

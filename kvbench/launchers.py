@@ -12,33 +12,32 @@ import sys
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import Connection
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Protocol
 
 from kvbench.config import BenchConfig, Cell
 from kvbench.devices import is_gpu, resolve_device
 from kvbench.errors import KvbenchError
-from kvbench.results import CellResult
+from kvbench.events import CellChanged, Done, Event, Failed, Output, Progress, RunsMeasured, Unmeasured, UserError
+from kvbench.measure import Measurement
+from kvbench.records import CellResult, CellState
 from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
 from kvbench.worker import CellJob
 
-if TYPE_CHECKING:
-    from kvbench.runner import Benchmark
 
-# Cell states that end a cell however many of its processes are still to come.
-FAILED_STATES = ("skipped", "oom", "error", "timeout")
+class Launcher(Protocol):
+    """How a run's cells reach the code that measures them: this process, fresh processes, Ray. A launcher
+    resolves the device the run measures on, then measures the pending cells into the run's result,
+    saving after every generation."""
 
+    name: str
 
-def make_launcher(config: BenchConfig) -> Any:
-    if config.launcher == "ray":
-        from kvbench.ray_launcher import RayLauncher
+    def resolve_device(self, requested: str) -> str: ...
 
-        return RayLauncher(config)
-    if config.isolation == "process" or config.processes > 1:
-        return LocalProcesses(config)
-    return InProcess()
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None: ...
 
 
 def cell_jobs(config: BenchConfig, cell: Cell, device: str | None = None) -> list[CellJob]:
@@ -57,15 +56,9 @@ class InProcess:
     def resolve_device(self, requested: str) -> str:
         return resolve_device(requested)
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
-        from kvbench.environment import placement
-
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         for index, cell_result in enumerate(pending):
-            benchmark.observer.cell_started(cell_result, index, len(pending))
-            benchmark.measure_cell(cell_result)
-            cell_result.ran_on = {"launcher": self.name, **placement(benchmark.devices_in_use())}
-            benchmark.save(final=True)
-            benchmark.observer.cell_finished(cell_result)
+            benchmark.measure_here(cell_result, index, len(pending), self.name)
 
 
 # CellResult fields combined over a cell's measuring processes rather than taken from the first.
@@ -76,7 +69,7 @@ class CellAssembly:
     """One cell's events from its measuring processes, applied to the benchmark's result as they arrive,
     so the file is the one an in-process run would write: the same cells, runs in sweep order."""
 
-    def __init__(self, benchmark: Benchmark, cell_result: CellResult, launcher: str, label_prefix: str = "") -> None:
+    def __init__(self, benchmark: Measurement, cell_result: CellResult, launcher: str, label_prefix: str = "") -> None:
         self.benchmark, self.cell_result = benchmark, cell_result
         self.launcher, self.label_prefix = launcher, label_prefix
         self.started = False
@@ -87,17 +80,16 @@ class CellAssembly:
         """A cell interrupted before is measured again from its start, so its runs stay interleaved."""
         result, cell_result = self.benchmark.result, self.cell_result
         result.runs = [run for run in result.runs if run.cell != cell_result.id]
-        cell_result.status = "incomplete"
+        cell_result.status = CellState.INCOMPLETE
         for item in fields(CellResult):
             if item.name not in ("settings", "status"):
                 setattr(cell_result, item.name, None)
         self.started = True
         self.benchmark.observer.cell_started(cell_result, index, count)
 
-    def apply(self, event: tuple) -> None:
-        kind = event[0]
-        if kind == "progress":
-            _, hook, arguments = event
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            hook, arguments = event.hook, event.arguments
             if hook == "generation_started" and self.label_prefix:
                 arguments = (f"{self.label_prefix} {arguments[0]}", *arguments[1:])
             if hook == "token":
@@ -105,29 +97,29 @@ class CellAssembly:
                     self.benchmark.observer.token()
             else:
                 getattr(self.benchmark.observer, hook)(*arguments)
-        elif kind == "runs":
-            if self.cell_result.status not in FAILED_STATES:
-                self.benchmark.result.runs.extend(event[1])
+        elif isinstance(event, RunsMeasured):
+            if not CellState(self.cell_result.status).failed:
+                self.benchmark.result.add_runs(event.runs)
                 # Stable: each cell's runs keep their order, cells measured at once do not interleave.
                 self.benchmark.result.runs.sort(key=lambda run: self._order[run.cell])
                 self.benchmark.save()
-        elif kind == "cell":
-            self._merge(event[1])
-        elif kind == "unmeasured":
-            self.benchmark.result.unmeasured.update(event[1])
-        elif kind == "output":
+        elif isinstance(event, CellChanged):
+            self._merge(event.state)
+        elif isinstance(event, Unmeasured):
+            self.benchmark.result.unmeasured.update(event.figures)
+        elif isinstance(event, Output):
             prefix = f"{self.label_prefix} " if self.label_prefix else ""
-            self.benchmark.observer.output(f"{prefix}{event[1]}")
-        elif kind == "failed":
-            self.fail(event[1], event[2])
-        elif kind == "user_error":
-            raise KvbenchError(event[1])
+            self.benchmark.observer.output(f"{prefix}{event.line}")
+        elif isinstance(event, Failed):
+            self.fail(event.status, event.reason)
+        elif isinstance(event, UserError):
+            raise KvbenchError(event.message)
 
     def _merge(self, state: dict[str, Any]) -> None:
         cell_result = self.cell_result
-        if cell_result.status in FAILED_STATES:
+        if CellState(cell_result.status).failed:
             return
-        if state["status"] in FAILED_STATES:
+        if CellState(state["status"]).failed:
             self.fail(state["status"], state["reason"])
             return
         # What the first measuring process found (the model, the prompt, the cache, generated text...);
@@ -138,7 +130,7 @@ class CellAssembly:
         ran_on = state.get("ran_on")
         if ran_on:
             self._record_place(ran_on)
-        if state["status"] == "measured":
+        if state["status"] == CellState.MEASURED:
             self._outputs[len(self._outputs)] = (state["outputs_match"], state["first_divergence"])
             matches = [match for match, _ in self._outputs.values()]
             if False in matches:
@@ -157,14 +149,14 @@ class CellAssembly:
 
     def fail(self, status: str, reason: str) -> None:
         """The cell is recorded as failed with the reason, without the runs it had, and the sweep goes on."""
-        if self.cell_result.status in FAILED_STATES:
+        if CellState(self.cell_result.status).failed:
             return
-        self.cell_result.status, self.cell_result.reason = status, reason
+        self.cell_result.status, self.cell_result.reason = CellState(status), reason
         self.benchmark.result.runs = [run for run in self.benchmark.result.runs if run.cell != self.cell_result.id]
 
     def finish(self) -> None:
-        if self.cell_result.status == "incomplete":
-            self.cell_result.status = "measured"
+        if self.cell_result.status == CellState.INCOMPLETE:
+            self.cell_result.status = CellState.MEASURED
         self.benchmark.save(final=True)
         self.benchmark.observer.cell_finished(self.cell_result)
 
@@ -250,7 +242,7 @@ def _child_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
 
 
-def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> Iterator[tuple]:
+def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> Iterator[Event]:
     """Each job in its own fresh process, one after another; yields their events, then a failure event
     for a process that dies or outlives the cell's timeout. `live` holds the processes running, so a
     caller can end them from another thread."""
@@ -265,25 +257,25 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
                 wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
                 ready = receiver.poll(wait_s)
                 for line in output.new_lines():
-                    yield ("output", line)
+                    yield Output(line)
                 if ready:
                     try:
                         event = receiver.recv()
                     except EOFError:
                         why = _describe_death(process)
                         last = output.last_words()
-                        ending = ("failed", "error", f"{why}; the last line it printed: {last}" if last else why)
+                        ending = Failed("error", f"{why}; the last line it printed: {last}" if last else why)
                         continue
-                    if event[0] == "cell":
-                        status = event[1]["status"]
-                    if event[0] in ("failed", "user_error"):
+                    if isinstance(event, CellChanged):
+                        status = event.state["status"]
+                    if isinstance(event, (Failed, UserError)):
                         ending = event
                         continue
                     yield event
-                    finished = event[0] == "done"
+                    finished = isinstance(event, Done)
                 elif deadline is not None and time.monotonic() >= deadline:
                     reason = f"not finished within --cell-timeout {timeout_s:g} s; its process was stopped"
-                    ending = ("failed", "timeout", reason)
+                    ending = Failed("timeout", reason)
         finally:
             _end(process, grace_s=10 if finished else 0)
             live.discard(process)
@@ -291,11 +283,11 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
         # What the process printed last (its pipe closes as it ends) comes before how it ended.
         output.last_words(wait_s=0.5 if finished else 2.0)
         for line in output.new_lines():
-            yield ("output", line)
+            yield Output(line)
         if ending is not None:
             yield ending
             return
-        if status in FAILED_STATES:
+        if CellState(status).failed:
             return
 
 
@@ -307,12 +299,12 @@ def _end(process: subprocess.Popen, grace_s: float) -> None:
         process.wait()
 
 
-def _pump(events: Iterator[tuple], key: int, inbox: queue.Queue) -> None:
+def _pump(events: Iterator[Event], key: int, inbox: queue.Queue) -> None:
     try:
         for event in events:
             inbox.put((key, event))
     except Exception as error:  # noqa: BLE001 - a launcher bug still ends the cell, and says why
-        inbox.put((key, ("failed", "error", f"launcher: {type(error).__name__}: {error}")))
+        inbox.put((key, Failed("error", f"launcher: {type(error).__name__}: {error}")))
     finally:
         inbox.put((key, None))
 
@@ -341,7 +333,7 @@ class LocalProcesses:
             gpus = torch.cuda.device_count()
         return device_slots(self.config.device, device, gpus, self.config.device_map)
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         slots = self.slots(benchmark.device)
         pool, concurrent = DevicePool(slots), len(slots) > 1
         every_device = self.config.device_map is not None

@@ -13,8 +13,9 @@ import multiprocessing
 import os
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from kvbench.devices import Devices
 from kvbench.nvml import gpu_uuids, open_by_uuid
@@ -54,7 +55,7 @@ class MemoryFigures:
     def over_runs(cls, readings: Iterable[MemoryFigures]) -> MemoryFigures:
         """A mode's figures: each combined over its runs as its declaration says, ignoring gaps."""
         readings = list(readings)
-        combine = {"max": max, "min": min, "sum": sum}
+        combine: dict[str, Callable[[list[Any]], Any]] = {"max": max, "min": min, "sum": sum}
         values = {}
         for item in fields(MemoryFigures):
             present = [getattr(r, item.name) for r in readings if getattr(r, item.name) is not None]
@@ -129,10 +130,6 @@ class SamplerReading:
     # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
     device_unavailable: str | None = None
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
-
-    @property
-    def baseline_bytes(self) -> int:
-        return sum(self.baseline.values())
 
     @property
     def peak_device_bytes(self) -> int:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 PERCENTILES = (50, 90, 99)
 
@@ -56,6 +57,11 @@ def distribution(values: Sequence[float]) -> Distribution:
     )
 
 
+def time_per_output_token_s(latency_s: float, first_token_s: float, new_tokens: int) -> float | None:
+    """TPOT: (end-to-end - first token) / (new tokens - 1); None with one new token, no decode step to time."""
+    return (latency_s - first_token_s) / (new_tokens - 1) if new_tokens > 1 else None
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """One generate() call's latency metrics, in seconds and tokens per second."""
@@ -82,7 +88,7 @@ def run_metrics(token_times_s: Sequence[float], latency_s: float, prompt_tokens:
     tokens = len(token_times_s)
     itl_s = tuple(later - earlier for earlier, later in zip(token_times_s, token_times_s[1:]))
     decode_s = latency_s - ttft_s
-    tpot_s = decode_s / (tokens - 1) if tokens > 1 else None
+    tpot_s = time_per_output_token_s(latency_s, ttft_s, tokens)
     return RunMetrics(
         ttft_s=ttft_s,
         tpot_s=tpot_s,
@@ -121,3 +127,34 @@ def mode_metrics(runs: Sequence[RunMetrics]) -> ModeMetrics:
         prefill_tokens_per_s_mean=statistics.fmean(run.prefill_tokens_per_s for run in runs),
         decode_tokens_per_s_mean=statistics.fmean(decode_rates) if decode_rates else None,
     )
+
+
+@dataclass(frozen=True)
+class JudgedMetric:
+    """A figure compare tests across files and the gate can judge (--gate-metric): one value per run, in
+    seconds, read from a stored run."""
+
+    name: str
+    label: str  # how tables and verdicts name it
+    help: str  # how --gate-metric's help describes it
+    mean_field: str  # the export column of its mean over runs (the summary's field of that name, where it has one)
+    per_run: Callable[[Any], float | None]  # a RunRecord's value; None where the run did not record it
+    unit: str = "s"
+
+
+def _tpot_of(run: Any) -> float | None:
+    first = run.time_to_first_token_s
+    return None if first is None else time_per_output_token_s(run.latency_s, first, run.new_tokens)
+
+
+# The one list of judged metrics, in the order tables show them; latency first, always there.
+JUDGED_METRICS = {
+    metric.name: metric
+    for metric in (
+        JudgedMetric("latency", "latency", "per generate()", "mean_s", lambda run: run.latency_s),
+        JudgedMetric(
+            "ttft", "time to first token", "time to first token", "ttft_mean_s", lambda run: run.time_to_first_token_s
+        ),
+        JudgedMetric("tpot", "decode time per token", "decode time per token", "tpot_mean_s", _tpot_of),
+    )
+}

@@ -9,7 +9,8 @@ and leaves VRAM unmeasured: reading another GPU's memory would be worse than rea
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kvbench.devices import cuda_index, is_gpu
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from kvbench.config import SWEEP_AXES
 from kvbench.errors import KvbenchError
 from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
-from kvbench.results import BenchmarkResult, CellResult
+from kvbench.records import BenchmarkResult, CellResult
 from kvbench.stats import per_token_curve_ms
 
 # One colour per mode in every figure.

@@ -9,11 +9,13 @@ REDRAW_EVERY_S from the token hook), so what the display costs stays outside the
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
 from kvbench.eta import Planned, TimeLeft, clock_text
+from kvbench.records import CellState
 
 # A long uncached generation (minutes) should still show it is alive.
 REDRAW_EVERY_S = 2.0
@@ -60,7 +62,7 @@ class LineProgress:
 
     def cell_finished(self, cell: Any) -> None:
         self.time_left.cell_finished(cell.id)
-        if cell.status not in ("measured", "incomplete"):
+        if CellState(cell.status).failed:
             self._print(f"cell {cell.id}: {cell.status} ({cell.reason})")
 
     def output(self, line: str) -> None:

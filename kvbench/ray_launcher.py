@@ -4,16 +4,16 @@ results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from kvbench.config import BenchConfig
 from kvbench.errors import KvbenchError
+from kvbench.events import CellChanged, Event
 from kvbench.launchers import CellAssembly, cell_events, cell_jobs
-from kvbench.results import CellResult
+from kvbench.measure import Measurement
+from kvbench.records import CellResult
 from kvbench.worker import CellJob
-
-if TYPE_CHECKING:
-    from kvbench.runner import Benchmark
 
 
 def _import_ray() -> Any:
@@ -24,7 +24,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[tuple]:
+def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[Event]:
     """Runs as a Ray task: the cell's measuring processes on this node, one after another, their events
     streamed back as Ray yields them. The node's id goes with the place the cell ran."""
     import ray
@@ -33,8 +33,8 @@ def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[tuple]:
     live: set = set()
     try:
         for event in cell_events(jobs, timeout_s, live):
-            if event[0] == "cell" and event[1].get("ran_on"):
-                event = ("cell", {**event[1], "ran_on": {**event[1]["ran_on"], "ray_node_id": node}})
+            if isinstance(event, CellChanged) and event.state.get("ran_on"):
+                event = CellChanged({**event.state, "ran_on": {**event.state["ran_on"], "ray_node_id": node}})
             yield event
     finally:
         # Cancelled (Ctrl-C in the parent): the measuring process must not outlive its task.
@@ -81,7 +81,7 @@ class RayLauncher:
             options["accelerator_type"] = config.accelerator_type
         return options
 
-    def measure(self, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def measure(self, benchmark: Measurement, pending: list[CellResult]) -> None:
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -93,7 +93,7 @@ class RayLauncher:
             if started_here:
                 ray.shutdown()
 
-    def _measure(self, ray: Any, benchmark: Benchmark, pending: list[CellResult]) -> None:
+    def _measure(self, ray: Any, benchmark: Measurement, pending: list[CellResult]) -> None:
         task = ray.remote(cell_task)
         options = self.resources(ray)
         streams: dict[Any, tuple[int, CellAssembly]] = {}

@@ -6,7 +6,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from kvbench.results import BenchmarkResult, CellResult, ModeSummary
+from kvbench.config import MODES
+from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
 from kvbench.units import format_bytes
 
@@ -93,7 +94,7 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
 
 def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     lines: list[Text] = []
-    if cell.status in ("skipped", "oom", "error", "timeout"):
+    if CellState(cell.status).failed:
         lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
     speedup = speedup_of(result, cell)
@@ -135,7 +136,7 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
                 style="red",
             )
         )
-    if cell.status == "incomplete":
+    if cell.status == CellState.INCOMPLETE:
         lines.append(Text("incomplete: this cell was interrupted", style="yellow"))
     return lines
 
@@ -254,7 +255,7 @@ def render_result(result: BenchmarkResult) -> Group:
     if not result.complete:
         parts.append(Text("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
     for cell in result.cells:
-        if cell.status == "pending":
+        if cell.status == CellState.PENDING:
             continue
         if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
             parts.append(cell_table(result, cell))
@@ -269,7 +270,7 @@ def render_result(result: BenchmarkResult) -> Group:
     peaks = peaks_of(result.environment)
     if peaks is not None:
         parts.append(Text(f"roofline peaks: {peaks.source}", style="dim"))
-    pending = [cell.id for cell in result.cells if cell.status == "pending"]
+    pending = [cell.id for cell in result.cells if cell.status == CellState.PENDING]
     if pending:
         parts.append(Text(f"not run: {len(pending)} cell(s)", style="yellow"))
     for note in result.notes:
@@ -342,7 +343,7 @@ def one_line_summary(result: BenchmarkResult) -> list[str]:
 def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
     """What the cache bought in a cell, in words, with its 95% interval; None without both modes."""
     cached, uncached = (
-        [run.latency_s for run in result.runs_of(cell.id, mode)] for mode in ("cached", "uncached")
+        [run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES
     )
     if not cached or not uncached:
         return None
@@ -352,7 +353,7 @@ def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
 def print_generated_text(result: BenchmarkResult, console: Console) -> None:
     for cell in result.cells:
         if not cell.generated_text:
-            if cell.status == "measured":
+            if cell.status == CellState.MEASURED:
                 console.print(Text(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
             continue
         for mode, text in cell.generated_text.items():

@@ -14,202 +14,33 @@ import math
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell, bound_problem, config_fields
+# `name as name`: the data model (kvbench.records) kept importable from here, where readers found it.
+from kvbench.config import MODES, BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
-from kvbench.memory import MemoryFigures
+from kvbench.explain import explain_result
+from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
+from kvbench.records import SERVING_FIELDS as SERVING_FIELDS
+from kvbench.records import ModeSummary as ModeSummary
+from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
 
-SCHEMA_VERSION = 1
 FORMAT_NAME = "kvbench-results"
-CELL_STATES = ("pending", "incomplete", "measured", "skipped", "oom", "error", "timeout")
-RUN_MODES = ("cached", "uncached")
 
 
-@dataclass
-class RunRecord(MemoryFigures):
-    """One measured generate() call, with the memory figures measured around it."""
-
-    cell: str
-    mode: str
-    run: int
-    latency_s: float
-    new_tokens: int
-    prompt_tokens: int
-    batch_size: int
-    tokens_per_s: float
-    time_to_first_token_s: float | None
-    # When each new token arrived, in seconds from the start of generate().
-    token_times_s: list[float] = field(default_factory=list)
-    # With a model spread over several GPUs: the memory figures of each device.
-    per_device: dict[str, dict[str, int | None]] | None = None
-    # The process that measured the run, so statistics can tell runs of one process from another's.
-    host: str | None = None
-    pid: int | None = None
-    # (end-to-end - first token) / (new tokens - 1): the mean time per token after the first (TPOT).
-    time_per_output_token_s: float | None = None
-    energy_j: float | None = None  # the device's (or CPU package's) energy over the run; None: see unmeasured
-    # [seconds since the run's start, bytes], at most ~100 readings: VRAM on a GPU, RSS on a CPU.
-    memory_timeline: list[list[float]] | None = None
-    memory_timeline_source: str | None = None
-    # [new token position, bytes torch had allocated] every few tokens, on a CUDA device only.
-    allocated_by_position: list[list[int]] | None = None
-
-
-@dataclass
-class CellResult:
-    """One sweep point: its settings, what was loaded, its state, and what the two modes generated."""
-
-    settings: Cell
-    # "pending" (not started), "incomplete" (interrupted), "measured", or not measurable: "skipped",
-    # "oom", "error", "timeout" (past --cell-timeout), with the reason.
-    status: str = "pending"
-    reason: str | None = None
-    model: dict[str, Any] | None = None
-    prompt_tokens: int | None = None
-    prompt_source: str | None = None  # "tokenized" or "synthetic"
-    kv_cache_bytes: int | None = None  # theoretical, at prompt + new tokens, for the whole batch
-    outputs_match: bool | None = None
-    first_divergence: int | None = None  # index of the first new token that differs between modes
-    stop_reason: str | None = None  # with --target-rse: why measuring stopped where it did
-    generated_text: dict[str, str] | None = None  # each mode's first measured output, where there is a tokenizer
-    # Where it was measured: launcher, host, the measuring processes' ids, devices, and each GPU's name,
-    # UUID and driver.
-    ran_on: dict[str, Any] | None = None
-    # The cache object of the first measured cached run, its tensors' bytes walked (kvsize), beside the
-    # theory at the positions it actually holds (prompt + new - 1: the last token is never fed back).
-    kv_cache_measured_bytes: int | None = None
-    kv_cache_positions: int | None = None
-    kv_cache_theory_bytes: int | None = None
-    kv_cache_class: str | None = None
-    kv_cache_agrees: bool | None = None  # within 1%
-    kv_cache_note: str | None = None  # why measured and theory may differ, or why nothing was measured
-
-    @property
-    def id(self) -> str:
-        return self.settings.id
-
-    def label(self) -> str:
-        """The cell's short name, with the dtype it actually ran in when "auto" was asked for."""
-        return self.settings.label((self.model or {}).get("dtype"))
-
-
-def _serving():
-    return field(default=None, metadata={"serving": True})
-
-
-@dataclass
-class ModeSummary(MemoryFigures):
-    """One mode of one cell over its runs; always computed from the runs, never trusted from a file."""
-
-    cell: str
-    mode: str
-    n: int
-    mean_s: float
-    std_s: float | None
-    min_s: float
-    median_s: float
-    max_s: float
-    tokens_per_s: float
-    time_to_first_token_s: float | None
-    # Median gap between tokens over the first and the last tenth of the generation: flat when cached,
-    # growing with position when every step recomputes the whole sequence.
-    early_token_ms: float | None
-    late_token_ms: float | None
-    outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
-    # Serving metrics (kvbench.metrics; vLLM's definitions): percentiles over runs, ITL over every gap.
-    # Marked so that every table of them (compare's CSV and JSON) takes the whole set.
-    ttft_p50_s: float | None = _serving()
-    ttft_p90_s: float | None = _serving()
-    ttft_p99_s: float | None = _serving()
-    tpot_mean_s: float | None = _serving()
-    itl_p50_s: float | None = _serving()
-    itl_p90_s: float | None = _serving()
-    itl_p99_s: float | None = _serving()
-    e2e_p50_s: float | None = _serving()
-    e2e_p90_s: float | None = _serving()
-    e2e_p99_s: float | None = _serving()
-    prefill_tokens_per_s: float | None = _serving()
-    decode_tokens_per_s: float | None = _serving()
-    energy_j_per_token: float | None = _serving()  # the whole generate(), prefill included; mean over runs
-
-
-SERVING_FIELDS = tuple(f.name for f in fields(ModeSummary) if f.metadata.get("serving"))
-
-
-@dataclass
-class BenchmarkResult:
-    environment: dict[str, Any]
-    config: dict[str, Any]
-    command: str | None = None
-    started_at: str | None = None
-    updated_at: str | None = None
-    complete: bool = False
-    kvbench_version: str = ""
-    schema_version: int = SCHEMA_VERSION
-    unmeasured: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    cells: list[CellResult] = field(default_factory=list)
-    runs: list[RunRecord] = field(default_factory=list)
-
-    @property
-    def modes(self) -> list[str]:
-        return list(self.config.get("modes", []))
-
-    def cell(self, cell_id: str) -> CellResult:
-        return next(cell for cell in self.cells if cell.id == cell_id)
-
-    def runs_of(self, cell_id: str, mode: str) -> list[RunRecord]:
-        return [run for run in self.runs if run.cell == cell_id and run.mode == mode]
-
-    def summary_of(self, cell_id: str, mode: str) -> ModeSummary | None:
-        from kvbench.stats import summarize_mode
-
-        runs = self.runs_of(cell_id, mode)
-        return summarize_mode(cell_id, mode, runs) if runs else None
-
-    @property
-    def summary(self) -> list[ModeSummary]:
-        """Every cell's modes, summarised from the runs."""
-        found = (self.summary_of(cell.id, mode) for cell in self.cells for mode in self.modes)
-        return [summary for summary in found if summary is not None]
-
-    def speedup(self, cell_id: str) -> float | None:
-        """How many times faster cached generation was than uncached in a cell, by mean latency."""
-        cached, uncached = self.summary_of(cell_id, "cached"), self.summary_of(cell_id, "uncached")
-        if cached is None or uncached is None:
-            return None
-        return uncached.mean_s / cached.mean_s
-
-    def runs_frame(self):
-        """The runs as a pandas DataFrame, one row per measured generate(), without the nested per-token
-        times and per-device memory (those are in the JSON file)."""
-        import pandas as pd
-
-        nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position")
-        own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
-        columns = own + list(MemoryFigures.names())
-        return pd.DataFrame([{name: getattr(run, name) for name in columns} for run in self.runs], columns=columns)
-
-    def summary_frame(self):
-        """The per-cell, per-mode summary as a pandas DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame([asdict(summary) for summary in self.summary])
-
-
-def to_dict(result: BenchmarkResult) -> dict[str, Any]:
+def to_dict(result: BenchmarkResult, derived: bool = True) -> dict[str, Any]:
+    """The results file's document. With `derived`, it ends with the summary and the explanation, computed
+    from the runs for readers that do not recompute them (kvbench itself always does); a run leaves them
+    out of the saves it makes while measuring, so that saving stays a copy of what was measured."""
     data = asdict(result)
-    # Each cell's id first, as the runs refer to it; the summary for readers that do not recompute it
-    # (kvbench itself always does).
+    # Each cell's id first, as the runs refer to it.
     data["cells"] = [{"id": cell.id, **stored} for cell, stored in zip(result.cells, data["cells"])]
-    data["summary"] = [asdict(summary) for summary in result.summary]
-    # Like the summary, computed from the rest of the file and written for other readers.
-    from kvbench.explain import explain_result
-
-    data["explained"] = explain_result(result).to_dict()
+    if derived:
+        data["summary"] = [asdict(summary) for summary in result.summary]
+        data["explained"] = explain_result(result).to_dict()
     # Readers find the format and version first when they open the file.
     head = {"format": FORMAT_NAME, "schema_version": data.pop("schema_version")}
     return {**head, **data}
@@ -233,9 +64,9 @@ def csv_path_for(path: Path) -> Path:
     return path.with_suffix(".csv")
 
 
-def write_result(result: BenchmarkResult, path: str | Path) -> None:
+def write_result(result: BenchmarkResult, path: str | Path, derived: bool = True) -> None:
     """Write the results JSON file, atomically."""
-    data = to_dict(result)
+    data = to_dict(result, derived)
     _write_atomically(Path(path), lambda handle: json.dump(data, handle, indent=2))
 
 
@@ -310,13 +141,14 @@ class ResultsFile:
                     break
         self._made_directories = []
 
-    def save(self, result: BenchmarkResult, with_csv: bool = False) -> None:
-        """Write the JSON (and the CSV); a failure to write is one line, and leaves the previous save whole."""
+    def save(self, result: BenchmarkResult, with_csv: bool = False, derived: bool = True) -> None:
+        """Write the JSON (and the CSV; `derived`: with the summary and explanation blocks); a failure to
+        write is one line, and leaves the previous save whole."""
         one_off = not self.is_open
         if one_off:
             self.open()
         try:
-            write_result(result, self.path)
+            write_result(result, self.path, derived)
             self.written = True
             if with_csv:
                 write_runs_csv(result, self.path)
@@ -450,6 +282,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 def _cell_from_dict(data: dict[str, Any]) -> CellResult:
     cell = _build(CellResult, data)
     cell.settings = _build(Cell, data["settings"])
+    cell.status = CellState(cell.status)
     return cell
 
 
@@ -532,7 +365,7 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
 _REQUIRED_IN_FILE = {BenchmarkResult: ("cells", "runs")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -571,6 +404,9 @@ def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
         return next((p for key, item in value.items() if (p := _type_problem(item, value_type, f"{where}.{key}"))), None)
     if annotation is type(None):
         return None if value is None else f"{where} must be null, got {_shown(value)}"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        values = [member.value for member in annotation]
+        return None if value in values else f"{where} {_shown(value)} is not one of {', '.join(values)}"
     # bool is an int subclass in Python, but true is not a count; an integer is a fine float.
     accepted = {float: (int, float)}.get(annotation, annotation)
     if isinstance(value, accepted) and (annotation is bool or not isinstance(value, bool)):
@@ -677,8 +513,6 @@ def _finite_positive(value: Any) -> bool:
 
 
 def _meaning_problem(data: dict[str, Any]) -> str | None:
-    from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
-
     for key, cls in (("device_peaks", MeasuredPeaks), ("datasheet_peaks", DatasheetPeaks)):
         if data["environment"].get(key) is not None:
             if problem := _explained_problem(data["environment"][key], cls, f"environment.{key}"):
@@ -686,8 +520,6 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
     ids = set()
     limits = config_fields()
     for index, cell in enumerate(data["cells"]):
-        if cell.get("status", "pending") not in CELL_STATES:
-            return f"cells[{index}].status {_shown(cell['status'])} is not one of {', '.join(CELL_STATES)}"
         # The same bounds the command line holds a setting to (the roofline and plots step through lengths).
         for name, value in cell["settings"].items():
             if name in limits and isinstance(value, int) and (problem := bound_problem(limits[name], value)):
@@ -699,7 +531,7 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         settings = cell["settings"]
         ids.add(Cell(**{item.name: settings[item.name] for item in fields(Cell) if item.name in settings}).id)
     for index, run in enumerate(data["runs"]):
-        if run["mode"] not in RUN_MODES:
+        if run["mode"] not in MODES:
             return f"runs[{index}].mode {_shown(run['mode'])} is not cached or uncached"
         if run["cell"] not in ids:
             return f"runs[{index}].cell {_shown(run['cell'])} names no cell of the file"

@@ -25,17 +25,15 @@ whose tied head is 31% of its parameters, by up to 1.46x).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from kvbench.config import MODES
 from kvbench.devices import is_gpu
 from kvbench.errors import KvbenchError
 from kvbench.kvsize import BYTES_PER_ELEMENT, kv_cache_bytes, kv_geometry
-
-MODES = ("cached", "uncached")
 
 
 @dataclass(frozen=True)
@@ -139,12 +137,6 @@ def step_cost(model: ModelCost, mode: str, step: int, prompt_tokens: int, batch:
     )
 
 
-def generation_cost(model: ModelCost, mode: str, prompt_tokens: int, new_tokens: int, batch: int) -> StepCost:
-    """Bytes and FLOPs summed over a whole generation of `new_tokens`."""
-    steps = [step_cost(model, mode, step, prompt_tokens, batch) for step in range(new_tokens)]
-    return StepCost(sum(s.bytes_moved for s in steps), sum(s.flops for s in steps))
-
-
 def step_bound_s(cost: StepCost, bandwidth_bytes_per_s: float, flops_per_s: float) -> float:
     """The least time a step can take: it cannot move its bytes faster than the memory, nor compute faster
     than the arithmetic units (the roofline, with no overlap assumed lost)."""
@@ -200,13 +192,6 @@ def roofline_bound(
         steps=new_tokens,
         limited_by="memory bandwidth" if memory_s >= bound_s / 2 else "compute",
     )
-
-
-def fraction_of_bound(bound_s: float, measured_s: float) -> float | None:
-    """How close a measurement came to the bound: 1.0 is the hardware's limit, 0.25 is four times slower."""
-    if measured_s <= 0 or not math.isfinite(measured_s):
-        return None
-    return bound_s / measured_s
 
 
 # --- device peaks ---------------------------------------------------------------------------------
@@ -288,7 +273,7 @@ def measure_device_peaks(device: str = "cpu", seconds: float = 2.0) -> MeasuredP
     buffer_bytes = (256 if cuda else 64) * 2**20
     source = torch.ones(buffer_bytes // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    copy_rate = _best_rate(lambda: target.copy_(source), 2 * buffer_bytes, seconds / 2, synchronize)
+    copy_rate = _best_rate(lambda: target.copy_(source), 2 * buffer_bytes, seconds / 2, synchronize)  # noqa: F821 - run before the del
     del source, target
 
     dtype = torch.float16 if cuda else torch.float32

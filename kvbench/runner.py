@@ -1,273 +1,30 @@
-"""The measurement loop and the only caller of generate(): warmup, interleaved cached/uncached runs of
-exactly the requested new tokens, per-token arrival times, memory, and the results file kept current."""
+"""A benchmark run: checks everything it can before measuring, has its launcher measure the cells, and
+keeps the results file current; `run_benchmark` is the library's one call."""
 
 from __future__ import annotations
 
-import gc
-import importlib.util
-import os
-import platform
-import sys
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from kvbench import __version__
-from kvbench.config import (
-    BenchConfig,
-    Cell,
-    config_to_dict,
-    default_of,
-    expand,
-    resume_must_match,
-    run_limits,
-    validate,
-)
-from kvbench.devices import Devices, compute_capability, is_gpu
+# `name as name`: measuring names kept importable from here, where tests and scripts have found them.
+from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
-from kvbench.eta import Planned
-from kvbench.kvsize import cache_bytes_for
-from kvbench.energy import CounterReader, energy_reader
-from kvbench.memory import MemoryProbe, downsample, free_memory
-from kvbench.results import BenchmarkResult, CellResult, ResultsFile, RunRecord, read_result
-from kvbench.stats import RSE_CONFIDENCE, precise_enough
-
-# Cell states that --resume keeps rather than measures again.
-FINISHED_STATES = ("measured", "skipped", "oom")
-
-
-class Observer:
-    """Progress hooks for a display. Every hook but `output` does nothing by default, so library callers
-    need none; `output` passes a measuring process's lines on to stderr, where they would have gone."""
-
-    def planned(self, generations: dict[Planned, int]) -> None:
-        """Each generation the run will do, with how many times."""
-
-    def cell_started(self, cell: CellResult, index: int, count: int) -> None: ...
-
-    def generation_started(self, label: str, generation: Planned) -> None: ...
-
-    def token(self) -> None: ...
-
-    def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
-        """A generation ended: its measured latency, or None for a warmup."""
-
-    def cell_finished(self, cell: CellResult) -> None: ...
-
-    def output(self, line: str) -> None:
-        """A line a measuring process printed (stdout or stderr); a display prints it above itself."""
-        print(line, file=sys.stderr)
+from kvbench.measure import Generation as Generation
+from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
+from kvbench.measure import TokenClock as TokenClock
+from kvbench.measure import first_divergence as first_divergence
+from kvbench.measure import measure_generation as measure_generation
+from kvbench.measure import prepare_generation as prepare_generation
+from kvbench.records import BenchmarkResult, CellResult, CellState
+from kvbench.results import ResultsFile, read_result
 
 
-def planned_generation(cell: Cell, mode: str) -> Planned:
-    """One generation of a cell, as the estimate of the time left counts it."""
-    return Planned(mode, cell.max_new_tokens, cell.prompt_tokens or 0, cell.model, cell.id)
-
-
-class TokenClock:
-    """A generate() streamer that notes when each new token arrives. generate() hands it the prompt
-    first, then one batch of tokens per step, on the same call that is being timed."""
-
-    def __init__(
-        self,
-        on_token: Callable[[], None],
-        clock: Callable[[], float] = time.perf_counter,
-        allocated: Callable[[], int] | None = None,
-    ) -> None:
-        """`allocated`, on a CUDA device only: torch's allocated bytes, read every few tokens to show the
-        cache growing with position (a counter read, no synchronisation, so the timing is not disturbed)."""
-        self._on_token = on_token
-        self._clock = clock
-        self._allocated = allocated
-        self.times_s: list[float] = []
-        self.allocated_by_position: list[list[int]] = []
-        self.every = 1
-        self._start = 0.0
-        self._prompt_seen = False
-
-    def begin(self, new_tokens: int = 0) -> None:
-        self.times_s = []
-        self.allocated_by_position = []
-        self.every = max(1, new_tokens // 100)  # about 100 readings per run
-        self._prompt_seen = False
-        self._start = self._clock()
-
-    def put(self, value: Any) -> None:
-        now = self._clock()
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.times_s.append(now - self._start)
-        if self._allocated is not None and (len(self.times_s) - 1) % self.every == 0:
-            self.allocated_by_position.append([len(self.times_s) - 1, self._allocated()])
-        self._on_token()
-
-    def end(self) -> None:
-        pass
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
-
-
-def unsupported_reason(cell: Cell, device: str, capability: tuple[int, int] | None = None) -> str | None:
-    """Why this machine cannot run a cell's cache or attention implementation, known before trying.
-    `capability` is the GPU's compute capability (None on a CPU)."""
-    if cell.cache_implementation in ("offloaded", "offloaded_static") and not is_gpu(device):
-        return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
-    if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
-        return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
-    if cell.attn_implementation == "flash_attention_2" and (capability is None or capability < (8, 0)):
-        found = f"this GPU has {capability[0]}.{capability[1]}" if capability else f"the device is {device}"
-        return f"attn_implementation=flash_attention_2 needs a GPU of compute capability 8.0 or newer ({found})"
-    if cell.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
-        return "attn_implementation=flash_attention_2 needs the flash-attn package"
-    return None
-
-
-def first_divergence(a: Any, b: Any) -> int | None:
-    """Index of the first generated position where two (batch, tokens) id tensors differ, or None."""
-    differs = (a != b).any(dim=0).nonzero()
-    return int(differs[0]) if differs.numel() else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# How torch's CPU allocator words a failed allocation (a RuntimeError, not a MemoryError).
-_CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(words in str(error) for words in _CPU_OUT_OF_MEMORY)
-
-
-class _LoadFailure(Exception):
-    """A model that cannot be loaded for one cell of a sweep: recorded for the cell, and the sweep goes on."""
-
-
-@dataclass
-class Generation:
-    """One cell's generate() call, ready to repeat in either mode: the model, its inputs and the settings
-    every call of the cell shares."""
-
-    model: Any
-    cell: Cell
-    input_ids: Any
-    attention_mask: Any
-    pad_token_id: int
-    clock: TokenClock
-    # False: generate() must not compile a static cache's forward pass, as it would by itself on a GPU.
-    compile: bool = False
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.input_ids.shape[1])
-
-    def __call__(self, mode: str) -> Any:
-        kwargs: dict[str, Any] = {}
-        if mode == "cached" and self.cell.cache_implementation != "dynamic":
-            kwargs["cache_implementation"] = self.cell.cache_implementation
-        if not self.compile:
-            kwargs["disable_compile"] = True
-        self.clock.begin(self.cell.max_new_tokens)
-        return self.model.generate(
-            self.input_ids,
-            attention_mask=self.attention_mask,
-            max_new_tokens=self.cell.max_new_tokens,
-            # Greedy and forced to full length: an early end-of-sequence would shorten one mode only.
-            min_new_tokens=self.cell.max_new_tokens,
-            do_sample=False,
-            use_cache=mode == "cached",
-            pad_token_id=self.pad_token_id,
-            streamer=self.clock,
-            # The output then carries the cache object, whose bytes kvsize measures after the run.
-            return_dict_in_generate=True,
-            **kwargs,
-        )
-
-
-def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock, compile: bool = False) -> Generation:
-    """A cell's batch of prompts on the model's input device."""
-    import torch
-
-    input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(loaded.devices.primary)
-    return Generation(
-        loaded.model, cell, input_ids, torch.ones_like(input_ids), _pad_token_id(loaded.model), clock, compile
-    )
-
-
-def measure_generation(
-    generate: Generation,
-    mode: str,
-    run: int,
-    probe: MemoryProbe,
-    timed: Callable,
-    *,
-    energy: CounterReader | None = None,
-    on_output: Callable[[Any], None] | None = None,
-) -> tuple[RunRecord, Any]:
-    """One measured generate(): memory probed and energy counted around it, timed, its length checked.
-    `on_output` sees generate()'s whole output (its cache included) before it is dropped. Returns the
-    run's record and the new token ids."""
-    # Outside the timed span: each run starts from the same memory, not from what the last one left.
-    free_memory(probe.devices)
-    probe.start()
-    if energy is not None:
-        energy.start()
-    try:
-        output, latency_s = timed(lambda: generate(mode))
-    finally:
-        # Stopped even when generate() fails (out of memory, Ctrl-C), so the sampler is never left running.
-        joules = energy.stop().joules if energy is not None else None
-        reading = probe.stop()
-    if on_output is not None:
-        on_output(output)
-    cell, times = generate.cell, generate.clock.times_s
-    new_ids = output.sequences[:, generate.prompt_tokens :]
-    del output  # the cache goes with it, before the next run is measured
-    if new_ids.shape[1] != cell.max_new_tokens or len(times) != cell.max_new_tokens:
-        raise RuntimeError(
-            f"generate() produced {new_ids.shape[1]} new tokens ({len(times)} streamed), not {cell.max_new_tokens}"
-        )
-    per_device = reading.per_device
-    run_record = RunRecord(
-        cell=cell.id,
-        mode=mode,
-        run=run,
-        latency_s=latency_s,
-        new_tokens=cell.max_new_tokens,
-        prompt_tokens=generate.prompt_tokens,
-        batch_size=cell.batch_size,
-        tokens_per_s=cell.max_new_tokens * cell.batch_size / latency_s,
-        time_to_first_token_s=times[0] if times else None,
-        token_times_s=[round(t, 6) for t in times],
-        per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
-        host=platform.node(),
-        pid=os.getpid(),
-        time_per_output_token_s=(latency_s - times[0]) / (len(times) - 1) if len(times) > 1 else None,
-        energy_j=joules,
-        memory_timeline=downsample(reading.timeline),
-        memory_timeline_source=reading.timeline_source,
-        allocated_by_position=list(generate.clock.allocated_by_position) or None,
-        **asdict(reading.totals),
-    )
-    return run_record, new_ids
-
-
-class Benchmark:
-    """One `kvbench run`: plans the cells, checks everything it can before measuring, then schedules the
-    measurements (warmup, interleaved modes, adaptive stopping, resume) and saves after every generation."""
+class Benchmark(Measurement):
+    """One `kvbench run`: plans the cells, checks everything it can before measuring, then has its launcher
+    schedule the measurements (warmup, interleaved modes, adaptive stopping, resume) and saves after every
+    generation."""
 
     def __init__(
         self,
@@ -281,13 +38,10 @@ class Benchmark:
     ) -> None:
         """`clock` times every generation and its tokens: perf_counter, or a scripted clock that makes each
         latency a chosen number (how the tests drive stopping rules and displays without real noise)."""
-        from kvbench import environment
-        from kvbench.launchers import make_launcher
+        # Imported here: `import kvbench` must not import kvbench.worker, which `python -m` then runs again.
+        from kvbench.launch import make_launcher
 
         validate(config)
-        self.config = config
-        self.observer = observer or Observer()
-        self.clock = clock
         output = output if output is not None else config.output
         if resume and output is None:
             raise KvbenchError("--resume needs --output naming the results file to continue")
@@ -295,26 +49,11 @@ class Benchmark:
         self.file = ResultsFile(output, replace=force, resume=resume) if output is not None else None
         # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
         self.launcher = make_launcher(config)
-        self.device = self.launcher.resolve_device(config.device)
-        self.capability = compute_capability(self.device)
-        self.cells = expand(config)
-        # In a sweep a failing cell is recorded and the sweep goes on; a run of one cell reports it as the
-        # run's own error. A measuring process (kvbench.worker) measures its cell as part of a sweep.
-        self.part_of_sweep = len(self.cells) > 1
-        self.result = BenchmarkResult(
-            environment=environment.collect(Devices((self.device,))),
-            config=config_to_dict(config),
-            command=command,
-            started_at=_now(),
-            kvbench_version=__version__,
-            cells=[CellResult(settings=cell) for cell in self.cells],
-        )
+        device = self.launcher.resolve_device(config.device)
+        super().__init__(config, device, observer, command, clock, on_save=self._write)
         if resume:
             self._carry_over_finished_cells()
-        self._prepare_models()
-        self._loaded: tuple[tuple[str, str, str], Any] | None = None
-        self.probe: MemoryProbe | None = None
-        self.energy: CounterReader | None = None
+        self.prepare_models()
 
     def _carry_over_finished_cells(self) -> None:
         if self.file is None:
@@ -338,56 +77,20 @@ class Benchmark:
                     f"--resume: {self.file.path} was measured with {key} {before!r}, this run has {now!r};"
                     " resume on the same hardware or use a new --output"
                 )
-        kept = {cell.id: cell for cell in previous.cells if cell.status in FINISHED_STATES}
+        kept = {cell.id: cell for cell in previous.cells if CellState(cell.status).finished}
         self.result.cells = [kept.get(cell.id, cell) for cell in self.result.cells]
         self.result.runs = [run for run in previous.runs if run.cell in kept]
         self.result.started_at = previous.started_at
         self.result.notes = list(previous.notes)
 
-    def _prepare_models(self) -> None:
-        """Resolve every model and check every cell's length before any generation, so a mistake in
-        the last cell of a sweep is not found after hours of measuring."""
-        from kvbench import models
-
-        self.prepared = {
-            name: models.prepare_model(
-                name,
-                self.config.weights,
-                trust_remote_code=self.config.trust_remote_code,
-                revision=self.config.revision,
-            )
-            for name in self.config.model
-        }
-        self.prompts = {}
-        for name, prepared in self.prepared.items():
-            for length in self.config.prompt_tokens or [None]:
-                self.prompts[name, length] = models.prompt_ids(prepared, self.config.prompt, length, self.config.seed)
-            ids, how = self.prompts[name, (self.config.prompt_tokens or [None])[0]]
-            notes = list(prepared.notes)
-            if how == "synthetic" and self.config.prompt_tokens is None:
-                notes.append(
-                    f"{name} has no tokenizer, so the prompt text is not used: {len(ids)} seeded synthetic"
-                    " token ids stand in for it"
-                )
-            for note in notes:
-                if note not in self.result.notes:
-                    self.result.notes.append(note)
-        note = models.bfloat16_note(self.config.dtype, self.capability)
-        if note is not None and note not in self.result.notes:
-            self.result.notes.append(note)
-        for cell in self.cells:
-            models.check_context(
-                self.prepared[cell.model], len(self.prompts[cell.model, cell.prompt_tokens][0]), cell.max_new_tokens
-            )
-
-    def save(self, final: bool = False) -> None:
-        """The JSON after every generation; the CSV of runs too at the end of each cell and of the run."""
-        self.result.updated_at = _now()
+    def _write(self, final: bool, closing: bool) -> None:
+        """The JSON after every generation; the CSV of runs too at the end of each cell and of the run. Only
+        the run's closing save adds the summary and explanation, so a save mid-run computes nothing."""
         if self.file is not None:
-            self.file.save(self.result, with_csv=final)
+            self.file.save(self.result, with_csv=final or closing, derived=closing)
 
     def _pending(self) -> list[CellResult]:
-        return [cell_result for cell_result in self.result.cells if cell_result.status not in FINISHED_STATES]
+        return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
 
     def run(self) -> BenchmarkResult:
         if self.file is not None:
@@ -404,209 +107,20 @@ class Benchmark:
             self.launcher.measure(self, pending)
         except KeyboardInterrupt:
             # Ctrl-C may land between a measurement and its save: keep everything measured so far.
-            self.save(final=True)
+            self.save(closing=True)
             raise
         else:
             self.result.complete = True
-            self.save(final=True)
+            self.save(closing=True)
         finally:
-            if self.probe is not None:
-                self.probe.close()
+            self.close()
             if self.file is not None:
                 self.file.close()
         only = None if self.part_of_sweep else self.result.cells[0]
-        if only is not None and only.status == "oom":
+        if only is not None and only.status == CellState.OOM:
             # Recorded in the file first; for the user one line, not a traceback.
             raise KvbenchError(f"{only.settings.model}: {only.reason}; try a smaller --batch-size or --max-new-tokens")
         return self.result
-
-    def _model_for(self, cell: Cell) -> Any:
-        from kvbench import models
-
-        key = (cell.model, cell.dtype, cell.attn_implementation)
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None
-            self._free_memory()
-            loaded = models.build_model(
-                self.prepared[cell.model],
-                dtype=cell.dtype,
-                attn_implementation=cell.attn_implementation,
-                device=self.device,
-                seed=self.config.seed,
-                device_map=self.config.device_map,
-                capability=self.capability,
-            )
-            self._loaded = (key, loaded)
-            # Memory is measured on every device the model occupies, known only once it is loaded.
-            if self.probe is not None:
-                self.probe.close()
-            self.probe = MemoryProbe(
-                loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling
-            )
-            self.energy = energy_reader(list(loaded.devices.names))
-            if self.energy.unavailable:
-                self.result.unmeasured["energy"] = self.energy.unavailable
-        return self._loaded[1]
-
-    def _load_for(self, cell: Cell) -> Any:
-        """The cell's model. Its files were checked before measuring; what fails only now (weights that do
-        not fit the architecture, a backend that refuses) is this cell's failure: in a sweep it is
-        recorded and the sweep goes on, for a single cell it is one line."""
-        try:
-            return self._model_for(cell)
-        except KvbenchError as error:
-            if not self.part_of_sweep:
-                raise
-            raise _LoadFailure(str(error)) from None
-        except Exception as error:
-            if _is_out_of_memory(error):
-                raise
-            if not self.part_of_sweep:
-                raise KvbenchError(
-                    f"{cell.model}: cannot load the model ({type(error).__name__}: {error}); check its files"
-                    " or use --weights random"
-                ) from None
-            raise
-    def _device_peaks(self) -> None:
-        """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
-        the copy buffers compete with nothing), and a known GPU's datasheet figures beside them."""
-        from kvbench.roofline import datasheet_peaks, measure_device_peaks
-
-        environment = self.result.environment
-        sheet = datasheet_peaks(environment.get("gpu_name"))
-        if sheet is not None:
-            environment["datasheet_peaks"] = asdict(sheet)
-        if not self.config.device_peaks:
-            self.result.unmeasured["device_peaks"] = "not measured (--no-device-peaks): no roofline bound from them"
-            return
-        environment["device_peaks"] = asdict(measure_device_peaks(self.device))
-
-    def _free_memory(self) -> None:
-        gc.collect()
-        if is_gpu(self.device):
-            import torch
-
-            torch.cuda.empty_cache()
-
-    def devices_in_use(self) -> Devices:
-        """The devices of the model loaded last (all of them with --device-map), else the run's device."""
-        return self._loaded[1].devices if self._loaded is not None else Devices((self.device,))
-
-    def measure_cell(self, cell_result: CellResult) -> None:
-        """Measure one cell in this process, recording a failure that is the cell's own (out of memory,
-        an error within a sweep) in the cell and going on."""
-        cell = cell_result.settings
-        reason = unsupported_reason(cell, self.device, self.capability)
-        if reason is not None:
-            cell_result.status, cell_result.reason = "skipped", reason
-            return
-        # An interrupted cell is measured again from its start, so its runs stay interleaved.
-        self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
-        failure: tuple[str, str] | None = None
-        try:
-            loaded = self._load_for(cell)
-            ids, how = self.prompts[cell.model, cell.prompt_tokens]
-            cell_result.model = loaded.info()
-            # How the model was run: let compile (a static cache on a GPU) or held to eager code.
-            cell_result.model["compile"] = self.config.compile
-            cell_result.prompt_tokens, cell_result.prompt_source = len(ids), how
-            cell_result.kv_cache_bytes = cache_bytes_for(
-                loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
-            )
-            cell_result.model["cost"] = _model_cost(loaded)
-            cell_result.status = "incomplete"
-            clock = TokenClock(self.observer.token, self.clock, allocated=_allocated_reader(loaded.devices))
-            generation = prepare_generation(loaded, cell, ids, clock, self.config.compile)
-            self._measure_cell(cell_result, generation, loaded)
-        except KvbenchError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
-            size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
-            if _is_out_of_memory(error):
-                # Recorded; a run of this one cell then ends in one line (Benchmark.run), not a traceback.
-                failure = ("oom", f"out of memory at {size} ({type(error).__name__})")
-            elif isinstance(error, _LoadFailure):
-                failure = ("error", str(error))
-            elif self.part_of_sweep:
-                failure = ("error", f"{type(error).__name__}: {error}")
-            else:
-                raise
-        if failure is None:
-            cell_result.status = "measured"
-            return
-        # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
-        cell_result.status, cell_result.reason = failure
-        self.result.runs = [run for run in self.result.runs if run.cell != cell.id]
-        self._loaded = None
-        self._free_memory()
-
-    def _measure_cell(self, cell_result: CellResult, generate: Generation, loaded: Any) -> None:
-        """Warmup, then measured runs with the modes interleaved, until enough runs."""
-        from kvbench.timing import make_timer
-
-        config, cell = self.config, cell_result.settings
-        timed = make_timer(loaded.devices, self.clock)
-        for warmup in range(config.warmup):
-            for mode in config.modes:
-                label, generation = f"warmup {mode} {warmup + 1}/{config.warmup}", planned_generation(cell, mode)
-                self.observer.generation_started(label, generation)
-                generate(mode)
-                self.observer.generation_finished(None, generation)
-
-        first_outputs: dict[str, Any] = {}
-        fewest, most = run_limits(config)
-        # Interleaved (cached, uncached, cached, ...) so drift in the machine's speed hits both modes alike.
-        for run in range(most):
-            if run >= fewest and self._precise_enough(cell_result):
-                break
-            for mode in config.modes:
-                generation = planned_generation(cell, mode)
-                self.observer.generation_started(f"{mode} {run + 1}/{most}", generation)
-                measure_cache = mode == "cached" and "cached" not in first_outputs
-                measured, new_ids = measure_generation(
-                    generate,
-                    mode,
-                    run,
-                    self.probe,
-                    timed,
-                    energy=self.energy,
-                    on_output=(lambda output: record_cache_size(cell_result, output, loaded)) if measure_cache else None,
-                )
-                first_outputs.setdefault(mode, new_ids.cpu())
-                self.result.runs.append(measured)
-                self.result.unmeasured.update(self.probe.unavailable)
-                if self.energy is not None and self.energy.run_problem:
-                    self.result.unmeasured["energy"] = self.energy.run_problem
-                self.save()
-                self.observer.generation_finished(measured.latency_s, generation)
-        else:
-            if config.target_rse is not None and not self._precise_enough(cell_result):
-                cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
-        tokenizer = self.prepared[cell.model].tokenizer
-        if tokenizer is not None:
-            cell_result.generated_text = {
-                mode: tokenizer.decode(ids[0], skip_special_tokens=True) for mode, ids in first_outputs.items()
-            }
-        if len(first_outputs) == 2:
-            divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
-            cell_result.outputs_match = divergence is None
-            cell_result.first_divergence = divergence
-
-    def _precise_enough(self, cell_result: CellResult) -> bool:
-        """With --target-rse: whether every mode's mean is already known closely enough."""
-        target = self.config.target_rse
-        if target is None:
-            return False
-        samples = {
-            mode: [r.latency_s for r in self.result.runs_of(cell_result.id, mode)] for mode in self.config.modes
-        }
-        enough, worst = precise_enough(samples, target)
-        if enough:
-            cell_result.stop_reason = (
-                f"every mode within the target RSE {target:.1%} at {RSE_CONFIDENCE:.0%} confidence"
-                f" (worst upper bound {worst:.2%})"
-            )
-        return enough
 
 
 @dataclass
@@ -624,7 +138,7 @@ def plan(benchmark: Benchmark) -> Plan:
     per_cell = (most + benchmark.config.warmup) * len(benchmark.config.modes)
     cells, generations = [], 0
     for cell_result in benchmark.result.cells:
-        if cell_result.status in FINISHED_STATES:
+        if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
         reason = unsupported_reason(cell_result.settings, benchmark.device)
@@ -634,56 +148,6 @@ def plan(benchmark: Benchmark) -> Plan:
         cells.append((cell_result, "measure"))
         generations += per_cell
     return Plan(cells, generations, (fewest, most))
-
-
-def record_cache_size(cell_result: CellResult, output: Any, loaded: Any) -> None:
-    """The bytes of a cached run's cache object beside the theory at the positions it holds."""
-    from kvbench import kvsize
-
-    cell = cell_result.settings
-    measurement = kvsize.measured_cache_bytes(kvsize.cache_of(output))
-    positions = kvsize.cached_positions(cell_result.prompt_tokens or 0, cell.max_new_tokens)
-    theory = kvsize.cache_bytes_for(loaded.model.config, positions, cell.batch_size, loaded.dtype)
-    cell_result.kv_cache_measured_bytes = measurement.kv_bytes
-    cell_result.kv_cache_positions = positions
-    cell_result.kv_cache_theory_bytes = theory
-    cell_result.kv_cache_class = measurement.cache_class
-    cell_result.kv_cache_agrees = kvsize.agrees_with_theory(measurement.kv_bytes, theory)
-    notes = [measurement.reason] if measurement.reason else []
-    if measurement.positions_held is not None and measurement.positions_held != positions:
-        notes.append(f"the cache reports {measurement.positions_held} positions held, not {positions}")
-    cell_result.kv_cache_note = "; ".join(notes) or None
-
-
-def _model_cost(loaded: Any) -> dict[str, int] | None:
-    """What the roofline needs from the model (kvbench.roofline.ModelCost), kept in the results file so
-    `show` and `plot` compute the bound without loading the model."""
-    from kvbench.roofline import model_cost, parameter_roles
-
-    try:
-        lookup, head = parameter_roles(loaded.model)
-        return asdict(model_cost(loaded.model.config, loaded.parameters, loaded.dtype, lookup, head))
-    except KvbenchError:
-        return None
-
-
-def _allocated_reader(devices: Devices) -> Callable[[], int] | None:
-    """torch's allocated bytes over the model's GPUs, for TokenClock; None on a CPU."""
-    if not devices.on_gpu:
-        return None
-    import torch
-
-    return lambda: sum(torch.cuda.memory_allocated(device) for device in devices.gpus)
-
-
-def _pad_token_id(model: Any) -> int:
-    generation = model.generation_config
-    for candidate in (generation.pad_token_id, generation.eos_token_id):
-        if isinstance(candidate, list):
-            candidate = candidate[0] if candidate else None
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def run_benchmark(

@@ -4,8 +4,8 @@ cell may use when cells run at once, one per GPU."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from kvbench.devices import is_gpu
 

@@ -1,15 +1,12 @@
-"""Pure statistics on latency samples: summaries, a mode's aggregation over its runs, per-token gaps,
-outliers, noise, and the one log-ratio test behind every interval and verdict that compare prints."""
+"""Pure statistics on latency samples: summaries, per-token gaps, outliers, noise, and the one log-ratio
+test behind every interval and verdict that compare prints."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from kvbench.results import ModeSummary, RunRecord
 
 
 @dataclass(frozen=True)
@@ -44,12 +41,7 @@ def relative_standard_error(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values)) / mean if mean else None
 
 
-# --target-rse stops a cell once this upper confidence bound on each mode's RSE is within the target: the
-# point estimate from five noisy runs is often low by chance, and stopping on it stopped cells early.
-RSE_CONFIDENCE = 0.90
-
-
-def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE) -> float | None:
+def rse_upper_bound(values: Sequence[float], confidence: float) -> float | None:
     """A one-sided upper confidence bound on the relative standard error of the mean: the sample standard
     deviation scaled by sqrt((n - 1) / q), q the chi-squared (n - 1 df) quantile at 1 - confidence, as
     for normal runs. None until there are two values."""
@@ -62,12 +54,16 @@ def rse_upper_bound(values: Sequence[float], confidence: float = RSE_CONFIDENCE)
     return rse * math.sqrt(df / float(chdtri(df, confidence)))
 
 
-def precise_enough(samples: dict[str, Sequence[float]], target: float) -> tuple[bool, float | None]:
-    """Whether every mode's mean is known within `target` RSE (at RSE_CONFIDENCE), and the worst bound."""
-    bounds = [rse_upper_bound(values) for values in samples.values()]
-    if not bounds or any(bound is None for bound in bounds):
+def precise_enough(
+    samples: Mapping[str, Sequence[float]], target: float, confidence: float
+) -> tuple[bool, float | None]:
+    """Whether every mode's mean is known within `target` RSE (its upper bound at `confidence`), and the
+    worst bound."""
+    bounds = [rse_upper_bound(values, confidence) for values in samples.values()]
+    known = [bound for bound in bounds if bound is not None]
+    if not bounds or len(known) < len(bounds):
         return False, None
-    worst = max(bounds)
+    worst = max(known)
     return worst <= target, worst
 
 
@@ -94,72 +90,6 @@ def per_token_curve_ms(token_times: Sequence[Sequence[float]]) -> list[float]:
     length = min(len(gaps) for gaps in gaps_by_run)
     return [statistics.median(gaps[i] for gaps in gaps_by_run) * 1000 for i in range(length)]
 
-
-def _median_or_none(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def summarize_mode(cell: str, mode: str, runs: Sequence[RunRecord]) -> ModeSummary:
-    """One mode of one cell over its runs: latency statistics, throughput, token gaps, memory, outliers."""
-    from kvbench.memory import MemoryFigures
-    from kvbench.results import ModeSummary
-
-    latencies = [run.latency_s for run in runs]
-    latency = summarize(latencies)
-    ttft = [run.time_to_first_token_s for run in runs if run.time_to_first_token_s is not None]
-    memory = MemoryFigures.over_runs(runs)
-    serving = serving_metrics(runs)
-    return ModeSummary(
-        cell=cell,
-        mode=mode,
-        n=latency.n,
-        mean_s=latency.mean,
-        std_s=latency.std,
-        min_s=latency.min,
-        median_s=latency.median,
-        max_s=latency.max,
-        tokens_per_s=sum(r.new_tokens * r.batch_size for r in runs) / sum(latencies),
-        time_to_first_token_s=statistics.fmean(ttft) if ttft else None,
-        early_token_ms=_median_or_none([median_gap_ms(r.token_times_s, 0.0, 0.1) for r in runs]),
-        late_token_ms=_median_or_none([median_gap_ms(r.token_times_s, 0.9, 1.0) for r in runs]),
-        outlier_runs=[runs[i].run for i in outlier_indices(latencies)],
-        **{name: getattr(memory, name) for name in MemoryFigures.names()},
-        **serving,
-    )
-
-
-def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
-    """ModeSummary's TTFT, TPOT, ITL, end-to-end and rate figures (kvbench.metrics), and energy per token.
-    Empty when a run has no per-token times (a file from before they were kept): nothing to compute from."""
-    from kvbench.energy import joules_per_token
-    from kvbench.metrics import mode_metrics, run_metrics
-
-    figures: dict[str, float | None] = {}
-    energies = [
-        joules_per_token(run.energy_j, run.new_tokens, run.batch_size) for run in runs if run.energy_j is not None
-    ]
-    # Every run at 0 J: each was shorter than the counter's update period, which says nothing of its energy.
-    figures["energy_j_per_token"] = statistics.fmean(energies) if any(energies) else None
-    try:
-        metrics = mode_metrics(
-            [
-                # Token times are stored rounded to the microsecond: the last may read a hair past the end.
-                run_metrics(
-                    run.token_times_s, max([run.latency_s, *run.token_times_s[-1:]]), run.prompt_tokens, run.batch_size
-                )
-                for run in runs
-            ]
-        )
-    except ValueError:
-        return figures
-    for name, distribution in (("ttft", metrics.ttft_s), ("itl", metrics.itl_s), ("e2e", metrics.e2e_s)):
-        for q in ("p50", "p90", "p99"):
-            figures[f"{name}_{q}_s"] = getattr(distribution, q) if distribution is not None else None
-    figures["tpot_mean_s"] = metrics.tpot_s.mean if metrics.tpot_s is not None else None
-    figures["prefill_tokens_per_s"] = metrics.prefill_tokens_per_s_mean
-    figures["decode_tokens_per_s"] = metrics.decode_tokens_per_s_mean
-    return figures
 
 
 # Outliers: a modified z-score, 0.6745 (x - median) / MAD, above OUTLIER_Z, from OUTLIER_MIN_N runs on.
@@ -318,18 +248,6 @@ def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
             kept_at = step
         levels[index] = kept_at
     return levels
-
-
-def holm_adjusted(p_values: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values: below alpha exactly where Holm's procedure at alpha rejects."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
 
 
 def cached_speedup(uncached: Sequence[float], cached: Sequence[float], confidence: float = 0.95) -> RatioTest:

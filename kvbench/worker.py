@@ -1,15 +1,6 @@
 """A measuring process: measures one cell, or its share of a cell's runs, with the same code as an
-in-process run, and streams every record back to the process that holds the results file.
-
-Events sent (tuples, so they cross a pipe or a Ray stream unchanged):
-  ("progress", observer hook name, arguments)  generation started / finished, tokens (throttled)
-  ("runs", [RunRecord])                        runs just measured, numbered within the whole cell
-  ("cell", {CellResult field: value})          the cell's state: model, prompt, status, outputs match...
-  ("unmeasured", {figure: why})                memory figures this process could not measure
-  ("done",)                                    finished; the process exits
-  ("failed", status, reason)                   the cell failed here ("error" or "oom")
-  ("user_error", message)                      a KvbenchError: the whole run stops, as it would in-process
-"""
+in-process run, and streams every record back to the process that holds the results file, as the events
+of kvbench.events (picklable, so they cross a pipe or a Ray stream unchanged)."""
 
 from __future__ import annotations
 
@@ -18,16 +9,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 from kvbench.config import BenchConfig, Cell
+from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
-from kvbench.results import CellResult
-from kvbench.runner import Benchmark, Observer
+from kvbench.events import CellChanged, Done, Event, Failed, Progress, RunsMeasured, Unmeasured, UserError
+from kvbench.measure import Measurement, Observer
+from kvbench.records import BenchmarkResult, CellResult
 
-Send = Callable[[tuple], None]
+Send = Callable[[Event], None]
 
 # Test hook: KVBENCH_TEST_FAULT="kill@new=4 ,hang@new=6 " makes the measuring process of a cell whose id
 # contains the text after "@" (all cells if there is none) fail after its first measured run: "kill"
@@ -76,43 +70,41 @@ class _ForwardingObserver(Observer):
         self._last_sent = 0.0
 
     def generation_started(self, label: str, generation: Planned) -> None:
-        self._send(("progress", "generation_started", (label, generation)))
+        self._send(Progress("generation_started", (label, generation)))
 
     def token(self) -> None:
         self._tokens += 1
         now = time.monotonic()
         if now - self._last_sent >= 1.0:
-            self._send(("progress", "token", (self._tokens,)))
+            self._send(Progress("token", (self._tokens,)))
             self._tokens, self._last_sent = 0, now
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         if self._tokens:
-            self._send(("progress", "token", (self._tokens,)))
+            self._send(Progress("token", (self._tokens,)))
             self._tokens = 0
-        self._send(("progress", "generation_finished", (latency_s, generation)))
+        self._send(Progress("generation_finished", (latency_s, generation)))
 
 
-class _StreamingBenchmark(Benchmark):
-    """The in-process benchmark of one job, whose saves send what is new instead of writing a file."""
+class _Streamer:
+    """A measurement's saves, sent to the parent as what is new since the last instead of written."""
 
     def __init__(self, job: CellJob, send: Send) -> None:
-        super().__init__(job.measuring_config(), observer=_ForwardingObserver(send))
-        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
-        self.part_of_sweep = True
         self._job, self._send, self._runs_sent = job, send, 0
+        self.result: BenchmarkResult | None = None
 
-    def save(self, final: bool = False) -> None:
-        super().save(final)  # no file: only the timestamp
+    def __call__(self, final: bool, closing: bool) -> None:
+        assert self.result is not None
         runs = self.result.runs
         if len(runs) < self._runs_sent:  # the cell's runs were dropped (it failed): nothing new to send
             self._runs_sent = len(runs)
         new = runs[self._runs_sent :]
         if new:
             self._runs_sent = len(runs)
-            self._send(("runs", [replace(run, run=run.run + self._job.first_run) for run in new]))
-        self._send(("cell", cell_state(self.result.cells[0])))
+            self._send(RunsMeasured([replace(run, run=run.run + self._job.first_run) for run in new]))
+        self._send(CellChanged(cell_state(self.result.cells[0])))
         if self.result.unmeasured:
-            self._send(("unmeasured", dict(self.result.unmeasured)))
+            self._send(Unmeasured(dict(self.result.unmeasured)))
         if new:
             _inject_fault(self._job)
 
@@ -149,17 +141,29 @@ def measure(job: CellJob, send: Send) -> None:
     # The parent's display shows progress; transformers' warnings from every process would bury it.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    streamer = _Streamer(job, send)
+    config = job.measuring_config()
     try:
-        benchmark = _StreamingBenchmark(job, send)
-        benchmark.run()
+        measurement = Measurement(
+            config, resolve_device(config.device), observer=_ForwardingObserver(send), on_save=streamer
+        )
+        streamer.result = measurement.result
+        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
+        measurement.part_of_sweep = True
+        measurement.prepare_models()
+        measurement.save()
+        try:
+            measurement.measure_here(measurement.result.cells[0], 0, 1, "in-process")
+        finally:
+            measurement.close()
     except KvbenchError as error:
-        send(("user_error", str(error)))
+        send(UserError(str(error)))
         return
     except Exception as error:  # noqa: BLE001 - the parent records the cell's failure and goes on
-        send(("failed", "oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
+        send(Failed("oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
         return
-    send(("cell", cell_state(benchmark.result.cells[0])))
-    send(("done",))
+    send(CellChanged(cell_state(measurement.result.cells[0])))
+    send(Done())
 
 
 def _exit_with_parent() -> None:

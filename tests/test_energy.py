@@ -45,7 +45,7 @@ def test_nvml_counter_going_backwards_is_not_reported_as_energy():
 def test_runs_shorter_than_the_counter_tick_average_to_the_truth_and_all_zero_is_unmeasured():
     """NVML's counter ticks every few ms: of runs shorter than a tick, some read one tick and some none.
     Keeping the zeros keeps the mean true; a mode whose every run read 0 J reports no energy at all."""
-    from kvbench.stats import serving_metrics
+    from kvbench.records import serving_metrics
     from tests.conftest import make_result
 
     reader = NvmlEnergy(FakeNvml(energy_mj=[1_000, 5_000, 5_000]), {"cuda:0": "gpu0"})

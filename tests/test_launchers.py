@@ -6,7 +6,8 @@ import pytest
 
 from kvbench.config import BenchConfig, build_config
 from kvbench.errors import KvbenchError
-from kvbench.launchers import InProcess, LocalProcesses, make_launcher
+from kvbench.launch import make_launcher
+from kvbench.launchers import InProcess, LocalProcesses
 from kvbench.results import read_result
 from kvbench.runner import Benchmark, run_benchmark
 from kvbench.worker import FAULT_VARIABLE

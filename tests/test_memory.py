@@ -79,7 +79,7 @@ def test_sampler_covers_every_gpu_a_model_spans():
     sampler.sample(final=True)  # baselines were 100 and 200; now 500 and 300
     reading = sampler.reading()
     assert reading.peak == {"cuda:0": 500, "cuda:1": 300}
-    assert (reading.baseline_bytes, reading.peak_device_bytes) == (300, 800)
+    assert (sum(reading.baseline.values()), reading.peak_device_bytes) == (300, 800)
     assert reading.peak_process_bytes == 80  # this process on both GPUs
 
 

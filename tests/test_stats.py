@@ -5,7 +5,6 @@ import pytest
 from kvbench.stats import (
     coefficient_of_variation,
     compare_means,
-    holm_adjusted,
     holm_levels,
     median_gap_ms,
     noise_warning,
@@ -113,6 +112,16 @@ def test_holm_levels_by_hand():
     assert holm_levels([]) == []
 
 
+def holm_adjusted(p_values):
+    """Holm-adjusted p-values, the textbook form: below alpha exactly where Holm's procedure rejects."""
+    m = len(p_values)
+    adjusted, running = [1.0] * m, 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def test_holm_levels_reject_exactly_where_adjusted_p_values_do():
     p_values = [0.004, 0.2, 0.011, 0.013, 0.03, 0.0001]
     levels = holm_levels(p_values)
@@ -205,9 +214,9 @@ def test_rse_upper_bound_worked_by_hand():
     """Three values, 2 df: the chi-squared 10% quantile is -2 ln 0.9 = 0.2107, so the bound is the RSE
     times sqrt(2 / 0.2107)."""
     values = [1.0, 1.1, 0.9]
-    assert rse_upper_bound(values) == pytest.approx(relative_standard_error(values) * math.sqrt(2 / (-2 * math.log(0.9))))
-    assert rse_upper_bound([1.0]) is None
-    assert precise_enough({"cached": [1.0], "uncached": [1.0, 1.0]}, 0.5) == (False, None)
+    assert rse_upper_bound(values, 0.9) == pytest.approx(relative_standard_error(values) * math.sqrt(2 / (-2 * math.log(0.9))))
+    assert rse_upper_bound([1.0], 0.9) is None
+    assert precise_enough({"cached": [1.0], "uncached": [1.0, 1.0]}, 0.5, 0.9) == (False, None)
 
 
 def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
@@ -233,7 +242,7 @@ def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
         return all(relative_standard_error(values) <= target for values in samples.values())
 
     cells = 600
-    bound = [stops_at(lambda samples: precise_enough(samples, target)[0]) for _ in range(cells)]
+    bound = [stops_at(lambda samples: precise_enough(samples, target, 0.9)[0]) for _ in range(cells)]
     point = [stops_at(on_the_point_estimate) for _ in range(cells)]
     assert sum(n < needed for n in point) / cells > 0.2  # the old rule, for contrast
     assert sum(n < needed for n in bound) / cells < 0.05
