@@ -19,9 +19,9 @@ import types
 
 from bare_generate import BareGenerate
 
+from kvbench.devices import resolve_device
 from kvbench.memory import NvmlSampler, SamplingProcess
 from kvbench.nvml import gpu_uuids, open_by_uuid
-from kvbench.devices import resolve_device
 
 TARGET = 0.01
 

@@ -4,9 +4,9 @@
 
 Starts `--busy` processes that spin on a core each (a neighbour's build, another CI job), runs the test
 suite as the README's test command runs it (`python -m pytest -q -n auto --dist loadfile`, from the
-repository root, with this interpreter), stops the loops, and prints the suite's closing line, its wall time and the load average it
-ran under. With `--repeat N` it runs the suite N times in a row and stops at the first failure. Exits
-non-zero if any run failed.
+repository root, with this interpreter), stops the loops, and prints the suite's closing line, its wall
+time and the load average it ran under. With `--repeat N` it runs the suite N times in a row and stops at
+the first failure. Exits non-zero if any run failed.
 """
 
 from __future__ import annotations
