@@ -110,6 +110,7 @@ class ModeMetrics:
     tpot_s: Distribution | None  # over runs
     prefill_tokens_per_s_mean: float
     decode_tokens_per_s_mean: float | None
+    decode_tokens_per_s: Distribution | None  # over runs; None when no run had a decode step
 
 
 def mode_metrics(runs: Sequence[RunMetrics]) -> ModeMetrics:
@@ -126,6 +127,7 @@ def mode_metrics(runs: Sequence[RunMetrics]) -> ModeMetrics:
         tpot_s=distribution(tpots) if tpots else None,
         prefill_tokens_per_s_mean=statistics.fmean(run.prefill_tokens_per_s for run in runs),
         decode_tokens_per_s_mean=statistics.fmean(decode_rates) if decode_rates else None,
+        decode_tokens_per_s=distribution(decode_rates) if decode_rates else None,
     )
 
 

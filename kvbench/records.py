@@ -154,6 +154,7 @@ class ModeSummary(MemoryFigures):
     e2e_p99_s: float | None = _serving()
     prefill_tokens_per_s: float | None = _serving()
     decode_tokens_per_s: float | None = _serving()
+    decode_tokens_per_s_p50: float | None = _serving()  # the median run's rate: robust to one stalled run
     energy_j_per_token: float | None = _serving()  # the whole generate(), prefill included; mean over runs
 
 
@@ -220,6 +221,7 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
     figures["tpot_mean_s"] = metrics.tpot_s.mean if metrics.tpot_s is not None else None
     figures["prefill_tokens_per_s"] = metrics.prefill_tokens_per_s_mean
     figures["decode_tokens_per_s"] = metrics.decode_tokens_per_s_mean
+    figures["decode_tokens_per_s_p50"] = metrics.decode_tokens_per_s.p50 if metrics.decode_tokens_per_s else None
     return figures
 
 
