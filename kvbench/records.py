@@ -142,13 +142,16 @@ class ModeSummary(MemoryFigures):
     outlier_runs: list[int] = field(default_factory=list)  # `run` numbers with outlying latency
     # Serving metrics (kvbench.metrics; vLLM's definitions): percentiles over runs, ITL over every gap.
     # Marked so that every table of them (compare's CSV and JSON) takes the whole set.
+    # Prefill and the first step.
     ttft_p50_s: float | None = _serving()
     ttft_p90_s: float | None = _serving()
     ttft_p99_s: float | None = _serving()
+    # Decode: the mean per token after the first, and every gap between tokens.
     tpot_mean_s: float | None = _serving()
     itl_p50_s: float | None = _serving()
     itl_p90_s: float | None = _serving()
     itl_p99_s: float | None = _serving()
+    # The whole call.
     e2e_p50_s: float | None = _serving()
     e2e_p90_s: float | None = _serving()
     e2e_p99_s: float | None = _serving()
