@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +39,20 @@ def run_suite(pytest_args: list[str]) -> tuple[int, str, float, float]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    peak_load = 0.0
-    lines: list[str] = []
+    loads: list[float] = []
+    watching = threading.Event()
+
+    def watch_load() -> None:
+        while not watching.wait(1.0):
+            loads.append(os.getloadavg()[0])
+
+    watcher = threading.Thread(target=watch_load, daemon=True)
+    watcher.start()
     assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line.rstrip("\n"))
-        peak_load = max(peak_load, os.getloadavg()[0])
+    lines = [line.rstrip("\n") for line in process.stdout]
     process.wait()
+    watching.set()
+    peak_load = max(loads, default=os.getloadavg()[0])
     closing = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), "(no summary)")
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
     for line in failures:

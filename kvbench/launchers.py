@@ -287,7 +287,7 @@ def cell_events(jobs: Iterable[CellJob], timeout_s: float | None, live: set) -> 
         if ending is not None:
             yield ending
             return
-        if CellState(status).failed:
+        if status is not None and CellState(status).failed:
             return
 
 

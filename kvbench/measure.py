@@ -398,6 +398,7 @@ class Measurement:
                     " or use --weights random"
                 ) from None
             raise
+
     def _device_peaks(self) -> None:
         """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
         the copy buffers compete with nothing), and a known GPU's datasheet figures beside them."""
@@ -457,9 +458,9 @@ class Measurement:
                 # Recorded; a run of this one cell then ends in one line (Benchmark.run), not a traceback.
                 failure = (CellState.OOM, f"out of memory at {size} ({type(error).__name__})")
             elif isinstance(error, _LoadFailure):
-                failure = ("error", str(error))
+                failure = (CellState.ERROR, str(error))
             elif self.part_of_sweep:
-                failure = ("error", f"{type(error).__name__}: {error}")
+                failure = (CellState.ERROR, f"{type(error).__name__}: {error}")
             else:
                 raise
         if failure is None:

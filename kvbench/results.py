@@ -1,7 +1,9 @@
-"""The results file: dataclasses, schema version, atomic JSON + CSV writing, reading and validation.
+"""The results file: its schema version, atomic JSON + CSV writing, reading and validation (the records it
+holds are kvbench.records).
 
 Schema history (the reader accepts every version listed):
-  1 - first version: environment, config, cells, runs, summary.
+  1 - first version: environment, config, cells, runs, summary. The summary and explained blocks are
+      derived from the runs; a save in the middle of a run leaves them out, and the reader recomputes them.
 """
 
 from __future__ import annotations

@@ -105,9 +105,14 @@ class Benchmark(Measurement):
                 self._device_peaks()
             self.save()
             self.launcher.measure(self, pending)
-        except KeyboardInterrupt:
-            # Ctrl-C may land between a measurement and its save: keep everything measured so far.
-            self.save(closing=True)
+        except BaseException:
+            # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
+            # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
+            # one stands and the original error is the one reported.
+            try:
+                self.save(closing=True)
+            except Exception:  # noqa: BLE001
+                pass
             raise
         else:
             self.result.complete = True

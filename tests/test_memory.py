@@ -139,8 +139,7 @@ def test_sampling_process_survives_an_nvml_library_mismatch():
     try:
         for _ in range(2):  # the process is still there for the next run
             assert sampler.start()
-            time.sleep(0.05)
-            reading = sampler.stop()
+            reading = sampler.stop()  # its final reading alone sees the 700
             assert reading is not None and reading.samples >= 1
             assert reading.peak == {"cuda:0": 700}
             assert reading.peak_process_bytes is None

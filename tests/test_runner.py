@@ -130,6 +130,24 @@ def test_interrupt_leaves_a_valid_partial_file(tiny_gpt2_dir, tmp_path):
     assert partial.cells[0].status == "incomplete"
     assert [run.mode for run in partial.runs] == ["cached", "uncached", "cached"]
     assert not list(tmp_path.glob(".*.tmp"))
+    # The interrupted run's last save is its closing one: the summaries of what was measured are there.
+    document = json.loads(path.read_text())
+    assert [row["mode"] for row in document["summary"]] == ["cached", "uncached"] and "explained" in document
+
+
+def test_a_save_mid_run_holds_the_runs_and_computes_nothing(tiny_gpt2_dir, tmp_path):
+    """Saved after every generation, the file holds what was measured; summaries come at the closing save."""
+    path = tmp_path / "r.json"
+    seen = []
+
+    class ReadsTheFile(Observer):
+        def generation_finished(self, latency_s, generation=None):
+            seen.append(json.loads(path.read_text()))
+
+    run_benchmark(tiny_config(tiny_gpt2_dir, runs=2), output=path, observer=ReadsTheFile())
+    assert [len(document["runs"]) for document in seen] == [1, 2, 3, 4]
+    assert not any("summary" in document or "explained" in document for document in seen)
+    assert [row["n"] for row in json.loads(path.read_text())["summary"]] == [2, 2]
 
 
 def test_resume_measures_only_unfinished_cells(tiny_gpt2_dir, tmp_path):
