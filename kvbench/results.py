@@ -21,13 +21,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-# `name as name`: the data model (kvbench.records) kept importable from here, where readers found it.
 from kvbench.config import MODES, BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
 from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
-from kvbench.records import SERVING_FIELDS as SERVING_FIELDS
-from kvbench.records import ModeSummary as ModeSummary
 from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
 
 FORMAT_NAME = "kvbench-results"

@@ -8,15 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# `name as name`: measuring names kept importable from here, where tests and scripts have found them.
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
-from kvbench.measure import Generation as Generation
 from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
-from kvbench.measure import TokenClock as TokenClock
-from kvbench.measure import first_divergence as first_divergence
-from kvbench.measure import measure_generation as measure_generation
-from kvbench.measure import prepare_generation as prepare_generation
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
 

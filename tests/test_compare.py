@@ -7,7 +7,7 @@ import pytest
 from kvbench.compare import compare_results
 from kvbench.errors import KvbenchError
 from kvbench.export import percentile_grid, records, render_text, speedup_grid, timing_grid
-from kvbench.results import SERVING_FIELDS
+from kvbench.records import SERVING_FIELDS
 from kvbench.results import write_result
 from kvbench.runner import run_benchmark
 from tests.conftest import make_result, tiny_config

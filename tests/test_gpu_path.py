@@ -13,7 +13,8 @@ from kvbench.errors import KvbenchError
 from kvbench.memory import MemoryFigures, MemoryProbe, MemoryReading
 from kvbench.models import bfloat16_note, build_model, prepare_model, prompt_ids, resolve_dtype
 from kvbench.report import memory_difference
-from kvbench.runner import Benchmark, TokenClock, measure_generation, prepare_generation, run_benchmark, unsupported_reason
+from kvbench.measure import TokenClock, measure_generation, prepare_generation, unsupported_reason
+from kvbench.runner import Benchmark, run_benchmark
 from tests.conftest import make_result, tiny_config
 from tests.fakes import cuda_properties, open_fake_nvml
 

@@ -485,24 +485,25 @@ def _cpu_out_of_memory(self, mode):
 
 
 def test_cpu_out_of_memory_is_one_line_for_a_single_cell(tmp_path, monkeypatch):
-    import kvbench.runner as runner
+    import kvbench.measure as measure
 
-    monkeypatch.setattr(runner.Generation, "__call__", _cpu_out_of_memory)
+    monkeypatch.setattr(measure.Generation, "__call__", _cpu_out_of_memory)
     output = tmp_path / "r.json"
     assert_one_line(invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output), 2, "out of memory", "--batch-size")
     assert read_result(output).cells[0].status == "oom"
 
 
 def test_cpu_out_of_memory_is_recorded_as_oom_in_a_sweep(tiny_llama_dir, monkeypatch):
+    import kvbench.measure as measure
     import kvbench.runner as runner
     from tests.conftest import tiny_config
 
-    real = runner.Generation.__call__
+    real = measure.Generation.__call__
 
     def big_batch_fails(self, mode):
         return _cpu_out_of_memory(self, mode) if self.cell.batch_size == 2 else real(self, mode)
 
-    monkeypatch.setattr(runner.Generation, "__call__", big_batch_fails)
+    monkeypatch.setattr(measure.Generation, "__call__", big_batch_fails)
     result = runner.run_benchmark(tiny_config(tiny_llama_dir, batch_size=[1, 2], runs=1))
     assert [cell.status for cell in result.cells] == ["measured", "oom"]
 

@@ -4,7 +4,8 @@ import pytest
 
 from kvbench.errors import KvbenchError
 from kvbench.results import read_result
-from kvbench.runner import Benchmark, Observer, first_divergence, run_benchmark
+from kvbench.measure import first_divergence
+from kvbench.runner import Benchmark, Observer, run_benchmark
 from tests.clocks import ScriptedClock, jittered, steady
 from tests.conftest import tiny_config
 

@@ -1,7 +1,7 @@
 """The timer and the token clock read a scripted clock here, so what they compute is checked exactly."""
 
 from kvbench.devices import Devices
-from kvbench.runner import TokenClock
+from kvbench.measure import TokenClock
 from kvbench.timing import make_timer
 
 
