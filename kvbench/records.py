@@ -250,21 +250,20 @@ class BenchmarkResult:
     def __post_init__(self) -> None:
         # Figures derived from the runs (summaries, explanations), kept until the runs change; not fields,
         # so never written.
-        self.runs_version = 0
         self._derived: dict[Any, Any] = {}
-        self._derived_at: tuple[int, tuple[int, ...]] | None = None
+        self._derived_at: tuple[int, ...] | None = None
 
     def add_runs(self, runs: Iterable[RunRecord]) -> None:
         """Store measured runs; every figure derived from the earlier runs is recomputed when next asked."""
         self.runs.extend(runs)
-        self.runs_version += 1
 
     def derived(self, key: Any, compute: Callable[[], Derived]) -> Derived:
         """`compute()`, done once for these runs: a later call with the same key returns the same value until
         a run is added (or the runs are replaced)."""
-        # Each record's identity too: a caller that appends, drops or replaces runs directly is caught. A
-        # record edited in place is not (records are replaced, never edited), nor are cells or environment.
-        now = (self.runs_version, tuple(map(id, self.runs)))
+        # The records' identities: adding, dropping or replacing a run, here or directly on the list, is
+        # caught. A record edited in place is not (records are replaced, never edited), nor are cells or
+        # environment.
+        now = tuple(map(id, self.runs))
         if now != self._derived_at:
             self._derived, self._derived_at = {}, now
         if key not in self._derived:
