@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import secrets
 import shlex
 import signal
 import sys
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
@@ -61,20 +59,6 @@ def _main(
     Start with `kvbench run --model gpt2 --max-new-tokens 200 --runs 3`, then
     `kvbench compare results/a.json results/b.json`.
     """
-
-
-def _file_name_of(model: str) -> str:
-    """A model as a file name: a directory by its own name ("." is the current directory's), never hidden."""
-    path = Path(model).expanduser()
-    name = path.resolve().name if path.exists() else model.replace("/", "_")
-    return name.lstrip(".") or "model"
-
-
-def default_output(models: list[str]) -> Path:
-    name = "+".join(_file_name_of(model) for model in models)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    # Two runs started in the same second must not share a file.
-    return Path("results") / f"{name}-{stamp}-{secrets.token_hex(2)}.json"
 
 
 def _setting_option(name: str) -> inspect.Parameter:
@@ -152,18 +136,14 @@ def run(
     """
     with user_errors():
         from kvbench.config import build_config
+        from kvbench.runner import results_path
 
         overrides = {name: _cli_values(name, value) for name, value in given.items()}
         config = build_config(config_file, overrides)
-        if config.output == "-":
-            if resume:
-                raise KvbenchError("--resume needs --output naming a results file to continue, not -")
-            # The document goes to stdout; no file is written.
-            config.output, json_output, path = None, True, None
+        path = results_path(config, resume)
+        if path is None:  # --output -: the document goes to stdout and no file is written
+            config.output, json_output = None, True
         else:
-            if resume and not config.output:
-                raise KvbenchError("--resume needs --output naming the results file to continue")
-            path = Path(config.output) if config.output else default_output(config.model)
             overrides["output"] = str(path)
         commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
         if dry_run:
@@ -326,12 +306,8 @@ def _load_and_measure(
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
-        stderr.print(
-            "[yellow]note:[/] uncached generation of hundreds of tokens takes minutes per run on a CPU;"
-            " for a quick look use --max-new-tokens 200 --runs 3",
-            highlight=False,
-        )
+    for note in benchmark.advice():
+        stderr.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     # With --json, stdout carries the document alone.
     tables = stderr if json_output else stdout
     try:
@@ -427,11 +403,6 @@ def compare(
 
         if fmt not in FORMATS:
             raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
-        if fail_on_regression is not None and not (0 <= fail_on_regression < float("inf")):
-            raise KvbenchError(
-                f"--fail-on-regression takes a non-negative percentage, such as 5, not {fail_on_regression}"
-            )
-        _refuse_repeated_files(files)
         comparison = compare_results(
             files,
             baseline=baseline,
@@ -455,19 +426,6 @@ def compare(
         raise typer.Exit(1)
     if comparison.gate_failed_closed:
         raise typer.Exit(EXIT_UNJUDGED)
-
-
-def _refuse_repeated_files(files: List[Path]) -> None:
-    """The same file twice would compare it with itself and find nothing: almost surely a slip."""
-    from kvbench.compare import expand_paths
-
-    seen: dict[Path, Path] = {}
-    for path in expand_paths(files):
-        key = path.resolve()
-        if key in seen:
-            also = "" if seen[key] == path else f" (also as {seen[key]})"
-            raise KvbenchError(f"{path} is given twice{also}; compare different results files")
-        seen[key] = path
 
 
 @app.command()

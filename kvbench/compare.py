@@ -138,6 +138,17 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+def _refuse_repeated_files(paths: list[Path]) -> None:
+    """The same file twice would compare it with itself and find nothing: almost surely a slip."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            also = "" if seen[key] == path else f" (also as {seen[key]})"
+            raise KvbenchError(f"{path} is given twice{also}; compare different results files")
+        seen[key] = path
+
+
 def _labels(paths: list[Path]) -> list[str]:
     names = [path.stem for path in paths]
     if len(set(names)) == len(names):
@@ -241,13 +252,15 @@ def compare_results(
     `allow_single` accepts one file (for exporting it, with nothing to judge)."""
     if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
         raise KvbenchError(
-            f"the regression threshold must be a non-negative percentage such as 5, not {threshold_pct}"
+            f"the regression threshold (--fail-on-regression) must be a non-negative percentage such as 5,"
+            f" not {threshold_pct}"
         )
     if gate_metric not in JUDGED_METRICS:
         raise KvbenchError(
             f"the gate metric cannot be {gate_metric!r}; choose one of {', '.join(JUDGED_METRICS)}"
         )
     expanded = expand_paths(paths)
+    _refuse_repeated_files(expanded)
     if len(expanded) < (1 if allow_single else 2):
         raise KvbenchError("compare needs at least two results files; pass two files or a directory of them")
     files = [

@@ -243,18 +243,25 @@ class BenchConfig:
                 setattr(self, item.name, coerce(item.name, value, "BenchConfig"))
 
 
+def axis(short: str, label: str, *, numeric: bool = False, **default: Any) -> Any:
+    """A sweep axis: `short` names it in a legend or a group ("batch=1"; "" shows the value alone),
+    `label` on a figure's axis; a numeric axis is drawn to scale."""
+    return field(metadata={"short": short, "label": label, "numeric": numeric}, **default)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of a sweep: the settings of one cached-vs-uncached comparison. Its fields are the sweep
     axes: each is a list field of BenchConfig with the same name."""
 
-    model: str
-    max_new_tokens: int
-    batch_size: int
-    dtype: str
-    cache_implementation: str
-    attn_implementation: str
-    prompt_tokens: int | None = None  # None: the prompt text as tokenized
+    model: str = axis("", "model")
+    max_new_tokens: int = axis("new", "new tokens generated", numeric=True)
+    batch_size: int = axis("batch", "batch size", numeric=True)
+    dtype: str = axis("", "dtype")
+    cache_implementation: str = axis("cache", "cache implementation")
+    attn_implementation: str = axis("attn", "attention implementation")
+    # None: the prompt text as tokenized.
+    prompt_tokens: int | None = axis("prompt", "prompt tokens", numeric=True, default=None)
 
     @property
     def id(self) -> str:
@@ -280,6 +287,7 @@ class Cell:
 
 
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
+AXES = {item.name: item.metadata for item in fields(Cell)}
 
 
 @functools.cache

@@ -7,22 +7,11 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kvbench.config import MODES, SWEEP_AXES, Cell
+from kvbench.config import AXES, MODES, SWEEP_AXES, Cell
 from kvbench.errors import KvbenchError
 from kvbench.fit import LengthExtrapolation, extrapolate
 from kvbench.records import BenchmarkResult, CellResult
 from kvbench.roofline import ModelCost, RooflineBound, roofline_bound, step_bound_s, step_cost
-
-# How a setting reads in a legend or a group's name ("attn=eager, batch=1").
-SHORT_NAMES = {
-    "model": "",
-    "max_new_tokens": "new",
-    "batch_size": "batch",
-    "dtype": "",
-    "cache_implementation": "cache",
-    "attn_implementation": "attn",
-    "prompt_tokens": "prompt",
-}
 
 
 def varying_axes(result: BenchmarkResult) -> list[str]:
@@ -36,7 +25,7 @@ def named_settings(settings: Cell, axes: list[str] | tuple[str, ...]) -> str:
     parts = []
     for axis in axes:
         value = getattr(settings, axis)
-        short = SHORT_NAMES[axis]
+        short = AXES[axis]["short"]
         if axis == "prompt_tokens" and value is None:
             value = "text"
         parts.append(f"{short}={value}" if short else str(value))

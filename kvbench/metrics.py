@@ -108,8 +108,7 @@ class ModeMetrics:
     e2e_s: Distribution
     itl_s: Distribution | None  # every gap of every run pooled; None when no run had two tokens
     tpot_s: Distribution | None  # over runs
-    prefill_tokens_per_s_mean: float
-    decode_tokens_per_s_mean: float | None
+    prefill_tokens_per_s: Distribution  # over runs
     decode_tokens_per_s: Distribution | None  # over runs; None when no run had a decode step
 
 
@@ -125,8 +124,7 @@ def mode_metrics(runs: Sequence[RunMetrics]) -> ModeMetrics:
         e2e_s=distribution([run.e2e_s for run in runs]),
         itl_s=distribution(gaps) if gaps else None,
         tpot_s=distribution(tpots) if tpots else None,
-        prefill_tokens_per_s_mean=statistics.fmean(run.prefill_tokens_per_s for run in runs),
-        decode_tokens_per_s_mean=statistics.fmean(decode_rates) if decode_rates else None,
+        prefill_tokens_per_s=distribution([run.prefill_tokens_per_s for run in runs]),
         decode_tokens_per_s=distribution(decode_rates) if decode_rates else None,
     )
 

@@ -110,6 +110,26 @@ def find_uuid(nvml: Any, index: int, properties: Any, environ: Mapping[str, str]
     )
 
 
+# Each GPU is identified once per process (the memory and energy samplers and every cell's placement ask
+# again): what a GPU is does not change while a process runs. Keyed by what tells GPUs apart, so a process
+# whose CUDA_VISIBLE_DEVICES changes asks again.
+_IDENTIFIED: dict[tuple[Any, ...], str | Unidentified] = {}
+
+
+def identify(nvml: Any, device: str, properties: Any, environ: Mapping[str, str]) -> str:
+    """find_uuid, once per GPU per process; raises Unidentified with the reason."""
+    key = (device, torch_uuid(properties), pci_bus_id(properties), environ.get("CUDA_VISIBLE_DEVICES"))
+    if key not in _IDENTIFIED:
+        try:
+            _IDENTIFIED[key] = find_uuid(nvml, cuda_index(device), properties, environ)
+        except Unidentified as error:
+            _IDENTIFIED[key] = error
+    found = _IDENTIFIED[key]
+    if isinstance(found, Unidentified):
+        raise found
+    return found
+
+
 def gpu_uuids(devices: list[str], environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], str | None]:
     """({device: NVML UUID}, None) for every GPU among `devices`, or ({}, the reason NVML cannot be used
     or a GPU cannot be identified)."""
@@ -129,9 +149,8 @@ def gpu_uuids(devices: list[str], environ: Mapping[str, str] | None = None) -> t
     environ = os.environ if environ is None else environ
     uuids = {}
     for device in gpus:
-        index = cuda_index(device)
         try:
-            uuids[device] = find_uuid(pynvml, index, torch.cuda.get_device_properties(index), environ)
+            uuids[device] = identify(pynvml, device, torch.cuda.get_device_properties(cuda_index(device)), environ)
         except Unidentified as error:
             return {}, str(error)
     return uuids, None
@@ -163,7 +182,7 @@ def gpu_facts(device: str, properties: Any, environ: Mapping[str, str] | None = 
     if isinstance(cuda_driver, int):  # 12040 is CUDA 12.4
         facts["cuda_driver_version"] = f"{cuda_driver // 1000}.{cuda_driver % 1000 // 10}"
     try:
-        uuid = find_uuid(pynvml, cuda_index(device), properties, os.environ if environ is None else environ)
+        uuid = identify(pynvml, device, properties, os.environ if environ is None else environ)
     except Unidentified as error:
         facts["gpu_uuid_unavailable"] = str(error)
         return facts

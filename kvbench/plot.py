@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvbench.config import SWEEP_AXES
+from kvbench.config import AXES, SWEEP_AXES
 from kvbench.errors import KvbenchError
 from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
 from kvbench.records import BenchmarkResult, CellResult
@@ -13,16 +13,6 @@ from kvbench.stats import per_token_curve_ms
 
 # One colour per mode in every figure.
 MODE_COLOURS = {"cached": "tab:blue", "uncached": "tab:red"}
-NUMERIC_AXES = ("max_new_tokens", "batch_size", "prompt_tokens")
-AXIS_LABELS = {
-    "max_new_tokens": "new tokens generated",
-    "batch_size": "batch size",
-    "dtype": "dtype",
-    "cache_implementation": "cache implementation",
-    "attn_implementation": "attention implementation",
-    "model": "model",
-    "prompt_tokens": "prompt tokens",
-}
 # Panels per figure: beyond this a sweep's groups go on to further figures (name-2.png, ...), so each
 # panel stays large enough to read.
 MAX_PANELS = 6
@@ -158,7 +148,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
     groups = list(_groups(result, axis).values())
     pages = _panels(plt, len(groups))
     panels = [ax for _, axes in pages for ax in axes]
-    numeric = axis in NUMERIC_AXES
+    numeric = AXES[axis]["numeric"]
     for ax, cells in zip(panels, groups):
         labels = [str(getattr(cell.settings, axis)) for cell in cells]
         for index, mode in enumerate(result.modes):
@@ -195,10 +185,10 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             ax.set_yscale("log")
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
-        ax.set_xlabel(AXIS_LABELS[axis])
+        ax.set_xlabel(AXES[axis]["label"])
         ax.set_ylabel("latency per generate() (s)")
         ax.set_title(_group_name(result, cells[0], axis), fontsize=9)
-    return _save(plt, pages, directory, f"latency-vs-{axis}", _title(result, f"Latency vs {AXIS_LABELS[axis]}"))
+    return _save(plt, pages, directory, f"latency-vs-{axis}", _title(result, f"Latency vs {AXES[axis]['label']}"))
 
 
 def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list[Path]:
@@ -206,7 +196,7 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
     setting: what can be measured on any device (a CPU's RSS cannot see a cache beside the model)."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(8, 5))
-    numeric = axis in NUMERIC_AXES
+    numeric = AXES[axis]["numeric"]
     markers = "osD^v<>px*"
     for index, cells in enumerate(_groups(result, axis).values()):
         cells = [cell for cell in cells if cell.kv_cache_theory_bytes]
@@ -223,7 +213,7 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
     if numeric:
         ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(AXIS_LABELS[axis])
+    ax.set_xlabel(AXES[axis]["label"])
     ax.set_ylabel("KV cache after the run (MiB)")
     return _save(plt, [(figure, [ax])], directory, f"cache-size-vs-{axis}",
                  _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"))

@@ -117,8 +117,11 @@ class CellResult:
         return self.settings.label((self.model or {}).get("dtype"))
 
 
-def _serving():
-    return field(default=None, metadata={"serving": True})
+def _serving(distribution: str | None = None, percentile: int | None = None) -> Any:
+    """A serving metric (kvbench.metrics, vLLM's definitions): the mean, or the given percentile, of one of
+    a mode's distributions (a ModeMetrics field); `distribution` None for a figure computed on its own."""
+    statistic = "mean" if percentile is None else f"p{percentile}"
+    return field(default=None, metadata={"serving": True, "distribution": distribution, "statistic": statistic})
 
 
 @dataclass
@@ -143,21 +146,21 @@ class ModeSummary(MemoryFigures):
     # Serving metrics (kvbench.metrics; vLLM's definitions): percentiles over runs, ITL over every gap.
     # Marked so that every table of them (compare's CSV and JSON) takes the whole set.
     # Prefill and the first step.
-    ttft_p50_s: float | None = _serving()
-    ttft_p90_s: float | None = _serving()
-    ttft_p99_s: float | None = _serving()
+    ttft_p50_s: float | None = _serving("ttft_s", percentile=50)
+    ttft_p90_s: float | None = _serving("ttft_s", percentile=90)
+    ttft_p99_s: float | None = _serving("ttft_s", percentile=99)
     # Decode: the mean per token after the first, and every gap between tokens.
-    tpot_mean_s: float | None = _serving()
-    itl_p50_s: float | None = _serving()
-    itl_p90_s: float | None = _serving()
-    itl_p99_s: float | None = _serving()
+    tpot_mean_s: float | None = _serving("tpot_s")
+    itl_p50_s: float | None = _serving("itl_s", percentile=50)
+    itl_p90_s: float | None = _serving("itl_s", percentile=90)
+    itl_p99_s: float | None = _serving("itl_s", percentile=99)
     # The whole call.
-    e2e_p50_s: float | None = _serving()
-    e2e_p90_s: float | None = _serving()
-    e2e_p99_s: float | None = _serving()
-    prefill_tokens_per_s: float | None = _serving()
-    decode_tokens_per_s: float | None = _serving()
-    decode_tokens_per_s_p50: float | None = _serving()  # the median run's rate: robust to one stalled run
+    e2e_p50_s: float | None = _serving("e2e_s", percentile=50)
+    e2e_p90_s: float | None = _serving("e2e_s", percentile=90)
+    e2e_p99_s: float | None = _serving("e2e_s", percentile=99)
+    prefill_tokens_per_s: float | None = _serving("prefill_tokens_per_s")
+    decode_tokens_per_s: float | None = _serving("decode_tokens_per_s")
+    decode_tokens_per_s_p50: float | None = _serving("decode_tokens_per_s", percentile=50)  # robust to one stalled run
     energy_j_per_token: float | None = _serving()  # the whole generate(), prefill included; mean over runs
 
 
@@ -218,13 +221,11 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
         )
     except ValueError:
         return figures
-    for name, distribution in (("ttft", metrics.ttft_s), ("itl", metrics.itl_s), ("e2e", metrics.e2e_s)):
-        for q in ("p50", "p90", "p99"):
-            figures[f"{name}_{q}_s"] = getattr(distribution, q) if distribution is not None else None
-    figures["tpot_mean_s"] = metrics.tpot_s.mean if metrics.tpot_s is not None else None
-    figures["prefill_tokens_per_s"] = metrics.prefill_tokens_per_s_mean
-    figures["decode_tokens_per_s"] = metrics.decode_tokens_per_s_mean
-    figures["decode_tokens_per_s_p50"] = metrics.decode_tokens_per_s.p50 if metrics.decode_tokens_per_s else None
+    for item in fields(ModeSummary):
+        source = item.metadata.get("distribution")
+        if source is not None:
+            distribution = getattr(metrics, source)
+            figures[item.name] = getattr(distribution, item.metadata["statistic"]) if distribution is not None else None
     return figures
 
 

@@ -9,7 +9,7 @@ from rich.text import Text
 from kvbench.config import MODES
 from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
-from kvbench.units import format_bytes
+from kvbench.units import format_bytes, format_ms
 
 
 def _s(value: float | None) -> str:
@@ -39,10 +39,6 @@ def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] 
     if with_cache is None or without is None:
         return None
     return with_cache - without, "allocated by torch"
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "—"
 
 
 def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
@@ -81,8 +77,8 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
             _s(summary.median_s),
             _s(summary.max_s),
             f"{summary.tokens_per_s:.1f}",
-            _ms(ttft * 1000 if ttft is not None else None),
-            f"{_ms(summary.early_token_ms)} → {_ms(summary.late_token_ms)}",
+            format_ms(ttft * 1000 if ttft is not None else None),
+            f"{format_ms(summary.early_token_ms)} → {format_ms(summary.late_token_ms)}",
         ]
         if show_vram:
             value, source = peak_vram(summary)

@@ -3,9 +3,11 @@ keeps the results file current; `run_benchmark` is the library's one call."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
@@ -13,6 +15,47 @@ from kvbench.errors import KvbenchError
 from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
+
+# `--output -`: the results document goes to stdout and no file is written.
+STDOUT = "-"
+# Uncached generation recomputes the whole sequence at every step: on a CPU, this many new tokens take
+# minutes per run.
+SLOW_ON_CPU_TOKENS = 500
+
+
+def results_path(config: BenchConfig, resume: bool) -> Path | None:
+    """Where a run's results go: --output; None for `-`; else a new file under results/ named for the
+    models and the time. --resume continues a named file only."""
+    if resume and config.output in (None, STDOUT):
+        raise KvbenchError("--resume needs --output naming the results file to continue")
+    if config.output == STDOUT:
+        return None
+    return Path(config.output) if config.output else default_output(config.model)
+
+
+def default_output(models: list[str]) -> Path:
+    name = "+".join(_file_name_of(model) for model in models)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    # Two runs started in the same second must not share a file.
+    return Path("results") / f"{name}-{stamp}-{secrets.token_hex(2)}.json"
+
+
+def _file_name_of(model: str) -> str:
+    """A model as a file name: a directory by its own name ("." is the current directory's), never hidden."""
+    path = Path(model).expanduser()
+    name = path.resolve().name if path.exists() else model.replace("/", "_")
+    return name.lstrip(".") or "model"
+
+
+def advice(config: BenchConfig, device: str) -> list[str]:
+    """What the user should know before a long wait."""
+    notes = []
+    if device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= SLOW_ON_CPU_TOKENS:
+        notes.append(
+            "uncached generation of hundreds of tokens takes minutes per run on a CPU;"
+            " for a quick look use --max-new-tokens 200 --runs 3"
+        )
+    return notes
 
 
 class Benchmark(Measurement):
@@ -82,6 +125,9 @@ class Benchmark(Measurement):
         the run's closing save adds the summary and explanation, so a save mid-run computes nothing."""
         if self.file is not None:
             self.file.save(self.result, with_csv=final or closing, derived=closing)
+
+    def advice(self) -> list[str]:
+        return advice(self.config, self.device)
 
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]

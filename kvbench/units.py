@@ -1,4 +1,4 @@
-"""Human-readable byte counts, shared by every renderer."""
+"""Numbers as people read them (bytes, milliseconds), shared by every renderer."""
 
 from __future__ import annotations
 
@@ -10,3 +10,13 @@ def format_bytes(value: int | None) -> str:
         if abs(value) >= size:
             return f"{value / size:.1f} {unit}"
     return f"{value} B"
+
+
+def format_ms(value_ms: float | None) -> str:
+    """Milliseconds with two decimals, for a table's column of per-token times."""
+    return f"{value_ms:.2f}" if value_ms is not None else "—"
+
+
+def seconds_as_ms(value_s: float | None) -> str:
+    """Seconds shown as milliseconds to three significant figures, for a line of serving metrics."""
+    return f"{value_s * 1000:.3g}" if value_s is not None else "—"

@@ -137,6 +137,8 @@ def fake_nvml(monkeypatch):
     def install(**kwargs) -> FakeNvml:
         fake = FakeNvml(**kwargs)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
+        # Another NVML is another machine: nothing identified on the last one holds.
+        monkeypatch.setattr("kvbench.nvml._IDENTIFIED", {})
         return fake
 
     return install

@@ -244,15 +244,15 @@ def test_many_measurements_widen_the_intervals_holm(tmp_path):
 
 
 def test_outlying_runs_are_shown_in_compare(tmp_path):
-    a = save(tmp_path, "a", make_result({"cached": [1.0, 1.1, 0.9, 1.05, 1.02, 5.0]}))
-    comparison = compare_results([a, a])
+    result = make_result({"cached": [1.0, 1.1, 0.9, 1.05, 1.02, 5.0]})
+    comparison = compare_results([save(tmp_path, "a", result), save(tmp_path, "b", result)])
     assert "(n=6; outlying run 6)" in timing_grid(comparison)[1][0][1]
     assert "outlying runs included" in render_text(comparison, "markdown")
 
 
 def test_a_noisy_mode_is_warned_about(tmp_path):
-    noisy = save(tmp_path, "noisy", make_result({"cached": [80.0, 122.5, 165.0, 70.0, 175.0]}))
-    comparison = compare_results([noisy, noisy])
+    noisy = make_result({"cached": [80.0, 122.5, 165.0, 70.0, 175.0]})
+    comparison = compare_results([save(tmp_path, "noisy", noisy), save(tmp_path, "again", noisy)])
     assert any("too noisy to trust" in warning for warning in comparison.warnings)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from kvbench.cli import app, default_output
+from kvbench.cli import app
+from kvbench.runner import default_output
 from kvbench.errors import KvbenchError
 from kvbench.results import read_result, write_result
 from tests.conftest import make_result

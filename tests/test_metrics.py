@@ -65,7 +65,7 @@ def test_mode_metrics_pool_gaps_over_runs():
     assert mode.ttft_s.std == pytest.approx(0.0707107, rel=1e-5)
     assert mode.e2e_s.p50 == pytest.approx(0.95)
     assert mode.tpot_s.mean == pytest.approx((0.7 / 3 + 0.3 / 2) / 2)
-    assert mode.prefill_tokens_per_s_mean == pytest.approx((40 + 50) / 2)
+    assert mode.prefill_tokens_per_s.mean == pytest.approx((40 + 50) / 2)
     # Decode rates: A 3 x 2 / 0.7 = 8.571, B 2 x 2 / 0.3 = 13.333 tokens/s; the median of two is their mean.
     assert mode.decode_tokens_per_s.p50 == pytest.approx((6 / 0.7 + 4 / 0.3) / 2)
     assert mode.decode_tokens_per_s.n == 2

@@ -103,3 +103,22 @@ def test_gpu_facts_leave_out_what_nvml_cannot_read(fake_nvml):
 def test_gpu_facts_without_nvml_are_empty(fake_nvml):
     fake_nvml(available=False)
     assert gpu_facts("cuda:0", cuda_properties(uuid="x"), environ={}) == {}
+
+
+def test_each_gpu_is_identified_once_per_process(fake_nvml, torch_sees, monkeypatch):
+    """The samplers, the environment record and every cell's placement ask which GPU cuda:0 is: NVML is
+    searched the first time only, and a failure to identify is remembered with its reason too."""
+    nvml = fake_nvml(gpus=[FIRST, SECOND])
+    torch_sees(cuda_properties(pci_domain_id=0, pci_bus_id=0x41, pci_device_id=0))
+    searches = []
+    original = type(nvml).nvmlDeviceGetHandleByPciBusId
+    monkeypatch.setattr(
+        type(nvml), "nvmlDeviceGetHandleByPciBusId", lambda self, bus: searches.append(bus) or original(self, bus)
+    )
+    for _ in range(3):
+        assert gpu_uuids(["cuda:0"], environ={}) == ({"cuda:0": SECOND["uuid"]}, None)
+    assert gpu_facts("cuda:0", cuda_properties(pci_domain_id=0, pci_bus_id=0x41, pci_device_id=0), environ={})["gpu_uuid"] == SECOND["uuid"]
+    assert len(searches) == 1
+    # Another CUDA_VISIBLE_DEVICES is another question.
+    gpu_uuids(["cuda:0"], environ={"CUDA_VISIBLE_DEVICES": "1"})
+    assert len(searches) == 2

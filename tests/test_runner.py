@@ -273,3 +273,26 @@ def test_config_output_is_where_the_library_writes(tiny_gpt2_dir, tmp_path):
     run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, output=str(path)))
     assert read_result(path).complete
     assert path.with_suffix(".csv").exists()
+
+
+def test_a_long_uncached_run_on_a_cpu_comes_with_advice():
+    from kvbench.config import BenchConfig
+    from kvbench.runner import advice
+
+    long = BenchConfig(model=["gpt2"], max_new_tokens=[64, 500])
+    assert "--max-new-tokens 200" in advice(long, "cpu")[0]
+    assert advice(long, "cuda") == []
+    assert advice(BenchConfig(model=["gpt2"], max_new_tokens=[499]), "cpu") == []
+    assert advice(BenchConfig(model=["gpt2"], max_new_tokens=[500], modes=["cached"]), "cpu") == []
+
+
+def test_where_results_go(tmp_path):
+    from kvbench.config import BenchConfig
+    from kvbench.runner import results_path
+
+    assert results_path(BenchConfig(model=["gpt2"], output="-"), resume=False) is None
+    assert results_path(BenchConfig(model=["gpt2"], output="a.json"), resume=True).name == "a.json"
+    assert results_path(BenchConfig(model=["gpt2"]), resume=False).parent.name == "results"
+    for output in (None, "-"):
+        with pytest.raises(KvbenchError, match="--resume needs --output"):
+            results_path(BenchConfig(model=["gpt2"], output=output), resume=True)
