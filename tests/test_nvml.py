@@ -109,7 +109,8 @@ def test_each_gpu_is_identified_once_per_process(fake_nvml, torch_sees, monkeypa
     """The samplers, the environment record and every cell's placement ask which GPU cuda:0 is: NVML is
     searched the first time only, and a failure to identify is remembered with its reason too."""
     nvml = fake_nvml(gpus=[FIRST, SECOND])
-    torch_sees(cuda_properties(pci_domain_id=0, pci_bus_id=0x41, pci_device_id=0))
+    second = cuda_properties(pci_domain_id=0, pci_bus_id=0x41, pci_device_id=0)
+    torch_sees(second)
     searches = []
     original = type(nvml).nvmlDeviceGetHandleByPciBusId
     monkeypatch.setattr(
@@ -117,7 +118,7 @@ def test_each_gpu_is_identified_once_per_process(fake_nvml, torch_sees, monkeypa
     )
     for _ in range(3):
         assert gpu_uuids(["cuda:0"], environ={}) == ({"cuda:0": SECOND["uuid"]}, None)
-    assert gpu_facts("cuda:0", cuda_properties(pci_domain_id=0, pci_bus_id=0x41, pci_device_id=0), environ={})["gpu_uuid"] == SECOND["uuid"]
+    assert gpu_facts("cuda:0", second, environ={})["gpu_uuid"] == SECOND["uuid"]
     assert len(searches) == 1
     # Another CUDA_VISIBLE_DEVICES is another question.
     gpu_uuids(["cuda:0"], environ={"CUDA_VISIBLE_DEVICES": "1"})
