@@ -21,7 +21,6 @@ import kvbench.stats
 from kvbench.report import output_console, print_result
 from kvbench.results import ResultsFile, read_result
 
-
 # What computes an explanation: explain_result until it kept its answer, then the function it calls once.
 EXPLAIN = "_explain" if hasattr(kvbench.explain, "_explain") else "explain_result"
 

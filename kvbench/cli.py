@@ -399,26 +399,24 @@ def compare(
     against a baseline with a 95% confidence interval and a significance verdict."""
     with user_errors():
         from kvbench.compare import compare_results
-        from kvbench.export import FORMATS, render_text
+        from kvbench.export import format_named
 
-        if fmt not in FORMATS:
-            raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
+        output = format_named(fmt)
         comparison = compare_results(
             files,
             baseline=baseline,
             threshold_pct=fail_on_regression,
             gate_metric=gate_metric,
-            allow_single=fmt == "benchmark-action",
+            allow_single=output.one_file_is_enough,
         )
-    if fmt == "table":
-        from kvbench.report import render_comparison
-
-        stdout.print(render_comparison(comparison))
+    rendered = output.render(comparison)
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered)
     else:
-        sys.stdout.write(render_text(comparison, fmt))
-        if fmt in ("csv", "benchmark-action"):  # formats with no place for warnings of their own
-            for warning in comparison.warnings:
-                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        stdout.print(rendered)
+    if not output.holds_warnings:
+        for warning in comparison.warnings:
+            stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for line in comparison.unjudged:
         stderr.print(f"[yellow]not judged:[/] {line}", highlight=False, soft_wrap=True)
     # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.

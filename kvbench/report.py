@@ -176,7 +176,7 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
 def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) -> list[Text]:
     """Per mode, one compact line of serving metrics (ms unless named) and the roofline fraction."""
     from kvbench.explain import explain_result
-    from kvbench.export import serving_parts
+    from kvbench.export.grids import serving_parts
 
     explanation = explanation or explain_result(result)
     lines = []
@@ -273,47 +273,6 @@ def render_result(result: BenchmarkResult) -> Group:
         parts.append(Text(f"note: {note}", style="cyan"))
     for what, why in result.unmeasured.items():
         parts.append(Text(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
-    return Group(*parts)
-
-
-def render_comparison(comparison) -> Group:
-    """The comparison as rich tables, regressions in red, then its warnings."""
-    from kvbench.export import method_note, percentile_grid, speedup_grid, timing_grid
-
-    headers, rows = timing_grid(comparison)
-    table = Table(title="latency per generate() by file", title_justify="left")
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index == 0 else "right")
-    for cells in rows:
-        style = "red" if any("REGRESSION" in cell for cell in cells) else None
-        table.add_row(*cells, style=style)
-    parts: list = [table]
-    titles = {speedup_grid: "what the KV cache buys, by file", percentile_grid: "serving metrics, by file"}
-    for grid, title in titles.items():
-        grid_headers, grid_rows = grid(comparison)
-        if not grid_rows:
-            continue
-        grid_table = Table(title=title, title_justify="left")
-        for index, header in enumerate(grid_headers):
-            grid_table.add_column(header, justify="left" if index == 0 or grid is percentile_grid else "right")
-        for cells in grid_rows:
-            grid_table.add_row(*cells)
-        parts.append(grid_table)
-    parts.append(Text(method_note(comparison), style="dim"))
-    for warning in comparison.warnings:
-        parts.append(Text(f"warning: {warning}", style="yellow"))
-    regressions = comparison.regressions
-    if regressions:
-        parts.append(
-            Text(
-                f"{len(regressions)} regression(s) beyond {comparison.threshold_pct:g}%: "
-                + "; ".join(
-                    f"{row.key.label()} in {comparison.files[i].label} ({row.entries[i].change_pct:+.1f}%)"
-                    for row, i in regressions
-                ),
-                style="bold red",
-            )
-        )
     return Group(*parts)
 
 

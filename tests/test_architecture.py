@@ -40,7 +40,7 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "kvbench":
-                modules = {alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists()}
+                modules = {alias.name for alias in node.names if alias.name in MODULES}
                 found |= modules if len(modules) == len(node.names) else modules | {"__init__"}
             elif node.module.startswith("kvbench."):
                 found.add(node.module.split(".")[1])
@@ -54,7 +54,11 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-GRAPH = {path.stem: imports_of(path) for path in PACKAGE.glob("*.py")}
+# A module is a file of the package, or a subpackage taken whole (kvbench/export/ is "export").
+MODULES = {path.stem: [path] for path in PACKAGE.glob("*.py")} | {
+    path.parent.name: sorted(path.parent.glob("*.py")) for path in PACKAGE.glob("*/__init__.py")
+}
+GRAPH = {name: set().union(*(imports_of(path) for path in paths)) - {name} for name, paths in MODULES.items()}
 
 
 def test_every_module_has_a_layer():

@@ -6,7 +6,8 @@ import pytest
 
 from kvbench.compare import compare_results
 from kvbench.errors import KvbenchError
-from kvbench.export import percentile_grid, records, render_text, speedup_grid, timing_grid
+from kvbench.export import FORMATS
+from kvbench.export.grids import percentile_grid, records, speedup_grid, timing_grid
 from kvbench.records import SERVING_FIELDS
 from kvbench.results import write_result
 from kvbench.runner import run_benchmark
@@ -39,15 +40,15 @@ def test_real_runs_compare_in_every_format(two_real_runs):
     # Real runs record the first token: time to first token and per-token decode time are compared too.
     assert all({"latency", "ttft", "tpot"} <= set(row.entries[1].tests) for row in comparison.rows)
     assert any("(time to first token)" in header for header in timing_grid(comparison)[0])
-    markdown = render_text(comparison, "markdown")
+    markdown = FORMATS["markdown"].render(comparison)
     assert markdown.startswith("| measurement | first mean ± std (s) |")
     assert "second vs first" in markdown
-    rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(FORMATS["csv"].render(comparison))))
     assert len(rows) == 4 and {row["label"] for row in rows} == {"first", "second"}
-    document = json.loads(render_text(comparison, "json"))
+    document = json.loads(FORMATS["json"].render(comparison))
     assert document["test"] == "log-ratio-t, holm" and len(document["measurements"]) == 4
     assert document["family_sizes"]["latency"] == 2 and document["unjudged"] == []
-    action = json.loads(render_text(comparison, "benchmark-action"))
+    action = json.loads(FORMATS["benchmark-action"].render(comparison))
     assert [entry["unit"] for entry in action] == ["s", "s"]
     assert all(set(entry) == {"name", "unit", "value", "range", "extra"} for entry in action)
 
@@ -59,8 +60,8 @@ def test_serving_percentiles_in_every_format(two_real_runs, tmp_path):
     headers, rows = percentile_grid(comparison)
     assert len(headers) == 3 and [row[0].split(' · ')[-1] for row in rows] == ["cached", "uncached"]
     assert all("TTFT p50/90/99" in cell and "ITL p50/90/99" in cell for row in rows for cell in row[1:])
-    assert "ITL p50/90/99" in render_text(comparison, "markdown")
-    csv_rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    assert "ITL p50/90/99" in FORMATS["markdown"].render(comparison)
+    csv_rows = list(csv.DictReader(io.StringIO(FORMATS["csv"].render(comparison))))
     entries = [entry for r in comparison.rows for entry in r.entries if entry is not None]
     assert len(csv_rows) == len(entries) == 4
     for row, entry in zip(csv_rows, entries):
@@ -72,7 +73,7 @@ def test_serving_percentiles_in_every_format(two_real_runs, tmp_path):
     # Stored runs with no per-token times: nothing to take percentiles of, so no table at all.
     bare = compare_results([save(tmp_path, "a", make_result()), save(tmp_path, "b", make_result())])
     assert percentile_grid(bare)[1] == []
-    assert "p50/90/99" not in render_text(bare, "markdown")
+    assert "p50/90/99" not in FORMATS["markdown"].render(bare)
 
 
 def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):
@@ -175,17 +176,17 @@ def test_each_file_is_labelled_with_its_own_settings(tmp_path):
     sdpa = save(tmp_path, "sdpa", _with_attn(make_result(), "sdpa"))
     eager = save(tmp_path, "eager", _with_attn(make_result(), "eager"))
     comparison = compare_results([sdpa, eager])
-    rows = list(csv.DictReader(io.StringIO(render_text(comparison, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(FORMATS["csv"].render(comparison))))
     assert {(row["label"], row["attn_implementation"]) for row in rows} == {("sdpa", "sdpa"), ("eager", "eager")}
     assert all("attn sdpa" in row["compared_with"] for row in rows)
-    action = json.loads(render_text(comparison, "benchmark-action"))
+    action = json.loads(FORMATS["benchmark-action"].render(comparison))
     assert all("attn eager" in entry["name"] for entry in action)
 
 
 def test_benchmark_action_works_from_a_single_file(tmp_path):
     only = save(tmp_path, "only", make_result())
     comparison = compare_results([only], allow_single=True)
-    action = json.loads(render_text(comparison, "benchmark-action"))
+    action = json.loads(FORMATS["benchmark-action"].render(comparison))
     assert [entry["value"] for entry in action] == [pytest.approx(1.0), pytest.approx(4.0)]
     with pytest.raises(KvbenchError, match="at least two"):
         compare_results([only])
@@ -240,14 +241,14 @@ def test_many_measurements_widen_the_intervals_holm(tmp_path):
     confidences = sorted(row.entries[1].versus_baseline.confidence for row in comparison.rows)
     assert confidences[-1] == pytest.approx(1 - 0.05 / 8)
     assert any("% CI)" in row[-1] for row in timing_grid(comparison)[1])
-    assert "Holm's method across the 8 latency comparison(s)" in render_text(comparison, "markdown")
+    assert "Holm's method across the 8 latency comparison(s)" in FORMATS["markdown"].render(comparison)
 
 
 def test_outlying_runs_are_shown_in_compare(tmp_path):
     result = make_result({"cached": [1.0, 1.1, 0.9, 1.05, 1.02, 5.0]})
     comparison = compare_results([save(tmp_path, "a", result), save(tmp_path, "b", result)])
     assert "(n=6; outlying run 6)" in timing_grid(comparison)[1][0][1]
-    assert "outlying runs included" in render_text(comparison, "markdown")
+    assert "outlying runs included" in FORMATS["markdown"].render(comparison)
 
 
 def test_a_noisy_mode_is_warned_about(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from kvbench.compare import compare_results
-from kvbench.export import FORMATS, render_text
-from kvbench.report import render_comparison, render_result
+from kvbench.export import FORMATS
+from kvbench.report import render_result
 from kvbench.results import read_result, to_dict
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -45,9 +45,9 @@ def test_show_snapshot(snapshot):
 @pytest.mark.parametrize("fmt", [fmt for fmt in FORMATS if fmt != "table"])
 def test_compare_export_snapshots(fmt, snapshot, in_repo):
     comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
-    assert render_text(comparison, fmt) == snapshot
+    assert FORMATS[fmt].render(comparison) == snapshot
 
 
 def test_compare_table_snapshot(snapshot, in_repo):
     comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
-    assert plain(render_comparison(comparison)) == snapshot
+    assert plain(FORMATS["table"].render(comparison)) == snapshot

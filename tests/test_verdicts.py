@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from kvbench.cli import EXIT_UNJUDGED, app
 from kvbench.compare import compare_results
 from kvbench.errors import KvbenchError
-from kvbench.export import timing_grid
+from kvbench.export.grids import timing_grid
 from kvbench.results import read_result, write_result
 from tests.conftest import make_result
 

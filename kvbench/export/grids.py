@@ -1,10 +1,8 @@
-"""A comparison as text: the shared grid of cells, and its markdown, CSV, JSON and benchmark-action forms."""
+"""What every comparison format shows, as rows of text: the timing grid, the cache's speedup, the serving
+percentiles, the method note, and one flat record per measurement (CSV and JSON)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +12,6 @@ from kvbench.records import SERVING_FIELDS, ModeSummary
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes, seconds_as_ms
 
-FORMATS = ("table", "markdown", "csv", "json", "benchmark-action")
 # What the gate tests, in the one sentence the method note, the README and `compare --help` share.
 GATE_RULE = (
     "fails when, for any measurement, the whole 95% confidence interval of its change (widened for the"
@@ -165,26 +162,6 @@ def percentile_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
-def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
-
-
-def to_markdown(comparison: Comparison) -> str:
-    parts = [_markdown_table(*timing_grid(comparison))]
-    for grid in (speedup_grid(comparison), percentile_grid(comparison)):
-        if grid[1]:
-            parts.append(_markdown_table(*grid))
-    parts.append(method_note(comparison))
-    lines = [f"> not judged: {line}  " for line in comparison.unjudged]
-    lines += [f"> warning: {w}  " for w in comparison.warnings]
-    if lines:
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
-
-
 def method_note(comparison: Comparison) -> str:
     base = comparison.files[comparison.baseline].label
     family = comparison.family_sizes.get("latency", 0)
@@ -254,63 +231,3 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
             record["unjudged"] = entry.unjudged
             out.append(record)
     return out
-
-
-def to_csv(comparison: Comparison) -> str:
-    rows = records(comparison)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def to_json(comparison: Comparison) -> str:
-    document = {
-        "baseline": comparison.files[comparison.baseline].path,
-        "files": [loaded.path for loaded in comparison.files],
-        "threshold_pct": comparison.threshold_pct,
-        "gate_metric": comparison.gate_metric,
-        "gate": GATE_RULE,
-        "alpha": ALPHA,
-        "test": "log-ratio-t, holm",
-        "family_sizes": comparison.family_sizes,
-        "measurements": records(comparison),
-        "unjudged": comparison.unjudged,
-        "warnings": comparison.warnings,
-        "regressions": len(comparison.regressions),
-    }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-
-
-def to_benchmark_action(comparison: Comparison) -> str:
-    """The last file's mean latencies in github-action-benchmark's `customSmallerIsBetter` shape: a JSON
-    list of {name, unit, value, range, extra}, each named by its own settings; the action tracks them
-    from one CI run to the next."""
-    index = len(comparison.files) - 1
-    entries = []
-    for row in comparison.rows:
-        entry = row.entries[index]
-        if entry is None:
-            continue
-        std = entry.summary.std_s
-        entries.append(
-            {
-                "name": entry.key.label(),
-                "unit": "s",
-                "value": round(entry.summary.mean_s, 6),
-                "range": f"± {std:.6f}" if std is not None else "",
-                "extra": f"n={entry.summary.n}; {comparison.files[index].label}",
-            }
-        )
-    return json.dumps(entries, indent=2, ensure_ascii=False) + "\n"
-
-
-def render_text(comparison: Comparison, fmt: str) -> str:
-    renderers = {
-        "markdown": to_markdown,
-        "csv": to_csv,
-        "json": to_json,
-        "benchmark-action": to_benchmark_action,
-    }
-    return renderers[fmt](comparison)

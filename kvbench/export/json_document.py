@@ -1,0 +1,26 @@
+"""The comparison as one JSON document: the gate's rule and settings, then every measurement's record."""
+
+from __future__ import annotations
+
+import json
+
+from kvbench.compare import ALPHA, Comparison
+from kvbench.export.grids import GATE_RULE, records
+
+
+def to_json(comparison: Comparison) -> str:
+    document = {
+        "baseline": comparison.files[comparison.baseline].path,
+        "files": [loaded.path for loaded in comparison.files],
+        "threshold_pct": comparison.threshold_pct,
+        "gate_metric": comparison.gate_metric,
+        "gate": GATE_RULE,
+        "alpha": ALPHA,
+        "test": "log-ratio-t, holm",
+        "family_sizes": comparison.family_sizes,
+        "measurements": records(comparison),
+        "unjudged": comparison.unjudged,
+        "warnings": comparison.warnings,
+        "regressions": len(comparison.regressions),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,26 @@
+"""Markdown for a pull request: the grids as tables, the method note, then what was not judged and why."""
+
+from __future__ import annotations
+
+from kvbench.compare import Comparison
+from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
+
+
+def to_markdown(comparison: Comparison) -> str:
+    parts = [_markdown_table(*timing_grid(comparison))]
+    for grid in (speedup_grid(comparison), percentile_grid(comparison)):
+        if grid[1]:
+            parts.append(_markdown_table(*grid))
+    parts.append(method_note(comparison))
+    lines = [f"> not judged: {line}  " for line in comparison.unjudged]
+    lines += [f"> warning: {w}  " for w in comparison.warnings]
+    if lines:
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
