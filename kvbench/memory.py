@@ -256,8 +256,9 @@ def downsample(timeline: list[tuple[float, int]] | None, points: int = 100) -> l
     if len(timeline) > points:
         step = len(timeline) / points
         kept = {int(i * step) for i in range(points - 1)} | {len(timeline) - 1}
-        kept.add(max(range(len(timeline)), key=lambda i: timeline[i][1]))
-        timeline = [timeline[i] for i in sorted(kept)]
+        readings = timeline
+        kept.add(max(range(len(readings)), key=lambda i: readings[i][1]))
+        timeline = [readings[i] for i in sorted(kept)]
     return [[round(t, 4), int(used)] for t, used in timeline]
 
 
@@ -265,13 +266,22 @@ class SamplerUnavailable(Exception):
     pass
 
 
-def _sampling_loop(conn: Any, opener: Callable[[], tuple[Any, dict[str, Any]]], pid: int, interval_s: float) -> None:
+# Run in the sampling process: gives (pynvml, a handle per device) for VRAM, or a sampler of its own (an
+# RssSampler on a CPU).
+Opener = Callable[[], Any]
+
+
+def _sampling_loop(conn: Any, opener: Opener, pid: int, interval_s: float) -> None:
     """The sampling process: on "start" take a baseline, sample every interval until "stop", reply. A
     failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop."""
     try:
         opened = opener()
         # An opener gives (pynvml, handles) for the GPU, or a sampler of its own (RssSampler on a CPU).
-        sampler = NvmlSampler(*opened, pid) if isinstance(opened, tuple) else opened
+        if isinstance(opened, tuple):
+            pynvml, handles = opened
+            sampler = NvmlSampler(pynvml, handles, pid)
+        else:
+            sampler = opened
     except Exception as error:  # noqa: BLE001 - any failure to open is reported, not raised, over the pipe
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return
@@ -299,7 +309,7 @@ class SamplingProcess:
     within each other's noise, each slowing generation by a few percent (benchmarks/README.md).
     """
 
-    def __init__(self, opener: Callable[[], tuple[Any, dict[str, Any]]], interval_s: float, pid: int | None = None) -> None:
+    def __init__(self, opener: Opener, interval_s: float, pid: int | None = None) -> None:
         # spawn, not fork: forking a process that holds CUDA state is unsafe.
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -366,7 +376,7 @@ class MemoryProbe:
         interval_s: float,
         sample_vram: bool = True,
         *,
-        opener: Callable[[], tuple[Any, dict[str, Any]]] | None = None,
+        opener: Opener | None = None,
     ) -> None:
         """`opener` opens NVML in the sampling process; by default the real NVML, on the GPUs found by
         UUID (tests give a fake)."""

@@ -204,7 +204,7 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
             continue
         xs = [getattr(cell.settings, axis) if numeric else str(getattr(cell.settings, axis)) for cell in cells]
         name = _group_name(result, cells[0], axis)
-        line = ax.plot(xs, [cell.kv_cache_theory_bytes / 2**20 for cell in cells], linestyle="--",
+        line = ax.plot(xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--",
                        label=f"theory, {name}")[0]
         measured = [(x, cell.kv_cache_measured_bytes / 2**20) for x, cell in zip(xs, cells) if cell.kv_cache_measured_bytes]
         if measured:
@@ -248,7 +248,7 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Path
             for mode in result.modes:
                 runs = [run for run in result.runs_of(cell.id, mode) if run.allocated_by_position]
                 if runs:
-                    points = runs[0].allocated_by_position
+                    points = runs[0].allocated_by_position or []
                     ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode),
                             label=mode)
             ax.set_xlabel("new token position")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -143,13 +143,13 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     if cell.kv_cache_measured_bytes is not None and cell.kv_cache_theory_bytes:
         agrees = cell.kv_cache_agrees
         relation = "=" if agrees else "≠"
-        difference = cell.kv_cache_measured_bytes / cell.kv_cache_theory_bytes - 1
+        excess = cell.kv_cache_measured_bytes / cell.kv_cache_theory_bytes - 1
         text = (
             f"KV cache measured: {format_bytes(cell.kv_cache_measured_bytes)} ({cell.kv_cache_class},"
             f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"
-            f" ({difference:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
+            f" ({excess:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
         )
-        lines.append(Text(text, style=None if agrees else "yellow"))
+        lines.append(Text(text, style="" if agrees else "yellow"))
     elif cell.kv_cache_bytes is not None:
         lines.append(
             Text(
@@ -326,7 +326,7 @@ def render_plan(plan, output) -> Group:
         table.add_row(str(index), cell.label(), what)
     fewest, most = plan.runs_per_mode
     runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
-    lines = [
+    lines: list[RenderableType] = [
         table,
         Text(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
         Text(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
