@@ -23,12 +23,6 @@ from kvbench.records import BenchmarkResult, CellResult
 
 Send = Callable[[Event], None]
 
-# Test hook: KVBENCH_TEST_FAULT="kill@new=4 ,hang@new=6 " makes the measuring process of a cell whose id
-# contains the text after "@" (all cells if there is none) fail after its first measured run: "kill"
-# (SIGKILL, as the kernel's out-of-memory killer), "abort" (a crash), "hang", "error" (a CUDA-like
-# error), "oom".
-FAULT_VARIABLE = "KVBENCH_TEST_FAULT"
-
 # A process measuring on a GPU holds it: the settings below are the parent's, not the measuring process's.
 _PARENT_ONLY = {"isolation": "none", "processes": 1, "cell_timeout": None, "launcher": "local", "output": None}
 
@@ -105,33 +99,6 @@ class _Streamer:
         self._send(CellChanged(cell_state(self.result.cells[0])))
         if self.result.unmeasured:
             self._send(Unmeasured(dict(self.result.unmeasured)))
-        if new:
-            _inject_fault(self._job)
-
-
-def _inject_fault(job: CellJob) -> None:
-    if job.first_run != 0:
-        return
-    for spec in filter(None, os.environ.get(FAULT_VARIABLE, "").split(",")):
-        fault, _, where = spec.partition("@")
-        if where in job.cell.id:
-            break
-    else:
-        return
-    if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif fault == "abort":
-        os.abort()
-    elif fault == "hang":
-        time.sleep(3600)
-    elif fault == "exit":  # what a native library does when it gives up: a line on stderr, then exit
-        print("simulated output on stdout")  # buffered, unless the parent asked for unbuffered output
-        os.write(2, b"simulated native failure: unrecoverable state\n")
-        os._exit(3)
-    elif fault == "error":
-        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-    elif fault == "oom":
-        raise MemoryError("simulated")
 
 
 def measure(job: CellJob, send: Send) -> None:

@@ -10,8 +10,8 @@ from kvbench.launch import make_launcher
 from kvbench.launchers import InProcess, LocalProcesses
 from kvbench.results import read_result
 from kvbench.runner import Benchmark, run_benchmark
-from kvbench.worker import FAULT_VARIABLE
 from tests.conftest import tiny_config
+from tests.faults import inject
 from tests.test_runner import Recorder
 
 
@@ -69,7 +69,7 @@ def test_cells_on_two_slots_at_once_keep_the_sequential_order(tiny_gpt2_dir, tmp
 
 def test_a_cell_whose_process_fails_is_recorded_and_the_sweep_goes_on(tiny_gpt2_dir, tmp_path, monkeypatch):
     """One fault per cell, the cells two at a time: each failure stays in its cell."""
-    monkeypatch.setenv(FAULT_VARIABLE, "kill@new=4 ,abort@new=5 ,error@new=6 ,oom@new=7 ")
+    inject(monkeypatch, tmp_path, "kill@new=4 ,abort@new=5 ,error@new=6 ,oom@new=7 ")
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 5, 6, 7, 8], runs=2, isolation="process")
     benchmark = Benchmark(config, output=tmp_path / "faults.json")
     benchmark.launcher = LocalProcesses(config, slots=["cpu", "cpu"])
@@ -88,7 +88,7 @@ def test_what_a_measuring_process_prints_goes_through_the_display_and_names_its_
 ):
     """A process that prints to stdout and stderr and exits: its lines reach the display's output hook
     (not the terminal under it, not the JSON on stdout), and the cell's reason quotes the last."""
-    monkeypatch.setenv(FAULT_VARIABLE, "exit@new=4 ")
+    inject(monkeypatch, tmp_path, "exit@new=4 ")
     # No sampling process: it would inherit the worker's stdout and hold the pipe open after the worker dies.
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 6], runs=2, isolation="process", memory_sampling=False)
     lines = []
@@ -105,8 +105,8 @@ def test_what_a_measuring_process_prints_goes_through_the_display_and_names_its_
     assert lines == ["simulated output on stdout", "simulated native failure: unrecoverable state"]
 
 
-def test_a_hung_cell_is_stopped_at_its_timeout(tiny_gpt2_dir, monkeypatch):
-    monkeypatch.setenv(FAULT_VARIABLE, "hang")
+def test_a_hung_cell_is_stopped_at_its_timeout(tiny_gpt2_dir, tmp_path, monkeypatch):
+    inject(monkeypatch, tmp_path, "hang")
     # Whether it was stopped at 6 s is the launcher's clock to judge; the test checks what it recorded.
     result = run_benchmark(tiny_config(tiny_gpt2_dir, isolation="process", cell_timeout=6))
     assert result.cells[0].status == "timeout"

@@ -1,0 +1,90 @@
+"""Faults for the measuring processes a test starts, from outside kvbench: a test puts this folder on the
+PYTHONPATH (tests.faults.inject) and names the faults in KVBENCH_TEST_FAULT, e.g. "kill@new=4 ,hang".
+
+A fault strikes a measuring process (`python -m kvbench.worker`) whose cell id contains the text after "@"
+(every cell when there is none), right after its first measured run has been saved and sent: "kill"
+(SIGKILL, as the out-of-memory killer), "abort" (a crash), "hang", "exit" (what a native library does when
+it gives up: a line on each stream, then exit 3), "error" (a CUDA-like error), "oom". It strikes once per
+cell: with several processes measuring a cell, the first to get there. Python imports this file at start-up
+in every process; it does nothing until kvbench.measure is imported in a measuring process.
+"""
+
+import hashlib
+import importlib.abc
+import importlib.util
+import os
+import signal
+import sys
+import time
+
+SPEC = os.environ.get("KVBENCH_TEST_FAULT", "")
+STRUCK = os.environ.get("KVBENCH_TEST_FAULT_STRUCK", "")  # a folder: one file per cell struck
+
+
+def _fault_for(cell_id):
+    for spec in filter(None, SPEC.split(",")):
+        fault, _, where = spec.partition("@")
+        if where in cell_id:
+            return fault.strip()
+    return None
+
+
+def _first_to_strike(cell_id):
+    marker = os.path.join(STRUCK, hashlib.sha256(cell_id.encode()).hexdigest()[:16])
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _strike(fault):
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "abort":
+        os.abort()
+    elif fault == "hang":
+        time.sleep(3600)
+    elif fault == "exit":
+        print("simulated output on stdout")  # buffered, unless the parent asked for unbuffered output
+        os.write(2, b"simulated native failure: unrecoverable state\n")
+        os._exit(3)
+    elif fault == "error":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+    elif fault == "oom":
+        raise MemoryError("simulated")
+
+
+def _patch(measure):
+    original = measure.Measurement.save
+
+    def save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not sys.argv[0].endswith(os.path.join("kvbench", "worker.py")) or not self.result.runs:
+            return
+        cell_id = self.result.cells[0].id
+        fault = _fault_for(cell_id)
+        if fault is not None and _first_to_strike(cell_id):
+            _strike(fault)
+
+    measure.Measurement.save = save
+
+
+class _PatchMeasureOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "kvbench.measure":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if SPEC and STRUCK:
+    sys.meta_path.insert(0, _PatchMeasureOnImport())
