@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from rich.console import Console, Group, RenderableType
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -41,7 +47,7 @@ def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] 
     return with_cache - without, "allocated by torch"
 
 
-def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
+def cell_table(result: BenchmarkResult, cell: CellResult) -> FittedTable:
     settings = cell.settings
     model = cell.model or {}
     weights = model.get("weights", "?")
@@ -53,39 +59,71 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
     if settings.cache_implementation != "dynamic" or settings.attn_implementation != "auto":
         title += f" · cache {settings.cache_implementation} · attn {model.get('attn_implementation')}"
     summaries = [s for mode in result.modes if (s := result.summary_of(cell.id, mode))]
-    show_vram = any(peak_vram(summary)[0] is not None for summary in summaries)
-    table = Table(title=title, title_justify="left")
-    table.add_column("mode", no_wrap=True)
-    table.add_column("n", justify="right")
-    table.add_column("mean ± std (s)", justify="right", no_wrap=True)
-    table.add_column("min (s)", justify="right")
-    table.add_column("median (s)", justify="right")
-    table.add_column("max (s)", justify="right")
-    table.add_column("tokens/s", justify="right")
-    table.add_column("first token (ms)", justify="right")
-    table.add_column("ms/token early → late", justify="right", no_wrap=True)
-    if show_vram:
-        table.add_column("peak VRAM", justify="right")
-    table.add_column("peak RSS", justify="right")
-    for summary in summaries:
-        ttft = summary.time_to_first_token_s
-        row = [
-            summary.mode,
-            str(summary.n),
-            _mean_std(summary),
-            _s(summary.min_s),
-            _s(summary.median_s),
-            _s(summary.max_s),
-            f"{summary.tokens_per_s:.1f}",
-            format_ms(ttft * 1000 if ttft is not None else None),
-            f"{format_ms(summary.early_token_ms)} → {format_ms(summary.late_token_ms)}",
-        ]
-        if show_vram:
-            value, source = peak_vram(summary)
-            row.append(f"{format_bytes(value)} ({source})" if value is not None else "—")
-        row.append(format_bytes(summary.peak_rss_bytes))
-        table.add_row(*row)
-    return table
+    columns = [
+        _Column("mode", lambda s: s.mode, justify="left"),
+        _Column("n", lambda s: str(s.n)),
+        _Column("mean ± std (s)", _mean_std),
+        _Column("min (s)", lambda s: _s(s.min_s), drop=3),
+        _Column("median (s)", lambda s: _s(s.median_s), drop=3),
+        _Column("max (s)", lambda s: _s(s.max_s), drop=3),
+        _Column("tokens/s", lambda s: f"{s.tokens_per_s:.1f}", drop=2),
+        _Column(
+            "first token (ms)",
+            lambda s: format_ms(s.time_to_first_token_s * 1000 if s.time_to_first_token_s is not None else None),
+            drop=1,
+            short="TTFT ms",
+        ),
+        _Column(
+            "ms/token early → late",
+            lambda s: f"{format_ms(s.early_token_ms)} → {format_ms(s.late_token_ms)}",
+            short="ms/tok early→late",
+        ),
+    ]
+    if any(peak_vram(summary)[0] is not None for summary in summaries):
+        columns.append(_Column("peak VRAM", _vram))
+    columns.append(_Column("peak RSS", lambda s: format_bytes(s.peak_rss_bytes), drop=1))
+    return FittedTable(title, columns, summaries)
+
+
+def _vram(summary: ModeSummary) -> str:
+    value, source = peak_vram(summary)
+    return f"{format_bytes(value)} ({source})" if value is not None else "—"
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    value: Callable[[ModeSummary], str]
+    justify: Literal["left", "right"] = "right"
+    drop: int = 0  # on a narrow terminal, the columns with the highest number go first; 0 always stays
+    short: str | None = None  # the header where the table is narrowed
+
+
+class FittedTable:
+    """A mode-by-mode table that fits the width it is drawn at: columns a narrow terminal cannot show are
+    left out, least needed first, instead of being squeezed into "…"; a log or a file gets them all."""
+
+    def __init__(self, title: str, columns: list[_Column], summaries: list[ModeSummary]) -> None:
+        self.title, self.columns, self.summaries = title, columns, summaries
+
+    def table(self, most_dropped: int, short: bool) -> Table:
+        table = Table(title=self.title, title_justify="left")
+        shown = [column for column in self.columns if column.drop <= most_dropped]
+        for column in shown:
+            header = column.short if short and column.short else column.header
+            table.add_column(header, justify=column.justify, no_wrap=True)
+        for summary in self.summaries:
+            table.add_row(*(column.value(summary) for column in shown))
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        levels = sorted({column.drop for column in self.columns}, reverse=True)
+        unbounded = options.update(max_width=10_000)  # a measurement is otherwise capped at the width
+        for level, short in itertools.product(levels, (False, True)):
+            table = self.table(level, short)
+            if Measurement.get(console, unbounded, table).maximum <= options.max_width:
+                break
+        yield table
 
 
 def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:

@@ -17,8 +17,8 @@ GOLDEN = DATA / "golden.json"
 RERUN = DATA / "golden-rerun.json"
 
 
-def plain(renderable) -> str:
-    console = Console(width=200, record=True, color_system=None, file=open("/dev/null", "w"))
+def plain(renderable, width: int = 200) -> str:
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
     console.print(renderable)
     return console.export_text()
 
@@ -40,6 +40,19 @@ def test_golden_file_reads_back_unchanged():
 
 def test_show_snapshot(snapshot):
     assert plain(render_result(read_result(GOLDEN))) == snapshot
+
+
+def test_show_snapshot_at_80_columns(snapshot):
+    """A narrow terminal gets fewer columns, not columns cut to "…"."""
+    assert plain(render_result(read_result(GOLDEN)), width=80) == snapshot
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (DATA.parent.parent / "results").glob("*.json")))
+def test_every_committed_result_fits_80_columns_without_cutting_a_cell(name):
+    shown = plain(render_result(read_result(DATA.parent.parent / "results" / name)), width=80)
+    assert "…" not in shown
+    assert max(map(len, shown.splitlines())) <= 80
+    assert "mean ± std (s)" in shown and "ms/tok early→late" in shown
 
 
 @pytest.mark.parametrize("fmt", [fmt for fmt in FORMATS if fmt != "table"])
