@@ -98,6 +98,9 @@ class LiveProgress:
         self._current: Any = None
         self._tokens = 0
         self._last_redraw = 0.0
+        # The time left as last estimated, and when: between estimates it counts down, so a generation
+        # of many minutes does not show the same number all along.
+        self._estimate: tuple[float, float | None] = (clock(), None)
 
     def __enter__(self) -> LiveProgress:
         self.progress.start()
@@ -106,6 +109,16 @@ class LiveProgress:
     def __exit__(self, *exc: Any) -> None:
         self.progress.refresh()
         self.progress.stop()
+
+    def _estimated(self) -> str:
+        self._estimate = (self._clock(), self.time_left.seconds_left())
+        return self.time_left.text()
+
+    def _counted_down(self) -> str:
+        at, seconds = self._estimate
+        if seconds is None:
+            return self.time_left.text()
+        return f"about {clock_text(max(seconds - (self._clock() - at), 0.0))} left"
 
     def planned(self, generations: dict[Planned, int]) -> None:
         self.time_left = TimeLeft(generations, self._clock)
@@ -134,12 +147,13 @@ class LiveProgress:
         if now - self._last_redraw >= REDRAW_EVERY_S:
             self._last_redraw = now
             self.progress.update(self._current, completed=self._tokens)
+            self.progress.update(self._overall, left=self._counted_down())
             self.progress.refresh()
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         self.time_left.finished(generation, latency_s)
         self.progress.update(self._current, completed=self._tokens)
-        self.progress.update(self._overall, advance=1, left=self.time_left.text())
+        self.progress.update(self._overall, advance=1, left=self._estimated())
         self.progress.refresh()
 
     def cell_finished(self, cell: Any) -> None:

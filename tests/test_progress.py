@@ -29,6 +29,22 @@ def test_the_live_display_draws_every_generation_and_the_time_left(tiny_gpt2_dir
     assert re.search(r"8/8 .*about 0:00 left", last.splitlines()[0])
 
 
+def test_the_time_left_counts_down_during_a_long_generation(tiny_gpt2_dir):
+    """Between the estimates made as generations end, the live display counts down from the last one:
+    a generation of minutes does not show a frozen number."""
+    screen = io.StringIO()
+    clock = ScriptedClock(steady(cached_s=1.0, uncached_s=5.0))  # 40 s an uncached generation: many redraws
+    display = progress_for(Console(file=screen, force_terminal=True, width=120, color_system=None), clock)
+    with display:
+        run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[8], runs=2), observer=Both(clock, display), clock=clock)
+    frames = re.findall(r"all generations.*?(\d+)/\d+ .*?about (\d+):(\d\d) left", screen.getvalue())
+    shown = [(int(done), int(minutes) * 60 + int(seconds)) for done, minutes, seconds in frames]
+    within_a_generation = [
+        (before, after) for (done, before), (same, after) in zip(shown, shown[1:]) if done == same and after != before
+    ]
+    assert within_a_generation and all(after < before for before, after in within_a_generation)
+
+
 def test_a_log_gets_one_line_per_generation_with_the_time_left(tiny_gpt2_dir):
     log = io.StringIO()
     clock = ScriptedClock(SECONDS_PER_TOKEN)
