@@ -12,7 +12,8 @@ one `kvbench compare base.json head.json --format markdown --fail-on-regression 
 kvbench: its markdown is the summary, its exit code is the gate's.
 
 Exit codes: 0 no significant regression (or nothing to compare with yet), 1 a significant regression of
-more than the threshold, 2 the gate could not judge (a build, run or compare failed, or a bad argument).
+more than the threshold, 2 the gate could not run (a build, run or compare failed, or a bad argument), 3
+kvbench compare could not judge a measurement (it fails closed; its summary names each one).
 Standard library only: it runs before anything is installed.
 """
 
@@ -34,7 +35,7 @@ THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
 DEFAULT_THRESHOLD_PCT = 10.0
 # A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
 NULL_SHA = "0" * 40
-EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR = 0, 1, 2
+EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_UNJUDGED = 0, 1, 2, 3
 # What the summary's header shows from each results file's environment block.
 ENVIRONMENT_ROWS = (
     ("device", "device_name"),
@@ -145,8 +146,7 @@ def prepare(side: Side, mode: str, python: str, pip_install: str, kvbench_spec: 
     if created.returncode != 0:
         raise GateError(f"{python} -m venv failed; give --python an interpreter with the venv module")
     venv_python = venv / "bin" / "python"
-    # kvbench finds its shipped model configs (configs/models) beside its package, which only an editable
-    # install of a kvbench directory keeps.
+    # A kvbench directory is installed editable, so the checkout's own kvbench is the one measured.
     if kvbench_spec and Path(kvbench_spec).is_dir():
         kvbench_spec = f"-e {shlex.quote(kvbench_spec)}"
     for what in filter(None, [pip_install, kvbench_spec]):
@@ -185,6 +185,7 @@ def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]],
         "regression": f"kvbench gate: REGRESSION (significantly slower by more than {threshold:g}%)",
         "no-baseline": "kvbench gate: nothing to compare with yet (measured, not judged)",
         "error": "kvbench gate: could not judge",
+        "unjudged": "kvbench gate: could not judge every measurement (fails closed)",
     }
     lines = [f"### {titles[verdict]}", ""]
     if not columns:  # it stopped before it knew either side
@@ -232,6 +233,9 @@ def judge(
         return "pass", EXIT_PASS, compared.stdout
     if compared.returncode == EXIT_REGRESSION:
         return "regression", EXIT_REGRESSION, compared.stdout
+    # compare's markdown says it fails closed with exit 3: the gate's exit code must be the one it names.
+    if compared.returncode == EXIT_UNJUDGED:
+        return "unjudged", EXIT_UNJUDGED, compared.stdout
     return "error", EXIT_ERROR, f"{compared.stdout}\n```\n{compared.stderr.strip()}\n```\n"
 
 

@@ -12,11 +12,35 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from kvbench.errors import KvbenchError
 from kvbench.report import output_console
 
+
+def _flags_without_a_metavar(params: list) -> list:
+    # Typer shows Python's type names (`--help <bool>`, `FILES <list[Path]>`): a flag takes no value, and an
+    # argument's name and help already say what it takes.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        elif param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_a_metavar(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_a_metavar(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -83,7 +107,7 @@ def _setting_option(name: str) -> inspect.Parameter:
         shown = ",".join(map(str, default)) if meta["comma_separated"] else " ".join(map(str, default))
     else:
         shown = "none" if default is None else str(default)
-    help_text = meta["help"]
+    help_text = meta["help"].replace("[", "\\[")  # literal brackets (`kvbench[ray]`), not Rich markup
     if meta["choices"] and not any(choice in help_text for choice in meta["choices"][1:]):
         help_text += f" One of: {', '.join(meta['choices'])}."
     # Built from the setting's declared type, at run time: Typer reads it, a type checker cannot.
@@ -212,7 +236,7 @@ def _register_run() -> None:
     parameters += [_setting_option(name) for name in config_fields()]
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    app.command()(run)
+    app.command(cls=_Command)(run)
 
 
 _register_run()
@@ -345,7 +369,7 @@ def _report(result, console: Console, json_output: bool, show_output: bool) -> N
         print_generated_text(result, console)
 
 
-@app.command()
+@app.command(cls=_Command)
 def show(
     file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
     show_output: bool = typer.Option(
@@ -372,14 +396,14 @@ def _judged_metrics_help() -> str:
     return ", ".join(named[:-1]) + " or " + named[-1]
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     files: List[Path] = typer.Argument(..., help="Two or more results .json files, or directories of them."),
     baseline: Optional[str] = typer.Option(
-        None, help="The file the others are judged against (its path or name). \\[default: the first]"
+        None, metavar="FILE", help="The file the others are judged against (its path or name). \\[default: the first]"
     ),
     fmt: str = typer.Option(
-        "table", "--format", "-f", help="table, markdown (for a pull request), csv, json, or benchmark-action"
+        "table", "--format", "-f", metavar="FORMAT", help="table, markdown (for a pull request), csv, json, or benchmark-action"
         " (github-action-benchmark's customSmallerIsBetter JSON, from the last file; one file is enough)."
     ),
     fail_on_regression: Optional[float] = typer.Option(
@@ -392,6 +416,7 @@ def compare(
     ),
     gate_metric: str = typer.Option(
         "latency",
+        metavar="METRIC",
         help=f"What the gate judges: {_judged_metrics_help()}.",
     ),
 ) -> None:
@@ -426,7 +451,7 @@ def compare(
         raise typer.Exit(EXIT_UNJUDGED)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
     out_dir: Optional[Path] = typer.Option(

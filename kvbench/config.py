@@ -232,7 +232,7 @@ class BenchConfig:
         None,
         "Results .json (a .csv of runs goes beside it).",
         short="-o",
-        shown_default="results/<model>-<time>.json",
+        shown_default="results/<model>-<time>-<4 hex digits>.json",
     )
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 GATE = REPO / "ci" / "kvbench_gate.py"
 # Just enough of the tree for `python -m kvbench` to run from a checkout.
-NEEDED = ("kvbench/", "configs/models/", "pyproject.toml")
+NEEDED = ("kvbench/", "pyproject.toml")
 BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\nisolation = "none"\n'
 # Appended to each side's kvbench/runner.py: every run is timed by a scripted clock that advances a few
 # percent more or less at each reading (the timer's and each token's), so the verdict is the gate's, never
@@ -141,3 +141,33 @@ def test_gate_says_why_it_cannot_judge(repo, tmp_path):
     assert outputs["verdict"] == "error"
     assert summary.startswith("### kvbench gate: could not judge")
     assert "no-such-ref is neither a directory nor a commit" in summary
+
+
+def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path, monkeypatch):
+    """compare's summary says the gate fails closed with exit 3: the gate's own exit code and verdict say the
+    same, not the 2 of a gate that could not run. A baseline with one run per mode cannot be judged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kvbench_gate", GATE)
+    assert spec is not None and spec.loader is not None
+    gate = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kvbench_gate", gate)  # its dataclasses look their module up there
+    spec.loader.exec_module(gate)
+    golden = REPO / "tests" / "data" / "golden.json"
+    one_run = json.loads(golden.read_text())
+    one_run["runs"] = [run for run in one_run["runs"] if run["run"] == 0]
+    baseline = tmp_path / "one-run.json"
+    baseline.write_text(json.dumps(one_run))
+    side = gate.Side("base", REPO, "this tree", [sys.executable, "-m", "kvbench"], {"PYTHONPATH": str(REPO)})
+    verdict, code, summary = gate.judge(side, side, baseline, golden, 10.0, [])
+    assert (verdict, code) == ("unjudged", 3)
+    assert "fails closed (exit 3)" in summary
+    assert gate.header(verdict, 10.0, [], []).startswith("### kvbench gate: could not judge every measurement")
+
+
+def test_the_gate_files_describe_the_rule_the_gate_applies():
+    """The threshold file's comment states compare's rule (the whole interval above PCT), not the older
+    "slower by more than PCT and significant"; the tree this module copies names only paths that exist."""
+    comment = (REPO / ".github" / "kvbench-gate.env").read_text()
+    assert "whole 95% confidence interval" in comment and "t-test" not in comment
+    assert all((REPO / name).exists() for name in NEEDED)

@@ -313,3 +313,16 @@ def test_a_slower_cache_is_called_slower_not_a_fraction_faster(tmp_path):
     shown = invoke("show", path).stdout
     assert "cached is 2.10× slower than uncached" in shown
     assert "× faster" not in shown
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["compare"], ["show"], ["plot"]], ids=lambda c: " ".join(c) or "kvbench")
+def test_help_shows_no_python_type_names_and_keeps_brackets(command):
+    """Typer's type labels (`<bool>`, `<str>`, `<list[Path]>`) are Python's, not the user's; and Rich markup
+    must not eat literal brackets such as `kvbench[ray]`."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    for label in ("<bool>", "<str>", "<path>", "<list[", "<int>", "<float>"):
+        assert label not in result.output
+    if command == ["run"]:
+        assert "pip install 'kvbench[ray]'" in result.output
+        assert "[default: results/<model>-<time>-<4 hex digits>.json]" in result.output

@@ -1,5 +1,6 @@
-"""The README's examples are real: every TOML block is a valid experiment file whose every cell passes the
-checks a run makes, and every `kvbench` command in a shell block parses with the current command line."""
+"""The README's and the docs pages' examples are real: every TOML block is a valid experiment file whose every
+cell passes the checks a run makes, and every `kvbench` command in a shell block parses with the current
+command line."""
 
 import re
 import shlex
@@ -14,17 +15,21 @@ from kvbench.config import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
+# Every page a user reads: the README first, then each docs page.
+PAGES = {"README.md": README} | {
+    f"docs/{page.name}": page.read_text(encoding="utf-8") for page in sorted((REPO / "docs").glob("*.md"))
+}
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+def blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
-def kvbench_commands() -> list[list[str]]:
+def kvbench_commands(text: str = README) -> list[list[str]]:
     """Each `kvbench …` invocation in the shell blocks, as argument lists (comments, pipes and
     redirections cut off; `&&` chains split)."""
     found = []
-    for block in blocks("bash"):
+    for block in blocks("bash", text):
         for line in block.replace("\\\n", " ").splitlines():
             line = "" if line.lstrip().startswith("#") else line.split(" #", 1)[0]
             for part in re.split(r"&&|\|\||;", line):
@@ -36,16 +41,17 @@ def kvbench_commands() -> list[list[str]]:
     return found
 
 
-TOML_BLOCKS = blocks("toml")
-COMMANDS = kvbench_commands()
+TOML_BLOCKS = [(page, block) for page, text in PAGES.items() for block in blocks("toml", text)]
+COMMANDS = [(page, args) for page, text in PAGES.items() for args in kvbench_commands(text)]
 
 
-def test_the_readme_has_examples_to_check():
-    assert len(TOML_BLOCKS) >= 1 and len(COMMANDS) >= 8
+def test_the_readme_and_the_docs_have_examples_to_check():
+    assert len(kvbench_commands(README)) >= 8
+    assert len(PAGES) > 1 and len(TOML_BLOCKS) >= 1 and len(COMMANDS) > len(kvbench_commands(README))
 
 
-@pytest.mark.parametrize("text", TOML_BLOCKS)
-def test_toml_blocks_are_valid_experiments(text, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("page", "text"), TOML_BLOCKS, ids=[page for page, _ in TOML_BLOCKS])
+def test_toml_blocks_are_valid_experiments(page, text, tmp_path, monkeypatch):
     path = tmp_path / "experiment.toml"
     path.write_text(text)
     build_config(path, {})
@@ -55,14 +61,14 @@ def test_toml_blocks_are_valid_experiments(text, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(args)[:60] for args in COMMANDS])
-def test_commands_parse(args):
+@pytest.mark.parametrize(("page", "args"), COMMANDS, ids=[f"{page}: {' '.join(args)[:60]}" for page, args in COMMANDS])
+def test_commands_parse(page, args):
     group = get_command(app)
     if not args or args[0].startswith("-"):
         context = group.make_context("kvbench", list(args))  # --help, --version
         return
     command = group.get_command(None, args[0])
-    assert command is not None, f"kvbench has no command {args[0]!r}"
+    assert command is not None, f"{page}: kvbench has no command {args[0]!r}"
     command.make_context(args[0], list(args[1:]))
 
 
