@@ -64,3 +64,19 @@ def test_compare_export_snapshots(fmt, snapshot, in_repo):
 def test_compare_table_snapshot(snapshot, in_repo):
     comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
     assert plain(FORMATS["table"].render(comparison)) == snapshot
+
+
+def test_compare_table_snapshot_at_80_columns(snapshot, in_repo):
+    """Too narrow for the table without cutting a label: one measurement at a time, each value named."""
+    comparison = compare_results([in_repo / GOLDEN.name, in_repo / RERUN.name], threshold_pct=10)
+    assert plain(FORMATS["table"].render(comparison), width=80) == snapshot
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_comparing_the_committed_results_cuts_no_label(width):
+    results = DATA.parent.parent / "results"
+    for files in ([results / "gpt2-cpu-200tok-epyc-2core.json", results / "gpt2-cpu-200tok-epyc-2core-r2.json"],
+                  sorted(results.glob("*.json"))):
+        shown = plain(FORMATS["table"].render(compare_results(files, threshold_pct=5)), width=width)
+        assert "…" not in shown
+        assert "gpt2-cpu-200tok-epyc-2core-r2" in shown

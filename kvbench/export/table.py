@@ -1,8 +1,11 @@
-"""The comparison on the terminal: rich tables, regressions in red, then the method note and warnings."""
+"""The comparison on the terminal: rich tables, regressions in red, then the method note and warnings.
+
+A table that cannot fit the terminal without cutting a word becomes a list, one measurement at a time with
+each column's header beside its value, so no label that tells files apart is cut to "…"."""
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -10,27 +13,49 @@ from kvbench.compare import Comparison
 from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
 
 
+class _FittedGrid:
+    """One grid (headers and rows of text) as a table where it fits the width, else as a list."""
+
+    def __init__(self, title: str, headers: list[str], rows: list[list[str]], left_aligned: bool = False) -> None:
+        self.title, self.headers, self.rows, self.left_aligned = title, headers, rows, left_aligned
+
+    def _style(self, cells: list[str]) -> str:
+        return "red" if any("REGRESSION" in cell for cell in cells) else ""
+
+    def table(self) -> Table:
+        table = Table(title=self.title, title_justify="left")
+        for index, header in enumerate(self.headers):
+            table.add_column(header, justify="left" if index == 0 or self.left_aligned else "right")
+        for cells in self.rows:
+            table.add_row(*cells, style=self._style(cells))
+        return table
+
+    def listed(self) -> Group:
+        lines = [Text(self.title, style="italic")]
+        for cells in self.rows:
+            style = self._style(cells)
+            lines.append(Text(cells[0], style=f"bold {style}".strip()))
+            lines += [Text(f"  {header}: {cell}", style=style) for header, cell in zip(self.headers[1:], cells[1:])]
+        return Group(*lines)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self.table()
+        # Rich wraps a cell at its spaces, and cuts a word longer than its column (a file's label) to "…":
+        # the table is drawn only where it comes out whole.
+        lines = console.render_lines(table, options, pad=False)
+        cut = any(segment.text.endswith("…") for line in lines for segment in line)
+        yield self.listed() if cut else table
+
+
 def render_comparison(comparison: Comparison) -> Group:
     """The comparison as rich tables, regressions in red, then its warnings."""
-    headers, rows = timing_grid(comparison)
-    table = Table(title="latency per generate() by file", title_justify="left")
-    for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index == 0 else "right")
-    for cells in rows:
-        style = "red" if any("REGRESSION" in cell for cell in cells) else None
-        table.add_row(*cells, style=style)
-    parts: list = [table]
-    titles = {speedup_grid: "what the KV cache buys, by file", percentile_grid: "serving metrics, by file"}
-    for grid, title in titles.items():
-        grid_headers, grid_rows = grid(comparison)
-        if not grid_rows:
-            continue
-        grid_table = Table(title=title, title_justify="left")
-        for index, header in enumerate(grid_headers):
-            grid_table.add_column(header, justify="left" if index == 0 or grid is percentile_grid else "right")
-        for cells in grid_rows:
-            grid_table.add_row(*cells)
-        parts.append(grid_table)
+    parts: list = [_FittedGrid("latency per generate() by file", *timing_grid(comparison))]
+    speedups = speedup_grid(comparison)
+    if speedups[1]:
+        parts.append(_FittedGrid("what the KV cache buys, by file", *speedups))
+    percentiles = percentile_grid(comparison)
+    if percentiles[1]:
+        parts.append(_FittedGrid("serving metrics, by file", *percentiles, left_aligned=True))
     parts.append(Text(method_note(comparison), style="dim"))
     for warning in comparison.warnings:
         parts.append(Text(f"warning: {warning}", style="yellow"))
