@@ -419,6 +419,14 @@ def compare(
         metavar="METRIC",
         help=f"What the gate judges: {_judged_metrics_help()}.",
     ),
+    names: Optional[List[str]] = typer.Option(
+        None,
+        "--name",
+        "-n",
+        metavar="NAME",
+        help="A label per file, in order (one for each file), used in every table, export and verdict, and"
+        " by --baseline. \\[default: the file names]",
+    ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
     against a baseline with a 95% confidence interval and a significance verdict."""
@@ -433,6 +441,7 @@ def compare(
             threshold_pct=fail_on_regression,
             gate_metric=gate_metric,
             allow_single=output.one_file_is_enough,
+            names=names or (),
         )
     rendered = output.render(comparison)
     if isinstance(rendered, str):

@@ -149,6 +149,19 @@ def _refuse_repeated_files(paths: list[Path]) -> None:
         seen[key] = path
 
 
+def _named(paths: list[Path], names: Sequence[str]) -> list[str]:
+    """The files' labels: the names given (`compare -n`), one per file in order, else from their paths."""
+    if not names:
+        return _labels(paths)
+    if len(names) != len(paths):
+        raise KvbenchError(
+            f"{len(names)} name(s) given for {len(paths)} results file(s); give one --name per file, in order"
+        )
+    if len(set(names)) != len(names) or not all(name.strip() for name in names):
+        raise KvbenchError(f"the names must be distinct and not empty: {', '.join(map(repr, names))}")
+    return list(names)
+
+
 def _labels(paths: list[Path]) -> list[str]:
     names = [path.stem for path in paths]
     if len(set(names)) == len(names):
@@ -245,11 +258,13 @@ def compare_results(
     threshold_pct: float | None = None,
     gate_metric: str = "latency",
     allow_single: bool = False,
+    names: Sequence[str] = (),
 ) -> Comparison:
     """Read the files, match their measurements, and judge each against the baseline's. With a
     threshold (the gate), a measurement is a regression when the whole Holm-adjusted interval of its
     `gate_metric` change lies above +threshold_pct; one it cannot judge goes into `unjudged`.
-    `allow_single` accepts one file (for exporting it, with nothing to judge)."""
+    `allow_single` accepts one file (for exporting it, with nothing to judge). `names` labels the files, in
+    order, in every table, export and verdict (their file names otherwise)."""
     if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
         raise KvbenchError(
             f"the regression threshold (--fail-on-regression) must be a non-negative percentage such as 5,"
@@ -265,7 +280,7 @@ def compare_results(
         raise KvbenchError("compare needs at least two results files; pass two files or a directory of them")
     files = [
         LoadedFile(str(path), label, read_result(path))
-        for path, label in zip(expanded, _labels(expanded))
+        for path, label in zip(expanded, _named(expanded, names))
     ]
     base_index = _baseline_index(files, baseline)
     measured = [_measurements(f.result) for f in files]

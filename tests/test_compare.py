@@ -274,3 +274,22 @@ def test_runs_from_three_processes_are_judged_on_process_means(tmp_path):
     entry = compare_results([base, other]).rows[0].entries[1]
     assert entry.samples["latency"] == pytest.approx([1.0005 * 1.03, 1.1005 * 1.03, 0.9505 * 1.03])
     assert not entry.versus_baseline.significant()
+
+
+def test_files_named_on_the_command_line_are_named_everywhere(tmp_path):
+    """compare -n: the names label every table, export and verdict, and choose the baseline."""
+    a = save(tmp_path, "results-20261130-1", make_result({"cached": [1.0, 1.01, 0.99]}))
+    b = save(tmp_path, "results-20261130-2", make_result({"cached": [1.5, 1.51, 1.49]}))
+    comparison = compare_results([a, b], names=["main", "my-change"], baseline="my-change", threshold_pct=5)
+    headers, _ = timing_grid(comparison)
+    assert headers[1] == "main mean ± std (s)" and "main vs my-change" in headers
+    assert {record["label"] for record in records(comparison)} == {"main", "my-change"}
+    assert "results-2026" not in FORMATS["markdown"].render(comparison).split("Baseline")[0]
+    assert comparison.files[comparison.baseline].label == "my-change"
+
+
+@pytest.mark.parametrize("names", [["only-one"], ["same", "same"], ["", "b"]])
+def test_names_must_be_one_per_file_and_distinct(tmp_path, names):
+    a, b = save(tmp_path, "a", make_result()), save(tmp_path, "b", make_result())
+    with pytest.raises(KvbenchError, match="name"):
+        compare_results([a, b], names=names)
