@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, TypeVar
 
-from kvbench.config import Cell
+from kvbench.config import SWEEP_AXES, Cell
 from kvbench.energy import joules_per_token
 from kvbench.memory import MemoryFigures
 from kvbench.metrics import mode_metrics, run_metrics
@@ -301,18 +301,48 @@ class BenchmarkResult:
             return None
         return uncached.mean_s / cached.mean_s
 
-    def runs_frame(self):
-        """The runs as a pandas DataFrame, one row per measured generate(), without the nested per-token
-        times and per-device memory (those are in the JSON file)."""
-        import pandas as pd
+    def _settings_by_cell(self) -> dict[str, dict[str, Any]]:
+        """Each cell's sweep settings as columns: the dtype it resolved to, the prompt length it ran with."""
+        columns = {}
+        for cell in self.cells:
+            settings = asdict(cell.settings)
+            settings["dtype"] = (cell.model or {}).get("dtype", cell.settings.dtype)
+            if cell.prompt_tokens is not None:
+                settings["prompt_tokens"] = cell.prompt_tokens
+            columns[cell.id] = settings
+        return columns
 
+    def runs_frame(self):
+        """The runs as a pandas DataFrame, one row per measured generate(): its cell's settings (model,
+        max_new_tokens, batch_size, dtype, cache_implementation, attn_implementation, prompt_tokens), then
+        the run's own figures; NaN where a figure was not measured. The nested per-token times and
+        per-device memory are in the JSON file only."""
         nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position")
         own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
-        columns = own + list(MemoryFigures.names())
-        return pd.DataFrame([{name: getattr(run, name) for name in columns} for run in self.runs], columns=columns)
+        settings = self._settings_by_cell()
+        columns = [*own, *MemoryFigures.names()]
+        rows = [{**settings[run.cell], **{name: getattr(run, name) for name in columns}} for run in self.runs]
+        return _frame(rows, [*SWEEP_AXES, *columns], _numeric_fields(Cell, RunRecord))
 
     def summary_frame(self):
-        """The per-cell, per-mode summary as a pandas DataFrame."""
-        import pandas as pd
+        """One row per cell and mode: the cell's settings (as in runs_frame), then the mode's summary
+        (kvbench.records.ModeSummary's fields); NaN where a figure was not measured."""
+        settings = self._settings_by_cell()
+        rows = [{**settings[summary.cell], **asdict(summary)} for summary in self.summary]
+        return _frame(rows, [*SWEEP_AXES, *(f.name for f in fields(ModeSummary))], _numeric_fields(Cell, ModeSummary))
 
-        return pd.DataFrame([asdict(summary) for summary in self.summary])
+
+def _frame(rows: list[dict[str, Any]], columns: list[str], numeric: set[str]):
+    """A DataFrame with these columns in order; a column of numbers holds NaN, not None, where one is missing."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
+    for name in frame.columns:
+        if name in numeric:
+            frame[name] = pd.to_numeric(frame[name])
+    return frame
+
+
+def _numeric_fields(*classes: type) -> set[str]:
+    """The fields declared as a number (int or float, possibly None) of these dataclasses."""
+    return {item.name for cls in classes for item in fields(cls) if str(item.type).removesuffix(" | None") in ("int", "float")}

@@ -96,3 +96,20 @@ def test_show_explains_a_file_once_and_summarises_each_mode_once(monkeypatch):
     stored = read_result(golden)
     assert len(explanations) == 1
     assert len(summaries) == len({(run.cell, run.mode) for run in stored.runs})
+
+
+def test_data_frames_have_a_column_per_setting_and_nan_for_what_was_not_measured():
+    import math
+
+    result = make_result(model="tiny", max_new_tokens=16)
+    summary, runs = result.summary_frame(), result.runs_frame()
+    settings = ["model", "max_new_tokens", "batch_size", "dtype", "cache_implementation", "attn_implementation",
+                "prompt_tokens"]
+    for frame in (summary, runs):
+        assert list(frame.columns[:7]) == settings
+        assert set(frame["model"]) == {"tiny"} and set(frame["max_new_tokens"]) == {16}
+        assert set(frame["prompt_tokens"]) == {6}  # the length the prompt ran at
+    # No run recorded a first-token time or VRAM: numbers that are missing are NaN, in numeric columns.
+    assert runs["time_to_first_token_s"].dtype == float and all(map(math.isnan, runs["time_to_first_token_s"]))
+    assert summary["vram_device_peak_bytes"].dtype == float and summary["vram_device_peak_bytes"].isna().all()
+    assert summary["mean_s"].tolist() == [s.mean_s for s in result.summary]
