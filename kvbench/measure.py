@@ -133,7 +133,7 @@ def _now() -> str:
 _CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
@@ -390,7 +390,7 @@ class Measurement:
                 raise
             raise _LoadFailure(str(error)) from None
         except Exception as error:
-            if _is_out_of_memory(error):
+            if is_out_of_memory(error):
                 raise
             if not self.part_of_sweep:
                 raise KvbenchError(
@@ -454,7 +454,7 @@ class Measurement:
             raise
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
             size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
-            if _is_out_of_memory(error):
+            if is_out_of_memory(error):
                 # Recorded; a run of this one cell then ends in one line (Benchmark.run), not a traceback.
                 failure = (CellState.OOM, f"out of memory at {size} ({type(error).__name__})")
             elif isinstance(error, _LoadFailure):
