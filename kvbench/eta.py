@@ -183,3 +183,19 @@ def clock_text(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def predicted_s(planned: Mapping[Planned, int], measured: Iterable[tuple[Planned, float]]) -> float | None:
+    """How long the planned generations would take, each predicted by the fit of earlier latencies of its
+    model and mode (another run of them on the same machine); None where a model or mode planned has no
+    such latency. Loading and saving are not counted."""
+    points: dict[tuple[str, str], list[tuple[Planned, float]]] = defaultdict(list)
+    for generation, latency_s in measured:
+        points[generation.model, generation.mode].append((generation, latency_s))
+    total = 0.0
+    for generation, count in planned.items():
+        fit = fit_latency_model(points.get((generation.model, generation.mode), []))
+        if fit is None:
+            return None
+        total += count * fit.predict_s(generation)
+    return total

@@ -368,7 +368,12 @@ def render_plan(plan, output) -> Group:
         table,
         Text(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
         Text(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
-        Text("time: unknown until a cell is measured on this machine (uncached time grows with length²)", style="dim"),
+        Text(
+            f"time: {plan.estimate.text()}"
+            if plan.estimate is not None
+            else "time: unknown until these models have run on this machine (uncached time grows with length²)",
+            style="dim",
+        ),
     ]
     return Group(*lines)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
+from kvbench.eta import Planned, clock_text, predicted_s
 from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
@@ -45,6 +46,10 @@ def _file_name_of(model: str) -> str:
     path = Path(model).expanduser()
     name = path.resolve().name if path.exists() else model.replace("/", "_")
     return name.lstrip(".") or "model"
+
+
+# At most this many earlier results files, the newest, are read for an estimate of a run's time.
+ESTIMATE_FROM_FILES = 20
 
 
 def advice(config: BenchConfig, device: str) -> list[str]:
@@ -127,7 +132,51 @@ class Benchmark(Measurement):
             self.file.save(self.result, with_csv=final or closing, derived=closing)
 
     def advice(self) -> list[str]:
-        return advice(self.config, self.device)
+        notes = advice(self.config, self.device)
+        estimate = self.estimate()
+        if estimate is not None:
+            notes.append(estimate.text())
+        return notes
+
+    def planned(self) -> dict[Planned, int]:
+        """Each generation the cells still to measure plan, with how many times it runs at the most."""
+        # With --processes N, every process warms up.
+        per_mode = run_limits(self.config)[1] + self.config.warmup * self.config.processes
+        modes = self.config.modes
+        return {planned_generation(c.settings, mode): per_mode for c in self._pending() for mode in modes}
+
+    def estimate(self) -> Estimate | None:
+        """How long the generations would take, from runs of the same models and modes on this machine's
+        device in earlier results files: the output itself (--resume) and the newest beside it."""
+        planned = self.planned()
+        if not planned:
+            return None
+        folder = self.file.path.parent if self.file is not None else Path("results")
+        candidates = sorted(folder.glob("*.json"), key=_modified, reverse=True)[:ESTIMATE_FROM_FILES]
+        if self.file is not None and self.file.path.is_file():
+            candidates = [self.file.path, *[path for path in candidates if path != self.file.path]]
+        device_name = self.result.environment.get("device_name")
+        measured, sources = [], []
+        for path in candidates:
+            try:
+                earlier = read_result(path)
+            except KvbenchError:  # not a results file, or one this version cannot read: not a source
+                continue
+            if earlier.environment.get("device_name") != device_name:
+                continue
+            settings = {cell.id: cell.settings for cell in earlier.cells}
+            points = [
+                (planned_generation(settings[run.cell], run.mode), run.latency_s)
+                for run in earlier.runs
+                if run.cell in settings
+            ]
+            if points:
+                measured += points
+                sources.append(str(path))
+            seconds = predicted_s(planned, measured)
+            if seconds is not None:
+                return Estimate(seconds, sources)
+        return None
 
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
@@ -136,10 +185,7 @@ class Benchmark(Measurement):
         if self.file is not None:
             self.file.open()
         pending = self._pending()
-        # With --processes N, every process warms up.
-        per_mode = run_limits(self.config)[1] + self.config.warmup * self.config.processes
-        modes = self.config.modes
-        self.observer.planned({planned_generation(c.settings, mode): per_mode for c in pending for mode in modes})
+        self.observer.planned(self.planned())
         try:
             if pending:
                 self._device_peaks()
@@ -168,6 +214,28 @@ class Benchmark(Measurement):
         return self.result
 
 
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@dataclass
+class Estimate:
+    """A run's time predicted from earlier runs of its models on this machine, and the files they are in."""
+
+    seconds: float
+    sources: list[str]
+
+    def text(self) -> str:
+        named = ", ".join(self.sources[:2]) + (f" and {len(self.sources) - 2} more" if len(self.sources) > 2 else "")
+        return (
+            f"about {clock_text(self.seconds)} of generations at the most, plus loading, predicted from"
+            f" earlier runs of these models on this machine ({named})"
+        )
+
+
 @dataclass
 class Plan:
     """What a run will do: its cells (with what each will do) and how many generations in all."""
@@ -175,6 +243,7 @@ class Plan:
     cells: list[tuple[CellResult, str]]  # each cell and "measure", "keep" (finished, resumed) or "skip: why"
     generations: int
     runs_per_mode: tuple[int, int]  # fewest, most
+    estimate: Estimate | None = None
 
 
 def plan(benchmark: Benchmark) -> Plan:
@@ -192,7 +261,7 @@ def plan(benchmark: Benchmark) -> Plan:
             continue
         cells.append((cell_result, "measure"))
         generations += per_cell
-    return Plan(cells, generations, (fewest, most))
+    return Plan(cells, generations, (fewest, most), benchmark.estimate())
 
 
 def run_benchmark(
