@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from kvbench.errors import KvbenchError
-from kvbench.report import output_console
+from kvbench.report import labelled, output_console
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,7 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = output_console()
-stderr = Console(stderr=True)
+stderr = output_console(stderr=True)
 
 EXIT_USER_ERROR = 2
 EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
@@ -37,7 +37,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except KvbenchError as error:
-        stderr.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(labelled("Error:", "bold red", str(error)), soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
@@ -321,16 +321,18 @@ def _load_and_measure(
             )
     except KeyboardInterrupt:
         stderr.print(
-            "[yellow]Interrupted[/] while loading, before anything was measured; nothing was written.",
-            highlight=False,
+            labelled("Interrupted", "yellow", "while loading, before anything was measured; nothing was written."),
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if benchmark.device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= 500:
         stderr.print(
-            "[yellow]note:[/] uncached generation of hundreds of tokens takes minutes per run on a CPU;"
-            " for a quick look use --max-new-tokens 200 --runs 3",
-            highlight=False,
+            labelled(
+                "note:",
+                "yellow",
+                "uncached generation of hundreds of tokens takes minutes per run on a CPU;"
+                " for a quick look use --max-new-tokens 200 --runs 3",
+            )
         )
     # With --json, stdout carries the document alone.
     tables = stderr if json_output else stdout
@@ -342,7 +344,8 @@ def _load_and_measure(
             where = "printed below (marked incomplete)"
         else:
             where = f"saved in {path} (marked incomplete); to measure the rest: {resume_command}"
-        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are {where}", highlight=False, soft_wrap=True)
+        stderr.print()
+        stderr.print(labelled("Interrupted.", "yellow", f"Finished runs are {where}"), soft_wrap=True)
         _report(benchmark.result, tables, json_output, show_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _report(result, tables, json_output, show_output)
@@ -447,9 +450,9 @@ def compare(
         sys.stdout.write(render_text(comparison, fmt))
         if fmt in ("csv", "benchmark-action"):  # formats with no place for warnings of their own
             for warning in comparison.warnings:
-                stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+                stderr.print(labelled("warning:", "yellow", warning), soft_wrap=True)
     for line in comparison.unjudged:
-        stderr.print(f"[yellow]not judged:[/] {line}", highlight=False, soft_wrap=True)
+        stderr.print(labelled("not judged:", "yellow", line), soft_wrap=True)
     # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.
     if comparison.regressions:
         raise typer.Exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -13,6 +14,7 @@ from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import SERVING_FIELDS, ModeSummary
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
+from kvbench.untrusted import printable, spreadsheet_cell
 
 FORMATS = ("table", "markdown", "csv", "json", "benchmark-action")
 # What the gate tests, in the one sentence the method note, the README and `compare --help` share.
@@ -184,7 +186,8 @@ def to_markdown(comparison: Comparison) -> str:
     lines += [f"> warning: {w}  " for w in comparison.warnings]
     if lines:
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    # For a pull request, and often read first on a terminal: the files' text with its controls written out.
+    return printable("\n\n".join(parts) + "\n")
 
 
 def method_note(comparison: Comparison) -> str:
@@ -259,12 +262,18 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
 
 
 def to_csv(comparison: Comparison) -> str:
-    rows = records(comparison)
+    """The records as CSV: text that a spreadsheet would run as a formula is written as text, and text
+    from the files has its control characters written out (this goes to a terminal as often as to a file)."""
+    rows = [{key: _csv_cell(value) for key, value in record.items()} for record in records(comparison)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    return spreadsheet_cell(printable(value)) if isinstance(value, str) else value
 
 
 def to_json(comparison: Comparison) -> str:
@@ -282,7 +291,14 @@ def to_json(comparison: Comparison) -> str:
         "warnings": comparison.warnings,
         "regressions": len(comparison.regressions),
     }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return _json_text(document)
+
+
+def _json_text(document: Any) -> str:
+    """JSON as kvbench prints it: "±" and names as they are, but DEL and C1 controls escaped (JSON escapes
+    the others itself), which a JSON reader reads back as the same text and a terminal does not act on."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return re.sub("[\x7f-\x9f]", lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
 
 
 def to_benchmark_action(comparison: Comparison) -> str:
@@ -305,7 +321,7 @@ def to_benchmark_action(comparison: Comparison) -> str:
                 "extra": f"n={entry.summary.n}; {comparison.files[index].label}",
             }
         )
-    return json.dumps(entries, indent=2, ensure_ascii=False) + "\n"
+    return _json_text(entries)
 
 
 def render_text(comparison: Comparison, fmt: str) -> str:

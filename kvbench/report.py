@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from collections.abc import Iterable
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -10,6 +13,24 @@ from kvbench.config import MODES
 from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
 from kvbench.units import format_bytes
+from kvbench.untrusted import printable
+
+
+def plain(text: str, style: str | None = None) -> Text:
+    """Text shown as it is: never read as rich markup (a model named "llama[v2]" keeps its brackets), its
+    control characters written out. Every line and cell this module renders passes through here: most hold
+    something from a results file or a name a user gave."""
+    return Text(printable(text), style=style or "")
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """One line for the terminal, "Error: ..." or "warning: ...": the label styled, the message as it is,
+    on one line (a newline or a tab in it written out)."""
+    return Text.assemble((label, style), " ", printable(message, one_line=True))
+
+
+def _add_row(table: Table, cells: Iterable[str], style: str | None = None) -> None:
+    table.add_row(*(plain(cell) for cell in cells), style=style)
 
 
 def _s(value: float | None) -> str:
@@ -58,7 +79,7 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
         title += f" · cache {settings.cache_implementation} · attn {model.get('attn_implementation')}"
     summaries = [s for mode in result.modes if (s := result.summary_of(cell.id, mode))]
     show_vram = any(peak_vram(summary)[0] is not None for summary in summaries)
-    table = Table(title=title, title_justify="left")
+    table = Table(title=plain(title), title_justify="left")
     table.add_column("mode", no_wrap=True)
     table.add_column("n", justify="right")
     table.add_column("mean ± std (s)", justify="right", no_wrap=True)
@@ -88,32 +109,32 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> Table:
             value, source = peak_vram(summary)
             row.append(f"{format_bytes(value)} ({source})" if value is not None else "—")
         row.append(format_bytes(summary.peak_rss_bytes))
-        table.add_row(*row)
+        _add_row(table, row)
     return table
 
 
 def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     lines: list[Text] = []
     if CellState(cell.status).failed:
-        lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
+        lines.append(plain(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
     speedup = speedup_of(result, cell)
     if speedup is not None:
-        lines.append(Text(f"by mean latency, {speedup}", style="bold"))
+        lines.append(plain(f"by mean latency, {speedup}", style="bold"))
     for mode in result.modes:
         noisy = noise_warning([run.latency_s for run in result.runs_of(cell.id, mode)])
         if noisy:
-            lines.append(Text(f"{mode}: {noisy}", style="yellow"))
+            lines.append(plain(f"{mode}: {noisy}", style="yellow"))
     # The reference experiment printed these two lines; keep them so results read side by side.
     for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
         summary = result.summary_of(cell.id, mode)
         if summary is not None:
             std = summary.std_s if summary.std_s is not None else 0.0
-            lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
+            lines.append(plain(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
     lines.extend(kv_cache_lines(result, cell))
     lines.extend(metric_lines(result, cell))
     if cell.stop_reason:
-        lines.append(Text(f"runs: {cell.stop_reason}", style="dim"))
+        lines.append(plain(f"runs: {cell.stop_reason}", style="dim"))
     for mode in result.modes:
         summary = result.summary_of(cell.id, mode)
         if summary is None or not summary.outlier_runs:
@@ -121,23 +142,23 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         runs = {run.run: run.latency_s for run in result.runs_of(cell.id, mode)}
         shown = ", ".join(f"run {i + 1} ({runs[i]:.3f} s)" for i in summary.outlier_runs if i in runs)
         lines.append(
-            Text(
+            plain(
                 f"outlier{'s' if len(summary.outlier_runs) > 1 else ''} in {mode}: {shown} against a median of"
                 f" {summary.median_s:.3f} s — a stall or a first-run compile? more --warmup or --runs may help",
                 style="yellow",
             )
         )
     if cell.outputs_match is True:
-        lines.append(Text("cached and uncached outputs are token-identical", style="green"))
+        lines.append(plain("cached and uncached outputs are token-identical", style="green"))
     elif cell.outputs_match is False:
         lines.append(
-            Text(
+            plain(
                 f"cached and uncached outputs differ from new token {cell.first_divergence} on",
                 style="red",
             )
         )
     if cell.status == CellState.INCOMPLETE:
-        lines.append(Text("incomplete: this cell was interrupted", style="yellow"))
+        lines.append(plain("incomplete: this cell was interrupted", style="yellow"))
     return lines
 
 
@@ -153,22 +174,22 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
             f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"
             f" ({difference:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
         )
-        lines.append(Text(text, style=None if agrees else "yellow"))
+        lines.append(plain(text, style=None if agrees else "yellow"))
     elif cell.kv_cache_bytes is not None:
         lines.append(
-            Text(
+            plain(
                 f"KV cache at {cell.prompt_tokens} + {cell.settings.max_new_tokens} tokens: "
                 f"{format_bytes(cell.kv_cache_bytes)} in theory (its object was not measured in this file)"
             )
         )
     if cell.kv_cache_note:
-        lines.append(Text(f"KV cache: {cell.kv_cache_note}", style="yellow"))
+        lines.append(plain(f"KV cache: {cell.kv_cache_note}", style="yellow"))
     difference = memory_difference(result, cell.id)
     if difference is not None:
-        lines.append(Text(f"peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"))
+        lines.append(plain(f"peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"))
     elif cell.kv_cache_measured_bytes is not None and not result.environment.get("gpu_name"):
         lines.append(
-            Text(
+            plain(
                 "peak RSS cannot show the cache's cost: a cache this size is lost beside the model and the"
                 " allocator's reuse, so only the cache object's own bytes are reported",
                 style="dim",
@@ -195,10 +216,10 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
         if summary.energy_j_per_token is not None:
             parts.append(f"{summary.energy_j_per_token:.3g} J/token (prefill included)")
         if parts:
-            lines.append(Text(f"{mode}: " + " · ".join(parts)))
+            lines.append(plain(f"{mode}: " + " · ".join(parts)))
     bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]
     if bounds:
-        lines.append(Text("roofline: " + "; ".join(bound.words() for bound in bounds)))
+        lines.append(plain("roofline: " + "; ".join(bound.words() for bound in bounds)))
     return lines
 
 
@@ -219,7 +240,7 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
     for fit in explanation.fits:
         fitted = fit.extrapolation
         if fitted is None:
-            table.add_row(fit.group, "—", "—", "—", "—")
+            _add_row(table, [fit.group, "—", "—", "—", "—"])
             notes.append(f"{fit.group}: {fit.reason}")
             continue
 
@@ -231,21 +252,24 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
             f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
         )
         longest = fitted.longest_new_tokens
-        table.add_row(
-            fit.group,
-            exponent(fitted.cached),
-            exponent(fitted.uncached),
-            crossing,
-            f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
+        _add_row(
+            table,
+            [
+                fit.group,
+                exponent(fitted.cached),
+                exponent(fitted.uncached),
+                crossing,
+                f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
+            ],
         )
         notes.append(f"{fit.group}: {fitted.exponent_gap_reason}; {fitted.crossover_reason}")
-    return Group(table, *(Text(note) for note in notes))
+    return Group(table, *(plain(note) for note in notes))
 
 
 def render_result(result: BenchmarkResult) -> Group:
     environment = result.environment
     parts: list = [
-        Text(
+        plain(
             f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')}) · "
             f"torch {environment.get('torch')} · transformers {environment.get('transformers')} · "
             f"kvbench {result.kvbench_version}",
@@ -253,14 +277,14 @@ def render_result(result: BenchmarkResult) -> Group:
         )
     ]
     if not result.complete:
-        parts.append(Text("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
+        parts.append(plain("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
     for cell in result.cells:
         if cell.status == CellState.PENDING:
             continue
         if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
             parts.append(cell_table(result, cell))
         else:
-            parts.append(Text(cell.id, style="bold"))
+            parts.append(plain(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
     fits = fit_table(result)
     if fits is not None:
@@ -269,14 +293,14 @@ def render_result(result: BenchmarkResult) -> Group:
 
     peaks = peaks_of(result.environment)
     if peaks is not None:
-        parts.append(Text(f"roofline peaks: {peaks.source}", style="dim"))
+        parts.append(plain(f"roofline peaks: {peaks.source}", style="dim"))
     pending = [cell.id for cell in result.cells if cell.status == CellState.PENDING]
     if pending:
-        parts.append(Text(f"not run: {len(pending)} cell(s)", style="yellow"))
+        parts.append(plain(f"not run: {len(pending)} cell(s)", style="yellow"))
     for note in result.notes:
-        parts.append(Text(f"note: {note}", style="cyan"))
+        parts.append(plain(f"note: {note}", style="cyan"))
     for what, why in result.unmeasured.items():
-        parts.append(Text(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
+        parts.append(plain(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
     return Group(*parts)
 
 
@@ -287,29 +311,29 @@ def render_comparison(comparison) -> Group:
     headers, rows = timing_grid(comparison)
     table = Table(title="latency per generate() by file", title_justify="left")
     for index, header in enumerate(headers):
-        table.add_column(header, justify="left" if index == 0 else "right")
+        table.add_column(plain(header), justify="left" if index == 0 else "right")
     for cells in rows:
         style = "red" if any("REGRESSION" in cell for cell in cells) else None
-        table.add_row(*cells, style=style)
+        _add_row(table, cells, style=style)
     parts: list = [table]
     titles = {speedup_grid: "what the KV cache buys, by file", percentile_grid: "serving metrics, by file"}
     for grid, title in titles.items():
         grid_headers, grid_rows = grid(comparison)
         if not grid_rows:
             continue
-        grid_table = Table(title=title, title_justify="left")
+        grid_table = Table(title=plain(title), title_justify="left")
         for index, header in enumerate(grid_headers):
-            grid_table.add_column(header, justify="left" if index == 0 or grid is percentile_grid else "right")
+            grid_table.add_column(plain(header), justify="left" if index == 0 or grid is percentile_grid else "right")
         for cells in grid_rows:
-            grid_table.add_row(*cells)
+            _add_row(grid_table, cells)
         parts.append(grid_table)
-    parts.append(Text(method_note(comparison), style="dim"))
+    parts.append(plain(method_note(comparison), style="dim"))
     for warning in comparison.warnings:
-        parts.append(Text(f"warning: {warning}", style="yellow"))
+        parts.append(plain(f"warning: {warning}", style="yellow"))
     regressions = comparison.regressions
     if regressions:
         parts.append(
-            Text(
+            plain(
                 f"{len(regressions)} regression(s) beyond {comparison.threshold_pct:g}%: "
                 + "; ".join(
                     f"{row.key.label()} in {comparison.files[i].label} ({row.entries[i].change_pct:+.1f}%)"
@@ -354,11 +378,11 @@ def print_generated_text(result: BenchmarkResult, console: Console) -> None:
     for cell in result.cells:
         if not cell.generated_text:
             if cell.status == CellState.MEASURED:
-                console.print(Text(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
+                console.print(plain(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
             continue
         for mode, text in cell.generated_text.items():
-            console.print(Text(f"{cell.label()} · {mode} generated:", style="bold"))
-            console.print(Text(text))
+            console.print(plain(f"{cell.label()} · {mode} generated:", style="bold"))
+            console.print(plain(text))
 
 
 def render_plan(plan, output) -> Group:
@@ -368,25 +392,46 @@ def render_plan(plan, output) -> Group:
     table.add_column("cell")
     table.add_column("what happens")
     for index, (cell, what) in enumerate(plan.cells, start=1):
-        table.add_row(str(index), cell.label(), what)
+        _add_row(table, [str(index), cell.label(), what])
     fewest, most = plan.runs_per_mode
     runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
     lines = [
         table,
-        Text(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
-        Text(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
-        Text("time: unknown until a cell is measured on this machine (uncached time grows with length²)", style="dim"),
+        plain(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
+        plain(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
+        plain("time: unknown until a cell is measured on this machine (uncached time grows with length²)", style="dim"),
     ]
     return Group(*lines)
 
 
 def output_console(stderr: bool = False) -> Console:
-    """A console that keeps tables whole when the output goes to a file or a pipe (rich would wrap them
-    at 80 columns), so they paste into an issue as they looked."""
-    console = Console(stderr=stderr)
+    """The console kvbench prints through. It keeps tables whole when the output goes to a file or a pipe
+    (rich would wrap them at 80 columns), so they paste into an issue as they looked. It reads no markup
+    or emoji codes in what it prints (a path "x[/]y.json" is printed, not parsed), and it writes out any
+    control character that reached it: the guard for text from a file or a worker that did not pass
+    through `plain`."""
+    console = Console(stderr=stderr, markup=False, emoji=False)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=240)
+        console = Console(stderr=stderr, width=240, markup=False, emoji=False)
+    console.push_render_hook(_ControlsWrittenOut())
     return console
+
+
+class _ControlsWrittenOut(RenderHook):
+    def process_renderables(self, renderables: list) -> list:
+        return [_WithoutControls(renderable) for renderable in renderables]
+
+
+class _WithoutControls:
+    """A renderable's output with control characters written out; rich's own cursor movements (the
+    segments it marks as control, for the live display) pass as they are."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            yield segment if segment.control else Segment(printable(segment.text), segment.style)
 
 
 def print_result(result: BenchmarkResult, console: Console | None = None) -> None:

@@ -79,6 +79,91 @@ def write(path: Path, data: dict) -> Path:
     return path
 
 
+# --- 1. rich markup in user text is printed as written ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MARKUP_NAMES)
+def test_markup_in_an_error_line_is_printed_as_written(tmp_path, name):
+    one_line_error(invoke("show", tmp_path / f"{name}.json"), f"{name}.json does not exist")
+    one_line_error(invoke("run", "--launcher", name), f"'launcher' cannot be '{name}'")
+
+
+@pytest.mark.parametrize("name", MARKUP_NAMES)
+def test_markup_in_a_results_file_is_shown_as_written(tmp_path, name):
+    data = with_model_name(name)
+    data["notes"] = [f"a note on {name}"]
+    result = invoke("show", write(tmp_path / "r.json", data))
+    assert result.exit_code == 0, result.output
+    # The table's title, the summary line and the note each show the name whole.
+    assert result.stdout.count(name) >= 3, result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv"])
+def test_markup_in_compared_file_names_and_warnings_is_shown_as_written(tmp_path, fmt):
+    first = write(tmp_path / "[red]x.json", GOLDEN)
+    other = copy.deepcopy(GOLDEN)
+    other["config"]["prompt"] = "[/]"  # differs from the baseline's: a warning quotes both values
+    second = write(tmp_path / "[bold]y.json", other)
+    result = invoke("compare", first, second, "-f", fmt)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 0, result.output
+    if fmt == "table":  # the headers name the files
+        assert "[red]x mean ± std (s)" in result.stdout and "[bold]y vs [red]x" in result.stdout
+        assert "'[/]'" in result.stdout
+    else:
+        assert {row["label"] for row in csv.DictReader(io.StringIO(result.stdout))} == {"[red]x", "[bold]y"}
+        assert "'[/]'" in result.stderr
+
+
+def test_markup_in_a_model_name_does_not_break_the_live_progress():
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    cell = CellResult(settings=Cell("m[/]x", 2, 1, "float32", "dynamic", "auto"), status="pending")
+    with LiveProgress(console, clock=lambda: 0.0) as display:
+        display.planned({Planned("cached", 2, model="m[/]x", cell=cell.id): 1})
+        display.cell_started(cell, 0, 2)
+        display.generation_started("m[/]x cached 1/1", Planned("cached", 2, model="m[/]x", cell=cell.id))
+        display.generation_finished(0.5, Planned("cached", 2, model="m[/]x", cell=cell.id))
+    shown = console.file.getvalue()
+    assert "cell 1/2:" in shown and "m[/]x new=2" in shown and "m[/]x cached 1/1" in shown
+
+
+# --- 2. control characters from files and workers never reach the terminal --------------------------------
+
+
+def test_escape_sequences_in_a_results_file_are_written_out(tmp_path):
+    data = with_model_name(f"evil{ESC}]0;pwned{ESC}\\{CSI}2J")
+    data["notes"] = [f"clear{ESC}[2Jscreen"]
+    data["unmeasured"] = {"vram": f"no GPU{ESC}[8m hidden"}
+    result = invoke("show", write(tmp_path / "r.json", data), "--show-output")
+    assert result.exit_code == 0, result.output
+    assert no_control_characters(result.stdout), repr(result.stdout)
+    assert "\\x1b[2Jscreen" in result.stdout and "evil\\x1b]0;pwned" in result.stdout and "\\x9b2J" in result.stdout
+
+
+def test_escape_sequences_in_a_path_are_written_out_in_the_error_line(tmp_path):
+    line = one_line_error(invoke("show", tmp_path / f"a{ESC}[2J\nb.json"))
+    assert no_control_characters(line) and "a\\x1b[2J\\nb.json" in line
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "benchmark-action"])
+def test_escape_sequences_in_compared_files_are_written_out(tmp_path, fmt):
+    data = with_model_name(f"m{ESC}[31m{CSI}31m")
+    first, second = write(tmp_path / "a.json", data), write(tmp_path / "b.json", data)
+    result = invoke("compare", first, second, "-f", fmt)
+    assert result.exit_code == 0, result.output
+    assert no_control_characters(result.stdout.replace("\r\n", "\n")), repr(result.stdout)
+    if fmt in ("json", "benchmark-action"):  # written out as JSON escapes: the same text to a JSON reader
+        assert f"m{ESC}[31m{CSI}31m" in "".join(strings_in(json.loads(result.stdout)))
+
+
+def test_what_a_worker_prints_reaches_the_log_with_its_controls_written_out():
+    console = Console(file=io.StringIO(), width=200)
+    display = LineProgress(console, clock=lambda: 0.0)
+    display.output(f"{ESC}]0;new window title{ESC}\\ loading{CSI}2K")
+    shown = console.file.getvalue()
+    assert no_control_characters(shown.replace("\n", "")) and "\\x1b]0;new window title" in shown
+
+
 # --- 3. CSV cells that a spreadsheet would run ------------------------------------------------------------
 
 
@@ -89,6 +174,21 @@ def test_the_runs_csv_writes_formulas_as_text_and_keeps_numbers(tmp_path, name):
     rows = list(csv.DictReader(path.with_suffix(".csv").open()))
     assert rows and all(row["cell"] == f"'{name} new=100 batch=1 float32 cache=dynamic attn=auto" for row in rows)
     assert float(rows[0]["latency_s"]) == 1.0
+
+
+@pytest.mark.parametrize("name", ["=1+1", "-2+3", "@SUM(A1)", "+cmd"])
+def test_compare_csv_writes_formulas_as_text_and_keeps_negative_numbers(tmp_path, name):
+    first, second = make_result(model=name), make_result(model=name)
+    for run in second.runs:
+        run.peak_rss_bytes = 500  # half the baseline's: a change of -50%
+    write_result(first, tmp_path / "a.json")
+    write_result(second, tmp_path / "b.json")
+    result = invoke("compare", tmp_path / "a.json", tmp_path / "b.json", "-f", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert {row["model"] for row in rows} == {f"'{name}"}
+    assert all(row["compared_with"].startswith(f"'{name}") for row in rows)
+    assert [row["peak_memory_change_pct"] for row in rows if row["file"].endswith("b.json")] == ["-50.0", "-50.0"]
 
 
 # --- 4. model configs with impossible sizes ---------------------------------------------------------------
