@@ -167,7 +167,7 @@ def run(
             overrides["output"] = str(path)
         commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
         if dry_run:
-            _dry_run(config, path)
+            _dry_run(config, path, json_output)
             return
         _run_and_report(config, path, resume, force, commands, json_output=json_output, show_output=show_output)
 
@@ -208,7 +208,7 @@ def _register_run() -> None:
                 "--json",
                 metavar="",
                 help="Print the results document as JSON on stdout instead of the tables (progress stays on"
-                " stderr). With --output -, no file is written.",
+                " stderr); with --dry-run, the plan. With --output -, no file is written.",
             ),
         ),
         own(
@@ -275,9 +275,9 @@ def _quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _dry_run(config, path: Optional[Path]) -> None:
-    """Every check a run makes before measuring, then the plan; nothing is written."""
-    from kvbench.report import render_plan
+def _dry_run(config, path: Optional[Path], json_output: bool) -> None:
+    """Every check a run makes before measuring, then the plan (as JSON with --json); nothing is written."""
+    from kvbench.report import plan_document, render_plan
 
     with stderr.status("loading torch, transformers and checking the models…"):
         _quiet_transformers()
@@ -288,7 +288,12 @@ def _dry_run(config, path: Optional[Path]) -> None:
 
             check_writable(path)
         benchmark = Benchmark(config, output=None)
-    stdout.print(render_plan(plan(benchmark), path))
+    if json_output:
+        import json
+
+        sys.stdout.write(json.dumps(plan_document(plan(benchmark), path), indent=2) + "\n")
+    else:
+        stdout.print(render_plan(plan(benchmark), path))
 
 
 def _run_and_report(

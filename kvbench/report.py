@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
 from rich.segment import Segment
@@ -402,6 +403,21 @@ def render_plan(plan, output) -> Group:
         plain("time: unknown until a cell is measured on this machine (uncached time grows with length²)", style="dim"),
     ]
     return Group(*lines)
+
+
+def plan_document(plan, output) -> dict:
+    """What `run --dry-run --json` prints: the same plan as `render_plan`, for a script to read."""
+    fewest, most = plan.runs_per_mode
+    return {
+        "dry_run": True,
+        "output": str(output) if output else None,
+        "generations": plan.generations,
+        "runs_per_mode": {"fewest": fewest, "most": most},
+        "cells": [
+            {"id": cell.id, "label": cell.label(), "settings": asdict(cell.settings), "what_happens": what}
+            for cell, what in plan.cells
+        ],
+    }
 
 
 def output_console(stderr: bool = False) -> Console:

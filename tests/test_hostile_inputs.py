@@ -327,3 +327,18 @@ def test_a_results_file_with_a_utf8_bom_is_read(tmp_path):
     path = tmp_path / "r.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOLDEN).encode())
     assert read_result(path).cells
+
+
+# --- 9. --dry-run --json ----------------------------------------------------------------------------------
+
+
+def test_dry_run_with_json_prints_the_plan_as_json(tmp_path):
+    output = tmp_path / "r.json"
+    result = invoke("run", "-m", "tiny-gpt2", "-n", "2", "-n", "3", "-r", "2", "-w", "1", "-d", "cpu",
+                    "--dry-run", "--json", "-o", output)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["output"] == str(output) and plan["generations"] == 2 * (2 + 1) * 2
+    assert [cell["settings"]["max_new_tokens"] for cell in plan["cells"]] == [2, 3]
+    assert {cell["what_happens"] for cell in plan["cells"]} == {"measure"}
+    assert not output.exists()
