@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from kvbench.errors import KvbenchError
-from kvbench.report import output_console
+from kvbench.report import labelled, output_console
 
 
 def _flags_without_a_metavar(params: list) -> list:
@@ -46,7 +46,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 stdout = output_console()
-stderr = Console(stderr=True)
+stderr = output_console(stderr=True)
 
 EXIT_USER_ERROR = 2
 EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
@@ -59,7 +59,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except KvbenchError as error:
-        stderr.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(labelled("Error:", "bold red", str(error)), soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
@@ -171,7 +171,7 @@ def run(
             overrides["output"] = str(path)
         commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
         if dry_run:
-            _dry_run(config, path)
+            _dry_run(config, path, json_output)
             return
         _run_and_report(config, path, resume, force, commands, json_output=json_output, show_output=show_output)
 
@@ -212,7 +212,7 @@ def _register_run() -> None:
                 "--json",
                 metavar="",
                 help="Print the results document as JSON on stdout instead of the tables (progress stays on"
-                " stderr). With --output -, no file is written.",
+                " stderr); with --dry-run, the plan. With --output -, no file is written.",
             ),
         ),
         own(
@@ -279,9 +279,9 @@ def _quiet_transformers() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _dry_run(config, path: Optional[Path]) -> None:
-    """Every check a run makes before measuring, then the plan; nothing is written."""
-    from kvbench.report import render_plan
+def _dry_run(config, path: Optional[Path], json_output: bool) -> None:
+    """Every check a run makes before measuring, then the plan (as JSON with --json); nothing is written."""
+    from kvbench.report import plan_document, render_plan
 
     with stderr.status("loading torch, transformers and checking the models…"):
         _quiet_transformers()
@@ -292,7 +292,12 @@ def _dry_run(config, path: Optional[Path]) -> None:
 
             check_writable(path)
         benchmark = Benchmark(config, output=None)
-    stdout.print(render_plan(plan(benchmark), path))
+    if json_output:
+        import json
+
+        sys.stdout.write(json.dumps(plan_document(plan(benchmark), path), indent=2) + "\n")
+    else:
+        stdout.print(render_plan(plan(benchmark), path))
 
 
 def _run_and_report(
@@ -325,13 +330,12 @@ def _load_and_measure(
             )
     except KeyboardInterrupt:
         stderr.print(
-            "[yellow]Interrupted[/] while loading, before anything was measured; nothing was written.",
-            highlight=False,
+            labelled("Interrupted", "yellow", "while loading, before anything was measured; nothing was written."),
             soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for note in benchmark.advice():
-        stderr.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        stderr.print(labelled("note:", "yellow", note), soft_wrap=True)
     # With --json, stdout carries the document alone.
     tables = stderr if json_output else stdout
     try:
@@ -342,7 +346,8 @@ def _load_and_measure(
             where = "printed below (marked incomplete)"
         else:
             where = f"saved in {path} (marked incomplete); to measure the rest: {resume_command}"
-        stderr.print(f"\n[yellow]Interrupted.[/] Finished runs are {where}", highlight=False, soft_wrap=True)
+        stderr.print()
+        stderr.print(labelled("Interrupted.", "yellow", f"Finished runs are {where}"), soft_wrap=True)
         _report(benchmark.result, tables, json_output, show_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _report(result, tables, json_output, show_output)
@@ -450,9 +455,9 @@ def compare(
         stdout.print(rendered)
     if not output.holds_warnings:
         for warning in comparison.warnings:
-            stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            stderr.print(labelled("warning:", "yellow", warning), soft_wrap=True)
     for line in comparison.unjudged:
-        stderr.print(f"[yellow]not judged:[/] {line}", highlight=False, soft_wrap=True)
+        stderr.print(labelled("not judged:", "yellow", line), soft_wrap=True)
     # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.
     if comparison.regressions:
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import sys
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -17,6 +18,7 @@ from typing import Any
 
 from kvbench.devices import valid_device_name
 from kvbench.errors import KvbenchError
+from kvbench.untrusted import read_bounded_text
 
 # --target-rse stops a cell once an upper confidence bound, at this confidence, on each mode's RSE is within
 # the target: the point estimate from five noisy runs is often low by chance, and stopping on it stopped
@@ -42,6 +44,11 @@ ISOLATIONS = ("none", "process")
 LAUNCHERS = ("local", "ray")
 
 
+# An experiment file is a few settings; a long prompt pasted in (a million tokens of text) still fits.
+MOST_CONFIG_BYTES = 16 * 2**20
+# Each cell takes seconds at the least: a larger sweep is a slip (a list typed too long), not an experiment,
+# and its plan alone would take minutes to build.
+MOST_CELLS = 10_000
 # A million positions is beyond every model's context: a larger length is a slip, not an experiment.
 MOST_TOKENS = 2**20
 
@@ -375,16 +382,7 @@ def apply_settings(config: BenchConfig, settings: dict[str, Any], source: str) -
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read an experiment file; the keys are the long names of `kvbench run`'s options."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KvbenchError(f"config file {path} does not exist; check the path") from None
-    except OSError as error:
-        raise KvbenchError(f"config file {path} cannot be read ({error.strerror})") from None
-    except UnicodeDecodeError as error:
-        raise KvbenchError(
-            f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, as TOML requires"
-        ) from None
+    text = read_bounded_text(path, MOST_CONFIG_BYTES, "config file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -441,6 +439,13 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
+    cells = math.prod(len(getattr(config, axis) or [None]) for axis in SWEEP_AXES)
+    if cells > MOST_CELLS:
+        sizes = " × ".join(str(len(getattr(config, axis) or [None])) for axis in SWEEP_AXES)
+        raise KvbenchError(
+            f"{source}: the sweep has {cells:,} cells ({sizes}, one per combination of {', '.join(SWEEP_AXES)}),"
+            f" more than the {MOST_CELLS:,} one run may hold; sweep fewer values, or split it into several runs"
+        )
     if config.target_rse is not None and not 0 < config.target_rse < 1:
         raise KvbenchError(
             f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}"

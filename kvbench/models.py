@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from kvbench.devices import Devices, is_gpu, native_bfloat16
 from kvbench.errors import KvbenchError
+from kvbench.untrusted import read_bounded_text
 
 # Inside the package, so a wheel install finds them wherever it runs.
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "shipped_models"
@@ -20,6 +21,8 @@ SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "shipped_models"
 # tokenizer, a synthetic prompt of that length keeps runs comparable with the reference.
 SYNTHETIC_PROMPT_TOKENS = 6
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
+# A model's config.json is kilobytes; one a thousand times larger is not a config.
+MOST_CONFIG_BYTES = 16 * 2**20
 # In a shipped config: the hub model whose architecture it copies.
 HUB_ID_KEY = "kvbench_hub_id"
 
@@ -98,17 +101,52 @@ def _read_config_file(path: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(read_bounded_text(path, MOST_CONFIG_BYTES, "model config"))
+    except json.JSONDecodeError as error:
         raise KvbenchError(f"model config {path} cannot be read ({error}); fix or replace it") from None
+    if not isinstance(data, dict):
+        raise KvbenchError(f"model config {path} is not a JSON object; fix or replace it")
     data.pop(HUB_ID_KEY, None)
     model_type = data.pop("model_type", None)
     if model_type is None:
         raise KvbenchError(f"model config {path} has no 'model_type'; add one (e.g. \"gpt2\")")
     try:
         return AutoConfig.for_model(model_type, **data)
-    except ValueError as error:
-        raise KvbenchError(f"model config {path}: {error}") from None
+    except _config_errors() as error:
+        raise KvbenchError(f"model config {path}: {' '.join(str(error).split())}; fix the value") from None
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What transformers raises for a config's values: huggingface_hub's validation of each field's type
+    (vocab_size "big") is no ValueError."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return ValueError, TypeError, KeyError, StrictDataclassError
+
+
+# Sizes every causal LM's config has, by transformers' common names (each config maps them to its own keys,
+# GPT-2's n_layer for num_hidden_layers): a model with one at 0 or below fails deep inside torch, if at all.
+CONFIG_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
+
+def check_sizes(config: Any, name: str, where: str) -> None:
+    """Each size a config sets is a positive integer; the first that is not is named in one line."""
+    text_config = config.get_text_config()
+    for size in CONFIG_SIZES:
+        value = getattr(text_config, size, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            key = getattr(text_config, "attribute_map", {}).get(size, size)
+            raise KvbenchError(f"{name}: {where} sets {key} to {value!r}; a model's sizes are positive integers")
 
 
 def check_causal_lm(config: Any, name: str, custom_code: bool = False) -> None:
@@ -176,8 +214,8 @@ def refuse_custom_code(config_path: Path, name: str, trust_remote_code: bool) ->
     if trust_remote_code:
         return
     try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(read_bounded_text(config_path, MOST_CONFIG_BYTES, "model config"))
+    except json.JSONDecodeError as error:
         raise KvbenchError(f"model config {config_path} cannot be read ({error}); fix or replace it") from None
     if isinstance(data, dict) and data.get("auto_map"):
         raise KvbenchError(
@@ -253,8 +291,9 @@ def _load_config(
         refuse_custom_code(directory / "config.json", source.name, trust_remote_code)
         try:
             config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
-            raise KvbenchError(f"model directory {directory}: cannot read its config ({error})") from None
+        except (OSError, *_config_errors()) as error:
+            reason = " ".join(str(error).split())
+            raise KvbenchError(f"model directory {directory}: cannot read its config ({reason}); fix it") from None
         has_weights = _has_weights(directory)
         if weights == "pretrained" and not has_weights:
             raise KvbenchError(
@@ -356,6 +395,7 @@ def prepare_model(
     resolved = _load_config(locate(name), weights, trust_remote_code, revision)
     resolved.trust_remote_code = trust_remote_code
     check_causal_lm(resolved.config, name, custom_code=trust_remote_code)
+    check_sizes(resolved.config, name, resolved.label)
     notes = list(resolved.notes)
     tokenizer = None
     if resolved.files_from is not None:

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from kvbench.eta import Planned, TimeLeft, clock_text
 from kvbench.records import CellState
+from kvbench.untrusted import printable
 
 # A long uncached generation (minutes) should still show it is alive.
 REDRAW_EVERY_S = 2.0
@@ -37,7 +39,8 @@ class LineProgress:
         pass
 
     def _print(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        # Cell ids hold model names, and worker output is whatever the model's code printed.
+        self.console.print(printable(text, one_line=True), highlight=False, markup=False, soft_wrap=True)
 
     def planned(self, generations: dict[Planned, int]) -> None:
         self.time_left = TimeLeft(generations, self._clock)
@@ -83,12 +86,13 @@ class LiveProgress:
 
         # No refresh thread: it would redraw while generate() is being timed.
         self.progress = Progress(
-            TextColumn("{task.description:<36}"),
+            # Not markup: the description holds a model's name, "llama[v2]" say.
+            TextColumn("{task.description:<36}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             # Rich's own estimate averages the generations so far; a length sweep's last ones take longest.
-            TextColumn("{task.fields[left]}"),
+            TextColumn("{task.fields[left]}", markup=False),
             console=console,
             auto_refresh=False,
         )
@@ -130,10 +134,12 @@ class LiveProgress:
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         self.time_left.cell_started(cell.id)
         if count > 1:
-            self.progress.console.print(f"[bold]cell {index + 1}/{count}:[/] {cell.id}", highlight=False)
+            heading = Text.assemble((f"cell {index + 1}/{count}:", "bold"), " ", printable(cell.id, one_line=True))
+            self.progress.console.print(heading, highlight=False)
 
     def generation_started(self, label: str, generation: Planned) -> None:
         self._tokens = 0
+        label = printable(label, one_line=True)
         if self._current is None:
             self._current = self.progress.add_task(label, total=generation.new_tokens, left="")
         else:
@@ -161,7 +167,7 @@ class LiveProgress:
 
     def output(self, line: str) -> None:
         # Printed through the display's console, so it lands above the bars instead of tearing them.
-        self.progress.console.print(f"  | {line}", markup=False, highlight=False, soft_wrap=True)
+        self.progress.console.print(f"  | {printable(line, one_line=True)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def progress_for(console: Console, clock: Callable[[], float] = time.monotonic) -> LiveProgress | LineProgress:

@@ -3,19 +3,55 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Literal
 
-from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
 from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
 from kvbench.config import MODES
 from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
-from kvbench.units import format_bytes, format_ms
+from kvbench.units import format_bytes, format_ms, seconds_as_ms
+from kvbench.untrusted import printable
+
+
+def plain(text: str, style: str | None = None) -> Text:
+    """Text shown as it is: never read as rich markup (a model named "llama[v2]" keeps its brackets), its
+    control characters written out. Every line and cell this module renders passes through here: most hold
+    something from a results file or a name a user gave."""
+    return Text(printable(text), style=style or "")
+
+
+def labelled(label: str, style: str, message: str) -> Text:
+    """One line for the terminal, "Error: ..." or "warning: ...": the label styled, the message as it is,
+    on one line (a newline or a tab in it written out)."""
+    return Text.assemble((label, style), " ", printable(message, one_line=True))
+
+
+def _add_row(table: Table, cells: Iterable[str], style: str | None = None) -> None:
+    table.add_row(*(plain(cell) for cell in cells), style=style)
+
+
+def serving_parts(summary: ModeSummary) -> list[str]:
+    """A mode's serving metrics as short phrases (ms unless named), as `show` and `compare` print them:
+    TTFT, TPOT, ITL and end-to-end latency, with percentiles over runs (ITL over every gap)."""
+    if summary.ttft_p50_s is None:
+        return []
+    percentiles = (summary.e2e_p50_s, summary.e2e_p90_s, summary.e2e_p99_s)
+    e2e = "/".join(f"{value:.3f}" if value is not None else "—" for value in percentiles)
+    ttft = "/".join(map(seconds_as_ms, (summary.ttft_p50_s, summary.ttft_p90_s, summary.ttft_p99_s)))
+    itl = "/".join(map(seconds_as_ms, (summary.itl_p50_s, summary.itl_p90_s, summary.itl_p99_s)))
+    return [
+        f"TTFT p50/90/99 {ttft}",
+        f"TPOT {seconds_as_ms(summary.tpot_mean_s)}",
+        f"ITL p50/90/99 {itl}",
+        f"e2e p50/90/99 {e2e} s",
+    ]
 
 
 def _s(value: float | None) -> str:
@@ -107,13 +143,13 @@ class FittedTable:
         self.title, self.columns, self.summaries = title, columns, summaries
 
     def table(self, most_dropped: int, short: bool) -> Table:
-        table = Table(title=self.title, title_justify="left")
+        table = Table(title=plain(self.title), title_justify="left")
         shown = [column for column in self.columns if column.drop <= most_dropped]
         for column in shown:
             header = column.short if short and column.short else column.header
             table.add_column(header, justify=column.justify, no_wrap=True)
         for summary in self.summaries:
-            table.add_row(*(column.value(summary) for column in shown))
+            table.add_row(*(plain(column.value(summary)) for column in shown))
         return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -129,25 +165,25 @@ class FittedTable:
 def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     lines: list[Text] = []
     if CellState(cell.status).failed:
-        lines.append(Text(f"{cell.status}: {cell.reason}", style="yellow"))
+        lines.append(plain(f"{cell.status}: {cell.reason}", style="yellow"))
         return lines
     speedup = speedup_of(result, cell)
     if speedup is not None:
-        lines.append(Text(f"by mean latency, {speedup}", style="bold"))
+        lines.append(plain(f"by mean latency, {speedup}", style="bold"))
     for mode in result.modes:
         noisy = noise_warning([run.latency_s for run in result.runs_of(cell.id, mode)])
         if noisy:
-            lines.append(Text(f"{mode}: {noisy}", style="yellow"))
+            lines.append(plain(f"{mode}: {noisy}", style="yellow"))
     # The reference experiment printed these two lines; keep them so results read side by side.
     for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
         summary = result.summary_of(cell.id, mode)
         if summary is not None:
             std = summary.std_s if summary.std_s is not None else 0.0
-            lines.append(Text(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
+            lines.append(plain(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
     lines.extend(kv_cache_lines(result, cell))
     lines.extend(metric_lines(result, cell))
     if cell.stop_reason:
-        lines.append(Text(f"runs: {cell.stop_reason}", style="dim"))
+        lines.append(plain(f"runs: {cell.stop_reason}", style="dim"))
     for mode in result.modes:
         summary = result.summary_of(cell.id, mode)
         if summary is None or not summary.outlier_runs:
@@ -155,23 +191,23 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         runs = {run.run: run.latency_s for run in result.runs_of(cell.id, mode)}
         shown = ", ".join(f"run {i + 1} ({runs[i]:.3f} s)" for i in summary.outlier_runs if i in runs)
         lines.append(
-            Text(
+            plain(
                 f"outlier{'s' if len(summary.outlier_runs) > 1 else ''} in {mode}: {shown} against a median of"
                 f" {summary.median_s:.3f} s — a stall or a first-run compile? more --warmup or --runs may help",
                 style="yellow",
             )
         )
     if cell.outputs_match is True:
-        lines.append(Text("cached and uncached outputs are token-identical", style="green"))
+        lines.append(plain("cached and uncached outputs are token-identical", style="green"))
     elif cell.outputs_match is False:
         lines.append(
-            Text(
+            plain(
                 f"cached and uncached outputs differ from new token {cell.first_divergence} on",
                 style="red",
             )
         )
     if cell.status == CellState.INCOMPLETE:
-        lines.append(Text("incomplete: this cell was interrupted", style="yellow"))
+        lines.append(plain("incomplete: this cell was interrupted", style="yellow"))
     return lines
 
 
@@ -187,22 +223,22 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
             f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"
             f" ({excess:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
         )
-        lines.append(Text(text, style="" if agrees else "yellow"))
+        lines.append(plain(text, style="" if agrees else "yellow"))
     elif cell.kv_cache_bytes is not None:
         lines.append(
-            Text(
+            plain(
                 f"KV cache at {cell.prompt_tokens} + {cell.settings.max_new_tokens} tokens: "
                 f"{format_bytes(cell.kv_cache_bytes)} in theory (its object was not measured in this file)"
             )
         )
     if cell.kv_cache_note:
-        lines.append(Text(f"KV cache: {cell.kv_cache_note}", style="yellow"))
+        lines.append(plain(f"KV cache: {cell.kv_cache_note}", style="yellow"))
     difference = memory_difference(result, cell.id)
     if difference is not None:
-        lines.append(Text(f"peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"))
+        lines.append(plain(f"peak {difference[1]}, cached − uncached: {format_bytes(difference[0])}"))
     elif cell.kv_cache_measured_bytes is not None and not result.environment.get("gpu_name"):
         lines.append(
-            Text(
+            plain(
                 "peak RSS cannot show the cache's cost: a cache this size is lost beside the model and the"
                 " allocator's reuse, so only the cache object's own bytes are reported",
                 style="dim",
@@ -214,7 +250,6 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
 def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) -> list[Text]:
     """Per mode, one compact line of serving metrics (ms unless named) and the roofline fraction."""
     from kvbench.explain import explain_result
-    from kvbench.export.grids import serving_parts
 
     explanation = explanation or explain_result(result)
     lines = []
@@ -229,10 +264,10 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
         if summary.energy_j_per_token is not None:
             parts.append(f"{summary.energy_j_per_token:.3g} J/token (prefill included)")
         if parts:
-            lines.append(Text(f"{mode}: " + " · ".join(parts)))
+            lines.append(plain(f"{mode}: " + " · ".join(parts)))
     bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]
     if bounds:
-        lines.append(Text("roofline: " + "; ".join(bound.words() for bound in bounds)))
+        lines.append(plain("roofline: " + "; ".join(bound.words() for bound in bounds)))
     return lines
 
 
@@ -253,7 +288,7 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
     for fit in explanation.fits:
         fitted = fit.extrapolation
         if fitted is None:
-            table.add_row(fit.group, "—", "—", "—", "—")
+            _add_row(table, [fit.group, "—", "—", "—", "—"])
             notes.append(f"{fit.group}: {fit.reason}")
             continue
 
@@ -265,21 +300,24 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
             f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
         )
         longest = fitted.longest_new_tokens
-        table.add_row(
-            fit.group,
-            exponent(fitted.cached),
-            exponent(fitted.uncached),
-            crossing,
-            f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
+        _add_row(
+            table,
+            [
+                fit.group,
+                exponent(fitted.cached),
+                exponent(fitted.uncached),
+                crossing,
+                f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
+            ],
         )
         notes.append(f"{fit.group}: {fitted.exponent_gap_reason}; {fitted.crossover_reason}")
-    return Group(table, *(Text(note) for note in notes))
+    return Group(table, *(plain(note) for note in notes))
 
 
 def render_result(result: BenchmarkResult) -> Group:
     environment = result.environment
     parts: list = [
-        Text(
+        plain(
             f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')}) · "
             f"torch {environment.get('torch')} · transformers {environment.get('transformers')} · "
             f"kvbench {result.kvbench_version}",
@@ -287,14 +325,14 @@ def render_result(result: BenchmarkResult) -> Group:
         )
     ]
     if not result.complete:
-        parts.append(Text("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
+        parts.append(plain("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
     for cell in result.cells:
         if cell.status == CellState.PENDING:
             continue
         if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
             parts.append(cell_table(result, cell))
         else:
-            parts.append(Text(cell.id, style="bold"))
+            parts.append(plain(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
     fits = fit_table(result)
     if fits is not None:
@@ -303,14 +341,14 @@ def render_result(result: BenchmarkResult) -> Group:
 
     peaks = peaks_of(result.environment)
     if peaks is not None:
-        parts.append(Text(f"roofline peaks: {peaks.source}", style="dim"))
+        parts.append(plain(f"roofline peaks: {peaks.source}", style="dim"))
     pending = [cell.id for cell in result.cells if cell.status == CellState.PENDING]
     if pending:
-        parts.append(Text(f"not run: {len(pending)} cell(s)", style="yellow"))
+        parts.append(plain(f"not run: {len(pending)} cell(s)", style="yellow"))
     for note in result.notes:
-        parts.append(Text(f"note: {note}", style="cyan"))
+        parts.append(plain(f"note: {note}", style="cyan"))
     for what, why in result.unmeasured.items():
-        parts.append(Text(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
+        parts.append(plain(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
     return Group(*parts)
 
 
@@ -347,11 +385,11 @@ def print_generated_text(result: BenchmarkResult, console: Console) -> None:
     for cell in result.cells:
         if not cell.generated_text:
             if cell.status == CellState.MEASURED:
-                console.print(Text(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
+                console.print(plain(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
             continue
         for mode, text in cell.generated_text.items():
-            console.print(Text(f"{cell.label()} · {mode} generated:", style="bold"))
-            console.print(Text(text))
+            console.print(plain(f"{cell.label()} · {mode} generated:", style="bold"))
+            console.print(plain(text))
 
 
 def render_plan(plan, output) -> Group:
@@ -361,14 +399,14 @@ def render_plan(plan, output) -> Group:
     table.add_column("cell")
     table.add_column("what happens")
     for index, (cell, what) in enumerate(plan.cells, start=1):
-        table.add_row(str(index), cell.label(), what)
+        _add_row(table, [str(index), cell.label(), what])
     fewest, most = plan.runs_per_mode
     runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
     lines: list[RenderableType] = [
         table,
-        Text(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
-        Text(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
-        Text(
+        plain(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
+        plain(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
+        plain(
             f"time: {plan.estimate.text()}"
             if plan.estimate is not None
             else "time: unknown until these models have run on this machine (uncached time grows with length²)",
@@ -378,13 +416,50 @@ def render_plan(plan, output) -> Group:
     return Group(*lines)
 
 
+def plan_document(plan, output) -> dict:
+    """What `run --dry-run --json` prints: the same plan as `render_plan`, for a script to read."""
+    fewest, most = plan.runs_per_mode
+    return {
+        "dry_run": True,
+        "output": str(output) if output else None,
+        "generations": plan.generations,
+        "runs_per_mode": {"fewest": fewest, "most": most},
+        "estimated_generation_s": plan.estimate.seconds if plan.estimate is not None else None,
+        "cells": [
+            {"id": cell.id, "label": cell.label(), "settings": asdict(cell.settings), "what_happens": what}
+            for cell, what in plan.cells
+        ],
+    }
+
+
 def output_console(stderr: bool = False) -> Console:
-    """A console that keeps tables whole when the output goes to a file or a pipe (rich would wrap them
-    at 80 columns), so they paste into an issue as they looked."""
-    console = Console(stderr=stderr)
+    """The console kvbench prints through. It keeps tables whole when the output goes to a file or a pipe
+    (rich would wrap them at 80 columns), so they paste into an issue as they looked. It reads no markup
+    or emoji codes in what it prints (a path "x[/]y.json" is printed, not parsed), and it writes out any
+    control character that reached it: the guard for text from a file or a worker that did not pass
+    through `plain`."""
+    console = Console(stderr=stderr, markup=False, emoji=False)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=240)
+        console = Console(stderr=stderr, width=240, markup=False, emoji=False)
+    console.push_render_hook(_ControlsWrittenOut())
     return console
+
+
+class _ControlsWrittenOut(RenderHook):
+    def process_renderables(self, renderables: list) -> list:
+        return [_WithoutControls(renderable) for renderable in renderables]
+
+
+class _WithoutControls:
+    """A renderable's output with control characters written out; rich's own cursor movements (the
+    segments it marks as control, for the live display) pass as they are."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            yield segment if segment.control else Segment(printable(segment.text), segment.style)
 
 
 def print_result(result: BenchmarkResult, console: Console | None = None) -> None:

@@ -26,8 +26,12 @@ from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
 from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
+from kvbench.untrusted import read_bounded_text, spreadsheet_cell
 
 FORMAT_NAME = "kvbench-results"
+# Far above any sweep's results (a thousand-token run takes kilobytes), far below what parsing as JSON
+# would need more memory for than a laptop has.
+MOST_RESULTS_BYTES = 256 * 2**20
 
 
 def to_dict(result: BenchmarkResult, derived: bool = True) -> dict[str, Any]:
@@ -70,8 +74,11 @@ def write_result(result: BenchmarkResult, path: str | Path, derived: bool = True
 
 
 def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
-    """Write the CSV of runs beside a results file, atomically."""
+    """Write the CSV of runs beside a results file, atomically; text that a spreadsheet would run as a
+    formula (a model named "=HYPERLINK(...)") is written as text."""
     frame = result.runs_frame()
+    for column in frame.columns:
+        frame[column] = frame[column].map(spreadsheet_cell)
     _write_atomically(csv_path_for(Path(path)), lambda handle: frame.to_csv(handle, index=False))
 
 
@@ -353,11 +360,27 @@ def check_run_times(runs: list[RunRecord], origin: str) -> None:
                 f"{where} has token_times_s that are not finite, in order and within its latency; the file is"
                 " damaged, rerun kvbench run"
             )
+        for name, pairs in (("memory_timeline", run.memory_timeline), ("allocated_by_position", run.allocated_by_position)):
+            if pairs and not all(len(pair) == 2 and all(_finite_non_negative(x) for x in pair) for pair in pairs):
+                raise KvbenchError(
+                    f"{where} has a {name} that is not a list of [{_PAIRS[name]}] pairs of finite non-negative"
+                    " numbers; the file is damaged, rerun kvbench run"
+                )
         energy = run.energy_j
         if energy is not None and not (math.isfinite(energy) and 0 <= energy <= MOST_JOULES):
             raise KvbenchError(
                 f"{where} has energy_j {_shown(energy)}, not a number of joules; the file is damaged"
             )
+
+
+_PAIRS = {"memory_timeline": "seconds, bytes", "allocated_by_position": "position, bytes"}
+
+
+def _finite_non_negative(value: float) -> bool:
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 # Fields a results file always holds although the dataclass gives them a default.
@@ -511,6 +534,11 @@ def _finite_positive(value: Any) -> bool:
         return False
 
 
+# What a cell's model record (models.LoadedModel.info) holds that renderers and compare read; the rest
+# of it is shown as it is or not at all.
+_MODEL_INFO: dict[str, Any] = {"dtype": str, "weights": str, "attn_implementation": str | None}
+
+
 def _meaning_problem(data: dict[str, Any]) -> str | None:
     for key, cls in (("device_peaks", MeasuredPeaks), ("datasheet_peaks", DatasheetPeaks)):
         if data["environment"].get(key) is not None:
@@ -523,7 +551,11 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         for name, value in cell["settings"].items():
             if name in limits and isinstance(value, int) and (problem := bound_problem(limits[name], value)):
                 return f"cells[{index}].settings.{name} {problem}"
-        cost = (cell.get("model") or {}).get("cost")
+        model = cell.get("model") or {}
+        for key, annotation in _MODEL_INFO.items():
+            if key in model and (problem := _type_problem(model[key], annotation, f"cells[{index}].model.{key}")):
+                return problem
+        cost = model.get("cost")
         if cost is not None and (problem := _explained_problem(cost, ModelCost, f"cells[{index}].model.cost")):
             return problem
         # A setting added since the file was written (prompt_tokens) takes its default, as when it is built.
@@ -539,12 +571,7 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
 
 def read_result(path: str | Path) -> BenchmarkResult:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KvbenchError(f"{path} does not exist; check the path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise KvbenchError(f"{path} cannot be read ({error}); pass a kvbench results .json file") from None
+    text = read_bounded_text(path, MOST_RESULTS_BYTES, "results file")
     try:
         data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as error:

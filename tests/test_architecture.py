@@ -10,7 +10,10 @@ PACKAGE = Path(kvbench.__file__).parent
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = {
     # Pure arithmetic and facts with no kvbench data type: units, statistics, serving metrics, KV sizes.
-    "base": {"version", "errors", "units", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing", "scheduling"},
+    "base": {
+        "version", "errors", "units", "untrusted", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing",
+        "scheduling",
+    },
     # What is measured and stored: settings, memory and energy figures, runs, cells, results, and the
     # events that carry them from where a cell is measured.
     "data": {"config", "memory", "energy", "roofline", "records", "events", "environment"},

@@ -3,9 +3,8 @@ measurement from one CI run to the next."""
 
 from __future__ import annotations
 
-import json
-
 from kvbench.compare import Comparison
+from kvbench.export.json_document import json_text
 
 
 def to_benchmark_action(comparison: Comparison) -> str:
@@ -28,4 +27,4 @@ def to_benchmark_action(comparison: Comparison) -> str:
                 "extra": f"n={entry.summary.n}; {comparison.files[index].label}",
             }
         )
-    return json.dumps(entries, indent=2, ensure_ascii=False) + "\n"
+    return json_text(entries)

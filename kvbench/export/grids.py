@@ -8,9 +8,10 @@ from typing import Any
 
 from kvbench.compare import ALPHA, Comparison, Entry
 from kvbench.metrics import JUDGED_METRICS
-from kvbench.records import SERVING_FIELDS, ModeSummary
+from kvbench.records import SERVING_FIELDS
+from kvbench.report import serving_parts
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
-from kvbench.units import format_bytes, seconds_as_ms
+from kvbench.units import format_bytes
 
 # What the gate tests, in the one sentence the method note, the README and `compare --help` share.
 GATE_RULE = (
@@ -132,23 +133,6 @@ def speedup_cell(test: RatioTest | None) -> str:
     if test.ratio < 1:
         shown += f" ({speedup_words(test).split(' (')[0]})"
     return shown
-
-
-def serving_parts(summary: ModeSummary) -> list[str]:
-    """A mode's serving metrics as short phrases (ms unless named), as `show` and `compare` print them:
-    TTFT, TPOT, ITL and end-to-end latency, with percentiles over runs (ITL over every gap)."""
-    if summary.ttft_p50_s is None:
-        return []
-    percentiles = (summary.e2e_p50_s, summary.e2e_p90_s, summary.e2e_p99_s)
-    e2e = "/".join(f"{value:.3f}" if value is not None else "—" for value in percentiles)
-    ttft = "/".join(map(seconds_as_ms, (summary.ttft_p50_s, summary.ttft_p90_s, summary.ttft_p99_s)))
-    itl = "/".join(map(seconds_as_ms, (summary.itl_p50_s, summary.itl_p90_s, summary.itl_p99_s)))
-    return [
-        f"TTFT p50/90/99 {ttft}",
-        f"TPOT {seconds_as_ms(summary.tpot_mean_s)}",
-        f"ITL p50/90/99 {itl}",
-        f"e2e p50/90/99 {e2e} s",
-    ]
 
 
 def percentile_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:

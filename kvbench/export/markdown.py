@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kvbench.compare import Comparison
 from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
+from kvbench.untrusted import printable
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -23,4 +24,5 @@ def to_markdown(comparison: Comparison) -> str:
     lines += [f"> warning: {w}  " for w in comparison.warnings]
     if lines:
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    # For a pull request, and often read first on a terminal: the files' text with its controls written out.
+    return printable("\n\n".join(parts) + "\n")

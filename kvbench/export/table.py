@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
-from rich.text import Text
 
 from kvbench.compare import Comparison
 from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
+from kvbench.report import plain
 
 
 class _FittedGrid:
@@ -23,19 +23,19 @@ class _FittedGrid:
         return "red" if any("REGRESSION" in cell for cell in cells) else ""
 
     def table(self) -> Table:
-        table = Table(title=self.title, title_justify="left")
+        table = Table(title=plain(self.title), title_justify="left")
         for index, header in enumerate(self.headers):
-            table.add_column(header, justify="left" if index == 0 or self.left_aligned else "right")
+            table.add_column(plain(header), justify="left" if index == 0 or self.left_aligned else "right")
         for cells in self.rows:
-            table.add_row(*cells, style=self._style(cells))
+            table.add_row(*map(plain, cells), style=self._style(cells))
         return table
 
     def listed(self) -> Group:
-        lines = [Text(self.title, style="italic")]
+        lines = [plain(self.title, style="italic")]
         for cells in self.rows:
             style = self._style(cells)
-            lines.append(Text(cells[0], style=f"bold {style}".strip()))
-            lines += [Text(f"  {header}: {cell}", style=style) for header, cell in zip(self.headers[1:], cells[1:])]
+            lines.append(plain(cells[0], style=f"bold {style}".strip()))
+            lines += [plain(f"  {header}: {cell}", style=style) for header, cell in zip(self.headers[1:], cells[1:])]
         return Group(*lines)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -56,9 +56,9 @@ def render_comparison(comparison: Comparison) -> Group:
     percentiles = percentile_grid(comparison)
     if percentiles[1]:
         parts.append(_FittedGrid("serving metrics, by file", *percentiles, left_aligned=True))
-    parts.append(Text(method_note(comparison), style="dim"))
+    parts.append(plain(method_note(comparison), style="dim"))
     for warning in comparison.warnings:
-        parts.append(Text(f"warning: {warning}", style="yellow"))
+        parts.append(plain(f"warning: {warning}", style="yellow"))
     regressions = comparison.regressions
     if regressions:
         described = []
@@ -67,7 +67,7 @@ def render_comparison(comparison: Comparison) -> Group:
             assert entry is not None  # only a measurement in the file can be a regression
             described.append(f"{row.key.label()} in {comparison.files[index].label} ({entry.change_pct:+.1f}%)")
         parts.append(
-            Text(
+            plain(
                 f"{len(regressions)} regression(s) beyond {comparison.threshold_pct:g}%: " + "; ".join(described),
                 style="bold red",
             )
