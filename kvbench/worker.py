@@ -18,7 +18,7 @@ from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
 from kvbench.events import CellChanged, Done, Event, Failed, Progress, RunsMeasured, Unmeasured, UserError
-from kvbench.measure import Measurement, Observer
+from kvbench.measure import Measurement, Observer, is_out_of_memory
 from kvbench.records import BenchmarkResult, CellResult
 
 Send = Callable[[Event], None]
@@ -127,7 +127,8 @@ def measure(job: CellJob, send: Send) -> None:
         send(UserError(str(error)))
         return
     except Exception as error:  # noqa: BLE001 - the parent records the cell's failure and goes on
-        send(Failed("oom" if isinstance(error, MemoryError) else "error", f"{type(error).__name__}: {error}"))
+        # torch's OutOfMemoryError is a RuntimeError: what the measuring loop calls out of memory, so is it here.
+        send(Failed("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}"))
         return
     send(CellChanged(cell_state(measurement.result.cells[0])))
     send(Done())
