@@ -1,0 +1,102 @@
+"""Hostile models and launch paths: weight files transformers loads (and only those) are checked, before
+any measuring process starts; models kvbench cannot measure are one line; a run stopped by a signal says
+so, and what it measured stays."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvbench.results import read_result
+from tests.test_hostile import QUICK, Untouched, assert_one_line, copy_model, invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _RunsCode:
+    """A pickle that runs a command when loaded without weights_only: it touches `marker`."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _pickled_weights(tiny_gpt2_dir: Path, tmp_path: Path, *, zip_format: bool) -> Path:
+    """The tiny GPT-2 with its weights as pytorch_model.bin: torch's zip format, or its legacy (pre-1.6) one."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = copy_model(tiny_gpt2_dir, tmp_path)
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save(weights, model / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
+    return model
+
+
+# --- Weight files -------------------------------------------------------------------------------------
+
+
+def test_a_legacy_format_pytorch_model_bin_is_measured(tiny_gpt2_dir, tmp_path):
+    model = _pickled_weights(tiny_gpt2_dir, tmp_path, zip_format=False)
+    output = tmp_path / "r.json"
+    result = invoke("run", "-m", model, *QUICK, "-o", output)
+    assert result.exit_code == 0, result.output
+    stored = read_result(output)
+    assert stored.cells[0].status == "measured" and stored.cells[0].model["weights"] == "pretrained"
+
+
+def test_a_legacy_format_pickle_that_would_run_code_is_still_refused(tiny_gpt2_dir, tmp_path):
+    import torch
+
+    model = copy_model(tiny_gpt2_dir, tmp_path)
+    (model / "model.safetensors").unlink()
+    _RunsCode.marker = str(tmp_path / "pwned")
+    torch.save({"transformer.wte.weight": _RunsCode()}, model / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    result = invoke("run", "-m", model, *QUICK, "-o", tmp_path / "r.json")
+    assert_one_line(result, 2, "pytorch_model.bin cannot be loaded safely")
+    assert not (tmp_path / "pwned").exists()
+
+
+def _trainer_checkpoint(model: Path, tmp_path: Path) -> None:
+    """What a Trainer saves beside the weights: its arguments, pickled whole (transformers never loads them)."""
+    import torch
+
+    _RunsCode.marker = str(tmp_path / "pwned")
+    torch.save(_RunsCode(), model / "training_args.bin")
+    torch.save({"step": 10}, model / "optimizer.pt")
+
+
+def test_a_trainer_checkpoints_other_files_are_not_weights(tiny_gpt2_dir, tmp_path):
+    # pytorch_model.bin is what transformers loads; training_args.bin beside it, never.
+    model = _pickled_weights(tiny_gpt2_dir, tmp_path, zip_format=True)
+    _trainer_checkpoint(model, tmp_path)
+    output = tmp_path / "r.json"
+    result = invoke("run", "-m", model, *QUICK, "--weights", "pretrained", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert read_result(output).cells[0].status == "measured"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_directory_with_only_a_trainers_files_has_no_weights(tiny_gpt2_dir, tmp_path):
+    model = copy_model(tiny_gpt2_dir, tmp_path)
+    (model / "model.safetensors").unlink()
+    _trainer_checkpoint(model, tmp_path)
+    assert_one_line(
+        invoke("run", "-m", model, *QUICK, "--weights", "pretrained", "-o", tmp_path / "r.json"),
+        2,
+        "holds no weight files that transformers loads",
+        "--weights random",
+    )
+    output = tmp_path / "auto.json"
+    result = invoke("run", "-m", model, *QUICK, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert read_result(output).cells[0].model["weights"] == "random"
