@@ -124,6 +124,13 @@ def check_causal_lm(config: Any, name: str, custom_code: bool = False) -> None:
 
     model_type = getattr(config, "model_type", None)
     hint = "kvbench measures decoder-only causal LMs such as gpt2 or a Llama model"
+    # Whisper, Pegasus, Marian... also register a causal LM class: their decoder alone, which would be
+    # measured without the encoder it attends to.
+    if getattr(config, "is_encoder_decoder", False):
+        raise KvbenchError(
+            f"{name} (model_type {model_type!r}) is an encoder-decoder: it has a KV cache, but kvbench measures"
+            f" only decoder-only causal LMs and would time its decoder alone; {hint}"
+        )
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise KvbenchError(
             f"{name} (model_type {model_type!r}) is not a causal language model and has no KV cache to"

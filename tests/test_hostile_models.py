@@ -100,3 +100,38 @@ def test_a_directory_with_only_a_trainers_files_has_no_weights(tiny_gpt2_dir, tm
     result = invoke("run", "-m", model, *QUICK, "-o", output)
     assert result.exit_code == 0, result.output
     assert read_result(output).cells[0].model["weights"] == "random"
+
+
+# --- Models kvbench does not measure ----------------------------------------------------------------
+
+
+def _tiny_encoder_decoder(kind: str, directory: Path) -> Path:
+    import torch
+    import transformers
+
+    small = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                 encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64, max_position_embeddings=64)
+    configs = {
+        "whisper": (transformers.WhisperConfig, transformers.WhisperForConditionalGeneration,
+                    dict(num_mel_bins=8, max_source_positions=16, max_target_positions=64, decoder_start_token_id=1,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, suppress_tokens=[], begin_suppress_tokens=[])),
+        "pegasus": (transformers.PegasusConfig, transformers.PegasusForConditionalGeneration, {}),
+        "marian": (transformers.MarianConfig, transformers.MarianMTModel, dict(decoder_vocab_size=64, pad_token_id=0)),
+    }
+    config_class, model_class, extra = configs[kind]
+    config = config_class(**{**small, **extra})
+    if kind == "whisper":
+        del config.max_position_embeddings
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["whisper", "pegasus", "marian"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_encoder_decoders_are_refused_in_one_line(kind, dry_run, tmp_path):
+    model = _tiny_encoder_decoder(kind, tmp_path / kind)
+    untouched = Untouched(tmp_path)
+    args = ["run", "-m", model, *QUICK, "-o", tmp_path / "r.json"] + (["--dry-run"] if dry_run else [])
+    assert_one_line(invoke(*args), 2, f"model_type '{kind}'", "encoder-decoder", "decoder-only causal LMs")
+    untouched.check()
