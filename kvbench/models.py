@@ -359,9 +359,21 @@ def _from_hub(
             f" or a shipped config ({available})"
         ) from None
     use = "random" if weights == "random" else "pretrained"
+    if use == "pretrained" and not online:
+        _check_cached_weights(hub_id, revision)
     return ResolvedConfig(
         config, use, f"hub {hub_id}", hub_id, not online, trust_remote_code=trust_remote_code, revision=revision
     )
+
+
+def _check_cached_weights(hub_id: str, revision: str | None) -> None:
+    """Offline, a hub model loads from the local cache: its weight files are checked there, as a local
+    directory's are, so a damaged or unsafe file is one line before any measuring process starts."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config_file = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    if isinstance(config_file, str):
+        check_weight_files(Path(config_file).parent, hub_id)
 
 
 @dataclass

@@ -135,3 +135,39 @@ def test_encoder_decoders_are_refused_in_one_line(kind, dry_run, tmp_path):
     args = ["run", "-m", model, *QUICK, "-o", tmp_path / "r.json"] + (["--dry-run"] if dry_run else [])
     assert_one_line(invoke(*args), 2, f"model_type '{kind}'", "encoder-decoder", "decoder-only causal LMs")
     untouched.check()
+
+
+# --- Checked before any measuring process starts ---------------------------------------------------
+
+
+def _cached_hub_model(source: Path, cache: Path, hub_id: str) -> Path:
+    """`hub_id` in a Hugging Face cache laid out as huggingface_hub lays it out: its snapshot of `main`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repository = cache / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repository / "snapshots" / commit
+    shutil.copytree(source, snapshot)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_gpt2_dir, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import torch
+
+    import kvbench.launchers
+
+    snapshot = _cached_hub_model(tiny_gpt2_dir, tmp_path / "hub", "kvtest/unsafe")
+    (snapshot / "model.safetensors").unlink()
+    _RunsCode.marker = str(tmp_path / "pwned")
+    torch.save({"transformer.wte.weight": _RunsCode()}, snapshot / "pytorch_model.bin")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = []
+    monkeypatch.setattr(kvbench.launchers, "start_worker", lambda job: started.append(job) or pytest.fail("launched"))
+    work = tmp_path / "work"
+    work.mkdir()
+    quick_in_processes = [word for word in QUICK if word not in ("--isolation", "none")]
+    result = invoke("run", "-m", "kvtest/unsafe", *quick_in_processes, "-o", work / "r.json")
+    assert_one_line(result, 2, "kvtest/unsafe", "pytorch_model.bin cannot be loaded safely")
+    assert started == [] and not (tmp_path / "pwned").exists()
