@@ -171,3 +171,17 @@ def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_g
     result = invoke("run", "-m", "kvtest/unsafe", *quick_in_processes, "-o", work / "r.json")
     assert_one_line(result, 2, "kvtest/unsafe", "pytorch_model.bin cannot be loaded safely")
     assert started == [] and not (tmp_path / "pwned").exists()
+
+
+# --- Failures of a one-cell run in a measuring process --------------------------------------------
+
+
+def test_a_single_model_failing_to_load_in_a_measuring_process_is_one_line(tiny_gpt2_dir, tmp_path):
+    """As with --isolation none: a model that cannot load is the one-cell run's error, not a failed cell."""
+    model = copy_model(tiny_gpt2_dir, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["n_embd"] = 16  # weights that do not fit: readable files, a failure only loading shows
+    (model / "config.json").write_text(json.dumps(config))
+    quick_in_processes = [word for word in QUICK if word not in ("--isolation", "none")]
+    result = invoke("run", "-m", model, *quick_in_processes, "--isolation", "process", "-o", tmp_path / "r.json")
+    assert_one_line(result, 2, "cannot load the model")
