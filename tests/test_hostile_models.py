@@ -185,3 +185,41 @@ def test_a_single_model_failing_to_load_in_a_measuring_process_is_one_line(tiny_
     quick_in_processes = [word for word in QUICK if word not in ("--isolation", "none")]
     result = invoke("run", "-m", model, *quick_in_processes, "--isolation", "process", "-o", tmp_path / "r.json")
     assert_one_line(result, 2, "cannot load the model")
+
+
+# --- Signals --------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
+    pytest.importorskip("ray")
+    untouched = Untouched(tmp_path)
+    # Port 1 of this machine: nothing listens there, so the connection is refused.
+    result = invoke("run", "-m", "tiny-gpt2", *QUICK, "--launcher", "ray", "--ray-address", "127.0.0.1:1",
+                    "-o", tmp_path / "r.json")
+    assert_one_line(result, 2, "127.0.0.1:1", "ray start --head")
+    untouched.check()
+
+
+def test_sigterm_to_a_ray_run_is_an_interruption(tmp_path):
+    """ray.init sets its own SIGTERM handler (exit 15, nothing said): a cancelled CI job's run must still
+    stop as Ctrl-C does, with its message, exit code 130 and the runs it measured."""
+    pytest.importorskip("ray")
+    output = tmp_path / "r.json"
+    # The measuring process waits after its first measured run, so the signal comes while the run measures.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "KVBENCH_TEST_FAULT": "hang", "RAY_worker_niceness": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvbench", "run", "-m", "tiny-gpt2", *QUICK[:-2], "-r", "2", "--launcher", "ray",
+         "--no-device-peaks", "-o", str(output)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
+    while process.poll() is None and time.monotonic() < deadline:
+        if output.exists() and read_result(output).runs:
+            break
+        time.sleep(0.1)
+    assert output.exists() and read_result(output).runs, process.communicate(timeout=60)[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Interrupted." in stderr and "Traceback" not in stderr
+    assert read_result(output).complete is False
