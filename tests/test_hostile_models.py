@@ -223,3 +223,50 @@ def test_sigterm_to_a_ray_run_is_an_interruption(tmp_path):
     assert process.returncode == 130, stderr[-2000:]
     assert "Interrupted." in stderr and "Traceback" not in stderr
     assert read_result(output).complete is False
+
+
+def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
+    """A `kvbench run` in its own process group whose third generation touches `held` and waits there,
+    so a test signals it while it measures (after two saved runs), not after a guess at how long that takes."""
+    code = (
+        "import pathlib, sys, time\n"
+        "import kvbench.measure\n"
+        "calls = []\n"
+        "generate = kvbench.measure.Generation.__call__\n"
+        "def held(self, mode):\n"
+        "    calls.append(mode)\n"
+        "    if len(calls) == 3:\n"
+        f"        pathlib.Path({str(held)!r}).touch()\n"
+        "        time.sleep(600)\n"
+        "    return generate(self, mode)\n"
+        "kvbench.measure.Generation.__call__ = held\n"
+        "from kvbench.cli import main\n"
+        f"sys.argv = ['kvbench', 'run', *{list(args)!r}]\n"
+        "main()\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A session of its own: Ctrl-C at a terminal signals the whole foreground process group.
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        cwd=tmp_path, start_new_session=True,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), process.stderr.read() if process.poll() is not None else "the run never got there"
+
+
+def test_ctrl_c_to_the_process_group_is_the_runs_one_message(tmp_path):
+    held, output = tmp_path / "held", tmp_path / "r.json"
+    process = _held_run(tmp_path, held, "-m", "tiny-gpt2", *QUICK, "-r", "2", "-o", str(output))
+    _wait_for(held, process)
+    os.killpg(process.pid, signal.SIGINT)  # the run and the memory sampler it started, as a terminal does
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Interrupted." in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    partial = read_result(output)
+    assert partial.complete is False and len(partial.runs) == 2
