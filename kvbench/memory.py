@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -274,6 +275,9 @@ Opener = Callable[[], Any]
 def _sampling_loop(conn: Any, opener: Opener, pid: int, interval_s: float) -> None:
     """The sampling process: on "start" take a baseline, sample every interval until "stop", reply. A
     failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop."""
+    # Ctrl-C at a terminal reaches the whole process group: the measuring process alone handles it, and
+    # stops this one (or this one ends when its pipe does).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         opened = opener()
         # An opener gives (pynvml, handles) for the GPU, or a sampler of its own (RssSampler on a CPU).
@@ -319,7 +323,14 @@ class SamplingProcess:
             name="kvbench-memory-sampler",
             daemon=True,
         )
-        self._process.start()
+        # SIGINT blocked in this thread while it starts the child: the child inherits the mask through exec,
+        # so a Ctrl-C during its start-up (imports) waits there until it ignores SIGINT, never a traceback.
+        # This process still gets its own Ctrl-C: another thread takes it, or this one on unblocking.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         status, reason = self._conn.recv()
         if status != "ready":
             self._process.join()

@@ -20,9 +20,15 @@ SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "shipped_models"
 # GPT-2's tokenizer turns the reference prompt "What is KV caching?" into 6 tokens: without a
 # tokenizer, a synthetic prompt of that length keeps runs comparable with the reference.
 SYNTHETIC_PROMPT_TOKENS = 6
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 # A model's config.json is kilobytes; one a thousand times larger is not a config.
 MOST_CONFIG_BYTES = 16 * 2**20
+# The weight files from_pretrained looks for in a directory, in its order of preference.
+TRANSFORMERS_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # In a shipped config: the hub model whose architecture it copies.
 HUB_ID_KEY = "kvbench_hub_id"
 
@@ -93,10 +99,6 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def _has_weights(directory: Path) -> bool:
-    return any(any(directory.glob(pattern)) for pattern in WEIGHT_FILE_PATTERNS)
-
-
 def _read_config_file(path: str) -> Any:
     from transformers import AutoConfig
 
@@ -160,6 +162,13 @@ def check_causal_lm(config: Any, name: str, custom_code: bool = False) -> None:
 
     model_type = getattr(config, "model_type", None)
     hint = "kvbench measures decoder-only causal LMs such as gpt2 or a Llama model"
+    # Whisper, Pegasus, Marian... also register a causal LM class: their decoder alone, which would be
+    # measured without the encoder it attends to.
+    if getattr(config, "is_encoder_decoder", False):
+        raise KvbenchError(
+            f"{name} (model_type {model_type!r}) is an encoder-decoder: it has a KV cache, but kvbench measures"
+            f" only decoder-only causal LMs and would time its decoder alone; {hint}"
+        )
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise KvbenchError(
             f"{name} (model_type {model_type!r}) is not a causal language model and has no KV cache to"
@@ -224,45 +233,64 @@ def refuse_custom_code(config_path: Path, name: str, trust_remote_code: bool) ->
         )
 
 
-def check_weight_files(directory: Path, name: str) -> None:
-    """Open the weight files from_pretrained will load (safetensors first, as transformers prefers),
-    reading headers only, so a damaged or unsafe file is found before anything is measured."""
-    safetensors = sorted(directory.glob("*.safetensors"))
-    index = next(iter(sorted(directory.glob("*.index.json"))), None)
-    if index is not None:
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise KvbenchError(f"{name}: weight index {index.name} cannot be read ({error}); fix or replace it") from None
-        missing = sorted(shard for shard in shards if not (directory / shard).is_file())
-        if missing:
-            raise KvbenchError(f"{name}: weight file {missing[0]} listed in {index.name} is missing; download it again")
-    if safetensors:
-        from safetensors import safe_open
+def weight_files(directory: Path) -> list[Path]:
+    """The files from_pretrained loads as a directory's weights, found as transformers finds them: the file
+    config.json names (`transformers_weights`), else model.safetensors, its sharded index, pytorch_model.bin,
+    its sharded index, the first that exists. An index comes with its shards. Anything else there (a
+    Trainer's training_args.bin, an optimizer state) is never loaded, so never checked."""
+    try:
+        explicit = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        explicit = None
+    candidates = [explicit] if isinstance(explicit, str) else list(TRANSFORMERS_WEIGHT_FILES)
+    entry = next((directory / name for name in candidates if (directory / name).is_file()), None)
+    if entry is None:
+        return []
+    if not entry.name.endswith(".index.json"):
+        return [entry]
+    try:
+        shards = sorted(set(json.loads(entry.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise KvbenchError(f"{directory}: weight index {entry.name} cannot be read ({error}); fix or replace it") from None
+    return [directory / shard for shard in shards]
 
-        for path in safetensors:
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    handle.keys()
-            except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-                raise KvbenchError(
-                    f"{name}: weight file {path.name} is damaged ({error}); download it again or use --weights random"
-                ) from None
-        return
-    for pattern in ("*.bin", "*.pt"):
-        for path in sorted(directory.glob(pattern)):
+
+def check_weight_files(directory: Path, name: str) -> None:
+    """Open the weight files from_pretrained will load, reading headers only, so a damaged or unsafe file
+    is found before anything is measured."""
+    for path in weight_files(directory):
+        if not path.is_file():
+            raise KvbenchError(f"{name}: weight file {path.name} listed in its index is missing; download it again")
+        if path.suffix == ".safetensors":
+            _check_safetensors(path, name)
+        else:
             _check_pickled_weights(path, name)
 
 
+def _check_safetensors(path: Path, name: str) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise KvbenchError(
+            f"{name}: weight file {path.name} is damaged ({error}); download it again or use --weights random"
+        ) from None
+
+
 def _check_pickled_weights(path: Path, name: str) -> None:
-    """Unpickle with weights_only on the meta device: no tensor data is read, and a pickle that would
-    run code is refused by torch rather than run."""
+    """Unpickle with weights_only on the meta device, as transformers loads it (weights_only): no tensor
+    data is kept, and a pickle that would run code is refused by torch rather than run."""
     import pickle
+    import zipfile
 
     import torch
 
+    # torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped, but transformers loads it all the same.
+    mmap = zipfile.is_zipfile(path)
     try:
-        torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        torch.load(path, map_location="meta", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise KvbenchError(unsafe_weights_message(name, path.name)) from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a bad file
@@ -294,11 +322,11 @@ def _load_config(
         except (OSError, *_config_errors()) as error:
             reason = " ".join(str(error).split())
             raise KvbenchError(f"model directory {directory}: cannot read its config ({reason}); fix it") from None
-        has_weights = _has_weights(directory)
+        has_weights = bool(weight_files(directory))
         if weights == "pretrained" and not has_weights:
             raise KvbenchError(
-                f"model directory {directory} holds no weight files; use --weights random to time its"
-                " architecture"
+                f"model directory {directory} holds no weight files that transformers loads"
+                f" ({', '.join(TRANSFORMERS_WEIGHT_FILES)}); use --weights random to time its architecture"
             )
         use = "pretrained" if has_weights and weights != "random" else "random"
         if use == "pretrained":
@@ -370,9 +398,21 @@ def _from_hub(
             f" or a shipped config ({available})"
         ) from None
     use = "random" if weights == "random" else "pretrained"
+    if use == "pretrained" and not online:
+        _check_cached_weights(hub_id, revision)
     return ResolvedConfig(
         config, use, f"hub {hub_id}", hub_id, not online, trust_remote_code=trust_remote_code, revision=revision
     )
+
+
+def _check_cached_weights(hub_id: str, revision: str | None) -> None:
+    """Offline, a hub model loads from the local cache: its weight files are checked there, as a local
+    directory's are, so a damaged or unsafe file is one line before any measuring process starts."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config_file = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    if isinstance(config_file, str):
+        check_weight_files(Path(config_file).parent, hub_id)
 
 
 @dataclass

@@ -4,6 +4,9 @@ results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported on
 
 from __future__ import annotations
 
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +17,26 @@ from kvbench.launchers import CellAssembly, cell_events, cell_jobs
 from kvbench.measure import Measurement
 from kvbench.records import CellResult
 from kvbench.worker import CellJob
+
+# How long a cluster's address may take to accept a connection. Ray's own client retries for minutes,
+# deaf to Ctrl-C and SIGTERM while it waits inside its C++ core.
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse at once, in one line, a host:port (or ray://host:port) that nothing answers on."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or no address: Ray finds the cluster (or starts one) itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        why = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise KvbenchError(
+            f"no Ray cluster answers at --ray-address {address} ({why}; waited at most {timeout_s:g} s);"
+            " start one there with `ray start --head`, or correct the address"
+        ) from None
 
 
 def _import_ray() -> Any:
@@ -48,6 +71,8 @@ class RayLauncher:
     name = "ray"
 
     def __init__(self, config: BenchConfig) -> None:
+        # Checked with the run's other settings, before anything is written.
+        check_reachable(config.ray_address)
         self.config = config
 
     def resolve_device(self, requested: str) -> str:
@@ -86,7 +111,12 @@ class RayLauncher:
         started_here = not ray.is_initialized()
         if started_here:
             # No address: start a local instance (or join the one RAY_ADDRESS names).
+            handler = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+            # ray.init makes SIGTERM exit at once (sys.exit(15)): kvbench's handler stops the run as Ctrl-C
+            # does, with its message and exit code 130.
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
         try:
             self._measure(ray, benchmark, pending)
         finally:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from kvbench.config import BenchConfig, Cell
+from kvbench.config import BenchConfig, Cell, expand
 from kvbench.devices import resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
@@ -115,8 +115,9 @@ def measure(job: CellJob, send: Send) -> None:
             config, resolve_device(config.device), observer=_ForwardingObserver(send), on_save=streamer
         )
         streamer.result = measurement.result
-        # Its one cell belongs to the parent's sweep: a failure is recorded and sent, never raised.
-        measurement.part_of_sweep = True
+        # As in the parent: a cell of a sweep records its failure and the sweep goes on; the one cell of a
+        # run is the run, and a model it cannot load is the user's error (one line), not a failed cell.
+        measurement.part_of_sweep = len(expand(job.config)) > 1
         measurement.prepare_models()
         measurement.save()
         try:

@@ -26,7 +26,7 @@ def test_real_bert_checkpoint_is_refused_as_an_encoder(bert_dir):
 def test_encoder_decoder_is_refused():
     from transformers import T5Config
 
-    with pytest.raises(KvbenchError, match="not a causal language model"):
+    with pytest.raises(KvbenchError, match="is an encoder-decoder: it has a KV cache"):
         check_causal_lm(T5Config(), "t5-small")
 
 
