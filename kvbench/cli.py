@@ -27,7 +27,9 @@ stdout = output_console()
 stderr = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
+EXIT_REGRESSION = 1  # compare's gate: some measurement is slower by more than PCT
 EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
+EXIT_INCONCLUSIVE = 4  # compare's gate: some measurement's interval straddles +PCT, too noisy to judge
 EXIT_INTERRUPTED = 130
 
 
@@ -409,10 +411,17 @@ def compare(
     fail_on_regression: Optional[float] = typer.Option(
         None,
         metavar="PCT",
-        help="The gate, for CI: exit 1 when, for any measurement, the whole 95% confidence interval of its"
-        " change (widened for the number of measurements compared, by Holm's method) lies above +PCT%;"
-        " exit 3 when it cannot judge a measurement (missing from a file, fewer than 2 runs), one line"
-        " each. Keep PCT above the drift you see between reruns.",
+        help="The gate, for CI. Each measurement's 95% confidence interval of its change (widened for the"
+        " number of measurements compared, by Holm's method) passes when wholly below +PCT%, is a"
+        " regression when wholly above, else inconclusive. Exit 1: a regression; 3: a measurement it"
+        " cannot judge (missing from a file, a failed baseline cell, other settings, fewer than 2 runs),"
+        " one line each; 4: inconclusive, with the runs likely to settle it; 0: every measurement"
+        " passed; 2: a usage error. Keep PCT above the drift you see between reruns.",
+    ),
+    pass_inconclusive: bool = typer.Option(
+        False,
+        "--pass-inconclusive",
+        help="Let inconclusive measurements pass the gate (exit 0, not 4); the summary still names them.",
     ),
     gate_metric: str = typer.Option(
         "latency",
@@ -423,7 +432,7 @@ def compare(
     against a baseline with a 95% confidence interval and a significance verdict."""
     with user_errors():
         from kvbench.compare import compare_results
-        from kvbench.export import FORMATS, render_text
+        from kvbench.export import FORMATS, inconclusive_lines, render_text
 
         if fmt not in FORMATS:
             raise KvbenchError(f"--format cannot be {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -438,6 +447,7 @@ def compare(
             threshold_pct=fail_on_regression,
             gate_metric=gate_metric,
             allow_single=fmt == "benchmark-action",
+            pass_inconclusive=pass_inconclusive,
         )
     if fmt == "table":
         from kvbench.report import render_comparison
@@ -450,11 +460,12 @@ def compare(
                 stderr.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     for line in comparison.unjudged:
         stderr.print(f"[yellow]not judged:[/] {line}", highlight=False, soft_wrap=True)
-    # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.
-    if comparison.regressions:
-        raise typer.Exit(1)
-    if comparison.gate_failed_closed:
-        raise typer.Exit(EXIT_UNJUDGED)
+    for line in inconclusive_lines(comparison):
+        stderr.print(f"[yellow]inconclusive:[/] {line}", highlight=False, soft_wrap=True)
+    # The worst outcome decides: a regression, then a measurement not judged, then an inconclusive one.
+    exit_codes = {"regression": EXIT_REGRESSION, "unjudged": EXIT_UNJUDGED, "inconclusive": EXIT_INCONCLUSIVE}
+    if comparison.outcome in exit_codes:
+        raise typer.Exit(exit_codes[comparison.outcome])
 
 
 def _refuse_repeated_files(files: List[Path]) -> None:

@@ -282,14 +282,18 @@ def render_result(result: BenchmarkResult) -> Group:
 
 def render_comparison(comparison) -> Group:
     """The comparison as rich tables, regressions in red, then its warnings."""
-    from kvbench.export import method_note, percentile_grid, speedup_grid, timing_grid
+    from kvbench.export import gate_summary, method_note, percentile_grid, speedup_grid, timing_grid
 
     headers, rows = timing_grid(comparison)
     table = Table(title="latency per generate() by file", title_justify="left")
     for index, header in enumerate(headers):
         table.add_column(header, justify="left" if index == 0 else "right")
     for cells in rows:
-        style = "red" if any("REGRESSION" in cell for cell in cells) else None
+        style = None
+        if any("REGRESSION" in cell for cell in cells):
+            style = "red"
+        elif any("INCONCLUSIVE" in cell for cell in cells):
+            style = "yellow"
         table.add_row(*cells, style=style)
     parts: list = [table]
     titles = {speedup_grid: "what the KV cache buys, by file", percentile_grid: "serving metrics, by file"}
@@ -318,6 +322,10 @@ def render_comparison(comparison) -> Group:
                 style="bold red",
             )
         )
+    summary = gate_summary(comparison)
+    if summary:
+        style = "bold green" if comparison.outcome == "pass" else "bold red"
+        parts.append(Text(summary, style=style))
     return Group(*parts)
 
 
