@@ -228,3 +228,18 @@ def test_markdown_carries_the_verdicts(tmp_path):
     text = render_text(compare_results([base, head], threshold_pct=5), "markdown")
     assert "> inconclusive: " in text and "INCONCLUSIVE (straddles +5%" in text
     assert '"verdict": "inconclusive"' in render_text(compare_results([base, head], threshold_pct=5), "json")
+
+
+def test_the_calibration_script_drives_the_real_gate():
+    """benchmarks/calibrate_gate.py at a tiny, seeded count: quiet runs with no change all pass, a 25%
+    slowdown is always caught (README's calibration table is this at 100 comparisons per cell)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("calibrate_gate", Path(__file__).parent.parent / "benchmarks" / "calibrate_gate.py")
+    assert spec is not None and spec.loader is not None
+    calibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(calibrate)
+    unchanged = calibrate.grid_cell(("normal", "1%", 5, 1.0, 3, 5.0, 1))
+    assert unchanged["shares"] == {REGRESSION: 0.0, INCONCLUSIVE: 0.0, PASS: 1.0}
+    slower = calibrate.grid_cell(("lognormal", "1%", 5, 1.25, 3, 5.0, 2))
+    assert slower["shares"][REGRESSION] == 1.0
