@@ -151,7 +151,7 @@ def _settle_words(entry: Entry, short: bool = False) -> str:
         return "" if short else "; its estimate sits on the threshold: more runs are unlikely to settle it"
     here, there = entry.settle_runs
     if short:
-        return f"; ~{here}/{there} {unit} would settle it"
+        return f"; ~{here} {unit} here, {there} in the baseline would likely settle it"
     return f"; at this noise, about {here} {unit} here and {there} in the baseline would likely settle it"
 
 
