@@ -103,9 +103,9 @@ def grid_cell(task: tuple[str, str, int, float, int, float, int]) -> dict:
             assert outcome in outcomes, outcome
             outcomes[outcome] += 1
             settle += [
-                row.entries[index].settle_runs[0]  # type: ignore[union-attr, index]
+                entry.settle_runs[0]
                 for row, index in comparison.inconclusive
-                if row.entries[index].settle_runs is not None  # type: ignore[union-attr]
+                if (entry := row.entries[index]) is not None and entry.settle_runs is not None
             ]
     return {
         "noise": noise, "cv": cv, "n": n, "ratio": ratio,

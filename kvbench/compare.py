@@ -218,7 +218,7 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
     }
     # Two cells resolving to one key (--dtype auto --dtype float32 on a CPU) are both kept, each named by
     # the dtype it asked for: dropping either would lose a measurement.
-    seen = [settings for settings in resolved.values()]
+    seen = list(resolved.values())
     found = {}
     for cell in result.cells:
         settings = resolved[cell.id]
