@@ -49,7 +49,9 @@ stdout = output_console()
 stderr = output_console(stderr=True)
 
 EXIT_USER_ERROR = 2
+EXIT_REGRESSION = 1  # compare's gate: some measurement is slower by more than PCT
 EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
+EXIT_INCONCLUSIVE = 4  # compare's gate: some measurement's interval straddles +PCT, too noisy to judge
 EXIT_INTERRUPTED = 130
 
 
@@ -414,10 +416,17 @@ def compare(
     fail_on_regression: Optional[float] = typer.Option(
         None,
         metavar="PCT",
-        help="The gate, for CI: exit 1 when, for any measurement, the whole 95% confidence interval of its"
-        " change (widened for the number of measurements compared, by Holm's method) lies above +PCT%;"
-        " exit 3 when it cannot judge a measurement (missing from a file, fewer than 2 runs), one line"
-        " each. Keep PCT above the drift you see between reruns.",
+        help="The gate, for CI. Each measurement's 95% confidence interval of its change (widened for the"
+        " number of measurements compared, by Holm's method) passes when wholly below +PCT%, is a"
+        " regression when wholly above, else inconclusive. Exit 1: a regression; 3: a measurement it"
+        " cannot judge (missing from a file, a failed baseline cell, other settings, fewer than 2 runs),"
+        " one line each; 4: inconclusive, with the runs likely to settle it; 0: every measurement"
+        " passed; 2: a usage error. Keep PCT above the drift you see between reruns.",
+    ),
+    pass_inconclusive: bool = typer.Option(
+        False,
+        "--pass-inconclusive",
+        help="Let inconclusive measurements pass the gate (exit 0, not 4); the summary still names them.",
     ),
     gate_metric: str = typer.Option(
         "latency",
@@ -438,6 +447,7 @@ def compare(
     with user_errors():
         from kvbench.compare import compare_results
         from kvbench.export import format_named
+        from kvbench.export.grids import inconclusive_lines
 
         output = format_named(fmt)
         comparison = compare_results(
@@ -447,6 +457,7 @@ def compare(
             gate_metric=gate_metric,
             allow_single=output.one_file_is_enough,
             names=names or (),
+            pass_inconclusive=pass_inconclusive,
         )
     rendered = output.render(comparison)
     if isinstance(rendered, str):
@@ -458,11 +469,12 @@ def compare(
             stderr.print(labelled("warning:", "yellow", warning), soft_wrap=True)
     for line in comparison.unjudged:
         stderr.print(labelled("not judged:", "yellow", line), soft_wrap=True)
-    # A regression outranks a measurement the gate could not judge: exit 1, else 3, else 0.
-    if comparison.regressions:
-        raise typer.Exit(1)
-    if comparison.gate_failed_closed:
-        raise typer.Exit(EXIT_UNJUDGED)
+    for line in inconclusive_lines(comparison):
+        stderr.print(labelled("inconclusive:", "yellow", line), soft_wrap=True)
+    # The worst outcome decides: a regression, then a measurement not judged, then an inconclusive one.
+    exit_codes = {"regression": EXIT_REGRESSION, "unjudged": EXIT_UNJUDGED, "inconclusive": EXIT_INCONCLUSIVE}
+    if comparison.outcome in exit_codes:
+        raise typer.Exit(exit_codes[comparison.outcome])
 
 
 @app.command(cls=_Command)

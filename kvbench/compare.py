@@ -19,6 +19,7 @@ from kvbench.stats import (
     holm_levels,
     noise_warning,
     process_aware_samples,
+    runs_to_settle,
 )
 
 # The false-alarm rate of a whole comparison, per metric: every measurement (cell × mode × file) is one
@@ -27,6 +28,11 @@ ALPHA = 0.05
 # Settings that, when they differ between files, make a comparison less like-for-like: say so.
 CONFIG_CHECKS = ("prompt", "prompt_tokens", "weights", "warmup", "seed")
 ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cuda_version")
+# The gate's three verdicts on a measurement, from the Holm-adjusted interval of its change against
+# +PCT: wholly below (a regression of more than PCT is ruled out), wholly above, or neither.
+PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+# From this many processes, a measurement is tested on its per-process means (see metric_samples).
+PROCESS_MEANS_FROM = 3
 
 
 @dataclass(frozen=True)
@@ -36,13 +42,17 @@ class MeasurementKey:
 
     cell: Cell
     mode: str
+    # The dtype as the file wrote it, set only where two cells of one file resolved to the same key
+    # ("auto" and "float32" on a CPU): both are kept, told apart by what was asked for.
+    written_dtype: str = ""
 
     @property
     def model(self) -> str:
         return self.cell.model
 
     def label(self) -> str:
-        return f"{self.cell.label()} · {self.mode}"
+        asked = f" (asked as {self.written_dtype})" if self.written_dtype else ""
+        return f"{self.cell.label()}{asked} · {self.mode}"
 
 
 @dataclass
@@ -58,12 +68,26 @@ class Entry:
 
     key: MeasurementKey  # this file's own settings, which may differ from the row's (the baseline's)
     summary: ModeSummary  # recomputed from the runs, never a stored summary
-    samples: dict[str, list[float]]  # per metric, one value per run; a metric not recorded is absent
+    samples: dict[str, list[float]]  # per metric, what the tests take: one value per run, or per process
     peak_memory_bytes: int | None
     peak_memory_source: str = ""
+    processes: int = 1  # how many processes measured its runs
+    per_run: dict[str, list[float]] = field(default_factory=dict)  # per metric, one value per run
     tests: dict[str, RatioTest] = field(default_factory=dict)  # per metric, against the baseline
-    regression: bool = False
-    unjudged: str | None = None  # with the gate on: why it could not judge this measurement
+    verdict: str | None = None  # the gate's: PASS, REGRESSION or INCONCLUSIVE; None without a judgement
+    # For an inconclusive verdict: the runs (processes, when tested on process means) here and in the
+    # baseline that would likely settle it at the noise seen; None where no number is likely to.
+    settle_runs: tuple[int, int] | None = None
+    settings_differ: str | None = None  # paired with a baseline measurement of other settings: what differs
+    unjudged: str | None = None  # why the gate could not judge this measurement
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict == REGRESSION
+
+    @property
+    def tested_on_process_means(self) -> bool:
+        return self.processes >= PROCESS_MEANS_FROM
 
     @property
     def latencies_s(self) -> list[float]:
@@ -107,20 +131,43 @@ class Comparison:
     unjudged: list[str] = field(default_factory=list)
     # Per metric, how many tests share one Holm family.
     family_sizes: dict[str, int] = field(default_factory=dict)
+    # Whether an inconclusive verdict passes the gate (--pass-inconclusive); by default it fails it.
+    pass_inconclusive: bool = False
 
-    @property
-    def regressions(self) -> list[tuple[Row, int]]:
+    def _with_verdict(self, verdict: str) -> list[tuple[Row, int]]:
         return [
             (row, index)
             for row in self.rows
             for index, entry in enumerate(row.entries)
-            if entry is not None and entry.regression
+            if entry is not None and entry.verdict == verdict
         ]
+
+    @property
+    def regressions(self) -> list[tuple[Row, int]]:
+        return self._with_verdict(REGRESSION)
+
+    @property
+    def inconclusive(self) -> list[tuple[Row, int]]:
+        return self._with_verdict(INCONCLUSIVE)
 
     @property
     def gate_failed_closed(self) -> bool:
         """The gate is on and could not judge everything it was asked to."""
         return self.threshold_pct is not None and bool(self.unjudged)
+
+    @property
+    def outcome(self) -> str | None:
+        """The gate's one answer, the worst first: REGRESSION, "unjudged", INCONCLUSIVE (unless passed by
+        choice), else PASS; None without the gate."""
+        if self.threshold_pct is None:
+            return None
+        if self.regressions:
+            return REGRESSION
+        if self.unjudged:
+            return "unjudged"
+        if self.inconclusive and not self.pass_inconclusive:
+            return INCONCLUSIVE
+        return PASS
 
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -174,44 +221,63 @@ def metric_samples(runs: list[RunRecord]) -> dict[str, list[float]]:
     token, (latency - first token) / (new tokens - 1), one per run; or, when the runs come from 3 or more
     processes (--processes), one per process, its mean, so the standard error includes the drift between
     processes that runs inside one process cannot show. A metric some run lacks is left out."""
+    processes = [(run.host, run.pid) for run in runs]
+    return {metric: process_aware_samples(values, processes) for metric, values in _per_run(runs).items()}
+
+
+def _per_run(runs: list[RunRecord]) -> dict[str, list[float]]:
     per_run = {}
     for name, metric in JUDGED_METRICS.items():
         values = [metric.per_run(run) for run in runs]
         present = [value for value in values if value is not None]
         if len(present) == len(values):
             per_run[name] = present
-    processes = [(run.host, run.pid) for run in runs]
-    return {metric: process_aware_samples(values, processes) for metric, values in per_run.items()}
+    return per_run
 
 
 def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
+    resolved = {
+        cell.id: replace(cell.settings, dtype=(cell.model or {}).get("dtype", cell.settings.dtype))
+        for cell in result.cells
+    }
+    # Two cells resolving to one key (--dtype auto --dtype float32 on a CPU) are both kept, each named by
+    # the dtype it asked for: dropping either would lose a measurement.
+    seen = list(resolved.values())
     found = {}
     for cell in result.cells:
-        resolved = replace(cell.settings, dtype=(cell.model or {}).get("dtype", cell.settings.dtype))
+        settings = resolved[cell.id]
+        written = cell.settings.dtype if seen.count(settings) > 1 else ""
         for mode in result.modes:
             runs = result.runs_of(cell.id, mode)
             if not runs:
                 continue
-            key = MeasurementKey(resolved, mode)
+            key = MeasurementKey(settings, mode, written)
             summary = result.summary_of(cell.id, mode)
             assert summary is not None  # the mode has runs
             memory, source = summary.peak_memory()
-            found[key] = Entry(key, summary, metric_samples(runs), memory, source)
+            processes = len({(run.host, run.pid) for run in runs})
+            found[key] = Entry(key, summary, metric_samples(runs), memory, source, processes, _per_run(runs))
     return found
 
 
 def _why_missing(result: BenchmarkResult, key: MeasurementKey) -> str:
     """What a file says about a measurement it lacks: its cell's state, or that it has no such cell."""
+    return _cell_state(result, key) or "it has no such measurement"
+
+
+def _cell_state(result: BenchmarkResult, key: MeasurementKey) -> str | None:
+    """The state of the file's cell for this measurement, one with no runs of its mode; None when the file
+    has no such cell."""
     for cell in result.cells:
         # The key's dtype is what the baseline resolved "auto" to; this file's cell may say "auto".
         same = replace(key.cell, dtype=cell.settings.dtype) == cell.settings and key.cell.dtype in (
             cell.settings.dtype,
             (cell.model or {}).get("dtype"),
         )
-        if same:
+        if same and not result.runs_of(cell.id, key.mode):
             reason = f": {cell.reason}" if cell.reason else ""
             return f"its cell is {cell.status}{reason}, with no {key.mode} runs"
-    return "it has no such measurement"
+    return None
 
 
 def _differences(files: list[LoadedFile]) -> list[str]:
@@ -243,13 +309,23 @@ def _align(
         if len(candidates) == 1 and sum((k.model, k.mode) == kind for k in spare_other) == 1:
             target = candidates[0]
             mapping[key] = target
-            differs = ", ".join(
-                f"{item.name} {getattr(key.cell, item.name)} vs {getattr(target.cell, item.name)}"
-                for item in fields(Cell)
-                if getattr(key.cell, item.name) != getattr(target.cell, item.name)
+            warnings.append(
+                f"{key.model} {key.mode} in {label} compared although {_differences_of(key, target)};"
+                " shown, never judged"
             )
-            warnings.append(f"{key.model} {key.mode} in {label} compared although {differs}")
     return mapping, warnings
+
+
+def _differences_of(key: MeasurementKey, target: MeasurementKey) -> str:
+    """What differs between two measurements' settings, as "max_new_tokens 50 vs 100"."""
+    differs = [
+        f"{item.name} {getattr(key.cell, item.name)} vs {getattr(target.cell, item.name)}"
+        for item in fields(Cell)
+        if getattr(key.cell, item.name) != getattr(target.cell, item.name)
+    ]
+    if key.written_dtype != target.written_dtype:
+        differs.append(f"dtype asked as {key.written_dtype or '-'} vs {target.written_dtype or '-'}")
+    return ", ".join(differs)
 
 
 def compare_results(
@@ -259,12 +335,13 @@ def compare_results(
     gate_metric: str = "latency",
     allow_single: bool = False,
     names: Sequence[str] = (),
+    pass_inconclusive: bool = False,
 ) -> Comparison:
     """Read the files, match their measurements, and judge each against the baseline's. With a
-    threshold (the gate), a measurement is a regression when the whole Holm-adjusted interval of its
-    `gate_metric` change lies above +threshold_pct; one it cannot judge goes into `unjudged`.
-    `allow_single` accepts one file (for exporting it, with nothing to judge). `names` labels the files, in
-    order, in every table, export and verdict (their file names otherwise)."""
+    threshold (the gate), each measurement's `gate_metric` change gets a verdict from its Holm-adjusted
+    interval (see gate_verdict); one it cannot judge goes into `unjudged`. `allow_single` accepts one
+    file (for exporting it, with nothing to judge); `pass_inconclusive` lets inconclusive verdicts pass.
+    `names` labels the files, in order, in every table, export and verdict (their file names otherwise)."""
     if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
         raise KvbenchError(
             f"the regression threshold (--fail-on-regression) must be a non-negative percentage such as 5,"
@@ -283,6 +360,7 @@ def compare_results(
         for path, label in zip(expanded, _named(expanded, names))
     ]
     base_index = _baseline_index(files, baseline)
+    base_label = files[base_index].label
     measured = [_measurements(f.result) for f in files]
     base = measured[base_index]
     warnings = _differences(files)
@@ -309,48 +387,93 @@ def compare_results(
             own = next((key for key, target in mapping.items() if target == row_key), None)
             entries.append(found[own] if own is not None else None)
         base_entry = entries[base_index]
+        # A baseline cell that failed (oom, error, interrupted) has nothing to regress from, yet the gate
+        # was asked to judge it: it fails closed, like a measurement missing from a compared file.
+        base_failed = _cell_state(files[base_index].result, row_key) if base_entry is None else None
         for index, entry in enumerate(entries):
             if entry is not None:
                 noisy = noise_warning(entry.latencies_s)
                 if noisy:
                     warnings.append(f"{entry.key.label()} in {files[index].label}: {noisy}")
-            if index == base_index or base_entry is None:
+            if index == base_index:
                 continue
             where = f"{row_key.label()} in {files[index].label}"
+            if base_entry is None:
+                if entry is not None and base_failed:
+                    entry.unjudged = f"not measured in the baseline {base_label} ({base_failed})"
+                    unjudged.append(f"{where}: {entry.unjudged}")
+                continue
             if entry is None:
                 reason = _why_missing(files[index].result, row_key)
                 unjudged.append(f"{where}: missing ({reason})")
                 continue
+            if entry.key != row_key:
+                entry.settings_differ = _differences_of(entry.key, row_key)
+            mixed = entry.tested_on_process_means != base_entry.tested_on_process_means
             for metric in JUDGED_METRICS:
-                ours, theirs = entry.samples.get(metric), base_entry.samples.get(metric)
+                # Process means against single runs would mix two kinds of spread: both sides run by run.
+                ours = (entry.per_run if mixed else entry.samples).get(metric)
+                theirs = (base_entry.per_run if mixed else base_entry.samples).get(metric)
                 if ours and theirs and _positive(ours) and _positive(theirs):
-                    entry.tests[metric] = compare_means(ours, theirs)
-            entry.unjudged = _why_unjudged(entry, base_entry, gate_metric, files[base_index].label)
+                    test = compare_means(ours, theirs)
+                    # Identical runs on both sides would give a zero-width interval, a false certainty.
+                    entry.tests[metric] = replace(test, low=None, high=None, p_value=None) if test.without_spread else test
+            entry.unjudged = _why_unjudged(entry, base_entry, gate_metric, base_label)
             if entry.unjudged:
                 unjudged.append(f"{where}: {entry.unjudged}")
-        if base_entry is None:
-            warnings.append(f"{row_key.label()}: not in the baseline {files[base_index].label}; shown, not judged")
+        if base_entry is None and not base_failed:
+            warnings.append(f"{row_key.label()}: not in the baseline {base_label}; shown, not judged")
         rows.append(Row(row_key, entries, [_speedup(f.result, e) for f, e in zip(files, entries)]))
     if not rows:
         raise KvbenchError("none of these files holds a finished measurement; rerun kvbench run")
-    family_sizes = _adjust_for_family(rows)
+    null_ratios = {metric: 1.0 for metric in JUDGED_METRICS}
+    if threshold_pct is not None:
+        null_ratios[gate_metric] = 1 + threshold_pct / 100
+    family_sizes = _adjust_for_family(rows, null_ratios)
     for row in rows:
+        base_entry = row.entries[base_index]
         for entry in row.entries:
-            if entry is not None:
-                entry.regression = gate_fails(entry.tests.get(gate_metric), threshold_pct)
-    return Comparison(files, base_index, rows, warnings, threshold_pct, gate_metric, unjudged, family_sizes)
+            if entry is None or entry.unjudged or threshold_pct is None:
+                continue
+            gate_test = entry.tests.get(gate_metric)
+            entry.verdict = gate_verdict(gate_test, threshold_pct)
+            if entry.verdict == INCONCLUSIVE and gate_test is not None and base_entry is not None:
+                factor = runs_to_settle(gate_test, 1 + threshold_pct / 100)
+                if factor is not None and math.isfinite(factor):
+                    here, there = len(entry.samples[gate_metric]), len(base_entry.samples[gate_metric])
+                    entry.settle_runs = (max(math.ceil(factor * here), here + 1), max(math.ceil(factor * there), there + 1))
+    if threshold_pct is not None and not unjudged and not any(
+        entry is not None and entry.verdict is not None for row in rows for entry in row.entries
+    ):
+        unjudged.append(f"nothing to judge: no measurement of the baseline {base_label} is in another file")
+    return Comparison(
+        files, base_index, rows, warnings, threshold_pct, gate_metric, unjudged, family_sizes, pass_inconclusive
+    )
 
 
-def gate_fails(test: RatioTest | None, threshold_pct: float | None) -> bool:
-    """The gate's one rule: it fails when the whole (Holm-adjusted) interval of the change lies above
-    +threshold_pct, that is, when its lower bound is above 1 + threshold_pct / 100."""
-    if threshold_pct is None or test is None or test.low is None:
-        return False
-    return test.low > 1 + threshold_pct / 100
+def gate_verdict(test: RatioTest | None, threshold_pct: float | None) -> str | None:
+    """The gate's rule on a (Holm-adjusted) interval of the change: REGRESSION when it lies wholly above
+    +threshold_pct, PASS when wholly below (a regression of more than threshold_pct is ruled out), else
+    INCONCLUSIVE; None without a threshold or an interval."""
+    if threshold_pct is None or test is None or test.low is None or test.high is None:
+        return None
+    limit = 1 + threshold_pct / 100
+    if test.low > limit:
+        return REGRESSION
+    if test.high < limit:
+        return PASS
+    return INCONCLUSIVE
 
 
 def _why_unjudged(entry: Entry, base: Entry, metric: str, base_label: str) -> str | None:
     name = JUDGED_METRICS[metric].label
+    if entry.settings_differ:
+        return f"its settings differ from the baseline's ({entry.settings_differ}): not the same measurement"
+    if entry.tested_on_process_means != base.tested_on_process_means:
+        return (
+            f"its runs come from {entry.processes} process(es) and the baseline's from {base.processes}:"
+            f" tested run by run, blind to the drift between processes; rerun both with the same --processes"
+        )
     if metric not in entry.samples or metric not in base.samples:
         side = "this file" if metric not in entry.samples else f"the baseline {base_label}"
         return f"no {name} recorded in {side}"
@@ -359,6 +482,12 @@ def _why_unjudged(entry: Entry, base: Entry, metric: str, base_label: str) -> st
         return f"{n} run(s) here and {n_base} in the baseline; judging needs at least 2 in each"
     if not _positive(entry.samples[metric] + base.samples[metric]):
         return f"a {name} that is not a finite positive number"
+    test = entry.tests.get(metric)
+    if test is not None and test.without_spread:
+        return (
+            f"every run took the same {name} in both files: no spread, so no interval;"
+            " a clock this coarse cannot judge a change"
+        )
     return None
 
 
@@ -366,9 +495,11 @@ def _positive(values: list[float]) -> bool:
     return all(math.isfinite(v) and v > 0 for v in values)
 
 
-def _adjust_for_family(rows: list[Row]) -> dict[str, int]:
+def _adjust_for_family(rows: list[Row], null_ratios: dict[str, float]) -> dict[str, int]:
     """Widen every judged interval to the level Holm's procedure tests it at, per metric, so that the
-    printed interval, the verdict and the family-wise false-alarm rate all agree."""
+    printed interval, the verdict and the family-wise false-alarm rate all agree. Each metric's family
+    tests the ratio its verdicts are read against: 1 (no change), or for the gate's metric 1 + PCT / 100,
+    so that at a true change of exactly +PCT the chance of any false regression stays at most ALPHA."""
     sizes = {}
     for metric in JUDGED_METRICS:
         family = [
@@ -377,8 +508,8 @@ def _adjust_for_family(rows: list[Row]) -> dict[str, int]:
             for entry in row.entries
             if entry is not None and metric in entry.tests and entry.tests[metric].judged
         ]
-        # A judged test has its p-value.
-        levels = holm_levels([entry.tests[metric].p_value or 0.0 for entry in family], ALPHA)
+        p_values = [entry.tests[metric].p_value_against(null_ratios[metric]) for entry in family]
+        levels = holm_levels([p if p is not None else 1.0 for p in p_values], ALPHA)
         for entry, level in zip(family, levels):
             entry.tests[metric] = entry.tests[metric].at(1 - level)
         sizes[metric] = len(family)

@@ -100,14 +100,18 @@ def per_token_curve_ms(token_times: Sequence[Sequence[float]]) -> list[float]:
 # would still flag 8%, so five runs or fewer are not judged at all.
 OUTLIER_Z = 6.0
 OUTLIER_MIN_N = 6
+# The least spread the runs other than one are taken to have, as a share of the median, when they are all
+# equal (MAD = 0): a clock tick is not a stall.
+TICK_FLOOR = 0.01
 
 
 def outlier_indices(values: Sequence[float], threshold: float = OUTLIER_Z) -> list[int]:
     """Indices of values whose modified z-score, 0.6745 |x - median| / MAD, exceeds the threshold.
     Median-based, so one wild value (a first-run compile, a stall) cannot hide itself by inflating the
     spread. None below OUTLIER_MIN_N values. When more than half the values are equal (MAD = 0, a coarse
-    clock), each value is measured against the standard deviation of the others instead, so
-    [1, 1, 1, 1, 1, 1, 9] flags the 9 and [1, 1, 1, 1, 2, 2, 2] flags nothing."""
+    clock), each value is measured against the standard deviation of the others instead (at least
+    TICK_FLOOR of the median), so [1, 1, 1, 1, 1, 1, 9] flags the 9, [1, 1, 1, 1, 2, 2, 2] flags nothing,
+    and neither does one run a clock tick off, [1, 1, 1, 1, 1, 1, 1.001]."""
     values = list(values)
     if len(values) < OUTLIER_MIN_N:
         return []
@@ -117,10 +121,14 @@ def outlier_indices(values: Sequence[float], threshold: float = OUTLIER_Z) -> li
     if mad > 0:
         return [i for i, d in enumerate(deviations) if 0.6745 * d / mad > threshold]
     flagged = []
+    # Runs that are all equal but one show a coarse clock, and the odd one out is as often one tick
+    # away as a stall: the spread of the others is floored at TICK_FLOOR of the median, so only a run
+    # far beyond a tick (threshold x 1% = 6% of the median) is flagged.
+    floor = TICK_FLOOR * abs(median)
     for i, deviation in enumerate(deviations):
         if deviation == 0:
             continue
-        spread = statistics.stdev(values[:i] + values[i + 1 :])
+        spread = max(statistics.stdev(values[:i] + values[i + 1 :]), floor)
         if spread == 0 or deviation / spread > threshold:
             flagged.append(i)
     return flagged
@@ -181,6 +189,24 @@ class RatioTest:
             return "no significant change"
         return "slower" if self.low is not None and self.low > 1 else "faster"
 
+    @property
+    def without_spread(self) -> bool:
+        """Every run on both sides took the same time: the interval would have zero width and claim a
+        certainty no finite number of runs gives (a coarse clock, or copied runs)."""
+        return self.log_se == 0
+
+    def p_value_against(self, null_ratio: float) -> float | None:
+        """The two-sided p-value of the hypothesis that the true ratio is `null_ratio` (1: no change; the
+        gate's 1 + PCT / 100), from the same t statistic as the interval."""
+        from scipy.special import stdtr
+
+        if self.log_se is None or self.df is None:
+            return None
+        distance = math.log(self.ratio) - math.log(null_ratio)
+        if self.log_se == 0:
+            return 1.0 if distance == 0 else 0.0
+        return float(2 * stdtr(self.df, -abs(distance) / self.log_se))
+
     def at(self, confidence: float) -> RatioTest:
         """The same test with its interval at another confidence (a wider one for a family of tests)."""
         if self.log_se is None or self.df is None:
@@ -228,6 +254,38 @@ def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.
         p_value = float(2 * stdtr(df, -abs(math.log(ratio)) / log_se))
     low, high = _interval(ratio, log_se, df, confidence)
     return RatioTest(ratio, low, high, p_value, confidence, log_se, df)
+
+
+def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) -> float | None:
+    """How many times the present runs would likely put the interval wholly on one side of
+    `threshold_ratio`, at the test's own confidence, if the estimate and the noise stayed as observed:
+    the standard error shrinks as 1 / sqrt(runs), so k times the runs on both sides divides it by
+    sqrt(k). "Likely" is `power`: the usual sample-size rule, (t + z_power) * se / sqrt(k) = distance,
+    with the t quantile at k times the degrees of freedom. None when the test has no spread or the
+    estimate sits on the threshold, where no number of runs is likely to settle it."""
+    from scipy.special import ndtri, stdtrit
+
+    log_se, df = test.log_se, test.df
+    if not log_se or df is None:
+        return None
+    distance = abs(math.log(test.ratio) - math.log(threshold_ratio))
+    if distance == 0:
+        return None
+    z_power = float(ndtri(power))
+
+    def needed(factor: float) -> float:
+        t = float(stdtrit(factor * df, 0.5 + test.confidence / 2))
+        return ((t + z_power) * log_se / distance) ** 2
+
+    # needed() falls as the factor grows (more degrees of freedom, a smaller t): bisect for the factor
+    # that is its own requirement, on a log scale.
+    low, high = 1e-6, 1e9
+    if needed(high) > high:
+        return math.inf
+    for _ in range(200):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if needed(middle) > middle else (low, middle)
+    return high
 
 
 def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:

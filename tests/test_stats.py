@@ -148,6 +148,9 @@ def test_outliers_when_most_runs_are_equal():
     assert outlier_indices([1, 1, 1, 1, 1, 1, 9]) == [6]
     assert outlier_indices([1, 1, 1, 1, 2, 2, 2]) == []
     assert outlier_indices([1, 1, 1, 1, 1, 1]) == []
+    # One run a clock tick off otherwise identical runs is no stall.
+    assert outlier_indices([1, 1, 1, 1, 1, 1, 1.001]) == []
+    assert outlier_indices([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.55]) == [6]  # 10% off: beyond a tick
 
 
 def test_outlier_flags_are_rare_on_clean_data():
@@ -219,11 +222,15 @@ def test_rse_upper_bound_worked_by_hand():
     assert precise_enough({"cached": [1.0], "uncached": [1.0, 1.0]}, 0.5, 0.9) == (False, None)
 
 
-def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
-    """Simulated through the rule the runner stops on: runs with a 5% CV and a 1.5% target need 12 runs
-    before the true RSE is within it. Stopping on the point estimate stops earlier in over a fifth of
-    cells (38% in 2000); the 90% upper bound in under 5% (1.3%), at about 1.6× the runs."""
+@pytest.mark.parametrize("cached_cv", [0.05, 0.01], ids=["equally-noisy", "one-mode-much-noisier"])
+def test_target_rse_rarely_stops_before_the_mean_is_known_that_well(cached_cv):
+    """Simulated through the rule the runner stops on: uncached runs with a 5% CV and a 1.5% target need
+    12 runs before the true RSE is within it. Stopping on the point estimate stops earlier in over a fifth
+    of cells; the upper bound at RSE_CONFIDENCE in under 5%, also when the cached mode is so quiet that its
+    bound always holds and only the noisy mode's looks count (at 90% that stopped 13% of cells early)."""
     import numpy as np
+
+    from kvbench.config import RSE_CONFIDENCE
 
     rng = np.random.default_rng(0)
     cv, target, fewest, most = 0.05, 0.015, 5, 40
@@ -232,7 +239,7 @@ def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
     def stops_at(rule):
         cached, uncached = [], []
         for n in range(1, most + 1):
-            cached.append(1 + cv * rng.standard_normal())
+            cached.append(1 + cached_cv * rng.standard_normal())
             uncached.append(3 * (1 + cv * rng.standard_normal()))
             if n >= fewest and rule({"cached": cached, "uncached": uncached}):
                 return n
@@ -242,8 +249,8 @@ def test_target_rse_rarely_stops_before_the_mean_is_known_that_well():
         return all(relative_standard_error(values) <= target for values in samples.values())
 
     cells = 600
-    bound = [stops_at(lambda samples: precise_enough(samples, target, 0.9)[0]) for _ in range(cells)]
+    bound = [stops_at(lambda samples: precise_enough(samples, target, RSE_CONFIDENCE)[0]) for _ in range(cells)]
     point = [stops_at(on_the_point_estimate) for _ in range(cells)]
     assert sum(n < needed for n in point) / cells > 0.2  # the old rule, for contrast
     assert sum(n < needed for n in bound) / cells < 0.05
-    assert 1.3 < (sum(bound) / cells) / (sum(point) / cells) < 2.0  # the price: more runs
+    assert 1.3 < (sum(bound) / cells) / (sum(point) / cells) < 2.5  # the price: more runs

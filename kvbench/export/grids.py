@@ -3,10 +3,11 @@ percentiles, the method note, and one flat record per measurement (CSV and JSON)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
-from kvbench.compare import ALPHA, Comparison, Entry
+from kvbench.compare import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import SERVING_FIELDS
 from kvbench.report import serving_parts
@@ -15,9 +16,11 @@ from kvbench.units import format_bytes
 
 # What the gate tests, in the one sentence the method note, the README and `compare --help` share.
 GATE_RULE = (
-    "fails when, for any measurement, the whole 95% confidence interval of its change (widened for the"
-    " number of measurements compared, by Holm's method) lies above +PCT%, and fails closed (exit 3)"
-    " when a measurement cannot be judged"
+    "judges each measurement by the 95% confidence interval of its change (widened for the number of"
+    " measurements compared, by Holm's method, which tests them against +PCT%): pass when it lies wholly"
+    " below +PCT%, regression (exit 1) when wholly above, inconclusive (exit 4, unless"
+    " --pass-inconclusive) when it straddles +PCT%; it fails closed (exit 3) when a measurement cannot"
+    " be judged"
 )
 
 
@@ -25,10 +28,24 @@ def _pct(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f}%"
 
 
-def interval_text(test: RatioTest) -> str:
+def _bound_pct(ratio: float, upper: bool, edges: tuple[float, ...]) -> str:
+    """An interval bound in percent, rounded outward (a lower bound down, an upper bound up) so the
+    printed interval holds the true one, with as many decimals as it takes to keep the bound on its own
+    side of each edge (0% and the gate's +PCT%): "+0.04%", never a "+0.0%" beside "slower"."""
+    value = round((ratio - 1) * 100, 9)  # so a float's last bit (0.99 -> -1.0000000000000009%) is no step
+    for decimals in range(1, 7):
+        scale = 10**decimals
+        rounded = (math.ceil(value * scale) if upper else math.floor(value * scale)) / scale
+        if all((rounded > edge) == (value > edge) and (rounded < edge) == (value < edge) for edge in edges):
+            break
+    return f"{rounded + 0.0:+.{decimals}f}%"  # + 0.0 turns -0.0 into 0.0
+
+
+def interval_text(test: RatioTest, threshold_pct: float | None = None) -> str:
     """The interval of the change as printed: "[+0.2%, +18.5%]", its confidence named when not 95%."""
     assert test.low is not None and test.high is not None  # only a judged test has an interval
-    shown = f"[{_pct(test.low)}, {_pct(test.high)}]"
+    edges = (0.0,) if threshold_pct is None else (0.0, threshold_pct)
+    shown = f"[{_bound_pct(test.low, False, edges)}, {_bound_pct(test.high, True, edges)}]"
     if round(test.confidence, 4) != 0.95:
         shown += f" ({test.confidence:.1%} CI)"
     return shown
@@ -40,6 +57,12 @@ def _mean_cell(entry: Entry) -> str:
     notes = [f"n={summary.n}"]
     if summary.outlier_runs:
         notes.append("outlying run " + ", ".join(str(run + 1) for run in summary.outlier_runs))
+    if entry.tested_on_process_means:
+        # With unequal runs per process the mean of process means is not the mean shown: say which is tested.
+        means = entry.samples["latency"]
+        tested = sum(means) / len(means)
+        differs = f", their mean {tested:.3f}" if f"{tested:.3f}" != f"{summary.mean_s:.3f}" else ""
+        notes.append(f"tested on {len(means)} process means{differs}")
     return f"{summary.mean_s:.3f}{std} ({'; '.join(notes)})"
 
 
@@ -98,17 +121,72 @@ def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 def _verdict(entry: Entry, metric: str, comparison: Comparison) -> str:
-    if metric == comparison.gate_metric and entry.unjudged and comparison.threshold_pct is not None:
+    gated = metric == comparison.gate_metric and comparison.threshold_pct is not None
+    if gated and entry.unjudged and not entry.settings_differ:
         return f"not judged: {entry.unjudged}"
     test = entry.tests.get(metric)
     if test is None:
         return "—"
+    differ = f" (settings differ: {entry.settings_differ}; not judged)" if entry.settings_differ else ""
     if test.low is None:
-        return f"{_pct(test.ratio)} (not judged: fewer than 2 runs)"
+        why = "no spread in either file's runs" if test.without_spread else "fewer than 2 runs"
+        return f"{_pct(test.ratio)} (not judged: {why}){differ}"
     word = test.direction()
-    if entry.regression and metric == comparison.gate_metric:
-        word = f"REGRESSION (> {comparison.threshold_pct:g}%)"
-    return f"{_pct(test.ratio)} {interval_text(test)} {word}"
+    pct = comparison.threshold_pct if gated else None
+    if gated and entry.verdict == REGRESSION:
+        word = f"REGRESSION (> {pct:g}%)"
+    elif gated and entry.verdict == INCONCLUSIVE:
+        word = f"INCONCLUSIVE (straddles +{pct:g}%{_settle_words(entry, short=True)})"
+    elif gated and entry.verdict == PASS:
+        word += f", pass (< +{pct:g}%)"
+    return f"{_pct(test.ratio)} {interval_text(test, pct)} {word}{differ}"
+
+
+def _settle_words(entry: Entry, short: bool = False) -> str:
+    """How many runs would likely settle an inconclusive verdict at the noise seen."""
+    unit = "process(es)" if entry.tested_on_process_means else "run(s)"
+    if entry.settle_runs is None:
+        return "" if short else "; its estimate sits on the threshold: more runs are unlikely to settle it"
+    here, there = entry.settle_runs
+    if short:
+        return f"; ~{here} {unit} here, {there} in the baseline would likely settle it"
+    return f"; at this noise, about {here} {unit} here and {there} in the baseline would likely settle it"
+
+
+def inconclusive_lines(comparison: Comparison) -> list[str]:
+    """One line per inconclusive measurement: its change, the interval against +PCT, and the runs that
+    would likely settle it; the gate's choice to pass them said on each."""
+    lines = []
+    metric = comparison.gate_metric
+    for row, index in comparison.inconclusive:
+        entry = row.entries[index]
+        assert entry is not None
+        test = entry.tests[metric]
+        passed = " (passed: --pass-inconclusive)" if comparison.pass_inconclusive else ""
+        lines.append(
+            f"{row.key.label()} in {comparison.files[index].label}: {_pct(test.ratio)}"
+            f" {interval_text(test, comparison.threshold_pct)} straddles +{comparison.threshold_pct:g}%"
+            f"{_settle_words(entry)}{passed}"
+        )
+    return lines
+
+
+def gate_summary(comparison: Comparison) -> str | None:
+    """The gate's outcome in one line: counts of each verdict, and whether inconclusive ones passed."""
+    if comparison.threshold_pct is None:
+        return None
+    verdicts = [e.verdict for row in comparison.rows for e in row.entries if e is not None and e.verdict]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in (REGRESSION, INCONCLUSIVE, PASS))
+    unjudged = f", {len(comparison.unjudged)} not judged" if comparison.unjudged else ""
+    outcome = {
+        REGRESSION: "FAILED: a regression",
+        "unjudged": "FAILED: could not judge every measurement",
+        INCONCLUSIVE: "FAILED: inconclusive (too noisy to rule out a regression)",
+        PASS: "passed",
+    }[comparison.outcome or PASS]
+    if comparison.outcome == PASS and comparison.inconclusive:
+        outcome += " (inconclusive ones passed by --pass-inconclusive)"
+    return f"gate at +{comparison.threshold_pct:g}% {outcome}: {counts}{unjudged}"
 
 
 def speedup_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -156,6 +234,7 @@ def method_note(comparison: Comparison) -> str:
         " faster or slower exactly when the interval excludes 0%."
         f" Holm's method across the {family} latency comparison(s) (each metric its own family) keeps the"
         f" chance of any false call at {ALPHA:.0%}: each interval is widened to the level Holm tests it at."
+        f" With {PROCESS_MEANS_FROM} or more processes a measurement is tested on its process means."
     )
     if comparison.threshold_pct is not None:
         rule = GATE_RULE.replace("PCT", f"{comparison.threshold_pct:g}")
@@ -212,6 +291,11 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
                 record[f"{metric.name}_ci_low"] = other.low if other else None
                 record[f"{metric.name}_ci_high"] = other.high if other else None
             record["regression"] = entry.regression
+            record["verdict"] = entry.verdict
+            record["settle_runs"] = entry.settle_runs[0] if entry.settle_runs else None
+            record["settle_runs_baseline"] = entry.settle_runs[1] if entry.settle_runs else None
+            record["settings_differ"] = entry.settings_differ
+            record["tested_on"] = "process means" if entry.tested_on_process_means else "runs"
             record["unjudged"] = entry.unjudged
             out.append(record)
     return out

@@ -24,6 +24,9 @@ def to_json(comparison: Comparison) -> str:
         "unjudged": comparison.unjudged,
         "warnings": comparison.warnings,
         "regressions": len(comparison.regressions),
+        "inconclusive": len(comparison.inconclusive),
+        "pass_inconclusive": comparison.pass_inconclusive,
+        "outcome": comparison.outcome,
     }
     return json_text(document)
 

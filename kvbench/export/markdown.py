@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kvbench.compare import Comparison
-from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
+from kvbench.export.grids import gate_summary, inconclusive_lines, method_note, percentile_grid, speedup_grid, timing_grid
 from kvbench.untrusted import printable
 
 
@@ -21,7 +21,11 @@ def to_markdown(comparison: Comparison) -> str:
             parts.append(_markdown_table(*grid))
     parts.append(method_note(comparison))
     lines = [f"> not judged: {line}  " for line in comparison.unjudged]
+    lines += [f"> inconclusive: {line}  " for line in inconclusive_lines(comparison)]
     lines += [f"> warning: {w}  " for w in comparison.warnings]
+    summary = gate_summary(comparison)
+    if summary:
+        lines.append(f"> {summary}  ")
     if lines:
         parts.append("\n".join(lines))
     # For a pull request, and often read first on a terminal: the files' text with its controls written out.

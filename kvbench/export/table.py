@@ -9,7 +9,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 
 from kvbench.compare import Comparison
-from kvbench.export.grids import method_note, percentile_grid, speedup_grid, timing_grid
+from kvbench.export.grids import gate_summary, method_note, percentile_grid, speedup_grid, timing_grid
 from kvbench.report import plain
 
 
@@ -20,7 +20,9 @@ class _FittedGrid:
         self.title, self.headers, self.rows, self.left_aligned = title, headers, rows, left_aligned
 
     def _style(self, cells: list[str]) -> str:
-        return "red" if any("REGRESSION" in cell for cell in cells) else ""
+        if any("REGRESSION" in cell for cell in cells):
+            return "red"
+        return "yellow" if any("INCONCLUSIVE" in cell for cell in cells) else ""
 
     def table(self) -> Table:
         table = Table(title=plain(self.title), title_justify="left")
@@ -72,4 +74,7 @@ def render_comparison(comparison: Comparison) -> Group:
                 style="bold red",
             )
         )
+    summary = gate_summary(comparison)
+    if summary:
+        parts.append(plain(summary, style="bold green" if comparison.outcome == "pass" else "bold red"))
     return Group(*parts)
