@@ -41,7 +41,7 @@ def test_real_runs_compare_in_every_format(two_real_runs):
     assert all({"latency", "ttft", "tpot"} <= set(row.entries[1].tests) for row in comparison.rows)
     assert any("(time to first token)" in header for header in timing_grid(comparison)[0])
     markdown = FORMATS["markdown"].render(comparison)
-    assert markdown.startswith("| measurement | first mean ± std (s) |")
+    assert markdown.startswith("**mean ± std and peak memory, by file**\n\n| measurement | first mean ± std (s) |")
     assert "second vs first" in markdown
     rows = list(csv.DictReader(io.StringIO(FORMATS["csv"].render(comparison))))
     assert len(rows) == 4 and {row["label"] for row in rows} == {"first", "second"}
@@ -293,3 +293,26 @@ def test_names_must_be_one_per_file_and_distinct(tmp_path, names):
     a, b = save(tmp_path, "a", make_result()), save(tmp_path, "b", make_result())
     with pytest.raises(KvbenchError, match="name"):
         compare_results([a, b], names=names)
+
+
+def test_markdown_fits_a_github_comment_and_never_drops_a_flagged_measurement():
+    from pathlib import Path
+
+    from kvbench.export.markdown import GITHUB_COMMENT_LIMIT, to_markdown
+
+    data = Path(__file__).parent / "data"
+    files = [data / "golden.json", data / "golden-rerun.json"]
+    plain, gated = compare_results(files), compare_results(files, threshold_pct=10)
+    full = to_markdown(plain)
+    assert to_markdown(plain, limit=GITHUB_COMMENT_LIMIT) == full  # small: nothing to leave out
+    assert full.count("**change in") == 3  # one table per metric family: latency, TTFT, TPOT
+
+    shorter = to_markdown(plain, limit=len(full) - 1)
+    assert len(shorter) < len(full) and "left out to fit a GitHub comment: serving metrics" in shorter
+
+    tight = to_markdown(plain, limit=3000)
+    assert len(tight) <= 3000 and "of 4 measurements left out to fit a GitHub comment" in tight
+
+    # Every measurement of the rerun is inconclusive at 10%: none may be cut, however tight the limit.
+    flagged = to_markdown(gated, limit=3000)
+    assert flagged.count("INCONCLUSIVE") == to_markdown(gated).count("INCONCLUSIVE") == 4

@@ -81,41 +81,54 @@ def memory_change_pct(entry: Entry, base: Entry | None) -> float | None:
     return (entry.peak_memory_bytes / base.peak_memory_bytes - 1) * 100
 
 
-def _compared_metrics(comparison: Comparison) -> list[str]:
+def compared_metrics(comparison: Comparison) -> list[str]:
     """Latency always; time to first token and per-token decode time where some file was judged on them."""
     present = {metric for row in comparison.rows for e in row.entries if e is not None for metric in e.tests}
     return [metric for metric in JUDGED_METRICS if metric == "latency" or metric in present]
 
 
 def timing_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows shared by the terminal table and markdown: each file's mean ± std and peak
-    memory, then each other file's change against the baseline, per metric."""
-    files, base = comparison.files, comparison.baseline
+    """Headers and rows of the terminal's table: each file's mean ± std and peak memory, then each other
+    file's change against the baseline, per metric (means_grid and change_grid side by side)."""
+    headers, rows = means_grid(comparison)
+    for metric in compared_metrics(comparison):
+        more_headers, more_rows = change_grid(comparison, metric)
+        headers += more_headers[1:]
+        rows = [row + more[1:] for row, more in zip(rows, more_rows)]
+    return headers, rows
+
+
+def means_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Each file's mean ± std and peak memory, per measurement."""
     headers = ["measurement"]
-    for loaded in files:
+    for loaded in comparison.files:
         label = loaded.label if loaded.result.complete else f"{loaded.label} (incomplete)"
         headers += [f"{label} mean ± std (s)", f"{label} peak mem"]
-    others = [i for i in range(len(files)) if i != base]
-    metrics = _compared_metrics(comparison)
-    for metric in metrics:
-        suffix = "" if metric == "latency" else f" ({JUDGED_METRICS[metric].label})"
-        headers += [f"{files[i].label} vs {files[base].label}{suffix}" for i in others]
     rows = []
     for row in comparison.rows:
         cells = [row.key.label()]
-        base_entry = row.entries[base]
+        base_entry = row.entries[comparison.baseline]
         for entry in row.entries:
+            cells += ["—", "—"] if entry is None else [_mean_cell(entry), _memory_cell(entry, base_entry)]
+        rows.append(cells)
+    return headers, rows
+
+
+def change_grid(comparison: Comparison, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Each other file's change in `metric` against the baseline, with its interval and verdict."""
+    files, base = comparison.files, comparison.baseline
+    others = [i for i in range(len(files)) if i != base]
+    suffix = "" if metric == "latency" else f" ({JUDGED_METRICS[metric].label})"
+    headers = ["measurement", *(f"{files[i].label} vs {files[base].label}{suffix}" for i in others)]
+    rows = []
+    for row in comparison.rows:
+        cells = [row.key.label()]
+        for index in others:
+            entry = row.entries[index]
             if entry is None:
-                cells += ["—", "—"]
-                continue
-            cells += [_mean_cell(entry), _memory_cell(entry, base_entry)]
-        for metric in metrics:
-            for index in others:
-                entry = row.entries[index]
-                if entry is None:
-                    cells.append("not judged: missing" if base_entry is not None else "—")
-                else:
-                    cells.append(_verdict(entry, metric, comparison))
+                cells.append("not judged: missing" if row.entries[base] is not None else "—")
+            else:
+                cells.append(_verdict(entry, metric, comparison))
         rows.append(cells)
     return headers, rows
 
