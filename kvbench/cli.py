@@ -14,6 +14,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kvbench.errors import KvbenchError
 from kvbench.report import output_console
@@ -37,7 +38,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except KvbenchError as error:
-        stderr.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+        # Escaped: a message quoting `pip install 'kvbench[ray]'` must not lose its brackets as markup.
+        stderr.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
@@ -163,7 +165,8 @@ def run(
         else:
             if resume and not config.output:
                 raise KvbenchError("--resume needs --output naming the results file to continue")
-            path = Path(config.output) if config.output else default_output(config.model)
+            # Quoted or from a TOML file, `~` reaches kvbench unexpanded: it means home, never a folder named ~.
+            path = Path(config.output).expanduser() if config.output else default_output(config.model)
             overrides["output"] = str(path)
         commands = (command_line(config_file, overrides, resume), command_line(config_file, overrides, True))
         if dry_run:
@@ -476,6 +479,9 @@ def plot(
     out_dir: Optional[Path] = typer.Option(
         None, "--out-dir", metavar="DIR", help="Where the PNGs go. \\[default: <results file name>-plots/ beside it]"
     ),
+    force: bool = typer.Option(
+        False, "--force", metavar="", help="Replace figures already in --out-dir. Without it, never."
+    ),
 ) -> None:
     """Draw PNG figures: per-token latency by position for both modes (uncached grows, cached stays
     flat), and for a sweep, latency and memory against the swept setting with the theoretical KV size."""
@@ -485,7 +491,7 @@ def plot(
 
         result = read_result(file)
         directory = out_dir or file.with_name(f"{file.stem}-plots")
-        for path in plot_result(result, directory):
+        for path in plot_result(result, directory, replace=force):
             stdout.print(str(path), highlight=False)
 
 

@@ -4,6 +4,7 @@ results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported on
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +49,9 @@ class RayLauncher:
     name = "ray"
 
     def __init__(self, config: BenchConfig) -> None:
+        # Found out now, before the results file is made, not once it is time to measure.
+        if importlib.util.find_spec("ray") is None:
+            _import_ray()
         self.config = config
 
     def resolve_device(self, requested: str) -> str:
@@ -86,7 +90,14 @@ class RayLauncher:
         started_here = not ray.is_initialized()
         if started_here:
             # No address: start a local instance (or join the one RAY_ADDRESS names).
-            ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+            except Exception as error:  # noqa: BLE001 - Ray raises many types for an address it cannot reach
+                where = f"join Ray at {self.config.ray_address}" if self.config.ray_address else "start Ray"
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                raise KvbenchError(
+                    f"--launcher ray cannot {where} ({type(error).__name__}: {first_line}); check --ray-address"
+                ) from None
         try:
             self._measure(ray, benchmark, pending)
         finally:

@@ -37,7 +37,8 @@ class CellState(str, Enum):
 
     @property
     def failed(self) -> bool:
-        """Not measurable: the cell keeps no runs, and its reason says why."""
+        """Not measurable: its reason says why, and the cell keeps no runs but those of its measuring
+        processes that finished before the failure (--processes N)."""
         return self in (CellState.SKIPPED, CellState.OOM, CellState.ERROR, CellState.TIMEOUT)
 
     @property
