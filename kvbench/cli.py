@@ -483,6 +483,9 @@ def plot(
     out_dir: Optional[Path] = typer.Option(
         None, "--out-dir", metavar="DIR", help="Where the PNGs go. \\[default: <results file name>-plots/ beside it]"
     ),
+    force: bool = typer.Option(
+        False, "--force", metavar="", help="Replace figures already in --out-dir. Without it, never."
+    ),
 ) -> None:
     """Draw PNG figures: per-token latency by position for both modes (uncached grows, cached stays
     flat), and for a sweep, latency and memory against the swept setting with the theoretical KV size."""
@@ -492,7 +495,7 @@ def plot(
 
         result = read_result(file)
         directory = out_dir or file.with_name(f"{file.stem}-plots")
-        for path in plot_result(result, directory):
+        for path in plot_result(result, directory, replace=force):
             stdout.print(str(path), highlight=False)
 
 

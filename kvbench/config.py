@@ -54,6 +54,9 @@ MOST_CONFIG_BYTES = 16 * 2**20
 MOST_CELLS = 10_000
 # A million positions is beyond every model's context: a larger length is a slip, not an experiment.
 MOST_TOKENS = 2**20
+# JSON integers have no bound, and one beyond a float's comfortable range breaks any arithmetic on it: the
+# largest integer a setting, and anything in a results file, may be.
+LARGEST_INTEGER = 2**63
 
 
 def setting(
@@ -384,7 +387,7 @@ def apply_settings(config: BenchConfig, settings: dict[str, Any], source: str) -
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read an experiment file; the keys are the long names of `kvbench run`'s options."""
-    path = Path(path)
+    path = Path(path).expanduser()
     text = read_bounded_text(path, MOST_CONFIG_BYTES, "config file")
     try:
         data = tomllib.loads(text)
@@ -414,8 +417,13 @@ def build_config(config_file: str | Path | None, overrides: dict[str, Any]) -> B
 
 def bound_problem(item: Field, value: Any) -> str | None:
     """What is wrong with a number against a setting's declared minimum and maximum, or None: for the
-    command line and TOML, and for a results file's cell settings."""
+    command line and TOML, and for a results file's cell settings. A file could not hold an infinite or
+    NaN number (they are not JSON), nor read back an integer beyond LARGEST_INTEGER."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
     minimum, maximum = item.metadata["minimum"], item.metadata["maximum"]
+    if maximum is None and isinstance(value, int) and not isinstance(value, bool):
+        maximum = LARGEST_INTEGER
     if minimum is not None and value < minimum:
         return f"must be at least {minimum:g}, got {value}"
     if maximum is not None and value > maximum:

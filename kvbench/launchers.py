@@ -23,7 +23,7 @@ from kvbench.devices import is_gpu, resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.events import CellChanged, Done, Event, Failed, Output, Progress, RunsMeasured, Unmeasured, UserError
 from kvbench.measure import Measurement
-from kvbench.records import CellResult, CellState
+from kvbench.records import CellResult, CellState, RunRecord
 from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
 from kvbench.worker import CellJob
 
@@ -73,6 +73,8 @@ class CellAssembly:
         self.benchmark, self.cell_result = benchmark, cell_result
         self.launcher, self.label_prefix = launcher, label_prefix
         self.started = False
+        # The runs of the cell's measuring processes that ended normally (--processes N): kept if a later one fails.
+        self._finished_runs: list[RunRecord] = []
         self._outputs: dict[int, tuple[bool | None, int | None]] = {}
         self._order = {cell.id: index for index, cell in enumerate(benchmark.result.cells)}
 
@@ -110,6 +112,10 @@ class CellAssembly:
         elif isinstance(event, Output):
             prefix = f"{self.label_prefix} " if self.label_prefix else ""
             self.benchmark.observer.output(f"{prefix}{event.line}")
+        elif isinstance(event, Done):
+            if not CellState(self.cell_result.status).failed:
+                cell = self.cell_result.id
+                self._finished_runs = [run for run in self.benchmark.result.runs if run.cell == cell]
         elif isinstance(event, Failed):
             self.fail(event.status, event.reason)
         elif isinstance(event, UserError):
@@ -148,11 +154,16 @@ class CellAssembly:
         self.cell_result.ran_on = {**ran_on, "launcher": self.launcher, "pids": pids}
 
     def fail(self, status: str, reason: str) -> None:
-        """The cell is recorded as failed with the reason, without the runs it had, and the sweep goes on."""
+        """The cell is recorded as failed with the reason, and the sweep goes on. It keeps only the runs of
+        its measuring processes that finished before (--processes N): each of those is whole."""
         if CellState(self.cell_result.status).failed:
             return
+        kept = {id(run) for run in self._finished_runs}
+        if kept:
+            reason += f"; the {len(kept)} runs of the processes that finished before are kept"
         self.cell_result.status, self.cell_result.reason = CellState(status), reason
-        self.benchmark.result.runs = [run for run in self.benchmark.result.runs if run.cell != self.cell_result.id]
+        cell = self.cell_result.id
+        self.benchmark.result.runs = [run for run in self.benchmark.result.runs if run.cell != cell or id(run) in kept]
 
     def finish(self) -> None:
         if self.cell_result.status == CellState.INCOMPLETE:

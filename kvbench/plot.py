@@ -3,7 +3,9 @@ fitted curves, the cache's measured size against theory, and memory over time.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from kvbench.config import AXES, SWEEP_AXES
 from kvbench.errors import KvbenchError
@@ -80,8 +82,13 @@ def _panels(plt, count: int, width: float = 6.0, height: float = 4.0):
     return pages
 
 
-def _save(plt, pages, directory: Path, name: str, title: str) -> list[Path]:
-    paths = []
+# A finished figure and where it goes.
+Drawn = tuple[Path, Any]
+
+
+def _save(plt, pages, directory: Path, name: str, title: str) -> list[Drawn]:
+    """Each page finished, with the path it is to be written to (plot_result writes them all at once)."""
+    drawn = []
     for index, (figure, axes) in enumerate(pages):
         for axis in axes:
             axis.grid(True, alpha=0.3)
@@ -89,11 +96,21 @@ def _save(plt, pages, directory: Path, name: str, title: str) -> list[Path]:
                 axis.legend(fontsize=8)
         figure.suptitle(title, fontsize=10)
         figure.tight_layout()
-        path = directory / (f"{name}.png" if index == 0 else f"{name}-{index + 1}.png")
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    return paths
+        drawn.append((directory / (f"{name}.png" if index == 0 else f"{name}-{index + 1}.png"), figure))
+    return drawn
+
+
+def _write_figure(figure, path: Path) -> None:
+    """Beside the target and renamed over it: a link there is replaced, never written through."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(temporary, dpi=110, format="png")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise KvbenchError(
+            f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir"
+        ) from None
 
 
 def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
@@ -101,7 +118,7 @@ def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
     return [cells[-1] for cells in _groups(result, "max_new_tokens").values()]
 
 
-def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explanation) -> list[Path]:
+def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explanation) -> list[Drawn]:
     """Each new token's time by position per mode, with the roofline bound on it as a dashed line."""
     plt = _pyplot()
     cells = _longest_cells(result)
@@ -141,7 +158,7 @@ def _fit_for(explanation: Explanation, cells: list[CellResult]):
     return next((fit.extrapolation for fit in explanation.fits if set(fit.cells) == ids and fit.extrapolation), None)
 
 
-def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanation: Explanation) -> list[Path]:
+def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanation: Explanation) -> list[Drawn]:
     """Latency per generate() along the swept setting, a panel per group: points and error bars on a
     numeric axis (with the fitted curves for new tokens), bars side by side for a categorical one."""
     plt = _pyplot()
@@ -191,7 +208,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
     return _save(plt, pages, directory, f"latency-vs-{axis}", _title(result, f"Latency vs {AXES[axis]['label']}"))
 
 
-def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list[Path]:
+def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list[Drawn]:
     """The cache object's measured bytes against the theory at the positions it held, along the swept
     setting: what can be measured on any device (a CPU's RSS cannot see a cache beside the model)."""
     plt = _pyplot()
@@ -219,7 +236,7 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
                  _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"))
 
 
-def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Path]:
+def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Drawn]:
     """Sampled memory against time for each mode's runs, in the longest cell of each group; on a GPU also
     torch's allocated bytes against position, which grows with the cache."""
     plt = _pyplot()
@@ -240,7 +257,7 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Path
         ax.set_xlabel("seconds since generate() began")
         ax.set_ylabel(f"{source or 'memory'} (MiB)")
         ax.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
-    paths = _save(plt, pages, directory, "memory-over-time", _title(result, f"Memory over time ({source})"))
+    drawn = _save(plt, pages, directory, "memory-over-time", _title(result, f"Memory over time ({source})"))
     allocated = [cell for cell in cells if any(run.allocated_by_position for run in result.runs_of(cell.id, "cached"))]
     if allocated:
         pages = _panels(plt, len(allocated))
@@ -254,14 +271,15 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Path
             ax.set_xlabel("new token position")
             ax.set_ylabel("torch allocated (MiB)")
             ax.set_title(_group_name(result, cell, "max_new_tokens"), fontsize=9)
-        paths += _save(plt, pages, directory, "allocated-by-position",
+        drawn += _save(plt, pages, directory, "allocated-by-position",
                        _title(result, "GPU memory allocated by torch as the cache grows"))
-    return paths
+    return drawn
 
 
-def plot_result(result: BenchmarkResult, directory: str | Path) -> list[Path]:
-    """Write the figures a results file supports into a directory; returns their paths."""
-    directory = Path(directory)
+def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = False) -> list[Path]:
+    """Write the figures a results file supports into a directory; returns their paths. A file already
+    there is replaced only with `replace`, and then nothing is written until every figure is drawn."""
+    directory = Path(directory).expanduser()
     if not result.runs:
         raise KvbenchError("this results file holds no measured runs to plot; run kvbench run first")
     made = [parent for parent in (directory, *directory.parents) if not parent.exists()]
@@ -269,14 +287,24 @@ def plot_result(result: BenchmarkResult, directory: str | Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise KvbenchError(f"cannot create {directory} ({error.strerror}); choose another --out-dir") from None
+    drawn: list[Drawn] = []
     try:
         explanation = explain_result(result)
-        paths = plot_per_token(result, directory, explanation)
+        drawn = plot_per_token(result, directory, explanation)
         axis = sweep_axis(result)
         if axis is not None:
-            paths += plot_latency(result, axis, directory, explanation)
-            paths += plot_cache_size(result, axis, directory)
-        paths += plot_memory_over_time(result, directory)
+            drawn += plot_latency(result, axis, directory, explanation)
+            drawn += plot_cache_size(result, axis, directory)
+        drawn += plot_memory_over_time(result, directory)
+        existing = [path for path, _ in drawn if path.exists() or path.is_symlink()]
+        if existing and not replace:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise KvbenchError(
+                f"{existing[0]} already exists{more}; pass --force to replace the figures, or choose another"
+                " --out-dir"
+            )
+        for path, figure in drawn:
+            _write_figure(figure, path)
     except BaseException:
         # No empty folder left behind by a plot that failed.
         for folder in made:
@@ -285,4 +313,8 @@ def plot_result(result: BenchmarkResult, directory: str | Path) -> list[Path]:
             except OSError:
                 break
         raise
-    return paths
+    finally:
+        plt = _pyplot()
+        for _, figure in drawn:
+            plt.close(figure)
+    return [path for path, _ in drawn]

@@ -4,6 +4,7 @@ results file. Ray is an optional extra (pip install 'kvbench[ray]'), imported on
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import socket
 import threading
@@ -73,6 +74,9 @@ class RayLauncher:
     def __init__(self, config: BenchConfig) -> None:
         # Checked with the run's other settings, before anything is written.
         check_reachable(config.ray_address)
+        # Found out now, before the results file is made, not once it is time to measure.
+        if importlib.util.find_spec("ray") is None:
+            _import_ray()
         self.config = config
 
     def resolve_device(self, requested: str) -> str:
@@ -112,7 +116,14 @@ class RayLauncher:
         if started_here:
             # No address: start a local instance (or join the one RAY_ADDRESS names).
             handler = signal.getsignal(signal.SIGTERM)
-            ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=self.config.ray_address, include_dashboard=False, log_to_driver=False)
+            except Exception as error:  # noqa: BLE001 - Ray raises many types for an address it cannot reach
+                where = f"join Ray at {self.config.ray_address}" if self.config.ray_address else "start Ray"
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                raise KvbenchError(
+                    f"--launcher ray cannot {where} ({type(error).__name__}: {first_line}); check --ray-address"
+                ) from None
             # ray.init makes SIGTERM exit at once (sys.exit(15)): kvbench's handler stops the run as Ctrl-C
             # does, with its message and exit code 130.
             if handler is not None and threading.current_thread() is threading.main_thread():

@@ -37,7 +37,8 @@ class CellState(str, Enum):
 
     @property
     def failed(self) -> bool:
-        """Not measurable: the cell keeps no runs, and its reason says why."""
+        """Not measurable: its reason says why, and the cell keeps no runs but those of its measuring
+        processes that finished before the failure (--processes N)."""
         return self in (CellState.SKIPPED, CellState.OOM, CellState.ERROR, CellState.TIMEOUT)
 
     @property
@@ -313,23 +314,25 @@ class BenchmarkResult:
         return columns
 
     def runs_frame(self):
-        """The runs as a pandas DataFrame, one row per measured generate(): its cell's settings (model,
-        max_new_tokens, batch_size, dtype, cache_implementation, attn_implementation, prompt_tokens), then
-        the run's own figures; NaN where a figure was not measured. The nested per-token times and
+        """The runs as a pandas DataFrame, one row per measured generate(): its cell, mode and number, its
+        cell's settings (model, max_new_tokens, batch_size, dtype, cache_implementation, attn_implementation,
+        prompt_tokens), then the run's own figures; NaN where a figure was not measured. The nested per-token times and
         per-device memory are in the JSON file only."""
         nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position")
         own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
         settings = self._settings_by_cell()
         columns = [*own, *MemoryFigures.names()]
         rows = [{**settings[run.cell], **{name: getattr(run, name) for name in columns}} for run in self.runs]
-        return _frame(rows, [*SWEEP_AXES, *columns], _numeric_fields(Cell, RunRecord))
+        # The CSV of runs begins "cell,mode,run," as it always has: how kvbench knows a CSV for its own.
+        return _frame(rows, [*own[:3], *SWEEP_AXES, *columns], _numeric_fields(Cell, RunRecord))
 
     def summary_frame(self):
-        """One row per cell and mode: the cell's settings (as in runs_frame), then the mode's summary
+        """One row per cell and mode: the cell and mode, the cell's settings (as in runs_frame), then the mode's summary
         (kvbench.records.ModeSummary's fields); NaN where a figure was not measured."""
         settings = self._settings_by_cell()
         rows = [{**settings[summary.cell], **asdict(summary)} for summary in self.summary]
-        return _frame(rows, [*SWEEP_AXES, *(f.name for f in fields(ModeSummary))], _numeric_fields(Cell, ModeSummary))
+        columns = ["cell", "mode", *SWEEP_AXES, *(f.name for f in fields(ModeSummary))]
+        return _frame(rows, columns, _numeric_fields(Cell, ModeSummary))
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str], numeric: set[str]):

@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import MODES, BenchConfig, Cell, bound_problem, config_fields
+from kvbench.config import LARGEST_INTEGER, MODES, BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
 from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
@@ -70,7 +70,8 @@ def csv_path_for(path: Path) -> Path:
 def write_result(result: BenchmarkResult, path: str | Path, derived: bool = True) -> None:
     """Write the results JSON file, atomically."""
     data = to_dict(result, derived)
-    _write_atomically(Path(path), lambda handle: json.dump(data, handle, indent=2))
+    # NaN and Infinity are not JSON: the reader refuses them, so a file holding one could never be read back.
+    _write_atomically(Path(path), lambda handle: json.dump(data, handle, indent=2, allow_nan=False))
 
 
 def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
@@ -98,14 +99,23 @@ class ResultsFile:
         self._refuse_foreign_files()
         self._seen = _identity(self.path)  # what --resume read, so a change before the lock is caught
         self._made_directories: list[Path] = []
+        self._continued = False
         self.written = False
 
     def _refuse_foreign_files(self) -> None:
         if self.replace:
             return
-        ours = (self.path, csv_path_for(self.path)) if self.resume and self.path.exists() else ()
+        ours: tuple[Path, ...] = ()
+        if self.resume and self.path.exists():
+            csv = csv_path_for(self.path)
+            ours = (self.path, csv) if _written_by_kvbench(csv) else (self.path,)
         for path in (self.path, csv_path_for(self.path)):
             if path not in ours and (path.exists() or path.is_symlink()):
+                if ours:
+                    raise KvbenchError(
+                        f"{path} is not the runs' CSV kvbench writes, and --resume would replace it; move it"
+                        " away, or pass --force to replace it"
+                    )
                 raise KvbenchError(
                     f"output {path} already exists; pass --force to replace it, --resume to continue a run"
                     " of the same experiment, or choose another --output"
@@ -135,7 +145,18 @@ class ResultsFile:
         except BaseException:
             self.close()
             raise
+        # What --resume continues was there before this run, and stays whatever happens to it.
+        self._continued = self.resume and self.path.exists()
         remove_stale_temporaries(self.path)
+
+    def discard(self) -> None:
+        """Remove the files this run wrote, for a run that failed before measuring anything: they would
+        hold nothing, and block the retry (a file continued with --resume stays)."""
+        if not self.is_open or self._continued:
+            return
+        for path in (self.path, csv_path_for(self.path)):
+            path.unlink(missing_ok=True)
+        self.written = False
 
     def close(self) -> None:
         self.lock.release()
@@ -166,6 +187,22 @@ class ResultsFile:
         finally:
             if one_off:
                 self.close()
+
+
+# How the runs' CSV kvbench writes begins: its header's first columns.
+_CSV_HEADER_START = "cell,mode,run,"
+
+
+def _written_by_kvbench(csv: Path) -> bool:
+    """Whether a CSV beside a results file is the one kvbench writes there (a link never is: it is someone
+    else's file kvbench would replace)."""
+    if csv.is_symlink() or not csv.is_file():
+        return False
+    try:
+        with open(csv, encoding="utf-8") as handle:
+            return handle.read(len(_CSV_HEADER_START)) == _CSV_HEADER_START
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -202,18 +239,46 @@ class OutputLock:
         return self._fd is not None
 
     def holder(self) -> int | None:
-        """The pid of a live run that holds the lock, read without taking or writing anything."""
+        """The pid of a live run that holds the lock, read without writing anything. A lock whose flock can
+        be taken is stale, whatever pid it names: its run was killed, and the pid may be another process's now."""
         try:
             pid = int(self.path.read_text(encoding="ascii").strip() or "0")
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        return pid if pid > 0 and _process_alive(pid) and not self.held else None
+        if pid <= 0 or self.held or not _process_alive(pid):
+            return None
+        return pid if self._flocked_elsewhere() else None
+
+    def _flocked_elsewhere(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: the pid alone says
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without flock: the pid alone says
+            return True
+        finally:
+            os.close(fd)  # and with it the flock just taken
+        return False
 
     def busy(self, pid: int | None) -> KvbenchError:
-        who = f" (pid {pid})" if pid else ""
+        who = f" (pid {pid}, holding {self.path})" if pid else f" (holding {self.path})"
         return KvbenchError(
             f"output {self.results_path} is being written by another kvbench run{who}; wait for it to finish"
             " or choose another --output"
+        )
+
+    def _unusable(self, error: OSError) -> KvbenchError:
+        return KvbenchError(
+            f"cannot take the lock {self.path} for {self.results_path} ({error.strerror or error}); free space or"
+            " remove it if no kvbench run is writing there, or choose another --output"
         )
 
     def acquire(self) -> None:
@@ -222,7 +287,10 @@ class OutputLock:
         except ImportError:  # pragma: no cover - not POSIX: no locking
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise self._unusable(error) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -237,9 +305,13 @@ class OutputLock:
             if current is not None and os.path.samestat(os.fstat(fd), current):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except OSError as error:
+            self.release()
+            raise self._unusable(error) from None
 
     def release(self) -> None:
         if self._fd is None:
@@ -263,21 +335,41 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+# What the hidden files beside a results file add to its name: `.NAME.PID.tmp` (a pid has at most 7 digits).
+_LONGEST_ADDITION = len("..1234567.tmp")
+
+
 def check_writable(path: str | Path) -> Path:
-    """Fail before measuring, not after, when the results cannot be saved; writes nothing."""
-    path = Path(path)
+    """Fail before measuring, not after, when the results cannot be saved; writes nothing. Returns the
+    path with `~` expanded to the user's home."""
+    path = Path(path).expanduser()
+    try:
+        problem = _unwritable(path)
+    except OSError as error:  # a folder's name too long, a loop of links...
+        problem = error.strerror or str(error)
+    if problem is not None:
+        raise KvbenchError(f"cannot write results to {path} ({problem}); choose another --output")
+    return path
+
+
+def _unwritable(path: Path) -> str | None:
     if path.is_dir():
         raise KvbenchError(f"output {path} is a directory; give a file name such as {path}/run.json")
     if path.suffix != ".json":
         raise KvbenchError(f"output {path} must end in .json (the runs' CSV is written beside it)")
     existing = next(parent for parent in (path.parent.absolute(), *path.parent.absolute().parents) if parent.exists())
     if not existing.is_dir():
-        problem = "Not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = "Permission denied"
-    else:
-        return path
-    raise KvbenchError(f"cannot write results to {path} ({problem}: {existing}); choose another --output")
+        return f"Not a directory: {existing}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"Permission denied: {existing}"
+    longest = os.pathconf(existing, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    size = len(os.fsencode(path.name))
+    if size + _LONGEST_ADDITION > longest:
+        return (
+            f"its name is {size} bytes, and the hidden files written beside it add {_LONGEST_ADDITION} to the"
+            f" {longest} a name may have here"
+        )
+    return None
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:
@@ -505,17 +597,13 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
     return None
 
 
-# JSON integers have no bound, and one beyond a float's range breaks any arithmetic on it.
-_LARGEST_INTEGER = 2**63
-
-
 def _oversized(document: Any, where: str) -> str | None:
     """The first integer anywhere in the document too large to be a count of anything (walked without
     recursion: the parser accepts nesting deeper than Python's call stack)."""
     stack = [(where, document)]
     while stack:
         where, value = stack.pop()
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INTEGER:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INTEGER:
             return f"{where or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         inner = [(f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key), item)
@@ -570,7 +658,7 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
 
 
 def read_result(path: str | Path) -> BenchmarkResult:
-    path = Path(path)
+    path = Path(path).expanduser()
     text = read_bounded_text(path, MOST_RESULTS_BYTES, "results file")
     try:
         data = json.loads(text, parse_constant=_no_constant)

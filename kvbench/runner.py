@@ -31,7 +31,8 @@ def results_path(config: BenchConfig, resume: bool) -> Path | None:
         raise KvbenchError("--resume needs --output naming the results file to continue")
     if config.output == STDOUT:
         return None
-    return Path(config.output) if config.output else default_output(config.model)
+    # Quoted or from a TOML file, `~` reaches kvbench unexpanded: it means home, never a folder named ~.
+    return Path(config.output).expanduser() if config.output else default_output(config.model)
 
 
 def default_output(models: list[str]) -> Path:
@@ -177,6 +178,18 @@ class Benchmark(Measurement):
             if seconds is not None:
                 return Estimate(seconds, sources)
         return None
+    def _save_what_was_measured(self) -> None:
+        # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
+        # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
+        # one stands and the original error is the one reported.
+        try:
+            self.save(closing=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _measured_nothing(self) -> bool:
+        unstarted = (CellState.PENDING, CellState.INCOMPLETE)
+        return not self.result.runs and all(cell.status in unstarted for cell in self.result.cells)
 
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
@@ -191,14 +204,17 @@ class Benchmark(Measurement):
                 self._device_peaks()
             self.save()
             self.launcher.measure(self, pending)
+        except Exception:
+            if self._measured_nothing():
+                # Failed before any cell was measured (Ray unreachable, the model not loading): a file of
+                # pending cells would only stand in the way of the retry.
+                if self.file is not None:
+                    self.file.discard()
+            else:
+                self._save_what_was_measured()
+            raise
         except BaseException:
-            # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
-            # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
-            # one stands and the original error is the one reported.
-            try:
-                self.save(closing=True)
-            except Exception:  # noqa: BLE001
-                pass
+            self._save_what_was_measured()
             raise
         else:
             self.result.complete = True

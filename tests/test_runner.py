@@ -110,7 +110,7 @@ def test_results_file_holds_environment_config_runs_and_summary(tiny_llama_dir, 
     assert summary["cached"]["n"] == 2
     assert summary["cached"]["mean_s"] == pytest.approx(sum(cached_latencies) / 2)
     csv = (tmp_path / "r.csv").read_text().splitlines()
-    assert csv[0].startswith("cell,mode,run,latency_s")
+    assert csv[0].startswith("cell,mode,run,model,max_new_tokens,batch_size,dtype,") and ",latency_s," in csv[0]
     assert len(csv) == 1 + 4
     # Theoretical KV size: 2 x 2 layers x 2 KV heads x head_dim 8 x (6 + 8) tokens x batch 2 x 4 bytes.
     assert data["cells"][0]["kv_cache_bytes"] == 2 * 2 * 2 * 8 * 14 * 2 * 4
