@@ -186,7 +186,7 @@ def plan(benchmark: Benchmark) -> Plan:
         if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
-        reason = unsupported_reason(cell_result.settings, benchmark.device)
+        reason = unsupported_reason(cell_result.settings, benchmark.device, benchmark.capability)
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))
             continue
