@@ -7,13 +7,14 @@ import json
 import shlex
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from kvbench.config import tomllib  # tomli before Python 3.11
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "gpu-benchmark.yml"
