@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
-from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
+from kvbench.measure import MeasuredIn, Measurement, Observer, planned_generation, unsupported_reason
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
 
@@ -87,7 +87,8 @@ class Benchmark(Measurement):
         # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
         self.launcher = make_launcher(config)
         device = self.launcher.resolve_device(config.device)
-        super().__init__(config, device, observer, command, clock, on_save=self._write)
+        gpu_here = self.launcher.measures_in != MeasuredIn.OTHER_MACHINES
+        super().__init__(config, device, observer, command, clock, on_save=self._write, gpu_here=gpu_here)
         if resume:
             self._carry_over_finished_cells()
         self.prepare_models()
@@ -142,7 +143,7 @@ class Benchmark(Measurement):
         self.observer.planned({planned_generation(c.settings, mode): per_mode for c in pending for mode in modes})
         try:
             if pending:
-                self._device_peaks()
+                self._device_peaks(self.launcher.measures_in)
             self.save()
             self.launcher.measure(self, pending)
         except BaseException:
