@@ -21,23 +21,22 @@ WORKFLOW = REPO / ".github" / "workflows" / "gpu-benchmark.yml"
 # What a venv holds before anything is installed into it.
 VENV_BASE = {"pip", "setuptools"}
 
-# Started as the workflow's python: hides every module of a distribution the workflow would not install,
-# and loads only the pytest plugins it would, then runs pytest with the workflow's arguments.
-RESTRICTED_PYTHON = """
-import importlib.abc, importlib.metadata as metadata, json, sys
+# The start of a `python -c` script whose first argument lists, as JSON, the distributions an install would
+# bring: every module of any other installed distribution is hidden from the process.
+ONLY_INSTALLED = """
+import importlib.metadata as metadata, json, sys
 allowed = set(json.loads(sys.argv[1]))
 def canonical(name):
     return name.lower().replace("_", "-").replace(".", "-")
-hidden = {
-    module for module, dists in metadata.packages_distributions().items()
-    if not any(canonical(dist) in allowed for dist in dists)
-}
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in hidden:
-            raise ModuleNotFoundError(f"No module named {name!r} (not installed by the workflow)", name=name)
-        return None
-sys.meta_path.insert(0, Hide())
+# None in sys.modules: an import raises ModuleNotFoundError and importlib.util.find_spec answers None, as
+# for a module that is not installed.
+for module, dists in metadata.packages_distributions().items():
+    if not any(canonical(dist) in allowed for dist in dists):
+        sys.modules.setdefault(module, None)
+"""
+# Started as the workflow's python: loads only the pytest plugins the workflow would install, then runs
+# pytest with the workflow's arguments.
+RESTRICTED_PYTHON = ONLY_INSTALLED + """
 plugins = []
 for dist in metadata.distributions():
     if canonical(dist.metadata["Name"]) in allowed:
