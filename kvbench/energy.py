@@ -183,7 +183,7 @@ def energy_reader(devices: list[str], rapl_root: str = RAPL_ROOT) -> CounterRead
         uuids, reason = gpu_uuids(devices)
         if reason is not None:
             return Unavailable("nvml", reason)
-        if any(uuid.startswith("MIG-") for uuid in uuids):
+        if any(uuid.startswith("MIG-") for uuid in uuids.values()):
             # The parent GPU's counter would count every other instance's work as this run's.
             reason = "NVML has no energy counter per MIG instance; the whole GPU's would count other instances"
             return Unavailable("nvml", reason)

@@ -81,8 +81,9 @@ def placement(devices: Devices) -> dict[str, Any]:
     return where
 
 
-def collect(devices: Devices) -> dict[str, Any]:
-    """The machine and software of a run; `devices` are those the benchmark was asked to use."""
+def collect(devices: Devices, gpu_here: bool = True) -> dict[str, Any]:
+    """The machine and software of a run; `devices` are those the benchmark was asked to use. Without
+    `gpu_here` the GPUs are other machines' (--launcher ray): each cell's place names the GPU it ran on."""
     import torch
 
     device = devices.primary
@@ -98,7 +99,7 @@ def collect(devices: Devices) -> dict[str, Any]:
         "device": device,
         "device_name": cpu_name() if device == "cpu" else None,
     }
-    if devices.on_gpu:
+    if devices.on_gpu and gpu_here:
         gpu = _gpu(device)
         environment.update(gpu)
         environment["device_name"] = gpu["gpu_name"]

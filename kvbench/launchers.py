@@ -22,7 +22,7 @@ from kvbench.config import BenchConfig, Cell
 from kvbench.devices import is_gpu, resolve_device
 from kvbench.errors import KvbenchError
 from kvbench.events import CellChanged, Done, Event, Failed, Output, Progress, RunsMeasured, Unmeasured, UserError
-from kvbench.measure import Measurement
+from kvbench.measure import MeasuredIn, Measurement
 from kvbench.records import CellResult, CellState, RunRecord
 from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
 from kvbench.worker import CellJob
@@ -34,6 +34,7 @@ class Launcher(Protocol):
     saving after every generation."""
 
     name: str
+    measures_in: MeasuredIn
 
     def resolve_device(self, requested: str) -> str: ...
 
@@ -52,6 +53,7 @@ class InProcess:
     """Every cell in this process, one after another (--isolation none)."""
 
     name = "in-process"
+    measures_in = MeasuredIn.THIS_PROCESS
 
     def resolve_device(self, requested: str) -> str:
         return resolve_device(requested)
@@ -326,6 +328,7 @@ class LocalProcesses:
     GPU. The cells' records stream back and are saved here, in sweep order."""
 
     name = "process"
+    measures_in = MeasuredIn.FRESH_PROCESSES
 
     def __init__(self, config: BenchConfig, slots: list[str] | None = None) -> None:
         self.config = config

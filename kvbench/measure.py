@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from kvbench.config import RSE_CONFIDENCE, BenchConfig, Cell, config_to_dict, expand, run_limits
@@ -25,6 +29,36 @@ from kvbench.metrics import time_per_output_token_s
 from kvbench.records import BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.stats import precise_enough
 from kvbench.version import __version__
+
+
+class MeasuredIn(str, Enum):
+    """Where a launcher measures a run's cells, which is where what describes their device belongs."""
+
+    THIS_PROCESS = "this process"
+    FRESH_PROCESSES = "fresh processes on this machine"
+    OTHER_MACHINES = "other machines"
+
+
+# The device peaks timed in a process of their own: its CUDA context and cached memory go when it exits.
+_PEAKS_PROCESS = (
+    "import json, sys; from dataclasses import asdict; from kvbench.roofline import measure_device_peaks;"
+    " print(json.dumps(asdict(measure_device_peaks(sys.argv[1]))))"
+)
+
+
+def device_peaks_in_fresh_process(device: str) -> tuple[dict[str, Any] | None, str | None]:
+    """measure_device_peaks(device) in a fresh interpreter importing this kvbench: (the peaks, None) or
+    (None, why they could not be measured)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    environ = {**os.environ, "PYTHONPATH": root + os.pathsep + path if path else root}
+    completed = subprocess.run(
+        [sys.executable, "-c", _PEAKS_PROCESS, device], capture_output=True, text=True, env=environ, check=False
+    )
+    if completed.returncode != 0:
+        lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
+        return None, f"not measured: the process timing them failed ({lines[-1]})"
+    return json.loads(completed.stdout.strip().splitlines()[-1]), None
 
 
 class Observer:
@@ -267,22 +301,26 @@ class Measurement:
         command: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_save: Callable[[bool, bool], None] | None = None,
+        gpu_here: bool = True,
     ) -> None:
         """`clock` times every generation and its tokens: perf_counter, or a scripted clock that makes each
-        latency a chosen number (how the tests drive stopping rules and displays without real noise)."""
+        latency a chosen number (how the tests drive stopping rules and displays without real noise).
+        Without `gpu_here`, `device` is not this process's to ask about (the cells are measured on other
+        machines): no GPU here is described or touched."""
         from kvbench import environment
 
         self.config = config
         self.observer = observer or Observer()
         self.clock = clock
         self.device = device
-        self.capability = compute_capability(self.device)
+        self.gpu_here = gpu_here
+        self.capability = compute_capability(self.device) if gpu_here else None
         self.cells = expand(config)
         # In a sweep a failing cell is recorded and the sweep goes on; a run of one cell reports it as the
         # run's own error. A measuring process (kvbench.worker) measures its cell as part of a sweep.
         self.part_of_sweep = len(self.cells) > 1
         self.result = BenchmarkResult(
-            environment=environment.collect(Devices((self.device,))),
+            environment=environment.collect(Devices((self.device,)), gpu_here),
             config=config_to_dict(config),
             command=command,
             started_at=_now(),
@@ -399,9 +437,12 @@ class Measurement:
                 ) from None
             raise
 
-    def _device_peaks(self) -> None:
+    def _device_peaks(self, cells_measured_in: MeasuredIn = MeasuredIn.THIS_PROCESS) -> None:
         """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
-        the copy buffers compete with nothing), and a known GPU's datasheet figures beside them."""
+        the copy buffers compete with nothing), and a known GPU's datasheet figures beside them. Timed
+        where the cells are: beside fresh measuring processes in one of their own, so this process holds no
+        CUDA context or cached memory on the measured GPU for the whole sweep; not at all for cells
+        measured on other machines."""
         from kvbench.roofline import datasheet_peaks, measure_device_peaks
 
         environment = self.result.environment
@@ -410,6 +451,19 @@ class Measurement:
             environment["datasheet_peaks"] = asdict(sheet)
         if not self.config.device_peaks:
             self.result.unmeasured["device_peaks"] = "not measured (--no-device-peaks): no roofline bound from them"
+            return
+        if cells_measured_in == MeasuredIn.OTHER_MACHINES:
+            self.result.unmeasured["device_peaks"] = (
+                "not measured: the cells ran on other machines (--launcher ray), whose devices this process"
+                " cannot time; no roofline bound from them"
+            )
+            return
+        if cells_measured_in == MeasuredIn.FRESH_PROCESSES:
+            peaks, problem = device_peaks_in_fresh_process(self.device)
+            if problem is not None:
+                self.result.unmeasured["device_peaks"] = problem
+            else:
+                environment["device_peaks"] = peaks
             return
         environment["device_peaks"] = asdict(measure_device_peaks(self.device))
 

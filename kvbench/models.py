@@ -446,7 +446,9 @@ def prepare_model(
                 revision=resolved.revision,
                 trust_remote_code=resolved.trust_remote_code,
             )
-        except (OSError, ValueError, TypeError, KeyError):
+        # ImportError: transformers 4.x, finding no tokenizer files, falls back to a converter that needs
+        # protobuf, which kvbench does not install (5.x raises OSError).
+        except (OSError, ValueError, TypeError, KeyError, ImportError):
             notes.append(f"{name}: no tokenizer found; the prompt is synthetic token ids")
     return PreparedModel(name, resolved, tokenizer, max_positions(resolved.config), notes)
 

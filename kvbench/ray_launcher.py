@@ -15,7 +15,7 @@ from kvbench.config import BenchConfig
 from kvbench.errors import KvbenchError
 from kvbench.events import CellChanged, Event
 from kvbench.launchers import CellAssembly, cell_events, cell_jobs
-from kvbench.measure import Measurement
+from kvbench.measure import MeasuredIn, Measurement
 from kvbench.records import CellResult
 from kvbench.worker import CellJob
 
@@ -70,6 +70,7 @@ class RayLauncher:
     """Every cell submitted at once as a Ray task; Ray runs as many at a time as the cluster has room for."""
 
     name = "ray"
+    measures_in = MeasuredIn.OTHER_MACHINES
 
     def __init__(self, config: BenchConfig) -> None:
         # Checked with the run's other settings, before anything is written.

@@ -13,7 +13,7 @@ from pathlib import Path
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned, clock_text, predicted_s
-from kvbench.measure import Measurement, Observer, planned_generation, unsupported_reason
+from kvbench.measure import MeasuredIn, Measurement, Observer, planned_generation, unsupported_reason
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
 
@@ -93,7 +93,8 @@ class Benchmark(Measurement):
         # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
         self.launcher = make_launcher(config)
         device = self.launcher.resolve_device(config.device)
-        super().__init__(config, device, observer, command, clock, on_save=self._write)
+        gpu_here = self.launcher.measures_in != MeasuredIn.OTHER_MACHINES
+        super().__init__(config, device, observer, command, clock, on_save=self._write, gpu_here=gpu_here)
         if resume:
             self._carry_over_finished_cells()
         self.prepare_models()
@@ -201,7 +202,7 @@ class Benchmark(Measurement):
         self.observer.planned(self.planned())
         try:
             if pending:
-                self._device_peaks()
+                self._device_peaks(self.launcher.measures_in)
             self.save()
             self.launcher.measure(self, pending)
         except Exception:
@@ -271,7 +272,7 @@ def plan(benchmark: Benchmark) -> Plan:
         if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
-        reason = unsupported_reason(cell_result.settings, benchmark.device)
+        reason = unsupported_reason(cell_result.settings, benchmark.device, benchmark.capability)
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))
             continue

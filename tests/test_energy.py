@@ -70,7 +70,7 @@ def test_a_counter_that_fails_mid_run_says_why_for_that_run():
 
 
 def test_a_mig_instance_has_no_energy_counter_of_its_own(fake_nvml, monkeypatch):
-    monkeypatch.setattr("kvbench.nvml.gpu_uuids", lambda devices: (["MIG-5c3a"], None))
+    monkeypatch.setattr("kvbench.nvml.gpu_uuids", lambda devices: ({"cuda:0": "MIG-5c3a"}, None))
     monkeypatch.setattr("kvbench.nvml.open_by_uuid", lambda uuids: pytest.fail("must not open the parent GPU"))
     reader = energy_reader(["cuda:0"])
     assert reader.source == "nvml" and "per MIG instance" in reader.unavailable
