@@ -499,6 +499,83 @@ def plot(
             stdout.print(str(path), highlight=False)
 
 
+@app.command(cls=_Command)
+def gate(
+    base: Optional[str] = typer.Option(
+        None,
+        metavar="REV|DIR",
+        help="Base checkout: a git revision of --repo or a directory. \\[default: none, compare with --baseline-file]",
+    ),
+    head: Optional[str] = typer.Option(
+        None, metavar="REV|DIR", help="Head checkout: a git revision of --repo or a directory. \\[default: .]"
+    ),
+    repo: Optional[Path] = typer.Option(
+        None, metavar="DIR", help="The git repository revisions are taken from. \\[default: .]"
+    ),
+    config: Optional[str] = typer.Option(
+        None, metavar="TOML", help="kvbench config, a path in the base checkout. \\[default: configs/ci-gpu.toml]"
+    ),
+    threshold_pct: Optional[float] = typer.Option(
+        None,
+        metavar="PCT",
+        help="Fail on a significant slowdown of more than PCT%. \\[default: KVBENCH_REGRESSION_PCT in the base's"
+        " --gate-file, else 10]",
+    ),
+    gate_file: Optional[str] = typer.Option(
+        None,
+        metavar="FILE",
+        help="File in the base checkout holding KVBENCH_REGRESSION_PCT=PCT. \\[default: .github/kvbench-gate.env]",
+    ),
+    baseline_file: Optional[str] = typer.Option(
+        None, metavar="FILE", help="Results file in the head checkout to compare with when there is no --base."
+    ),
+    install: Optional[str] = typer.Option(
+        None,
+        metavar="MODE",
+        help="venv: a fresh venv per side that sees --python's packages and keeps its torch; pythonpath: run"
+        " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing. \\[default: venv]",
+    ),
+    python: Optional[str] = typer.Option(
+        None, metavar="PYTHON", help="Interpreter for the venvs (or pythonpath runs). \\[default: this one]"
+    ),
+    torch: Optional[str] = typer.Option(
+        None,
+        metavar="REQUIREMENT",
+        help="pip arguments installing torch into each venv first, e.g. 'torch==2.6.0 --index-url URL'"
+        " (the CUDA build your driver runs). \\[default: reuse --python's torch, never replaced]",
+    ),
+    pip_install: Optional[str] = typer.Option(
+        None, metavar="ARGS", help="pip install arguments, run inside each checkout (venv mode). \\[default: -e .]"
+    ),
+    kvbench_spec: Optional[str] = typer.Option(
+        None,
+        metavar="SPEC",
+        help="Where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
+        " (installed editable) or pip arguments. \\[default: the checkout is kvbench]",
+    ),
+    run_args: Optional[str] = typer.Option(
+        None, metavar="ARGS", help="Extra `kvbench run` arguments for both sides, as one string."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        metavar="DIR",
+        help="Where checkouts, venvs, results, summary.md and benchmark-action.json go, outside the head"
+        " checkout. \\[default: <temp>/kvbench-gate]",
+    ),
+) -> None:
+    """Measure a base and a head checkout with one config (base, head, head, base) and fail on a
+    significant slowdown: exit 0 passed, 1 regression, 2 the gate could not run, 3 a measurement could
+    not be judged, 4 inconclusive."""
+    # The defaults live in GateOptions alone: only what was given on the command line is passed on.
+    given = {name: value for name, value in locals().items() if value is not None}
+    with user_errors():
+        from kvbench.gate import GateOptions, run_gate
+
+        outcome = run_gate(GateOptions(**given))
+    sys.stdout.write(outcome.summary)
+    raise typer.Exit(outcome.exit_code)
+
+
 def _tolerant_output() -> None:
     """Where the output's encoding cannot show a character (PYTHONIOENCODING=ascii, an old console), print
     '?' for it rather than crash after measuring; rich then draws its tables with ASCII too."""

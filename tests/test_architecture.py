@@ -29,8 +29,9 @@ LAYERS = {
     "measure": {"models", "measure"},
     # Carrying cells to where they are measured: this process, fresh processes, Ray; and the choice of one.
     "launch": {"launchers", "worker", "ray_launcher", "launch"},
-    # A run: checks, its launcher, the results file kept current.
-    "session": {"runner"},
+    # A run: checks, its launcher, the results file kept current. The CI gate drives whole runs of two
+    # checkouts through their command lines.
+    "session": {"runner", "gate"},
     # The command line and the package's public face.
     "interface": {"cli", "__main__", "__init__"},
 }

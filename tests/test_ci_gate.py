@@ -1,11 +1,12 @@
-"""The CI gate script (ci/kvbench_gate.py) end to end on a CPU: a temporary git repository made from this
-tree, a base commit and a head commit that makes every generation twice as slow, run with tiny-gpt2 and
-scripted latencies."""
+"""The CI gate (`kvbench gate`, kvbench/gate.py) end to end on a CPU: a temporary git repository made from
+this tree, a base commit and a head commit that makes every generation twice as slow, run with tiny-gpt2
+and scripted latencies."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from kvbench import gate
+from kvbench.gate import GateError, GateOptions, Side
+
 REPO = Path(__file__).resolve().parent.parent
-GATE = REPO / "ci" / "kvbench_gate.py"
 # Just enough of the tree for `python -m kvbench` to run from a checkout.
 NEEDED = ("kvbench/", "pyproject.toml")
 BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\nisolation = "none"\n'
@@ -25,10 +28,25 @@ BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndev
 SCRIPTED_CLOCK = """
 import itertools as _itertools
 _FACTORS = _itertools.cycle([1.0, 1.02, 0.98, 1.01, 0.99])
+# A machine that slows down steadily: with KVBENCH_TEST_DRIFT_FILE set, each benchmark takes the count of
+# those before it from the file and runs DRIFT slower per earlier one.
+import os as _os
+def _earlier_benchmarks():
+    path = _os.environ.get("KVBENCH_TEST_DRIFT_FILE")
+    if not path:
+        return 0
+    earlier = int(open(path).read()) if _os.path.exists(path) else 0
+    open(path, "w").write(str(earlier + 1))
+    return earlier
 class _ScriptedClock:
     now = 0.0
+    def __init__(self):
+        self.scale = 1 + {drift} * _earlier_benchmarks()
+        # Head's code, when the test asks, rewrites a file it should not (base's results).
+        if {tamper} and _os.environ.get("KVBENCH_TEST_TAMPER"):
+            open(_os.environ["KVBENCH_TEST_TAMPER"], "a").write(" ")
     def __call__(self):
-        _ScriptedClock.now += {seconds} * next(_FACTORS)
+        _ScriptedClock.now += {seconds} * self.scale * next(_FACTORS)
         return _ScriptedClock.now
 _measured_init = Benchmark.__init__
 def _scripted_init(self, *args, **kwargs):
@@ -36,6 +54,7 @@ def _scripted_init(self, *args, **kwargs):
 Benchmark.__init__ = _scripted_init
 """
 BASE_SECONDS, HEAD_SECONDS = 0.01, 0.02
+DRIFT = 0.3
 
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
@@ -50,23 +69,26 @@ def git(repo: Path, *args: str) -> str:
     return completed.stdout.strip()
 
 
-def run_gate(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, str], str]:
-    """Run the script as CI does, with GitHub's output and summary files; returns them parsed."""
+def run_gate(
+    tmp: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, dict[str, str], str]:
+    """Run `kvbench gate` as CI does, with GitHub's output and summary files; returns them parsed."""
     github_output, step_summary = tmp / "github-output", tmp / "step-summary"
-    env = {**os.environ, "GITHUB_OUTPUT": str(github_output), "GITHUB_STEP_SUMMARY": str(step_summary)}
-    env.pop("PYTHONPATH", None)  # each side's checkout alone provides kvbench
-    command = [sys.executable, str(GATE), "--install", "pythonpath", "--config", "bench.toml", "--out", str(tmp / "out")]
-    completed = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
+    env = {**os.environ, "GITHUB_OUTPUT": str(github_output), "GITHUB_STEP_SUMMARY": str(step_summary), **(extra_env or {})}
+    # The gate is this tree's kvbench; each side runs from its own checkout, which comes first on its path.
+    env["PYTHONPATH"] = str(REPO)
+    command = [sys.executable, "-m", "kvbench", "gate", "--install", "pythonpath", "--config", "bench.toml"]
+    command += ["--out", str(tmp / "out")]
+    completed = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=900)
     lines = github_output.read_text().splitlines() if github_output.exists() else []
     outputs = dict(line.split("=", 1) for line in lines)
     summary = step_summary.read_text() if step_summary.exists() else ""
     return completed, outputs, summary
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """Base: this tree, a tiny config and a 25% gate. Head: slower, and loosening its own gate to 100000%."""
-    root = tmp_path_factory.mktemp("gate") / "repo"
+def make_repo(root: Path, head_seconds: float, head_message: str, tamper: bool = False) -> Path:
+    """Base: this tree, a tiny config and a 25% gate. Head: `head_seconds` a step, and loosening its own
+    gate to 100000%."""
     for name in git(REPO, "ls-files", "-co", "--exclude-standard").splitlines():
         if name.startswith(NEEDED) and (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -74,16 +96,21 @@ def repo(tmp_path_factory) -> Path:
     (root / "bench.toml").write_text(BENCH_TOML)
     runner = root / "kvbench" / "runner.py"
     original = runner.read_text()
-    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=BASE_SECONDS))
+    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=BASE_SECONDS, drift=DRIFT, tamper=False))
     (root / ".github").mkdir()
     (root / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=25\n")
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base commit")
-    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=HEAD_SECONDS))
+    runner.write_text(original + SCRIPTED_CLOCK.format(seconds=head_seconds, drift=DRIFT, tamper=tamper))
     (root / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=100000\n")
-    git(root, "commit", "-q", "-am", "head commit: slower generate, looser gate")
+    git(root, "commit", "-q", "-am", head_message)
     return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("gate") / "repo", HEAD_SECONDS, "head commit: slower generate, looser gate")
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +170,15 @@ def test_gate_says_why_it_cannot_judge(repo, tmp_path):
     assert "no-such-ref is neither a directory nor a commit" in summary
 
 
-def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path, monkeypatch):
+def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path):
     """compare's summary says the gate fails closed with exit 3: the gate's own exit code and verdict say the
     same, not the 2 of a gate that could not run. A baseline with one run per mode cannot be judged."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("kvbench_gate", GATE)
-    assert spec is not None and spec.loader is not None
-    gate = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "kvbench_gate", gate)  # its dataclasses look their module up there
-    spec.loader.exec_module(gate)
     golden = REPO / "tests" / "data" / "golden.json"
     one_run = json.loads(golden.read_text())
     one_run["runs"] = [run for run in one_run["runs"] if run["run"] == 0]
     baseline = tmp_path / "one-run.json"
     baseline.write_text(json.dumps(one_run))
-    side = gate.Side("base", REPO, "this tree", [sys.executable, "-m", "kvbench"], {"PYTHONPATH": str(REPO)})
+    side = Side("base", REPO, "this tree", [sys.executable, "-m", "kvbench"], {"PYTHONPATH": str(REPO)})
     verdict, code, summary = gate.judge(side, side, baseline, golden, 10.0, [])
     assert (verdict, code) == ("unjudged", 3)
     assert "fails closed (exit 3)" in summary
@@ -171,3 +191,105 @@ def test_the_gate_files_describe_the_rule_the_gate_applies():
     comment = (REPO / ".github" / "kvbench-gate.env").read_text()
     assert "whole 95% confidence interval" in comment and "t-test" not in comment
     assert all((REPO / name).exists() for name in NEEDED)
+
+
+@pytest.fixture(scope="module")
+def same_speed_repo(tmp_path_factory) -> Path:
+    """Base and head equally fast; head's code rewrites base's results when KVBENCH_TEST_TAMPER says where."""
+    root = tmp_path_factory.mktemp("drift") / "repo"
+    return make_repo(root, BASE_SECONDS, "head commit: the same speed, a hand on base's results", tamper=True)
+
+
+def test_gate_alternates_the_sides_so_a_steady_drift_favours_neither(same_speed_repo, tmp_path):
+    """On a machine that slows by 30% with each `kvbench run`, base then head would call an unchanged head
+    30% slower. Base, head, head, base puts each side's mean at the same point of the drift."""
+    drift_file = tmp_path / "runs-so-far"
+    completed, outputs, summary = run_gate(
+        tmp_path, "--repo", str(same_speed_repo), "--base", "HEAD~1", "--head", str(same_speed_repo),
+        extra_env={"KVBENCH_TEST_DRIFT_FILE": str(drift_file)},
+    )
+    assert drift_file.read_text() == "4", completed.stderr
+    order = [line.split(":")[1].strip() for line in completed.stderr.splitlines() if " kvbench run --config" in line]
+    assert order == ["base", "head", "head", "base"]
+    assert outputs["verdict"] != "regression" and completed.returncode != 1, summary
+    assert "Measured base, head, head, base" in summary
+    base, head = (json.loads(Path(outputs[f"{side}-results"]).read_text()) for side in ("base", "head"))
+    # Each side's file holds both halves, numbered on: 3 runs a mode each time.
+    assert sorted(run["run"] for run in base["runs"] if run["mode"] == "cached") == list(range(6))
+    means = [statistics.mean(run["latency_s"] for run in side["runs"]) for side in (base, head)]
+    assert means[1] / means[0] == pytest.approx(1.0, rel=0.02)
+
+
+def test_gate_refuses_base_results_that_head_rewrote(same_speed_repo, tmp_path):
+    """Head's code runs after base's first half, as the same user: a base results file changed since base
+    wrote it is not judged against."""
+    base_half = tmp_path / "out" / "base-1.json"
+    completed, outputs, summary = run_gate(
+        tmp_path, "--repo", str(same_speed_repo), "--base", "HEAD~1", "--head", str(same_speed_repo),
+        extra_env={"KVBENCH_TEST_TAMPER": str(base_half)},
+    )
+    assert completed.returncode == 2 and outputs["verdict"] == "error", summary
+    assert f"{base_half} changed after base wrote it" in summary
+
+
+def test_gate_refuses_out_inside_the_head_checkout(same_speed_repo, tmp_path):
+    completed, outputs, summary = run_gate(
+        tmp_path, "--repo", str(same_speed_repo), "--head", str(same_speed_repo), "--out", str(same_speed_repo / "o")
+    )
+    assert completed.returncode == 2 and "is inside the head checkout" in summary
+
+
+def test_gate_maps_an_inconclusive_compare_to_its_own_verdict(tmp_path):
+    """compare's exit 4 (inconclusive: the interval reaches past the threshold) fails the gate with its own
+    verdict and code, not the 2 of a gate that could not run. The judging kvbench here only exits 4."""
+    inconclusive = [sys.executable, "-c", "import sys; print('| measurement |'); sys.exit(4)"]
+    side = Side("base", REPO, "this tree", inconclusive)
+    verdict, code, summary = gate.judge(side, side, tmp_path / "a.json", tmp_path / "b.json", 10.0, [])
+    assert (verdict, code, summary) == ("inconclusive", 4, "| measurement |\n")
+    assert gate.header(verdict, 10.0, [], []).startswith("### kvbench gate: INCONCLUSIVE")
+
+
+def base_python_has_torch() -> bool:
+    base_python = Path(sys.base_prefix) / "bin" / "python3"
+    probe = subprocess.run([str(base_python), "-c", "import importlib.util as u; print(u.find_spec('torch') is not None)"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(base_python_has_torch(), reason="the system python here has a torch the venv would reuse")
+def test_gate_venv_refuses_to_download_a_torch(tmp_path):
+    """A venv that cannot see a torch would have pip fetch the newest CUDA torch into each side (gigabytes):
+    the gate stops first and names the two fixes, before any pip install."""
+    side = Side("base", tmp_path, "a checkout")
+    options = GateOptions(install="venv", python=sys.executable, pip_install="-e .")
+    with pytest.raises(GateError, match=r"no torch the venvs can reuse.*--torch"):
+        gate.prepare(side, options, tmp_path)
+
+
+def test_gate_command_names_a_bad_threshold_in_one_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "kvbench", "gate", "--threshold-pct", "-1", "--out", str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert completed.returncode == 2 and "Error: --threshold-pct takes a non-negative percentage" in completed.stderr
+
+
+def test_the_docs_local_example_is_the_command_these_tests_run():
+    """docs/gpu-ci.md's laptop example is `kvbench gate` with options the command takes, in the
+    `--install pythonpath` mode run_gate drives above."""
+    import typer.main
+
+    from kvbench.cli import app
+
+    text = (REPO / "docs" / "gpu-ci.md").read_text()
+    start = text.index("\nkvbench gate ") + 1
+    lines = []
+    for line in text[start:].splitlines():
+        lines.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    words = shlex.split(" ".join(lines))
+    assert words[:2] == ["kvbench", "gate"] and "pythonpath" in words
+    gate_command = typer.main.get_command(app).commands["gate"]  # type: ignore[attr-defined]
+    context = gate_command.make_context("gate", words[2:])  # an unknown option or a missing value raises
+    assert context.params["install"] == "pythonpath" and context.params["base"] == "origin/main"

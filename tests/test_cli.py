@@ -144,7 +144,9 @@ def test_compare_bad_input(tmp_path, args, fragment):
     assert_user_error(invoke("compare", *filled), fragment)
 
 
-@pytest.mark.parametrize("command", [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"]])
+@pytest.mark.parametrize(
+    "command", [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"], ["gate", "--help"]]
+)
 def test_help_and_compare_do_not_import_torch(command):
     code = (
         "import sys\n"
@@ -315,7 +317,9 @@ def test_a_slower_cache_is_called_slower_not_a_fraction_faster(tmp_path):
     assert "× faster" not in shown
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["compare"], ["show"], ["plot"]], ids=lambda c: " ".join(c) or "kvbench")
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["compare"], ["show"], ["plot"], ["gate"]], ids=lambda c: " ".join(c) or "kvbench"
+)
 def test_help_shows_no_python_type_names_and_keeps_brackets(command):
     """Typer's type labels (`<bool>`, `<str>`, `<list[Path]>`) are Python's, not the user's; and Rich markup
     must not eat literal brackets such as `kvbench[ray]`."""

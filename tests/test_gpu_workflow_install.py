@@ -91,7 +91,11 @@ def closure(requirements: list[Requirement]) -> set[str]:
 
 def installed_by(install: list[str]) -> set[str]:
     requirements: list[Requirement] = []
-    for word in install:
+    words = iter(install)
+    for word in words:
+        if word in ("-c", "--constraint"):  # pins what is installed anyway; installs nothing itself
+            next(words)
+            continue
         if word == "-e":
             continue
         if word.startswith("."):

@@ -70,3 +70,17 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     completed = lint([broken], tmp_path)
     assert completed.returncode != 0
     assert "matrix" in completed.stdout
+
+
+def test_gpu_runner_jobs_keep_no_token_and_no_write_rights():
+    """The self-hosted runner runs the code under review: no checkout leaves the token in .git/config, and
+    no job there may write to the repository (the history's push is a separate, GitHub-hosted job)."""
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = yaml.safe_load(path.read_text())
+        for name, job in workflow["jobs"].items():
+            for step in job["steps"]:
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step.get("with", {}).get("persist-credentials") is False, f"{path.name}: {name}"
+            if "self-hosted" in job["runs-on"]:
+                rights = job.get("permissions", workflow.get("permissions"))
+                assert isinstance(rights, dict) and "write" not in rights.values(), f"{path.name}: {name}"

@@ -1,25 +1,23 @@
-#!/usr/bin/env python3
-"""The CI gate: measure a base and a head checkout with one config, back to back, and judge head against base.
+"""The CI gate: measure a base and a head checkout with one config, alternating, and judge head against base.
 
-It only drives the kvbench command line, so it runs the same on a laptop as in the GitHub action
-(`action.yml`):
+`kvbench gate` runs it, the same on a laptop as in the GitHub action (`action.yml`):
 
-    python3 ci/kvbench_gate.py --base origin/main --head . --config configs/ci-gpu.toml
+    kvbench gate --base origin/main --head . --config configs/ci-gpu.toml
 
 Each side is a directory or a git revision (checked out as a detached worktree). The config and the
-regression threshold are read from the base checkout, so a change cannot edit its own gate. The verdict is
-one `kvbench compare base.json head.json --format markdown --fail-on-regression PCT` call, run with base's
-kvbench: its markdown is the summary, its exit code is the gate's.
+regression threshold are read from the base checkout, so a change cannot edit its own gate. Each side
+runs the config twice, in the order base, head, head, base, so a machine that drifts steadily (warming,
+throttling) slows both sides alike; each side's two halves are then one results file. The verdict is one
+`kvbench compare base.json head.json --format markdown --fail-on-regression PCT` call, run with base's
+kvbench: its markdown is the summary, its exit code the gate's.
 
-Exit codes: 0 no significant regression (or nothing to compare with yet), 1 a significant regression of
-more than the threshold, 2 the gate could not run (a build, run or compare failed, or a bad argument), 3
-kvbench compare could not judge a measurement (it fails closed; its summary names each one).
-Standard library only: it runs before anything is installed.
+It only drives the kvbench command line of the two checkouts (never importing their code), so it imports
+nothing beyond the standard library and kvbench's error type.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -30,12 +28,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvbench.errors import KvbenchError
+
 GATE_FILE = ".github/kvbench-gate.env"
 THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
 DEFAULT_THRESHOLD_PCT = 10.0
+DEFAULT_CONFIG = "configs/ci-gpu.toml"
+INSTALL_MODES = ("venv", "pythonpath")
 # A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
 NULL_SHA = "0" * 40
-EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_UNJUDGED = 0, 1, 2, 3
+EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_UNJUDGED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+# The order the two sides are measured in: each side's mean time sits at the same point of the session,
+# so a steady drift of the machine adds the same to both.
+ORDER = ("base", "head", "head", "base")
 # What the summary's header shows from each results file's environment block.
 ENVIRONMENT_ROWS = (
     ("device", "device_name"),
@@ -48,7 +53,48 @@ ENVIRONMENT_ROWS = (
 
 
 class GateError(Exception):
-    """Something that keeps the gate from judging; its message names the problem and, where it can, the fix."""
+    """Something that keeps the gate from judging; its message names the problem and, where it can, the fix.
+    Unlike a KvbenchError it still ends in a summary (verdict `error`, exit 2)."""
+
+
+def default_out() -> Path:
+    return Path(tempfile.gettempdir()) / "kvbench-gate"
+
+
+@dataclass
+class GateOptions:
+    """What `kvbench gate` was asked to do; see its --help for each."""
+
+    base: str = ""
+    head: str = "."
+    repo: Path = Path(".")
+    config: str = DEFAULT_CONFIG
+    threshold_pct: float | None = None
+    gate_file: str = GATE_FILE
+    baseline_file: str = ""
+    install: str = "venv"
+    python: str = sys.executable
+    torch: str = ""
+    pip_install: str = "-e ."
+    kvbench_spec: str = ""
+    run_args: str = ""
+    out: Path = field(default_factory=default_out)
+
+    def check(self) -> None:
+        if self.threshold_pct is not None and not 0 <= self.threshold_pct < float("inf"):
+            raise KvbenchError("--threshold-pct takes a non-negative percentage, such as 10")
+        if self.install not in INSTALL_MODES:
+            raise KvbenchError(f"--install is {self.install!r}; give {' or '.join(INSTALL_MODES)}")
+
+
+@dataclass
+class GateOutcome:
+    """The verdict, the exit code, the summary's markdown and the step outputs the action publishes."""
+
+    verdict: str
+    exit_code: int
+    summary: str
+    outputs: dict[str, str]
 
 
 @dataclass
@@ -131,29 +177,58 @@ def read_threshold(side: Side, gate_file: str) -> tuple[float, str]:
     return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name}'s `{gate_file}` has no {THRESHOLD_KEY}"
 
 
-def prepare(side: Side, mode: str, python: str, pip_install: str, kvbench_spec: str, work: Path) -> None:
+def torch_version(python: Path) -> str | None:
+    """The version of the torch `python` would import, without importing it (seconds, and no CUDA)."""
+    probe = "import importlib.metadata as m\ntry: print(m.version('torch'))\nexcept m.PackageNotFoundError: pass"
+    completed = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    return completed.stdout.strip() or None
+
+
+def prepare(side: Side, options: GateOptions, work: Path) -> None:
     """Make `side.kvbench` run that checkout's kvbench: a fresh venv that reuses the system's packages
-    (the runner's CUDA torch), or, for quick local runs and tests, the checkout on PYTHONPATH."""
-    if mode == "pythonpath":
-        side.kvbench = [python, "-m", "kvbench"]
+    (the runner's CUDA torch, which pip is then not allowed to replace), or, for quick local runs and
+    tests, the checkout on PYTHONPATH."""
+    if options.install == "pythonpath":
+        side.kvbench = [options.python, "-m", "kvbench"]
         paths = [str(side.checkout), os.environ.get("PYTHONPATH")]
         side.env = {"PYTHONPATH": os.pathsep.join(filter(None, paths))}
         return
     venv = work / f"{side.name}-venv"
     shutil.rmtree(venv, ignore_errors=True)
     log(f"{side.name}: creating {venv}")
-    created = subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], stdout=sys.stderr)
+    created = subprocess.run(
+        [options.python, "-m", "venv", "--system-site-packages", str(venv)], stdout=sys.stderr
+    )
     if created.returncode != 0:
-        raise GateError(f"{python} -m venv failed; give --python an interpreter with the venv module")
+        raise GateError(f"{options.python} -m venv failed; give --python an interpreter with the venv module")
     venv_python = venv / "bin" / "python"
-    # A kvbench directory is installed editable, so the checkout's own kvbench is the one measured.
-    if kvbench_spec and Path(kvbench_spec).is_dir():
-        kvbench_spec = f"-e {shlex.quote(kvbench_spec)}"
-    for what in filter(None, [pip_install, kvbench_spec]):
+
+    def pip_install(what: str, env: dict[str, str]) -> None:
         log(f"{side.name}: pip install {what}")
         command = [str(venv_python), "-m", "pip", "install", "--quiet", *shlex.split(what)]
-        if subprocess.run(command, cwd=side.checkout, stdout=sys.stderr).returncode != 0:
+        if subprocess.run(command, cwd=side.checkout, env={**os.environ, **env}, stdout=sys.stderr).returncode != 0:
             raise GateError(f"{side.name}: pip install {what} failed in {side.checkout} (see the log above)")
+
+    if options.torch:
+        pip_install(options.torch, {})
+    torch = torch_version(venv_python)
+    if torch is None:
+        # Left to itself pip would fetch the newest CUDA torch into each venv: gigabytes, minutes, and a
+        # build the runner's driver may not run.
+        raise GateError(
+            f"{options.python} has no torch the venvs can reuse; install a CUDA build of torch for it on the"
+            " runner, or give --torch (the action's `torch` input) a pip requirement such as"
+            " 'torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124'"
+        )
+    pinned = work / f"{side.name}-torch-constraint.txt"
+    pinned.write_text(f"torch=={torch}\n")
+    log(f"{side.name}: torch {torch}, kept as it is")
+    # A kvbench directory is installed editable, so the checkout's own kvbench is the one measured.
+    kvbench_spec = options.kvbench_spec
+    if kvbench_spec and Path(kvbench_spec).is_dir():
+        kvbench_spec = f"-e {shlex.quote(kvbench_spec)}"
+    for what in filter(None, [options.pip_install, kvbench_spec]):
+        pip_install(what, {"PIP_CONSTRAINT": str(pinned)})
     if not (venv / "bin" / "kvbench").exists():
         raise GateError(
             f"{side.name}: no kvbench in {venv} after pip install; give --kvbench-spec where kvbench comes from"
@@ -162,11 +237,50 @@ def prepare(side: Side, mode: str, python: str, pip_install: str, kvbench_spec: 
 
 
 def measure(side: Side, config: Path, run_args: list[str], output: Path) -> None:
-    log(f"{side.name}: kvbench run --config {config} {shlex.join(run_args)}".rstrip())
+    log(f"{side.name}: kvbench run --config {config} {shlex.join(run_args)} --output {output}".replace("  ", " "))
     output.unlink(missing_ok=True)
     completed = side.run(["run", "--config", str(config), *run_args, "--output", str(output)])
     if completed.returncode != 0 or not output.is_file():
         raise GateError(f"{side.name}: kvbench run exited {completed.returncode} (see the log above)")
+
+
+def merge_halves(first: Path, second: Path, merged: Path) -> None:
+    """One results file holding both halves' runs, the second's numbered on from the first's. The summary
+    and explanation blocks are derived from the runs, so they are left out and compare derives them."""
+    try:
+        document, later = json.loads(first.read_bytes()), json.loads(second.read_bytes())
+        last_run: dict[tuple[str, str], int] = {}
+        for run in document["runs"]:
+            key = (run["cell"], run["mode"])
+            last_run[key] = max(last_run.get(key, -1), run["run"])
+        for run in later["runs"]:
+            run["run"] += last_run.get((run["cell"], run["mode"]), -1) + 1
+        document["runs"] += later["runs"]
+        known = {cell["id"] for cell in document["cells"]}
+        document["cells"] += [cell for cell in later["cells"] if cell["id"] not in known]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GateError(f"cannot join {first.name} and {second.name} into {merged.name}: {error!r}") from None
+    document["complete"] = bool(document.get("complete")) and bool(later.get("complete"))
+    document["updated_at"] = later.get("updated_at", document.get("updated_at"))
+    document.pop("summary", None)
+    document.pop("explained", None)
+    merged.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_untouched(digests: dict[Path, str]) -> None:
+    """Base's results, as base wrote them: head's code ran after them, as the same user, and must not be
+    able to make its own reference faster or slower."""
+    for path, digest in digests.items():
+        now = sha256_of(path) if path.is_file() else "(gone)"
+        if now != digest:
+            raise GateError(
+                f"{path} changed after base wrote it (sha256 {digest[:12]}…, now {now[:12]}…), while head's code"
+                " ran; the gate does not judge against results it cannot trust"
+            )
 
 
 def environment_of(path: Path) -> dict:
@@ -186,6 +300,7 @@ def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]],
         "no-baseline": "kvbench gate: nothing to compare with yet (measured, not judged)",
         "error": "kvbench gate: could not judge",
         "unjudged": "kvbench gate: could not judge every measurement (fails closed)",
+        "inconclusive": f"kvbench gate: INCONCLUSIVE (the data cannot rule out a slowdown of more than {threshold:g}%)",
     }
     lines = [f"### {titles[verdict]}", ""]
     if not columns:  # it stopped before it knew either side
@@ -211,6 +326,16 @@ def write_github_files(outputs: dict[str, str], summary: str) -> None:
             handle.write(summary)
 
 
+# kvbench compare's exit codes under --fail-on-regression, and the gate's verdict for each; the gate exits
+# with the same code, so a workflow reads one set of numbers.
+COMPARE_VERDICTS = {
+    EXIT_PASS: "pass",
+    EXIT_REGRESSION: "regression",
+    EXIT_UNJUDGED: "unjudged",
+    EXIT_INCONCLUSIVE: "inconclusive",
+}
+
+
 def judge(
     judge_side: Side, head: Side, reference: Path | None, head_json: Path, threshold: float, notes: list[str]
 ) -> tuple[str, int, str]:
@@ -229,73 +354,82 @@ def judge(
         f"Judged by {judge_side.name}'s kvbench: `kvbench compare --fail-on-regression {threshold:g}`"
         f" exited {compared.returncode}."
     )
-    if compared.returncode == EXIT_PASS:
-        return "pass", EXIT_PASS, compared.stdout
-    if compared.returncode == EXIT_REGRESSION:
-        return "regression", EXIT_REGRESSION, compared.stdout
-    # compare's markdown says it fails closed with exit 3: the gate's exit code must be the one it names.
-    if compared.returncode == EXIT_UNJUDGED:
-        return "unjudged", EXIT_UNJUDGED, compared.stdout
+    if compared.returncode in COMPARE_VERDICTS:
+        return COMPARE_VERDICTS[compared.returncode], compared.returncode, compared.stdout
     return "error", EXIT_ERROR, f"{compared.stdout}\n```\n{compared.stderr.strip()}\n```\n"
 
 
-def gate(args: argparse.Namespace) -> int:
-    repo = Path(args.repo).resolve()
-    out = Path(args.out).resolve()
+def run_gate(options: GateOptions) -> GateOutcome:
+    """Measure, judge and write the summary (to `out/summary.md` and, in GitHub Actions, the job's page)."""
+    options.check()
+    repo = Path(options.repo).resolve()
+    out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base_spec = (args.base or "").strip()
+    base_spec = options.base.strip()
     if base_spec == NULL_SHA:
         base_spec = ""
     worktrees: list[Path] = []
     notes: list[str] = []
     verdict, code, judged = "error", EXIT_ERROR, ""
-    threshold = args.threshold_pct if args.threshold_pct is not None else DEFAULT_THRESHOLD_PCT
+    threshold = options.threshold_pct if options.threshold_pct is not None else DEFAULT_THRESHOLD_PCT
     head_json, base_json, exported_json = out / "head.json", out / "base.json", out / "benchmark-action.json"
+    halves = {side: (out / f"{side}-1.json", out / f"{side}-2.json") for side in ("base", "head")}
     # A previous run's files must not pass for this one's.
-    for stale in (head_json, base_json, exported_json):
+    for stale in (head_json, base_json, exported_json, *halves["base"], *halves["head"]):
         stale.unlink(missing_ok=True)
     base = head = None
     stored_column: tuple[str, str, dict] | None = None  # the committed baseline, when it stands in for base
     try:
-        head_dir, made = resolve_checkout(args.head, repo, out / "head-src")
+        head_dir, made = resolve_checkout(options.head, repo, out / "head-src")
         worktrees += [head_dir] if made else []
         head = Side("head", head_dir, describe_commit(head_dir))
+        if out.is_relative_to(head_dir):
+            raise GateError(f"--out {out} is inside the head checkout; give a directory outside it")
         if base_spec:
             base_dir, made = resolve_checkout(base_spec, repo, out / "base-src")
             worktrees += [base_dir] if made else []
             base = Side("base", base_dir, describe_commit(base_dir))
         # The gate's settings come from the base: the code under review does not choose its own judge.
         trusted = base or head
-        if args.threshold_pct is None:
-            threshold, source = read_threshold(trusted, args.gate_file)
+        if options.threshold_pct is None:
+            threshold, source = read_threshold(trusted, options.gate_file)
             notes.append(f"Threshold {threshold:g}%: {source}.")
         else:
             notes.append(f"Threshold {threshold:g}%: given to the gate (--threshold-pct).")
-        config = trusted.checkout / args.config
+        config = trusted.checkout / options.config
         if not config.is_file():
-            raise GateError(f"{args.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
-        notes.append(f"Config `{args.config}` from {trusted.name}.")
-        run_args = shlex.split(args.run_args or "")
+            raise GateError(f"{options.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
+        notes.append(f"Config `{options.config}` from {trusted.name}.")
+        run_args = shlex.split(options.run_args or "")
         if run_args:
             notes.append(f"Extra `kvbench run` arguments: `{shlex.join(run_args)}`.")
 
         # Install everything first, so base and head are measured minutes apart with nothing in between.
         for side in filter(None, [base, head]):
-            prepare(side, args.install, args.python, args.pip_install, args.kvbench_spec, out)
+            prepare(side, options, out)
+        base_digests: dict[Path, str] = {}
         if base is not None:
-            measure(base, config, run_args, base_json)
-        measure(head, config, run_args, head_json)
-        if base is not None:
-            notes.append("Base then head, back to back, on this machine.")
+            sides, waiting = {"base": base, "head": head}, {"base": list(halves["base"]), "head": list(halves["head"])}
+            for name in ORDER:
+                output = waiting[name].pop(0)
+                measure(sides[name], config, run_args, output)
+                if name == "base":
+                    base_digests[output] = sha256_of(output)
+            merge_halves(*halves["base"], base_json)
+            merge_halves(*halves["head"], head_json)
+            base_digests[base_json] = sha256_of(base_json)
+            notes.append("Measured base, head, head, base on this machine; each side's two halves judged as one.")
             reference = base_json
-        elif args.baseline_file and (head.checkout / args.baseline_file).is_file():
-            reference = head.checkout / args.baseline_file
-            stored = environment_of(reference)
-            commit = (stored.get("kvbench_git_commit") or "")[:7] or "(unknown)"
-            stored_column = (f"baseline `{args.baseline_file}`", f"{commit} (committed results)", stored)
-            notes.append(f"No base commit given: compared with the committed `{args.baseline_file}`.")
         else:
-            reference = None
+            measure(head, config, run_args, head_json)
+            if options.baseline_file and (head.checkout / options.baseline_file).is_file():
+                reference = head.checkout / options.baseline_file
+                stored = environment_of(reference)
+                commit = (stored.get("kvbench_git_commit") or "")[:7] or "(unknown)"
+                stored_column = (f"baseline `{options.baseline_file}`", f"{commit} (committed results)", stored)
+                notes.append(f"No base commit given: compared with the committed `{options.baseline_file}`.")
+            else:
+                reference = None
 
         # The history export: github-action-benchmark's JSON of head's measurements, by head's kvbench
         # (the export is a record, not the verdict, so the base need not make it).
@@ -303,6 +437,7 @@ def gate(args: argparse.Namespace) -> int:
         if exported.returncode == 0:
             exported_json.write_text(exported.stdout)
 
+        check_untouched(base_digests)
         verdict, code, judged = judge(trusted, head, reference, head_json, threshold, notes)
     except GateError as error:
         log(f"error: {error}")
@@ -318,7 +453,6 @@ def gate(args: argparse.Namespace) -> int:
     summary = header(verdict, threshold, columns, notes) + ("\n" + judged if judged else "")
     summary_path = out / "summary.md"
     summary_path.write_text(summary)
-    print(summary)
     outputs = {
         "verdict": verdict,
         "exit-code": str(code),
@@ -328,52 +462,4 @@ def gate(args: argparse.Namespace) -> int:
         "benchmark-action": str(exported_json) if exported_json.is_file() else "",
     }
     write_github_files(outputs, summary)
-    return code
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Measure a base and a head checkout with one kvbench config; fail on a significant regression.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add("--base", default="", help="base checkout: a directory or a git revision of --repo; empty: --baseline-file")
-    add("--head", default=".", help="head checkout: a directory or a git revision of --repo")
-    add("--repo", default=".", help="the git repository revisions are taken from")
-    add("--config", default="configs/ci-gpu.toml", help="kvbench TOML config, relative to the base checkout")
-    add(
-        "--threshold-pct", type=float, default=None,
-        help=f"fail on a significant slowdown of more than this percentage [default: {THRESHOLD_KEY} in the"
-        f" base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}]",
-    )
-    add("--gate-file", default=GATE_FILE, help=f"file in the base checkout holding {THRESHOLD_KEY}=PCT")
-    add("--baseline-file", default="", help="results file in the head checkout to compare with when there is no --base")
-    add(
-        "--install", choices=("venv", "pythonpath"), default="venv",
-        help="venv: a fresh venv per side that sees --python's packages (a system CUDA torch); pythonpath: run"
-        " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing",
-    )
-    add("--python", default=sys.executable, help="interpreter for the venvs (or for pythonpath runs)")
-    add("--pip-install", default="-e .", help="pip install arguments, run inside each checkout (venv mode)")
-    add(
-        "--kvbench-spec", default="",
-        help="where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
-        " (installed editable) or pip arguments; empty: the checkout is kvbench",
-    )
-    add("--run-args", default="", help="extra `kvbench run` arguments for both sides, as one string")
-    add(
-        "--out", default=str(Path(tempfile.gettempdir()) / "kvbench-gate"),
-        help="where checkouts, venvs, results, summary.md and benchmark-action.json go (outside the repository)",
-    )
-    args = parser.parse_args(argv)
-    if args.threshold_pct is not None and args.threshold_pct < 0:
-        parser.error("--threshold-pct takes a non-negative percentage, such as 10")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    return gate(parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return GateOutcome(verdict, code, summary, outputs)
