@@ -8,29 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from kvbench.cli import EXIT_INCONCLUSIVE, EXIT_UNJUDGED, app
+from kvbench.cli import EXIT_INCONCLUSIVE, EXIT_UNJUDGED
 from kvbench.compare import INCONCLUSIVE, PASS, REGRESSION, compare_results
 from kvbench.export import FORMATS
 from kvbench.export.grids import interval_text, timing_grid
 from kvbench.records import CellResult, RunRecord
-from kvbench.results import write_result
 from kvbench.stats import RatioTest, compare_means, runs_to_settle
 from tests.conftest import make_result
-
-runner = CliRunner()
-STEADY = [1.00, 1.01, 0.99, 1.00]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def save(folder: Path, name: str, result) -> Path:
-    path = folder / f"{name}.json"
-    write_result(result, path)
-    return path
+from tests.test_verdicts import STEADY, invoke, save
 
 
 def lines_of(result, kind: str) -> list[str]:

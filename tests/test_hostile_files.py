@@ -160,24 +160,6 @@ def test_a_single_model_failing_to_load_leaves_nothing_in_the_way_of_the_retry(t
     assert read_result(output).complete
 
 
-def test_a_failure_after_measuring_keeps_the_file(tmp_path, monkeypatch):
-    """The other side: a run that measured something keeps it, whatever stopped it."""
-    import kvbench.results as results
-
-    real, calls = os.fsync, []
-
-    def fills_up(fd):
-        calls.append(fd)
-        if len(calls) > 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd)
-
-    monkeypatch.setattr(results.os, "fsync", fills_up)
-    output = tmp_path / "r.json"
-    assert_one_line(invoke("run", "-m", "tiny-gpt2", *FAST, "-r", "3", "-o", output), 2, "No space left")
-    assert read_result(output).runs
-
-
 # --- --resume and files kvbench did not write -------------------------------------------------------------
 
 
