@@ -410,7 +410,21 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
             f"{origin} is a damaged kvbench results file ({error}); rerun kvbench run to replace it"
         ) from None
     check_run_times(result.runs, origin)
+    _refuse_repeated_runs(result.runs, origin)
     return result
+
+
+def _refuse_repeated_runs(runs: list[RunRecord], origin: str) -> None:
+    """A run recorded twice would count twice: the statistics would claim a precision nobody measured."""
+    seen = set()
+    for run in runs:
+        key = (run.cell, run.mode, run.run)
+        if key in seen:
+            raise KvbenchError(
+                f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} is recorded twice; the file is"
+                " damaged (edited or merged by hand), rerun kvbench run"
+            )
+        seen.add(key)
 
 
 # Seconds a generate() can take: beyond these the statistics overflow or divide by zero.

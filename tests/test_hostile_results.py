@@ -212,3 +212,17 @@ def test_time_left_from_warmups_forgets_a_failed_cells_generations():
     left.finished(gen["c2"], None)
     # One generation is left, at 10 s a generation so far; not two.
     assert left.seconds_left() <= 15
+
+
+# --- a run recorded twice would count twice: the standard error shrinks on nothing measured --------------
+
+
+@pytest.mark.parametrize("command", ["show", "compare"])
+def test_a_run_recorded_twice_is_refused_in_one_line(tmp_path, command):
+    data = copy.deepcopy(GOLDEN)
+    data["runs"] = data["runs"] + [data["runs"][0]]
+    path = write(tmp_path, data)
+    args = [command, path] if command == "show" else [command, ROOT / "tests/data/golden.json", path]
+    result = invoke(*args)
+    one_line_error(result)
+    assert "recorded twice" in result.output
