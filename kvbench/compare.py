@@ -10,7 +10,7 @@ from pathlib import Path
 from kvbench.config import Cell
 from kvbench.errors import KvbenchError
 from kvbench.metrics import JUDGED_METRICS
-from kvbench.records import BenchmarkResult, ModeSummary, RunRecord
+from kvbench.records import BenchmarkResult, CellState, ModeSummary, RunRecord
 from kvbench.results import read_result
 from kvbench.stats import (
     RatioTest,
@@ -79,6 +79,8 @@ class Entry:
     # baseline that would likely settle it at the noise seen; None where no number is likely to.
     settle_runs: tuple[int, int] | None = None
     settings_differ: str | None = None  # paired with a baseline measurement of other settings: what differs
+    # Its cell failed after some runs (a measuring process killed, say): the runs kept are shown, not judged.
+    cell_failed: str | None = None
     unjudged: str | None = None  # why the gate could not judge this measurement
 
     @property
@@ -97,10 +99,6 @@ class Entry:
     def versus_baseline(self) -> RatioTest | None:
         """The latency test against the baseline; None for the baseline itself."""
         return self.tests.get("latency")
-
-    @property
-    def change_pct(self) -> float | None:
-        return self.change_of("latency")
 
     def change_of(self, metric: str) -> float | None:
         """The change against the baseline in percent, by a judged metric; None for the baseline itself."""
@@ -149,11 +147,6 @@ class Comparison:
     @property
     def inconclusive(self) -> list[tuple[Row, int]]:
         return self._with_verdict(INCONCLUSIVE)
-
-    @property
-    def gate_failed_closed(self) -> bool:
-        """The gate is on and could not judge everything it was asked to."""
-        return self.threshold_pct is not None and bool(self.unjudged)
 
     @property
     def outcome(self) -> str | None:
@@ -256,7 +249,10 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
             assert summary is not None  # the mode has runs
             memory, source = summary.peak_memory()
             processes = len({(run.host, run.pid) for run in runs})
-            found[key] = Entry(key, summary, metric_samples(runs), memory, source, processes, _per_run(runs))
+            entry = Entry(key, summary, metric_samples(runs), memory, source, processes, _per_run(runs))
+            if CellState(cell.status).failed:
+                entry.cell_failed = f"{cell.status}: {cell.reason}" if cell.reason else str(cell.status)
+            found[key] = entry
     return found
 
 
@@ -467,6 +463,9 @@ def gate_verdict(test: RatioTest | None, threshold_pct: float | None) -> str | N
 
 def _why_unjudged(entry: Entry, base: Entry, metric: str, base_label: str) -> str | None:
     name = JUDGED_METRICS[metric].label
+    for failed, where in ((entry.cell_failed, "its cell"), (base.cell_failed, f"the baseline {base_label}'s cell")):
+        if failed:
+            return f"{where} failed after some runs ({failed}): the runs it kept are shown, not judged"
     if entry.settings_differ:
         return f"its settings differ from the baseline's ({entry.settings_differ}): not the same measurement"
     if entry.tested_on_process_means != base.tested_on_process_means:

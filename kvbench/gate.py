@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.errors import KvbenchError
+from kvbench.untrusted import printable
 
 GATE_FILE = ".github/kvbench-gate.env"
 THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
@@ -170,9 +172,11 @@ def read_threshold(side: Side, gate_file: str) -> tuple[float, str]:
             try:
                 threshold = float(raw)
             except ValueError:
+                threshold = math.nan
+            if not 0 <= threshold < math.inf:
                 raise GateError(
-                    f"{path}: {THRESHOLD_KEY}={raw!r} is not a number; write a percentage, such as 10"
-                ) from None
+                    f"{path}: {THRESHOLD_KEY}={raw!r} is not a non-negative percentage; write one, such as 10"
+                )
             return threshold, f"{THRESHOLD_KEY} in {side.name}'s `{gate_file}`"
     return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name}'s `{gate_file}` has no {THRESHOLD_KEY}"
 
@@ -289,7 +293,9 @@ def environment_of(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return {**data.get("environment", {}), "kvbench": data.get("kvbench_version")}
+    if not isinstance(data, dict) or not isinstance(data.get("environment"), dict):
+        return {}  # not a results file: the summary says "—" rather than stop
+    return {**data["environment"], "kvbench": data.get("kvbench_version")}
 
 
 def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]], notes: list[str]) -> str:
@@ -307,13 +313,19 @@ def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]],
         return "\n".join(lines + [f"{note}  " for note in notes]) + "\n"
     lines.append("| | " + " | ".join(title for title, _, _ in columns) + " |")
     lines.append("|---" * (len(columns) + 1) + "|")
-    lines.append("| commit | " + " | ".join(commit.replace("|", "\\|") for _, commit, _ in columns) + " |")
+    lines.append("| commit | " + " | ".join(_cell(commit) for _, commit, _ in columns) + " |")
     for label, key in ENVIRONMENT_ROWS:
-        values = [str(environment.get(key) or "—") for _, _, environment in columns]
+        values = [_cell(str(environment.get(key) or "—")) for _, _, environment in columns]
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     lines.append("")
     lines += [f"{note}  " for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A table cell from a commit subject or a results file that head wrote: one line, its controls
+    written out, no `|` to break the table."""
+    return printable(text, one_line=True).replace("|", "\\|")
 
 
 def write_github_files(outputs: dict[str, str], summary: str) -> None:
@@ -363,8 +375,15 @@ def run_gate(options: GateOptions) -> GateOutcome:
     """Measure, judge and write the summary (to `out/summary.md` and, in GitHub Actions, the job's page)."""
     options.check()
     repo = Path(options.repo).resolve()
-    out = Path(options.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(options.out).expanduser().resolve()
+    # Refused before anything is made or removed there: head's code must not be able to reach base's
+    # results, and a folder the user did not mean is not emptied of its results files.
+    if Path(options.head).is_dir() and out.is_relative_to(Path(options.head).resolve()):
+        raise KvbenchError(f"--out {out} is inside the head checkout; give a directory outside it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KvbenchError(f"--out {out} cannot be made ({error.strerror}); give a directory you can write") from None
     base_spec = options.base.strip()
     if base_spec == NULL_SHA:
         base_spec = ""
@@ -383,8 +402,6 @@ def run_gate(options: GateOptions) -> GateOutcome:
         head_dir, made = resolve_checkout(options.head, repo, out / "head-src")
         worktrees += [head_dir] if made else []
         head = Side("head", head_dir, describe_commit(head_dir))
-        if out.is_relative_to(head_dir):
-            raise GateError(f"--out {out} is inside the head checkout; give a directory outside it")
         if base_spec:
             base_dir, made = resolve_checkout(base_spec, repo, out / "base-src")
             worktrees += [base_dir] if made else []

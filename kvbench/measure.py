@@ -138,14 +138,18 @@ def _installed(module: str) -> bool:
         return False
 
 
-def unsupported_reason(cell: Cell, device: str, capability: tuple[int, int] | None = None) -> str | None:
+def unsupported_reason(
+    cell: Cell, device: str, capability: tuple[int, int] | None = None, *, capability_known: bool = True
+) -> str | None:
     """Why this machine cannot run a cell's cache or attention implementation, known before trying.
-    `capability` is the GPU's compute capability (None on a CPU)."""
+    `capability` is the GPU's compute capability (None on a CPU); not `capability_known` where the GPUs are
+    other machines' (--launcher ray), whose workers decide."""
     if cell.cache_implementation in ("offloaded", "offloaded_static") and not is_gpu(device):
         return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
     if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
         return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
-    if cell.attn_implementation == "flash_attention_2" and (capability is None or capability < (8, 0)):
+    gpu_elsewhere = not capability_known and is_gpu(device)
+    if cell.attn_implementation == "flash_attention_2" and not gpu_elsewhere and (capability is None or capability < (8, 0)):
         found = f"this GPU has {capability[0]}.{capability[1]}" if capability else f"the device is {device}"
         return f"attn_implementation=flash_attention_2 needs a GPU of compute capability 8.0 or newer ({found})"
     if cell.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):

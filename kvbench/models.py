@@ -239,9 +239,12 @@ def weight_files(directory: Path) -> list[Path]:
     its sharded index, the first that exists. An index comes with its shards. Anything else there (a
     Trainer's training_args.bin, an optimizer state) is never loaded, so never checked."""
     try:
-        explicit = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("transformers_weights")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        config = json.loads(read_bounded_text(directory / "config.json", MOST_CONFIG_BYTES, "model config"))
+        explicit = config.get("transformers_weights")
+    except (KvbenchError, ValueError, AttributeError):
         explicit = None
+    if isinstance(explicit, str) and not (directory / explicit).resolve().is_relative_to(directory.resolve()):
+        raise KvbenchError(f"{directory}: config.json names weights outside the model ({explicit!r}); fix config.json")
     candidates = [explicit] if isinstance(explicit, str) else list(TRANSFORMERS_WEIGHT_FILES)
     entry = next((directory / name for name in candidates if (directory / name).is_file()), None)
     if entry is None:
@@ -249,10 +252,17 @@ def weight_files(directory: Path) -> list[Path]:
     if not entry.name.endswith(".index.json"):
         return [entry]
     try:
-        shards = sorted(set(json.loads(entry.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        index = json.loads(read_bounded_text(entry, MOST_CONFIG_BYTES, "weight index"))
+        shards = sorted(set(index["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise KvbenchError(f"{directory}: weight index {entry.name} cannot be read ({error}); fix or replace it") from None
-    return [directory / shard for shard in shards]
+    files = [directory / shard for shard in shards]
+    # An index is the model's own file: a shard named outside its directory (../, an absolute path) is no
+    # shard of it.
+    outside = [str(shard) for shard, path in zip(shards, files) if not path.resolve().is_relative_to(directory.resolve())]
+    if outside:
+        raise KvbenchError(f"{directory}: weight index {entry.name} names files outside the model: {', '.join(outside)}")
+    return files
 
 
 def check_weight_files(directory: Path, name: str) -> None:

@@ -49,8 +49,10 @@ def _file_name_of(model: str) -> str:
     return name.lstrip(".") or "model"
 
 
-# At most this many earlier results files, the newest, are read for an estimate of a run's time.
+# At most this many earlier results files, the newest and none larger than this, are read for an estimate
+# of a run's time: reading them must not cost a run's start more than a second or so.
 ESTIMATE_FROM_FILES = 20
+ESTIMATE_FROM_BYTES = 8 * 2**20
 
 
 def advice(config: BenchConfig, device: str) -> list[str]:
@@ -150,7 +152,12 @@ class Benchmark(Measurement):
     def estimate(self) -> Estimate | None:
         """How long the generations would take, from runs of the same models and modes on this machine's
         device in earlier results files: the output itself (--resume) and the newest beside it."""
-        planned = self.planned()
+        measurable = {
+            cell.id
+            for cell in self._pending()
+            if unsupported_reason(cell.settings, self.device, self.capability, capability_known=self.gpu_here) is None
+        }
+        planned = {generation: count for generation, count in self.planned().items() if generation.cell in measurable}
         if not planned:
             return None
         folder = self.file.path.parent if self.file is not None else Path("results")
@@ -160,6 +167,8 @@ class Benchmark(Measurement):
         device_name = self.result.environment.get("device_name")
         measured, sources = [], []
         for path in candidates:
+            if _size(path) > ESTIMATE_FROM_BYTES:  # a big sweep's file would cost more to read than it tells
+                continue
             try:
                 earlier = read_result(path)
             except KvbenchError:  # not a results file, or one this version cannot read: not a source
@@ -179,6 +188,7 @@ class Benchmark(Measurement):
             if seconds is not None:
                 return Estimate(seconds, sources)
         return None
+
     def _save_what_was_measured(self) -> None:
         # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
         # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
@@ -238,6 +248,13 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 @dataclass
 class Estimate:
     """A run's time predicted from earlier runs of its models on this machine, and the files they are in."""
@@ -272,7 +289,9 @@ def plan(benchmark: Benchmark) -> Plan:
         if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
-        reason = unsupported_reason(cell_result.settings, benchmark.device, benchmark.capability)
+        reason = unsupported_reason(
+            cell_result.settings, benchmark.device, benchmark.capability, capability_known=benchmark.gpu_here
+        )
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))
             continue

@@ -186,10 +186,10 @@ def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path
 
 
 def test_the_gate_files_describe_the_rule_the_gate_applies():
-    """The threshold file's comment states compare's rule (the whole interval above PCT), not the older
-    "slower by more than PCT and significant"; the tree this module copies names only paths that exist."""
+    """The threshold file's comment states compare's rule (three verdicts from the interval against PCT), not
+    the older "slower by more than PCT and significant"; the tree this module copies names only paths that exist."""
     comment = (REPO / ".github" / "kvbench-gate.env").read_text()
-    assert "whole 95% confidence interval" in comment and "t-test" not in comment
+    assert "95% confidence interval" in comment and "inconclusive" in comment and "t-test" not in comment
     assert all((REPO / name).exists() for name in NEEDED)
 
 
@@ -233,10 +233,36 @@ def test_gate_refuses_base_results_that_head_rewrote(same_speed_repo, tmp_path):
 
 
 def test_gate_refuses_out_inside_the_head_checkout(same_speed_repo, tmp_path):
+    """Refused before anything is made or removed there: a results file the user keeps in it survives."""
+    inside = same_speed_repo / "o"
+    inside.mkdir()
+    (inside / "head.json").write_text("{}")
     completed, outputs, summary = run_gate(
-        tmp_path, "--repo", str(same_speed_repo), "--head", str(same_speed_repo), "--out", str(same_speed_repo / "o")
+        tmp_path, "--repo", str(same_speed_repo), "--head", str(same_speed_repo), "--out", str(inside)
     )
-    assert completed.returncode == 2 and "is inside the head checkout" in summary
+    assert completed.returncode == 2 and "is inside the head checkout" in completed.stderr
+    assert sorted(path.name for path in inside.iterdir()) == ["head.json"]
+
+
+def test_gate_that_cannot_make_its_out_folder_is_one_line(tmp_path):
+    completed, _, _ = run_gate(tmp_path, "--head", str(tmp_path), "--out", "/proc/kvbench-gate-out")
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "--out /proc/kvbench-gate-out cannot be made" in completed.stderr
+
+
+def test_a_threshold_in_the_gate_file_must_be_a_percentage(tmp_path):
+    for raw in ("nan", "-5", "inf", "ten"):
+        (tmp_path / ".github").mkdir(exist_ok=True)
+        (tmp_path / ".github" / "kvbench-gate.env").write_text(f"KVBENCH_REGRESSION_PCT={raw}\n")
+        with pytest.raises(gate.GateError, match="not a non-negative percentage"):
+            gate.read_threshold(Side("base", tmp_path, "this tree"), ".github/kvbench-gate.env")
+
+
+def test_the_summary_writes_what_head_wrote_as_one_cell(tmp_path):
+    evil = {"torch": "2.13|evil\x1b[31m\nnext line"}
+    text = gate.header("pass", 10.0, [("head", "abc | subject\x1b]0;title\x07", evil)], [])
+    table = [line for line in text.splitlines() if line.startswith("| torch")]
+    assert len(table) == 1 and "\x1b" not in text and "\\|evil" in table[0]
 
 
 def test_gate_maps_an_inconclusive_compare_to_its_own_verdict(tmp_path):

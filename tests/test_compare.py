@@ -81,7 +81,7 @@ def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):
     slow = save(tmp_path, "slow", make_result({"cached": [1.30, 1.32, 1.28, 1.31, 1.29], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]}))
     comparison = compare_results([base, slow], threshold_pct=10)
     cached = comparison.rows[0].entries[1]
-    assert cached.change_pct == pytest.approx(30.0)
+    assert cached.change_of("latency") == pytest.approx(30.0)
     assert cached.regression
     assert not comparison.rows[1].entries[1].regression
     assert len(comparison.regressions) == 1
@@ -99,7 +99,7 @@ def test_a_large_but_noisy_difference_is_not_significant(tmp_path):
     base = save(tmp_path, "a", make_result({"cached": [1.0, 2.0, 0.5]}))
     noisy = save(tmp_path, "b", make_result({"cached": [2.0, 0.8, 2.5]}))
     comparison = compare_results([base, noisy], threshold_pct=5)
-    assert comparison.rows[0].entries[1].change_pct > 5
+    assert comparison.rows[0].entries[1].change_of("latency") > 5
     assert comparison.regressions == []
 
 
@@ -119,7 +119,7 @@ def test_baseline_can_be_chosen(tmp_path):
     b = save(tmp_path, "b", make_result({"cached": [2.0, 2.1]}))
     comparison = compare_results([a, b], baseline="b")
     assert comparison.baseline == 1
-    assert comparison.rows[0].entries[0].change_pct == pytest.approx((1.05 / 2.05 - 1) * 100)
+    assert comparison.rows[0].entries[0].change_of("latency") == pytest.approx((1.05 / 2.05 - 1) * 100)
     with pytest.raises(KvbenchError, match="not among the files"):
         compare_results([a, b], baseline="c")
 
@@ -316,3 +316,4 @@ def test_markdown_fits_a_github_comment_and_never_drops_a_flagged_measurement():
     # Every measurement of the rerun is inconclusive at 10%: none may be cut, however tight the limit.
     flagged = to_markdown(gated, limit=3000)
     assert flagged.count("INCONCLUSIVE") == to_markdown(gated).count("INCONCLUSIVE") == 4
+    assert "post --format csv instead" in flagged  # still too long, and it says so

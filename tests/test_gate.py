@@ -219,7 +219,7 @@ def test_markdown_carries_the_verdicts(tmp_path):
 
 def test_the_calibration_script_drives_the_real_gate():
     """benchmarks/calibrate_gate.py at a tiny, seeded count: quiet runs with no change all pass, a 25%
-    slowdown is always caught (README's calibration table is this at 100 comparisons per cell)."""
+    slowdown is always caught (docs/gate.md's calibration table is this at 100 comparisons per cell)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("calibrate_gate", Path(__file__).parent.parent / "benchmarks" / "calibrate_gate.py")
@@ -230,3 +230,16 @@ def test_the_calibration_script_drives_the_real_gate():
     assert unchanged["shares"] == {REGRESSION: 0.0, INCONCLUSIVE: 0.0, PASS: 1.0}
     slower = calibrate.grid_cell(("lognormal", "1%", 5, 1.25, 3, 5.0, 2))
     assert slower["shares"][REGRESSION] == 1.0
+
+
+def test_runs_a_failed_cell_kept_are_shown_not_judged(tmp_path):
+    """--processes N keeps the runs of the processes that finished when a later one dies: the cell is an
+    error, and the gate does not judge what it kept."""
+    base = save(tmp_path, "base", make_result({"cached": STEADY}))
+    failed = make_result({"cached": STEADY})
+    failed.cells[0].status = "error"
+    failed.cells[0].reason = "a measuring process died from SIGKILL; the runs of those that finished are kept"
+    head = save(tmp_path, "head", failed)
+    result = invoke("compare", base, head, "--fail-on-regression", 5)
+    assert result.exit_code == EXIT_UNJUDGED
+    assert "failed after some runs (error: a measuring process died" in result.stderr

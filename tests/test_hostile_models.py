@@ -270,3 +270,20 @@ def test_ctrl_c_to_the_process_group_is_the_runs_one_message(tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     partial = read_result(output)
     assert partial.complete is False and len(partial.runs) == 2
+
+
+def test_a_weight_index_naming_files_outside_the_model_is_refused(tiny_gpt2_dir, tmp_path):
+    """A hostile index must not make kvbench open (or vouch for) files elsewhere on the machine."""
+    import json
+    import shutil
+
+    from kvbench.errors import KvbenchError
+    from kvbench.models import weight_files
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_gpt2_dir, model)
+    (model / "model.safetensors").unlink()
+    index = {"weight_map": {"h.0.attn": "../../etc/passwd"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(KvbenchError, match="outside the model"):
+        weight_files(model)

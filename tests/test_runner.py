@@ -323,3 +323,26 @@ def test_the_time_a_run_will_take_is_predicted_from_earlier_runs_on_this_machine
     earlier.environment["device_name"] = "another CPU"
     write_result(earlier, folder / "earlier.json")
     assert plan(Benchmark(new)).estimate is None
+
+
+def test_the_estimate_leaves_out_cells_that_will_be_skipped(tiny_gpt2_dir, tmp_path):
+    """An offloaded cache needs a GPU: on a CPU its cell is skipped, and its generations are not waited for."""
+    from kvbench.environment import cpu_name
+    from kvbench.results import write_result
+    from kvbench.runner import plan
+    from tests.conftest import make_result
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    earlier = make_result(
+        {"cached": [0.04, 0.04], "uncached": [0.12, 0.12]}, model=str(tiny_gpt2_dir), max_new_tokens=4,
+        device_name=cpu_name(),
+    )
+    write_result(earlier, folder / "earlier.json")
+    new = tiny_config(
+        tiny_gpt2_dir, max_new_tokens=[6], runs=3, warmup=1, cache_implementation=["dynamic", "offloaded"],
+        output=str(folder / "new.json"),
+    )
+    planned = plan(Benchmark(new))
+    assert [what for _, what in planned.cells][1].startswith("skip")
+    assert planned.estimate.seconds == pytest.approx(4 * (6 * 0.01 + 6 * 0.03))

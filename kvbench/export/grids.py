@@ -14,7 +14,7 @@ from kvbench.report import serving_parts
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
-# What the gate tests, in the one sentence the method note, the README and `compare --help` share.
+# What the gate tests, in one sentence: the markdown's method note and the JSON export carry it.
 GATE_RULE = (
     "judges each measurement by the 95% confidence interval of its change (widened for the number of"
     " measurements compared, by Holm's method, which tests them against +PCT%): pass when it lies wholly"

@@ -80,7 +80,7 @@ def to_markdown(comparison: Comparison, limit: int = GITHUB_COMMENT_LIMIT) -> st
     for dropped in (1, 2):
         if len(text) <= limit:
             return text
-        left_out = ", ".join(table.title for table in tables[-dropped:])
+        left_out = ", ".join(table.title for table in tables[-dropped:] if table.grid[1]) or "nothing"
         text = _document(comparison, tables[:-dropped], None, [f"left out to fit a GitHub comment: {left_out}"])
     if len(text) <= limit:
         return text
@@ -103,7 +103,11 @@ def _fewer_measurements(comparison: Comparison, tables: list[_Table], limit: int
             " with the percentiles and the cache's speedups; every regression, inconclusive or unjudged one is"
             " here; --format csv has them all"
         )
-        return _document(comparison, tables, kept, [note])
+        text = _document(comparison, tables, kept, [note])
+        if count == 0 and len(text) > limit:
+            # The flagged measurements alone are too many: say so rather than post what GitHub refuses.
+            text = _document(comparison, tables, kept, [note, f"still {len(text):,} characters: post --format csv instead"])
+        return text
 
     fewest, most = 0, len(others)  # the most unflagged rows that fit, by bisection
     while fewest < most:

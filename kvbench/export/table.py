@@ -67,7 +67,9 @@ def render_comparison(comparison: Comparison) -> Group:
         for row, index in regressions:
             entry = row.entries[index]
             assert entry is not None  # only a measurement in the file can be a regression
-            described.append(f"{row.key.label()} in {comparison.files[index].label} ({entry.change_pct:+.1f}%)")
+            change = entry.change_of(comparison.gate_metric)
+            shown = f"{change:+.1f}%" if change is not None else "no change measured"
+            described.append(f"{row.key.label()} in {comparison.files[index].label} ({shown})")
         parts.append(
             plain(
                 f"{len(regressions)} regression(s) beyond {comparison.threshold_pct:g}%: " + "; ".join(described),
