@@ -49,9 +49,6 @@ stdout = output_console()
 stderr = output_console(stderr=True)
 
 EXIT_USER_ERROR = 2
-EXIT_REGRESSION = 1  # compare's gate: some measurement is slower by more than PCT
-EXIT_UNJUDGED = 3  # compare's gate could not judge every measurement: it fails closed
-EXIT_INCONCLUSIVE = 4  # compare's gate: some measurement's interval straddles +PCT, too noisy to judge
 EXIT_INTERRUPTED = 130
 
 
@@ -445,7 +442,7 @@ def compare(
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
     against a baseline with a 95% confidence interval and a significance verdict."""
     with user_errors():
-        from kvbench.compare import compare_results
+        from kvbench.compare import EXIT_CODES, compare_results
         from kvbench.export import format_named
         from kvbench.export.grids import inconclusive_lines
 
@@ -472,9 +469,8 @@ def compare(
     for line in inconclusive_lines(comparison):
         stderr.print(labelled("inconclusive:", "yellow", line), soft_wrap=True)
     # The worst outcome decides: a regression, then a measurement not judged, then an inconclusive one.
-    exit_codes = {"regression": EXIT_REGRESSION, "unjudged": EXIT_UNJUDGED, "inconclusive": EXIT_INCONCLUSIVE}
-    if comparison.outcome in exit_codes:
-        raise typer.Exit(exit_codes[comparison.outcome])
+    if comparison.outcome is not None:
+        raise typer.Exit(EXIT_CODES[comparison.outcome])
 
 
 @app.command(cls=_Command)

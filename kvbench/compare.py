@@ -31,6 +31,10 @@ ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cud
 # The gate's three verdicts on a measurement, from the Holm-adjusted interval of its change against
 # +PCT: wholly below (a regression of more than PCT is ruled out), wholly above, or neither.
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+# The gate's answer when it could not judge every measurement it was asked to: it fails closed.
+UNJUDGED = "unjudged"
+# `compare --fail-on-regression`'s exit code for each answer of the gate; `kvbench gate` reads them back.
+EXIT_CODES = {PASS: 0, REGRESSION: 1, UNJUDGED: 3, INCONCLUSIVE: 4}
 # From this many processes, a measurement is tested on its per-process means (see metric_samples).
 PROCESS_MEANS_FROM = 3
 
@@ -150,14 +154,14 @@ class Comparison:
 
     @property
     def outcome(self) -> str | None:
-        """The gate's one answer, the worst first: REGRESSION, "unjudged", INCONCLUSIVE (unless passed by
+        """The gate's one answer, the worst first: REGRESSION, UNJUDGED, INCONCLUSIVE (unless passed by
         choice), else PASS; None without the gate."""
         if self.threshold_pct is None:
             return None
         if self.regressions:
             return REGRESSION
         if self.unjudged:
-            return "unjudged"
+            return UNJUDGED
         if self.inconclusive and not self.pass_inconclusive:
             return INCONCLUSIVE
         return PASS

@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvbench.compare import EXIT_CODES
 from kvbench.errors import KvbenchError
 from kvbench.untrusted import printable
 
@@ -39,7 +40,8 @@ DEFAULT_CONFIG = "configs/ci-gpu.toml"
 INSTALL_MODES = ("venv", "pythonpath")
 # A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
 NULL_SHA = "0" * 40
-EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_UNJUDGED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+# The gate's own exit code when it could not run; its verdicts' codes are compare's (EXIT_CODES).
+EXIT_PASS, EXIT_ERROR = EXIT_CODES["pass"], 2
 # The order the two sides are measured in: each side's mean time sits at the same point of the session,
 # so a steady drift of the machine adds the same to both.
 ORDER = ("base", "head", "head", "base")
@@ -340,12 +342,7 @@ def write_github_files(outputs: dict[str, str], summary: str) -> None:
 
 # kvbench compare's exit codes under --fail-on-regression, and the gate's verdict for each; the gate exits
 # with the same code, so a workflow reads one set of numbers.
-COMPARE_VERDICTS = {
-    EXIT_PASS: "pass",
-    EXIT_REGRESSION: "regression",
-    EXIT_UNJUDGED: "unjudged",
-    EXIT_INCONCLUSIVE: "inconclusive",
-}
+COMPARE_VERDICTS = {code: outcome for outcome, code in EXIT_CODES.items()}
 
 
 def judge(

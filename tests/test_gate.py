@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.cli import EXIT_INCONCLUSIVE, EXIT_UNJUDGED
+from kvbench.compare import EXIT_CODES, UNJUDGED
+
+EXIT_INCONCLUSIVE, EXIT_UNJUDGED = EXIT_CODES["inconclusive"], EXIT_CODES[UNJUDGED]
 from kvbench.compare import INCONCLUSIVE, PASS, REGRESSION, compare_results
 from kvbench.export import FORMATS
 from kvbench.export.grids import interval_text, timing_grid

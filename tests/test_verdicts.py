@@ -11,7 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from kvbench.cli import EXIT_UNJUDGED, app
+from kvbench.cli import app
+from kvbench.compare import EXIT_CODES, UNJUDGED
+
+EXIT_UNJUDGED = EXIT_CODES[UNJUDGED]
 from kvbench.compare import compare_results
 from kvbench.errors import KvbenchError
 from kvbench.export.grids import timing_grid
