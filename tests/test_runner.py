@@ -298,22 +298,29 @@ def test_where_results_go(tmp_path):
             results_path(BenchConfig(model=["gpt2"], output=output), resume=True)
 
 
+def _earlier_run_here(model, folder):
+    """A results file of `model` at length 4 on this CPU: 10 ms a token cached, 30 ms uncached."""
+    from kvbench.environment import cpu_name
+    from kvbench.results import write_result
+    from tests.conftest import make_result
+
+    folder.mkdir(exist_ok=True)
+    earlier = make_result(
+        {"cached": [0.04, 0.04], "uncached": [0.12, 0.12]}, model=str(model), max_new_tokens=4, device_name=cpu_name()
+    )
+    write_result(earlier, folder / "earlier.json")
+    return earlier
+
+
 def test_the_time_a_run_will_take_is_predicted_from_earlier_runs_on_this_machine(tiny_gpt2_dir, tmp_path):
     """Length 4 ran before on this CPU at 10 ms (cached) and 30 ms (uncached) a token: a new run of length 6,
     3 runs and a warmup per mode, plans 4 x (6 x 10 ms + 6 x 30 ms) of generations. A file from another
     machine is no source."""
-    from kvbench.environment import cpu_name
     from kvbench.results import write_result
     from kvbench.runner import plan
-    from tests.conftest import make_result
 
     folder = tmp_path / "results"
-    folder.mkdir()
-    earlier = make_result(
-        {"cached": [0.04, 0.04], "uncached": [0.12, 0.12]}, model=str(tiny_gpt2_dir), max_new_tokens=4,
-        device_name=cpu_name(),
-    )
-    write_result(earlier, folder / "earlier.json")
+    earlier = _earlier_run_here(tiny_gpt2_dir, folder)
     new = tiny_config(tiny_gpt2_dir, max_new_tokens=[6], runs=3, warmup=1, output=str(folder / "new.json"))
     estimate = plan(Benchmark(new)).estimate
     assert estimate.seconds == pytest.approx(4 * (6 * 0.01 + 6 * 0.03))
@@ -327,18 +334,10 @@ def test_the_time_a_run_will_take_is_predicted_from_earlier_runs_on_this_machine
 
 def test_the_estimate_leaves_out_cells_that_will_be_skipped(tiny_gpt2_dir, tmp_path):
     """An offloaded cache needs a GPU: on a CPU its cell is skipped, and its generations are not waited for."""
-    from kvbench.environment import cpu_name
-    from kvbench.results import write_result
     from kvbench.runner import plan
-    from tests.conftest import make_result
 
     folder = tmp_path / "results"
-    folder.mkdir()
-    earlier = make_result(
-        {"cached": [0.04, 0.04], "uncached": [0.12, 0.12]}, model=str(tiny_gpt2_dir), max_new_tokens=4,
-        device_name=cpu_name(),
-    )
-    write_result(earlier, folder / "earlier.json")
+    _earlier_run_here(tiny_gpt2_dir, folder)
     new = tiny_config(
         tiny_gpt2_dir, max_new_tokens=[6], runs=3, warmup=1, cache_implementation=["dynamic", "offloaded"],
         output=str(folder / "new.json"),
