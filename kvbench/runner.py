@@ -272,7 +272,9 @@ def plan(benchmark: Benchmark) -> Plan:
         if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
-        reason = unsupported_reason(cell_result.settings, benchmark.device, benchmark.capability)
+        reason = unsupported_reason(
+            cell_result.settings, benchmark.device, benchmark.capability, benchmark.config.quantized_backend
+        )
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))
             continue
