@@ -248,7 +248,9 @@ class Generation:
         if fed_ids is not None:
             extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
         output = self._generate(cache_implementation, **extra)
-        return output.sequences[:, self.prompt_tokens :], torch.stack(output.logits, dim=1)
+        # Held on the host: a long generation's logits over a large vocabulary would crowd a GPU.
+        logits = torch.stack([step.cpu() for step in output.logits], dim=1)
+        return output.sequences[:, self.prompt_tokens :].cpu(), logits
 
 
 def _feeding(ids: Any, prompt_tokens: int) -> Any:
@@ -281,10 +283,13 @@ def output_agreement(reference_ids: Any, ids: Any, reference_logits: Any, logits
     top-1 agreement and KL(reference || logits), in float64 so that a lossless cache reads 0 and not rounding."""
     import torch
 
-    reference_log_p = torch.log_softmax(reference_logits.to(torch.float64), dim=-1)
-    log_p = torch.log_softmax(logits.to(torch.float64).to(reference_log_p.device), dim=-1)
-    kl = (reference_log_p.exp() * (reference_log_p - log_p)).sum(dim=-1)
-    top1 = reference_logits.argmax(dim=-1) == logits.argmax(dim=-1).to(reference_logits.device)
+    kl = torch.zeros(reference_logits.shape[:2], dtype=torch.float64)
+    # One position at a time: float64 copies of every position's distribution at once could be gigabytes.
+    for position in range(reference_logits.shape[1]):
+        reference_log_p = torch.log_softmax(reference_logits[:, position].to(torch.float64), dim=-1)
+        log_p = torch.log_softmax(logits[:, position].to(torch.float64), dim=-1)
+        kl[:, position] = (reference_log_p.exp() * (reference_log_p - log_p)).sum(dim=-1)
+    top1 = reference_logits.argmax(dim=-1) == logits.argmax(dim=-1)
     return OutputAgreement(
         token_share=float((ids.cpu() == reference_ids.cpu()).to(torch.float64).mean()),
         first_divergence=first_divergence(ids.cpu(), reference_ids.cpu()),
@@ -686,7 +691,14 @@ class Measurement:
             cell_result.first_divergence = divergence
         # After every timed run, so it costs no measurement anything but time.
         if cell.cache_implementation != "dynamic" and "cached" in first_outputs:
-            record_output_agreement(cell_result, generate, first_outputs["cached"])
+            try:
+                record_output_agreement(cell_result, generate, first_outputs["cached"])
+            except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                cell_result.agreement_note = (
+                    f"not measured: the untimed comparison with the dynamic cache failed"
+                    f" ({type(error).__name__}: {first_line})"
+                )
 
     def _precise_enough(self, cell_result: CellResult) -> bool:
         """With --target-rse: whether every mode's mean is already known closely enough."""

@@ -117,6 +117,7 @@ class CellResult:
     agreement_first_divergence: int | None = None
     agreement_top1_share: float | None = None
     agreement_kl_mean_nats: float | None = None
+    agreement_note: str | None = None  # why the agreement was not measured
 
     @property
     def id(self) -> str:

@@ -216,6 +216,9 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
 
 def agreement_line(cell: CellResult) -> Text | None:
     """What the cell's cache implementation changed in the output, against the dynamic cache."""
+    if cell.agreement_note is not None:
+        cache = cell.settings.cache_implementation
+        return plain(f"{cache} cache against the dynamic cache: {cell.agreement_note}", style="yellow")
     if cell.agreement_token_share is None:
         return None
     cache = f"{cell.settings.cache_implementation} cache"

@@ -124,7 +124,7 @@ def test_show_reads_a_file_from_before_output_agreement_was_measured(tmp_path):
     for cell in data["cells"]:
         for name in ("agreement_token_share", "agreement_first_divergence", "agreement_top1_share"):
             del cell[name]
-        del cell["agreement_kl_mean_nats"]
+        del cell["agreement_kl_mean_nats"], cell["agreement_note"]
     older = tmp_path / "older.json"
     older.write_text(json.dumps(data))
     shown = invoke("show", older)

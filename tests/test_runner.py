@@ -411,3 +411,21 @@ def test_a_quantized_backend_not_installed_is_skipped_with_how_to_install_it(tin
     cell = run_benchmark(_quantized(tiny_gpt2_dir, "hqq")).cells[0]
     assert cell.status == "skipped"
     assert cell.reason == "cache_implementation=quantized with the hqq backend needs hqq (pip install hqq)"
+
+
+def test_a_comparison_pass_that_runs_out_of_memory_keeps_the_cells_timed_runs(tiny_gpt2_dir, monkeypatch):
+    from kvbench.measure import Generation
+
+    def out_of_memory(self, cache_implementation, fed_ids=None):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes.")
+
+    monkeypatch.setattr(Generation, "untimed_pass", out_of_memory)
+    config = tiny_config(tiny_gpt2_dir, runs=2, modes=["cached"], cache_implementation=["static"])
+    result = run_benchmark(config)
+    cell = result.cells[0]
+    assert cell.status == "measured" and len(result.runs) == 2
+    assert cell.agreement_token_share is None
+    assert cell.agreement_note == (
+        "not measured: the untimed comparison with the dynamic cache failed (RuntimeError: DefaultCPUAllocator:"
+        " can't allocate memory: you tried to allocate 4294967296 bytes.)"
+    )
