@@ -43,6 +43,10 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# QuantizedCache's backends in transformers: quanto (optimum-quanto) and hqq group-wise integers, fp8
+# per-tensor float8 (torch alone). The bits each integer backend can store.
+QUANTIZED_BACKENDS = ("quanto", "hqq", "fp8")
+QUANTIZED_NBITS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8)}
 ISOLATIONS = ("none", "process")
 LAUNCHERS = ("local", "ray")
 
@@ -161,6 +165,34 @@ class BenchConfig:
     )
     attn_implementation: list[str] = setting(
         ["auto"], "Attention backend. Repeat to sweep.", choices=ATTN_IMPLEMENTATIONS, must_match=True
+    )
+    quantized_backend: str = setting(
+        "quanto",
+        "With --cache-implementation quantized: quanto (pip install 'kvbench[quantized]'), hqq (pip install"
+        " hqq), or fp8 (per-tensor float8, torch alone; it takes none of the settings below).",
+        choices=QUANTIZED_BACKENDS,
+        must_match=True,
+    )
+    quantized_nbits: int = setting(
+        4,
+        "With --cache-implementation quantized: bits per stored key and value (quanto: 2 or 4; hqq: 1, 2, 3, 4"
+        " or 8).",
+        minimum=1,
+        maximum=8,
+        must_match=True,
+    )
+    quantized_group_size: int = setting(
+        64,
+        "With --cache-implementation quantized: values per quantization group, which share a scale and zero point.",
+        minimum=1,
+        must_match=True,
+    )
+    quantized_residual_length: int = setting(
+        128,
+        "With --cache-implementation quantized: new positions wait at full precision until this many have"
+        " gathered, then all are quantized (the prompt's at once).",
+        minimum=1,
+        must_match=True,
     )
     modes: list[str] = setting(
         list(MODES), "Modes to measure, comma-separated.", choices=MODES, must_match=True, comma_separated=True
@@ -457,6 +489,12 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
             f"{source}: the sweep has {cells:,} cells ({sizes}, one per combination of {', '.join(SWEEP_AXES)}),"
             f" more than the {MOST_CELLS:,} one run may hold; sweep fewer values, or split it into several runs"
         )
+    bits = QUANTIZED_NBITS.get(config.quantized_backend)
+    if bits is not None and config.quantized_nbits not in bits:
+        raise KvbenchError(
+            f"{source}: 'quantized_nbits' cannot be {config.quantized_nbits} with the {config.quantized_backend}"
+            f" backend; choose one of {', '.join(map(str, bits))}"
+        )
     if config.target_rse is not None and not 0 < config.target_rse < 1:
         raise KvbenchError(
             f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}"
@@ -508,6 +546,21 @@ def _validate_launch(config: BenchConfig, source: str) -> None:
         for name in ("ray_address", "accelerator_type", "gpus_per_cell"):
             if getattr(config, name) is not None:
                 raise KvbenchError(f"{source}: '{name}' applies only with --launcher ray; add it or drop {name}")
+
+
+def cache_config(config: BenchConfig, cache_implementation: str) -> dict[str, Any] | None:
+    """generate()'s cache_config for a cell's cache implementation: the quantized cache's settings; None
+    for every other implementation, which takes none."""
+    if cache_implementation != "quantized":
+        return None
+    if config.quantized_backend == "fp8":  # per-tensor: transformers refuses group-wise settings for it
+        return {"backend": "fp8"}
+    return {
+        "backend": config.quantized_backend,
+        "nbits": config.quantized_nbits,
+        "q_group_size": config.quantized_group_size,
+        "residual_length": config.quantized_residual_length,
+    }
 
 
 def run_limits(config: BenchConfig) -> tuple[int, int]:

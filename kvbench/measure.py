@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import RSE_CONFIDENCE, BenchConfig, Cell, config_to_dict, expand, run_limits
+from kvbench.config import RSE_CONFIDENCE, BenchConfig, Cell, cache_config, config_to_dict, expand, run_limits
 from kvbench.devices import Devices, compute_capability, is_gpu
 from kvbench.energy import CounterReader, energy_reader
 from kvbench.errors import KvbenchError
@@ -138,16 +138,29 @@ def _installed(module: str) -> bool:
         return False
 
 
+# The package each quantized cache backend imports, and how to install it; fp8 needs torch alone.
+_QUANTIZED_BACKEND_PACKAGES = {
+    "quanto": ("optimum.quanto", "optimum-quanto (pip install 'kvbench[quantized]')"),
+    "hqq": ("hqq", "hqq (pip install hqq)"),
+}
+
+
 def unsupported_reason(
-    cell: Cell, device: str, capability: tuple[int, int] | None = None, *, capability_known: bool = True
+    cell: Cell,
+    device: str,
+    capability: tuple[int, int] | None = None,
+    quantized_backend: str = "quanto",
+    *,
+    capability_known: bool = True,
 ) -> str | None:
     """Why this machine cannot run a cell's cache or attention implementation, known before trying.
     `capability` is the GPU's compute capability (None on a CPU); not `capability_known` where the GPUs are
     other machines' (--launcher ray), whose workers decide."""
     if cell.cache_implementation in ("offloaded", "offloaded_static") and not is_gpu(device):
         return f"cache_implementation={cell.cache_implementation} offloads to a GPU and needs a CUDA device"
-    if cell.cache_implementation == "quantized" and not _installed("optimum.quanto"):
-        return "cache_implementation=quantized needs optimum-quanto (pip install optimum-quanto)"
+    package = _QUANTIZED_BACKEND_PACKAGES.get(quantized_backend)
+    if cell.cache_implementation == "quantized" and package is not None and not _installed(package[0]):
+        return f"cache_implementation=quantized with the {quantized_backend} backend needs {package[1]}"
     gpu_elsewhere = not capability_known and is_gpu(device)
     if cell.attn_implementation == "flash_attention_2" and not gpu_elsewhere and (capability is None or capability < (8, 0)):
         found = f"this GPU has {capability[0]}.{capability[1]}" if capability else f"the device is {device}"
@@ -196,18 +209,28 @@ class Generation:
     clock: TokenClock
     # False: generate() must not compile a static cache's forward pass, as it would by itself on a GPU.
     compile: bool = False
+    # The cache implementation's own settings (kvbench.config.cache_config); None where it takes none.
+    cache_config: dict[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
     def __call__(self, mode: str) -> Any:
+        self.clock.begin(self.cell.max_new_tokens)
+        cache = self.cell.cache_implementation if mode == "cached" else None
+        # The output carries the cache object, whose bytes kvsize measures after the run.
+        return self._generate(cache, streamer=self.clock)
+
+    def _generate(self, cache_implementation: str | None, **extra: Any) -> Any:
+        """generate() as every call of the cell makes it; `cache_implementation` None: without a cache."""
         kwargs: dict[str, Any] = {}
-        if mode == "cached" and self.cell.cache_implementation != "dynamic":
-            kwargs["cache_implementation"] = self.cell.cache_implementation
+        if cache_implementation not in (None, "dynamic"):
+            kwargs["cache_implementation"] = cache_implementation
+        if cache_implementation == self.cell.cache_implementation and self.cache_config is not None:
+            kwargs["cache_config"] = self.cache_config
         if not self.compile:
             kwargs["disable_compile"] = True
-        self.clock.begin(self.cell.max_new_tokens)
         return self.model.generate(
             self.input_ids,
             attention_mask=self.attention_mask,
@@ -215,22 +238,108 @@ class Generation:
             # Greedy and forced to full length: an early end-of-sequence would shorten one mode only.
             min_new_tokens=self.cell.max_new_tokens,
             do_sample=False,
-            use_cache=mode == "cached",
+            use_cache=cache_implementation is not None,
             pad_token_id=self.pad_token_id,
-            streamer=self.clock,
-            # The output then carries the cache object, whose bytes kvsize measures after the run.
             return_dict_in_generate=True,
             **kwargs,
+            **extra,
         )
 
+    def untimed_pass(self, cache_implementation: str, fed_ids: Any = None) -> tuple[Any, Any]:
+        """A cached greedy generation outside any timed run: its new token ids and its raw next-token logits
+        (batch, new tokens, vocabulary). With `fed_ids` (batch, new tokens) those tokens are generated instead of
+        the model's own choice, so the logits are the model's at exactly that sequence's positions."""
+        import torch
 
-def prepare_generation(loaded: Any, cell: Cell, ids: Any, clock: TokenClock, compile: bool = False) -> Generation:
+        extra: dict[str, Any] = {"output_logits": True}
+        if fed_ids is not None:
+            extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
+        output = self._generate(cache_implementation, **extra)
+        # Held on the host: a long generation's logits over a large vocabulary would crowd a GPU.
+        logits = torch.stack([step.cpu() for step in output.logits], dim=1)
+        return output.sequences[:, self.prompt_tokens :].cpu(), logits
+
+
+def _feeding(ids: Any, prompt_tokens: int) -> Any:
+    """A logits processor that makes greedy search pick `ids` (batch, new tokens), one position per step."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class Feeding(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            position = input_ids.shape[1] - prompt_tokens
+            chosen = ids[:, position : position + 1].to(scores.device)
+            return torch.full_like(scores, -torch.inf).scatter_(1, chosen, 0.0)
+
+    return Feeding()
+
+
+@dataclass
+class OutputAgreement:
+    """How a cache's greedy output compares with the dynamic cache's (CellResult's agreement_ fields)."""
+
+    token_share: float
+    first_divergence: int | None
+    top1_share: float
+    kl_mean_nats: float
+
+
+def output_agreement(reference_ids: Any, ids: Any, reference_logits: Any, logits: Any) -> OutputAgreement:
+    """`ids` against the dynamic cache's `reference_ids` (batch, new tokens), and `logits` against
+    `reference_logits` (batch, new tokens, vocabulary), both taken at the same positions of the same sequence:
+    top-1 agreement and KL(reference || logits), in float64 so that a lossless cache reads 0 and not rounding."""
+    import torch
+
+    kl = torch.zeros(reference_logits.shape[:2], dtype=torch.float64)
+    # One position at a time: float64 copies of every position's distribution at once could be gigabytes.
+    for position in range(reference_logits.shape[1]):
+        reference_log_p = torch.log_softmax(reference_logits[:, position].to(torch.float64), dim=-1)
+        log_p = torch.log_softmax(logits[:, position].to(torch.float64), dim=-1)
+        kl[:, position] = (reference_log_p.exp() * (reference_log_p - log_p)).sum(dim=-1)
+    top1 = reference_logits.argmax(dim=-1) == logits.argmax(dim=-1)
+    return OutputAgreement(
+        token_share=float((ids.cpu() == reference_ids.cpu()).to(torch.float64).mean()),
+        first_divergence=first_divergence(ids.cpu(), reference_ids.cpu()),
+        top1_share=float(top1.to(torch.float64).mean()),
+        # Never below 0 but for the last bits of float64 arithmetic.
+        kl_mean_nats=max(0.0, float(kl.mean())),
+    )
+
+
+def record_output_agreement(cell_result: CellResult, generate: Generation, measured_ids: Any) -> None:
+    """The cell's cache against the dynamic cache on the same model and prompt, in untimed passes: the
+    dynamic cache's greedy tokens and logits, then this cache fed those tokens for its logits at the same
+    positions; `measured_ids` are this cache's own greedy tokens from the first timed run."""
+    reference_ids, reference_logits = generate.untimed_pass("dynamic")
+    _, logits = generate.untimed_pass(generate.cell.cache_implementation, fed_ids=reference_ids)
+    agreement = output_agreement(reference_ids, measured_ids, reference_logits, logits)
+    cell_result.agreement_token_share = agreement.token_share
+    cell_result.agreement_first_divergence = agreement.first_divergence
+    cell_result.agreement_top1_share = agreement.top1_share
+    cell_result.agreement_kl_mean_nats = agreement.kl_mean_nats
+
+
+def prepare_generation(
+    loaded: Any,
+    cell: Cell,
+    ids: Any,
+    clock: TokenClock,
+    compile: bool = False,
+    cache_settings: dict[str, Any] | None = None,
+) -> Generation:
     """A cell's batch of prompts on the model's input device."""
     import torch
 
     input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(loaded.devices.primary)
     return Generation(
-        loaded.model, cell, input_ids, torch.ones_like(input_ids), _pad_token_id(loaded.model), clock, compile
+        loaded.model,
+        cell,
+        input_ids,
+        torch.ones_like(input_ids),
+        _pad_token_id(loaded.model),
+        clock,
+        compile,
+        cache_settings,
     )
 
 
@@ -486,7 +595,7 @@ class Measurement:
         """Measure one cell in this process, recording a failure that is the cell's own (out of memory,
         an error within a sweep) in the cell and going on."""
         cell = cell_result.settings
-        reason = unsupported_reason(cell, self.device, self.capability)
+        reason = unsupported_reason(cell, self.device, self.capability, self.config.quantized_backend)
         if reason is not None:
             cell_result.status, cell_result.reason = CellState.SKIPPED, reason
             return
@@ -506,7 +615,9 @@ class Measurement:
             cell_result.model["cost"] = _model_cost(loaded)
             cell_result.status = CellState.INCOMPLETE
             clock = TokenClock(self.observer.token, self.clock, allocated=_allocated_reader(loaded.devices))
-            generation = prepare_generation(loaded, cell, ids, clock, self.config.compile)
+            generation = prepare_generation(
+                loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell.cache_implementation)
+            )
             self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:
             raise
@@ -560,7 +671,11 @@ class Measurement:
                     self.probe,
                     timed,
                     energy=self.energy,
-                    on_output=(lambda output: record_cache_size(cell_result, output, loaded)) if measure_cache else None,
+                    on_output=(
+                        (lambda output: record_cache_size(cell_result, output, loaded, generate.cache_config))
+                        if measure_cache
+                        else None
+                    ),
                 )
                 first_outputs.setdefault(mode, new_ids.cpu())
                 self.result.add_runs([measured])
@@ -581,6 +696,16 @@ class Measurement:
             divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
             cell_result.outputs_match = divergence is None
             cell_result.first_divergence = divergence
+        # After every timed run, so it costs no measurement anything but time.
+        if cell.cache_implementation != "dynamic" and "cached" in first_outputs:
+            try:
+                record_output_agreement(cell_result, generate, first_outputs["cached"])
+            except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                cell_result.agreement_note = (
+                    f"not measured: the untimed comparison with the dynamic cache failed"
+                    f" ({type(error).__name__}: {first_line})"
+                )
 
     def _precise_enough(self, cell_result: CellResult) -> bool:
         """With --target-rse: whether every mode's mean is already known closely enough."""
@@ -599,20 +724,34 @@ class Measurement:
         return enough
 
 
-def record_cache_size(cell_result: CellResult, output: Any, loaded: Any) -> None:
-    """The bytes of a cached run's cache object beside the theory at the positions it holds."""
+def record_cache_size(
+    cell_result: CellResult, output: Any, loaded: Any, cache_settings: dict[str, Any] | None = None
+) -> None:
+    """The bytes of a cached run's cache object beside the theory at the positions it holds: for a
+    quantized cache, the theory of its backend with `cache_settings` (generate()'s cache_config)."""
     from kvbench import kvsize
 
     cell = cell_result.settings
     measurement = kvsize.measured_cache_bytes(kvsize.cache_of(output))
     positions = kvsize.cached_positions(cell_result.prompt_tokens or 0, cell.max_new_tokens)
     theory = kvsize.cache_bytes_for(loaded.model.config, positions, cell.batch_size, loaded.dtype)
+    quantized = None
+    if cache_settings is not None and cell.cache_implementation == "quantized":
+        quantized = kvsize.quantized_cache_bytes(
+            loaded.model.config, cell_result.prompt_tokens or 0, cell.max_new_tokens, cell.batch_size, loaded.dtype,
+            cache_settings,
+        )
+        theory = quantized.kv_bytes if quantized is not None else None
     cell_result.kv_cache_measured_bytes = measurement.kv_bytes
     cell_result.kv_cache_positions = positions
     cell_result.kv_cache_theory_bytes = theory
     cell_result.kv_cache_class = measurement.cache_class
     cell_result.kv_cache_agrees = kvsize.agrees_with_theory(measurement.kv_bytes, theory)
     notes = [measurement.reason] if measurement.reason else []
+    if quantized is not None:
+        notes = [kvsize.quantized_theory_text(quantized, cache_settings or {}, loaded.dtype)]
+    elif cell.cache_implementation == "quantized":
+        notes.append(f"no theory for the {(cache_settings or {}).get('backend')} backend's layout")
     if measurement.positions_held is not None and measurement.positions_held != positions:
         notes.append(f"the cache reports {measurement.positions_held} positions held, not {positions}")
     cell_result.kv_cache_note = "; ".join(notes) or None

@@ -108,6 +108,16 @@ class CellResult:
     kv_cache_class: str | None = None
     kv_cache_agrees: bool | None = None  # within 1%
     kv_cache_note: str | None = None  # why measured and theory may differ, or why nothing was measured
+    # A cache implementation other than the dynamic one against the dynamic cache, on the same model and
+    # prompt, from untimed passes after the timed runs: the share of greedy new tokens (over the batch) that
+    # agree and the first position where they differ; then, with both fed the dynamic cache's tokens, so
+    # every position has the same prefix, the share of positions whose most likely next token agrees and the
+    # mean KL divergence KL(dynamic || this cache) of the next-token distributions, in nats.
+    agreement_token_share: float | None = None
+    agreement_first_divergence: int | None = None
+    agreement_top1_share: float | None = None
+    agreement_kl_mean_nats: float | None = None
+    agreement_note: str | None = None  # why the agreement was not measured
 
     @property
     def id(self) -> str:

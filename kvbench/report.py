@@ -206,9 +206,37 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
                 style="red",
             )
         )
+    agreement = agreement_line(cell)
+    if agreement is not None:
+        lines.append(agreement)
     if cell.status == CellState.INCOMPLETE:
         lines.append(plain("incomplete: this cell was interrupted", style="yellow"))
     return lines
+
+
+def agreement_line(cell: CellResult) -> Text | None:
+    """What the cell's cache implementation changed in the output, against the dynamic cache."""
+    if cell.agreement_note is not None:
+        cache = cell.settings.cache_implementation
+        return plain(f"{cache} cache against the dynamic cache: {cell.agreement_note}", style="yellow")
+    if cell.agreement_token_share is None:
+        return None
+    cache = f"{cell.settings.cache_implementation} cache"
+    if cell.agreement_first_divergence is None:
+        tokens = f"{cache}: greedy output token-identical to the dynamic cache's"
+    else:
+        tokens = (
+            f"{cache}: {cell.agreement_token_share:.1%} of greedy tokens agree with the dynamic cache's, the"
+            f" first difference at new token {cell.agreement_first_divergence}"
+        )
+    distributions = ""
+    if cell.agreement_top1_share is not None and cell.agreement_kl_mean_nats is not None:
+        distributions = (
+            f"; on the dynamic cache's tokens, the most likely next token agrees at {cell.agreement_top1_share:.1%}"
+            f" of positions, mean KL divergence {cell.agreement_kl_mean_nats:.3g} nats"
+        )
+    lossless = cell.agreement_first_divergence is None and cell.agreement_top1_share == 1.0
+    return plain(tokens + distributions, style="green" if lossless else "yellow")
 
 
 def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
@@ -218,10 +246,13 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         agrees = cell.kv_cache_agrees
         relation = "=" if agrees else "≠"
         excess = cell.kv_cache_measured_bytes / cell.kv_cache_theory_bytes - 1
+        formula = "2 × layers × kv_heads × head_dim × positions × batch × bytes"
+        if cell.settings.cache_implementation == "quantized":
+            formula = "the quantized layout below"
         text = (
             f"KV cache measured: {format_bytes(cell.kv_cache_measured_bytes)} ({cell.kv_cache_class},"
             f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"
-            f" ({excess:+.2%}; 2 × layers × kv_heads × head_dim × positions × batch × bytes)"
+            f" ({excess:+.2%}; {formula})"
         )
         lines.append(plain(text, style="" if agrees else "yellow"))
     elif cell.kv_cache_bytes is not None:

@@ -155,7 +155,10 @@ class Benchmark(Measurement):
         measurable = {
             cell.id
             for cell in self._pending()
-            if unsupported_reason(cell.settings, self.device, self.capability, capability_known=self.gpu_here) is None
+            if unsupported_reason(
+                cell.settings, self.device, self.capability, self.config.quantized_backend, capability_known=self.gpu_here
+            )
+            is None
         }
         planned = {generation: count for generation, count in self.planned().items() if generation.cell in measurable}
         if not planned:
@@ -290,7 +293,11 @@ def plan(benchmark: Benchmark) -> Plan:
             cells.append((cell_result, "keep (already finished)"))
             continue
         reason = unsupported_reason(
-            cell_result.settings, benchmark.device, benchmark.capability, capability_known=benchmark.gpu_here
+            cell_result.settings,
+            benchmark.device,
+            benchmark.capability,
+            benchmark.config.quantized_backend,
+            capability_known=benchmark.gpu_here,
         )
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))

@@ -100,11 +100,12 @@ def make_result(
     device_name: str = "Test GPU",
     prompt: str = "What is KV caching?",
     complete: bool = True,
+    cache_implementation: str = "dynamic",
     **environment,
 ) -> BenchmarkResult:
     """A results file's content with the given latencies per mode, for tests of reading and comparing."""
     latencies = latencies or {"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}
-    cell = Cell(model, max_new_tokens, 1, "float32", "dynamic", "auto")
+    cell = Cell(model, max_new_tokens, 1, "float32", cache_implementation, "auto")
     config = BenchConfig(model=[model], max_new_tokens=[max_new_tokens], prompt=prompt, modes=list(latencies))
     result = BenchmarkResult(
         environment={"device": "cuda:0", "device_name": device_name, "torch": "2.13.0", **environment},

@@ -105,6 +105,33 @@ def test_show_renders_a_results_file(tmp_path):
     assert "cached is 4.73× faster" in result.stdout
 
 
+def test_show_says_what_a_lossy_cache_changed_in_the_output(tmp_path):
+    path = tmp_path / "r.json"
+    result = make_result(cache_implementation="quantized")
+    cell = result.cells[0]
+    cell.agreement_token_share, cell.agreement_first_divergence = 0.875, 12
+    cell.agreement_top1_share, cell.agreement_kl_mean_nats = 0.96, 0.0123
+    write_result(result, path)
+    shown = invoke("show", path)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    assert "quantized cache: 87.5% of greedy tokens agree with the dynamic cache's, the first difference at new token 12" in text
+    assert "the most likely next token agrees at 96.0% of positions, mean KL divergence 0.0123 nats" in text
+
+
+def test_show_reads_a_file_from_before_output_agreement_was_measured(tmp_path):
+    data = json.loads(Path("tests/data/golden.json").read_text())
+    for cell in data["cells"]:
+        for name in ("agreement_token_share", "agreement_first_divergence", "agreement_top1_share"):
+            del cell[name]
+        del cell["agreement_kl_mean_nats"], cell["agreement_note"]
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(data))
+    shown = invoke("show", older)
+    assert shown.exit_code == 0, shown.output
+    assert "with KV caching" in shown.stdout and "greedy" not in shown.stdout
+
+
 def test_compare_gates_on_regressions(tmp_path):
     base, same, slow = tmp_path / "base.json", tmp_path / "same.json", tmp_path / "slow.json"
     write_result(make_result({"cached": [1.0, 1.01, 0.99, 1.0]}), base)

@@ -93,3 +93,21 @@ def test_validate_accepts_device_names(device):
 def test_validate_refuses_other_device_names(device):
     with pytest.raises(KvbenchError, match="'device' cannot be"):
         validate(BenchConfig(device=device))
+
+
+@pytest.mark.parametrize(("backend", "nbits"), [("quanto", 3), ("quanto", 8), ("hqq", 5)])
+def test_validate_refuses_bits_a_quantized_backend_cannot_store(backend, nbits):
+    with pytest.raises(KvbenchError, match=f"'quantized_nbits' cannot be {nbits} with the {backend} backend; choose"):
+        validate(BenchConfig(cache_implementation=["quantized"], quantized_backend=backend, quantized_nbits=nbits))
+
+
+def test_the_quantized_cache_settings_go_to_generate_as_its_cache_config():
+    from kvbench.config import cache_config
+
+    config = BenchConfig(quantized_nbits=2, quantized_group_size=16, quantized_residual_length=8)
+    assert cache_config(config, "quantized") == {
+        "backend": "quanto", "nbits": 2, "q_group_size": 16, "residual_length": 8
+    }
+    assert cache_config(config, "static") is None
+    # fp8 is per-tensor: transformers refuses any group-wise setting for it.
+    assert cache_config(BenchConfig(quantized_backend="fp8"), "quantized") == {"backend": "fp8"}

@@ -126,3 +126,20 @@ def test_legacy_tuples_count_each_storage_once():
     assert measured.kv_bytes == 3 * 1 * 2 * 10 * 4 * 4
     assert measured.tensors == 3
     assert measured.positions_held is None
+
+
+def test_quanto_cache_theory_worked_by_hand():
+    from kvbench.kvsize import quantized_cache_bytes
+
+    # 2 layers, 2 KV heads of 16: 32 values per position. 8 + 24 tokens hold 31 positions; of the 23 decode
+    # steps, 23 % 2 = 1 waits at full precision, 30 positions are quantized: 960 values at 4 bits (480 bytes)
+    # plus 960 / 16 = 60 groups of a float32 scale and zero point (480 bytes), and 1 × 32 × 4 = 128 bytes;
+    # K and V in each of 2 layers: 4 × (960 + 128) = 4352.
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32)
+    settings = {"backend": "quanto", "nbits": 4, "q_group_size": 16, "residual_length": 2}
+    theory = quantized_cache_bytes(config, 8, 24, 1, "float32", settings)
+    assert (theory.kv_bytes, theory.quantized_positions, theory.full_precision_positions) == (4352, 30, 1)
+    # 2 bits: 240 bytes of values instead of 480.
+    assert quantized_cache_bytes(config, 8, 24, 1, "float32", {**settings, "nbits": 2}).kv_bytes == 4352 - 4 * 240
+    assert quantized_cache_bytes(config, 8, 24, 1, "float32", {"backend": "fp8"}).kv_bytes == 4 * 31 * 32
+    assert quantized_cache_bytes(config, 8, 24, 1, "float32", {"backend": "hqq"}) is None

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pytest
@@ -345,3 +346,108 @@ def test_the_estimate_leaves_out_cells_that_will_be_skipped(tiny_gpt2_dir, tmp_p
     planned = plan(Benchmark(new))
     assert [what for _, what in planned.cells][1].startswith("skip")
     assert planned.estimate.seconds == pytest.approx(4 * (6 * 0.01 + 6 * 0.03))
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_a_static_cache_agrees_with_the_dynamic_cache_at_every_position(model_fixture, request):
+    # Lossless: the static cache holds the same keys and values in preallocated tensors.
+    model_dir = request.getfixturevalue(model_fixture)
+    config = tiny_config(model_dir, max_new_tokens=[12], runs=1, modes=["cached"], cache_implementation=["static"])
+    cell = run_benchmark(config).cells[0]
+    assert cell.status == "measured"
+    assert cell.agreement_token_share == 1.0
+    assert cell.agreement_first_divergence is None
+    assert cell.agreement_top1_share == 1.0
+    assert cell.agreement_kl_mean_nats == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_dynamic_cache_cell_has_nothing_to_agree_with(tiny_gpt2_dir):
+    cell = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, modes=["cached"])).cells[0]
+    assert cell.status == "measured"
+    assert cell.agreement_token_share is None and cell.agreement_kl_mean_nats is None
+
+
+def test_output_agreement_from_tokens_and_logits_worked_by_hand():
+    import math
+
+    import torch
+
+    from kvbench.measure import output_agreement
+
+    reference_ids, ids = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 6, 9, 8]])
+    # Position 0: p = (1/2, 1/2) against q = (3/4, 1/4); both pick token 0 (a tie goes to the first).
+    # Position 1: p = softmax(2, 1) against q = softmax(1, 2): the top token differs, and
+    # KL = (p0 - p1) * ln(p0 / p1) = tanh(1/2) * 1.
+    reference_logits = torch.tensor([[[0.0, 0.0], [2.0, 1.0]]])
+    logits = torch.tensor([[[math.log(3), 0.0], [1.0, 2.0]]])
+    agreement = output_agreement(reference_ids, ids, reference_logits, logits)
+    assert agreement.token_share == 0.75
+    assert agreement.first_divergence == 2
+    assert agreement.top1_share == 0.5
+    assert agreement.kl_mean_nats == pytest.approx((0.5 * math.log(4 / 3) + math.tanh(0.5)) / 2)
+
+
+def _quantized(model_dir, backend: str, nbits: int = 4):
+    # A residual window of 2 positions: beyond it the cache is quantized, so 20 new tokens are mostly quantized.
+    return tiny_config(
+        model_dir,
+        max_new_tokens=[20],
+        runs=1,
+        modes=["cached"],
+        cache_implementation=["quantized"],
+        quantized_backend=backend,
+        quantized_nbits=nbits,
+        quantized_group_size=16,
+        quantized_residual_length=2,
+    )
+
+
+@pytest.mark.parametrize("nbits", [4, 2])
+def test_a_quanto_cache_is_measured_with_its_settings_and_its_output_compared(nbits, tiny_gpt2_dir, tmp_path):
+    pytest.importorskip("optimum.quanto", reason="the quanto backend needs pip install 'kvbench[quantized]'")
+    result = run_benchmark(_quantized(tiny_gpt2_dir, "quanto", nbits), output=tmp_path / "r.json")
+    cell = result.cells[0]
+    assert cell.status == "measured", cell.reason
+    assert cell.kv_cache_class == "QuantizedCache"
+    stored = read_result(tmp_path / "r.json")
+    assert (stored.config["quantized_backend"], stored.config["quantized_nbits"]) == ("quanto", nbits)
+    # Lossy: the next-token distributions move, however little; the greedy tokens may still all agree.
+    assert cell.agreement_kl_mean_nats > 0
+    # Its own theory (kvbench.kvsize.quantized_cache_bytes), a fraction of what a dynamic cache holds.
+    assert cell.kv_cache_measured_bytes == pytest.approx(cell.kv_cache_theory_bytes, rel=0.05)
+    assert cell.kv_cache_measured_bytes < cell.kv_cache_bytes / 2
+    assert cell.kv_cache_note.startswith("theory for the quanto quantized cache:")
+    assert f"positions at {nbits} bits per value" in cell.kv_cache_note
+    assert 0 <= cell.agreement_token_share <= 1 and 0 <= cell.agreement_top1_share <= 1
+
+
+def test_an_fp8_cache_needs_torch_alone_and_its_output_is_compared(tiny_llama_dir):
+    cell = run_benchmark(_quantized(tiny_llama_dir, "fp8")).cells[0]
+    assert cell.status == "measured", cell.reason
+    assert cell.agreement_kl_mean_nats > 0
+
+
+def test_a_quantized_backend_not_installed_is_skipped_with_how_to_install_it(tiny_gpt2_dir):
+    if importlib.util.find_spec("hqq") is not None:
+        pytest.skip("hqq is installed here")
+    cell = run_benchmark(_quantized(tiny_gpt2_dir, "hqq")).cells[0]
+    assert cell.status == "skipped"
+    assert cell.reason == "cache_implementation=quantized with the hqq backend needs hqq (pip install hqq)"
+
+
+def test_a_comparison_pass_that_runs_out_of_memory_keeps_the_cells_timed_runs(tiny_gpt2_dir, monkeypatch):
+    from kvbench.measure import Generation
+
+    def out_of_memory(self, cache_implementation, fed_ids=None):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes.")
+
+    monkeypatch.setattr(Generation, "untimed_pass", out_of_memory)
+    config = tiny_config(tiny_gpt2_dir, runs=2, modes=["cached"], cache_implementation=["static"])
+    result = run_benchmark(config)
+    cell = result.cells[0]
+    assert cell.status == "measured" and len(result.runs) == 2
+    assert cell.agreement_token_share is None
+    assert cell.agreement_note == (
+        "not measured: the untimed comparison with the dynamic cache failed (RuntimeError: DefaultCPUAllocator:"
+        " can't allocate memory: you tried to allocate 4294967296 bytes.)"
+    )
