@@ -514,8 +514,9 @@ def gate(
     threshold_pct: Optional[float] = typer.Option(
         None,
         metavar="PCT",
-        help="Fail on a significant slowdown of more than PCT%. \\[default: KVBENCH_REGRESSION_PCT in the base's"
-        " --gate-file, else 10]",
+        help="The slowdown the gate must rule out: it passes a measurement whose interval lies wholly below"
+        " +PCT%, and fails one wholly above (regression) or across it (inconclusive)."
+        " \\[default: KVBENCH_REGRESSION_PCT in the base's --gate-file, else 10]",
     ),
     gate_file: Optional[str] = typer.Option(
         None,
