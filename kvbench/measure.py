@@ -587,6 +587,13 @@ class Measurement:
 
             torch.cuda.empty_cache()
 
+    def unsupported_reason(self, cell: Cell) -> str | None:
+        """Why this run cannot measure `cell` here, known before trying; None when it can. Planning, the
+        estimate and measuring all ask this one question."""
+        return unsupported_reason(
+            cell, self.device, self.capability, self.config.quantized_backend, capability_known=self.gpu_here
+        )
+
     def devices_in_use(self) -> Devices:
         """The devices of the model loaded last (all of them with --device-map), else the run's device."""
         return self._loaded[1].devices if self._loaded is not None else Devices((self.device,))
@@ -595,7 +602,7 @@ class Measurement:
         """Measure one cell in this process, recording a failure that is the cell's own (out of memory,
         an error within a sweep) in the cell and going on."""
         cell = cell_result.settings
-        reason = unsupported_reason(cell, self.device, self.capability, self.config.quantized_backend)
+        reason = self.unsupported_reason(cell)
         if reason is not None:
             cell_result.status, cell_result.reason = CellState.SKIPPED, reason
             return

@@ -13,7 +13,7 @@ from pathlib import Path
 from kvbench.config import BenchConfig, default_of, resume_must_match, run_limits, validate
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned, clock_text, predicted_s
-from kvbench.measure import MeasuredIn, Measurement, Observer, planned_generation, unsupported_reason
+from kvbench.measure import MeasuredIn, Measurement, Observer, planned_generation
 from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.results import ResultsFile, read_result
 
@@ -152,14 +152,7 @@ class Benchmark(Measurement):
     def estimate(self) -> Estimate | None:
         """How long the generations would take, from runs of the same models and modes on this machine's
         device in earlier results files: the output itself (--resume) and the newest beside it."""
-        measurable = {
-            cell.id
-            for cell in self._pending()
-            if unsupported_reason(
-                cell.settings, self.device, self.capability, self.config.quantized_backend, capability_known=self.gpu_here
-            )
-            is None
-        }
+        measurable = {cell.id for cell in self._pending() if self.unsupported_reason(cell.settings) is None}
         planned = {generation: count for generation, count in self.planned().items() if generation.cell in measurable}
         if not planned:
             return None
@@ -292,13 +285,7 @@ def plan(benchmark: Benchmark) -> Plan:
         if CellState(cell_result.status).finished:
             cells.append((cell_result, "keep (already finished)"))
             continue
-        reason = unsupported_reason(
-            cell_result.settings,
-            benchmark.device,
-            benchmark.capability,
-            benchmark.config.quantized_backend,
-            capability_known=benchmark.gpu_here,
-        )
+        reason = benchmark.unsupported_reason(cell_result.settings)
         if reason is not None:
             cells.append((cell_result, f"skip: {reason}"))
             continue
