@@ -228,7 +228,9 @@ class Generation:
         if cache_implementation not in (None, "dynamic"):
             kwargs["cache_implementation"] = cache_implementation
         if cache_implementation == self.cell.cache_implementation and self.cache_config is not None:
-            kwargs["cache_config"] = self.cache_config
+            # A copy: some transformers versions (5.17) pop 'backend' from the dict they are given, which
+            # would leave the next call, and the theory of the cache's bytes, without one.
+            kwargs["cache_config"] = dict(self.cache_config)
         if not self.compile:
             kwargs["disable_compile"] = True
         return self.model.generate(
