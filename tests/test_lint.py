@@ -11,8 +11,8 @@ def tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def test_ruff_finds_nothing_in_the_package_and_benchmarks():
-    completed = tool("ruff", "check", "kvbench", "benchmarks")
+def test_ruff_finds_nothing_in_the_package_benchmarks_and_tools():
+    completed = tool("ruff", "check", "kvbench", "benchmarks", "tools")
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
