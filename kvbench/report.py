@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
 from rich.measure import Measurement
@@ -13,6 +13,15 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from kvbench.cache_choice import (
+    DEFAULT_GPU_MEMORY_BYTES,
+    CacheVerdict,
+    Missing,
+    VerdictGroup,
+    cache_verdicts,
+    what_fits,
+    what_fits_notes,
+)
 from kvbench.config import MODES
 from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
@@ -129,17 +138,18 @@ def _vram(summary: ModeSummary) -> str:
 @dataclass(frozen=True)
 class _Column:
     header: str
-    value: Callable[[ModeSummary], str]
+    value: Callable[[Any], str]  # the text of one row's cell
     justify: Literal["left", "right"] = "right"
     drop: int = 0  # on a narrow terminal, the columns with the highest number go first; 0 always stays
     short: str | None = None  # the header where the table is narrowed
 
 
 class FittedTable:
-    """A mode-by-mode table that fits the width it is drawn at: columns a narrow terminal cannot show are
-    left out, least needed first, instead of being squeezed into "…"; a log or a file gets them all."""
+    """A table (one row per mode, or per cache implementation) that fits the width it is drawn at: columns a
+    narrow terminal cannot show are left out, least needed first, instead of being squeezed into "…"; a log
+    or a file gets them all."""
 
-    def __init__(self, title: str, columns: list[_Column], summaries: list[ModeSummary]) -> None:
+    def __init__(self, title: str, columns: list[_Column], summaries: list[Any]) -> None:
         self.title, self.columns, self.summaries = title, columns, summaries
 
     def table(self, most_dropped: int, short: bool) -> Table:
@@ -327,9 +337,7 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
             error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
             return f"{power.exponent:.2f}{error}"
 
-        crossing = (
-            f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
-        )
+        crossing = f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
         longest = fitted.longest_new_tokens
         _add_row(
             table,
@@ -345,7 +353,149 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
     return Group(table, *(plain(note) for note in notes))
 
 
-def render_result(result: BenchmarkResult) -> Group:
+def latency_ratio_text(verdict: CacheVerdict) -> str:
+    """This cache's mean latency over the dynamic cache's, with its 95% interval: "0.80× [0.75×, 0.85×]"."""
+    if verdict.is_reference and not CellState(verdict.cell.status).failed:
+        return "reference"
+    test = verdict.latency_ratio
+    if isinstance(test, Missing):
+        return "—"
+    if test.low is None or test.high is None:
+        return f"{test.ratio:.2f}× (no interval)"
+    return f"{test.ratio:.2f}× [{test.low:.2f}×, {test.high:.2f}×]"
+
+
+def memory_saved_text(verdict: CacheVerdict) -> str:
+    """The measured cache bytes saved against the dynamic cache's, as a share and in bytes: "75.0% (3.5 MiB)"."""
+    if verdict.is_reference and not CellState(verdict.cell.status).failed:
+        return "reference"
+    share, saved = verdict.memory_saved_share, verdict.memory_saved_bytes
+    if isinstance(share, Missing) or isinstance(saved, Missing):
+        return "—"
+    return f"{share:.1%} ({format_bytes(saved)})"
+
+
+def agreement_texts(verdict: CacheVerdict) -> dict[str, str]:
+    """The output agreement's figures as text: greedy tokens that agree, the first new token that differs
+    ("none": token-identical), the share of positions whose top-1 agrees, the mean KL in nats."""
+    names = ("tokens agree", "first differs", "top-1 agrees", "KL (nats)")
+    if verdict.is_reference and not CellState(verdict.cell.status).failed:
+        return dict.fromkeys(names, "reference")
+    cell = verdict.agreement
+    if isinstance(cell, Missing):
+        return dict.fromkeys(names, "—")
+    share, top1, kl = cell.agreement_token_share, cell.agreement_top1_share, cell.agreement_kl_mean_nats
+    return dict(
+        zip(
+            names,
+            (
+                f"{share:.1%}" if share is not None else "—",
+                str(cell.agreement_first_divergence) if cell.agreement_first_divergence is not None else "none",
+                f"{top1:.1%}" if top1 is not None else "—",
+                f"{kl:.3g}" if kl is not None else "—",
+            ),
+        )
+    )
+
+
+def verdict_row(verdict: CacheVerdict) -> dict[str, str]:
+    """One cache implementation's verdict as the columns every rendering shows, "—" where a figure is missing
+    (verdict.missing() says why)."""
+    return {
+        "cache": verdict.cache,
+        "latency vs dynamic": latency_ratio_text(verdict),
+        "KV cache saved": memory_saved_text(verdict),
+        **agreement_texts(verdict),
+    }
+
+
+def verdict_table(group: VerdictGroup, dtype: str | None = None) -> FittedTable:
+    """The group's caches side by side against the dynamic cache; narrower terminals lose the KL and the first
+    difference before anything else."""
+    shorts = {"latency vs dynamic": "latency ×dyn", "KV cache saved": "KV saved", "tokens agree": "tokens",
+              "first differs": "1st diff", "top-1 agrees": "top-1", "KL (nats)": "KL"}  # fmt: skip
+    drops = {"first differs": 2, "KL (nats)": 2, "tokens agree": 1, "top-1 agrees": 1}
+    rows = [verdict_row(verdict) for verdict in group.verdicts]
+    columns = [
+        _Column(
+            name,
+            lambda row, name=name: row[name],
+            justify="left" if name == "cache" else "right",
+            drop=drops.get(name, 0),
+            short=shorts.get(name),
+        )
+        for name in rows[0]
+    ]
+    return FittedTable(f"which KV cache: {group.title(dtype)}, against the dynamic cache", columns, rows)
+
+
+def count_text(count: int) -> str:
+    """A count for a narrow column: 4,096; 524k; 1.2M; "none" for 0."""
+    if count == 0:
+        return "none"
+    if count < 10_000:
+        return f"{count:,}"
+    if count < 1_000_000:
+        return f"{count / 1000:.0f}k"
+    return f"{count / 1_000_000:.1f}M" if count < 1_000_000_000 else f"{count / 1_000_000_000:.1f}G"
+
+
+def gpu_size_text(size: int) -> str:
+    """A GPU memory size as it is usually named: "80 GiB" for a whole number of GiB."""
+    return f"{size // 2**30} GiB" if size % 2**30 == 0 else format_bytes(size)
+
+
+def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> list[RenderableType]:
+    """Per cache implementation, the longest context at batch 1 and the largest batch at the group's context
+    that fit beside the weights in each GPU memory size, then what those figures leave out."""
+    fitted = [(verdict.cache, what_fits(verdict.cell, gpu_memory_bytes)) for verdict in group.verdicts]
+    measured = [fit for _, fit in fitted if not isinstance(fit, Missing)]
+    lines: list[RenderableType] = []
+    if measured:
+        sizes = [_Column("cache", lambda fit: fit.cache, justify="left")]
+        context = FittedTable(
+            "longest context (positions) at batch 1",
+            [*sizes, _Column("KV/position", lambda fit: format_bytes(round(fit.bytes_per_position)))]
+            + [
+                _Column(gpu_size_text(size), lambda fit, i=i: count_text(fit.fits[i].longest_context))
+                for i, size in enumerate(gpu_memory_bytes)
+            ],
+            measured,
+        )
+        batch = FittedTable(
+            f"largest batch at {measured[0].positions:,} positions",
+            sizes
+            + [
+                _Column(gpu_size_text(size), lambda fit, i=i: count_text(fit.fits[i].largest_batch))
+                for i, size in enumerate(gpu_memory_bytes)
+            ],
+            measured,
+        )
+        weights = format_bytes(measured[0].weight_bytes)
+        lines += [plain(f"what fits beside {weights} of weights in each GPU memory size:", style="bold"), context, batch]
+    for cache, fit in fitted:
+        if isinstance(fit, Missing):
+            lines.append(plain(f"{cache}: what fits —: {fit.reason}", style="dim"))
+    lines += [plain(f"what fits {note}" if index == 0 else note, style="dim")
+              for index, note in enumerate(what_fits_notes(group))]  # fmt: skip
+    return lines
+
+
+def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> list[RenderableType]:
+    """Where cells differ only in their cache implementation: each group's verdict table, why a figure is
+    missing, and what fits in each GPU memory size (by default a few common ones)."""
+    parts: list[RenderableType] = []
+    for group in cache_verdicts(result):
+        dtype = next(((v.cell.model or {}).get("dtype") for v in group.verdicts if v.cell.model), None)
+        parts.append(verdict_table(group, dtype))
+        for verdict in group.verdicts:
+            for figure, reason in verdict.missing():
+                parts.append(plain(f"{verdict.cache}: {figure} —: {reason}", style="yellow"))
+        parts += what_fits_tables(group, gpu_memory_bytes or DEFAULT_GPU_MEMORY_BYTES)
+    return parts
+
+
+def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> Group:
     environment = result.environment
     parts: list = [
         plain(
@@ -365,6 +515,7 @@ def render_result(result: BenchmarkResult) -> Group:
         else:
             parts.append(plain(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
+    parts.extend(cache_choice_parts(result, gpu_memory_bytes))
     fits = fit_table(result)
     if fits is not None:
         parts.append(fits)
@@ -404,9 +555,7 @@ def one_line_summary(result: BenchmarkResult) -> list[str]:
 
 def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
     """What the cache bought in a cell, in words, with its 95% interval; None without both modes."""
-    cached, uncached = (
-        [run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES
-    )
+    cached, uncached = ([run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES)
     if not cached or not uncached:
         return None
     return speedup_words(cached_speedup(uncached, cached))
@@ -493,5 +642,8 @@ class _WithoutControls:
             yield segment if segment.control else Segment(printable(segment.text), segment.style)
 
 
-def print_result(result: BenchmarkResult, console: Console | None = None) -> None:
-    (console or output_console()).print(render_result(result))
+def print_result(
+    result: BenchmarkResult, console: Console | None = None, gpu_memory_bytes: tuple[int, ...] | None = None
+) -> None:
+    """The results file as `kvbench show` prints it; `gpu_memory_bytes` chooses the what-fits sizes."""
+    (console or output_console()).print(render_result(result, gpu_memory_bytes))
