@@ -1,5 +1,6 @@
 """PNG figures of a results file: per-token latency against the roofline bound, latency across a sweep with
-fitted curves, the cache's measured size against theory, and memory over time."""
+fitted curves, the cache's measured size against theory, memory over time, and each cache implementation's
+memory saved against its output agreement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kvbench.cache_choice import Missing, cache_verdicts
 from kvbench.config import AXES, SWEEP_AXES
 from kvbench.errors import KvbenchError
 from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
@@ -108,9 +110,7 @@ def _write_figure(figure, path: Path) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise KvbenchError(
-            f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir"
-        ) from None
+        raise KvbenchError(f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir") from None
 
 
 def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
@@ -176,16 +176,33 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             colour = MODE_COLOURS.get(mode)
             if numeric:
                 xs = [getattr(cell.settings, axis) for cell, _ in rows]
-                runs = [(run.new_tokens if axis == "max_new_tokens" else getattr(cell.settings, axis), run.latency_s)
-                        for cell, _ in rows for run in result.runs_of(cell.id, mode)]
+                runs = [
+                    (run.new_tokens if axis == "max_new_tokens" else getattr(cell.settings, axis), run.latency_s)
+                    for cell, _ in rows
+                    for run in result.runs_of(cell.id, mode)
+                ]
                 ax.scatter([x for x, _ in runs], [y for _, y in runs], s=10, alpha=0.4, color=colour)
-                ax.errorbar(xs, [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows], fmt="o",
-                            capsize=3, color=colour, label=f"{mode} (mean ± std)")
+                ax.errorbar(
+                    xs,
+                    [s.mean_s for _, s in rows],
+                    yerr=[s.std_s or 0 for _, s in rows],
+                    fmt="o",
+                    capsize=3,
+                    color=colour,
+                    label=f"{mode} (mean ± std)",
+                )
             else:
                 width = 0.8 / len(result.modes)
                 positions = [labels.index(str(getattr(cell.settings, axis))) + (index - 0.5) * width for cell, _ in rows]
-                ax.bar(positions, [s.mean_s for _, s in rows], width, yerr=[s.std_s or 0 for _, s in rows],
-                       capsize=3, color=colour, label=mode)
+                ax.bar(
+                    positions,
+                    [s.mean_s for _, s in rows],
+                    width,
+                    yerr=[s.std_s or 0 for _, s in rows],
+                    capsize=3,
+                    color=colour,
+                    label=mode,
+                )
         fitted = _fit_for(explanation, cells) if axis == "max_new_tokens" else None
         if fitted is not None:
             import numpy as np
@@ -193,11 +210,20 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             lengths = np.geomspace(max(1, fitted.cached.min_new_tokens / 2), 2 * fitted.longest_new_tokens, 100)
             for power in (fitted.cached, fitted.uncached):
                 error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
-                ax.plot(lengths, [power.predict_s(n) for n in lengths], color=MODE_COLOURS.get(power.mode),
-                        linestyle=":", label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}")
+                ax.plot(
+                    lengths,
+                    [power.predict_s(n) for n in lengths],
+                    color=MODE_COLOURS.get(power.mode),
+                    linestyle=":",
+                    label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}",
+                )
             if fitted.crossover_new_tokens is not None:
-                ax.axvline(fitted.crossover_new_tokens, color="grey", linewidth=0.8,
-                           label=f"crossover {fitted.crossover_new_tokens:.1f} tokens")
+                ax.axvline(
+                    fitted.crossover_new_tokens,
+                    color="grey",
+                    linewidth=0.8,
+                    label=f"crossover {fitted.crossover_new_tokens:.1f} tokens",
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
         if not numeric:
@@ -221,27 +247,41 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
             continue
         xs = [getattr(cell.settings, axis) if numeric else str(getattr(cell.settings, axis)) for cell in cells]
         name = _group_name(result, cells[0], axis)
-        line = ax.plot(xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--",
-                       label=f"theory, {name}")[0]
+        line = ax.plot(
+            xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--", label=f"theory, {name}"
+        )[0]
         measured = [(x, cell.kv_cache_measured_bytes / 2**20) for x, cell in zip(xs, cells) if cell.kv_cache_measured_bytes]
         if measured:
-            ax.plot(*zip(*measured), linestyle="none", marker=markers[index % len(markers)], color=line.get_color(),
-                    label=f"measured cache object, {name}")
+            ax.plot(
+                *zip(*measured),
+                linestyle="none",
+                marker=markers[index % len(markers)],
+                color=line.get_color(),
+                label=f"measured cache object, {name}",
+            )
     if numeric:
         ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(AXES[axis]["label"])
     ax.set_ylabel("KV cache after the run (MiB)")
-    return _save(plt, [(figure, [ax])], directory, f"cache-size-vs-{axis}",
-                 _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"))
+    return _save(
+        plt,
+        [(figure, [ax])],
+        directory,
+        f"cache-size-vs-{axis}",
+        _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"),
+    )
 
 
 def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Drawn]:
     """Sampled memory against time for each mode's runs, in the longest cell of each group; on a GPU also
     torch's allocated bytes against position, which grows with the cache."""
     plt = _pyplot()
-    cells = [cell for cell in _longest_cells(result)
-             if any(run.memory_timeline for mode in result.modes for run in result.runs_of(cell.id, mode))]
+    cells = [
+        cell
+        for cell in _longest_cells(result)
+        if any(run.memory_timeline for mode in result.modes for run in result.runs_of(cell.id, mode))
+    ]
     if not cells:
         return []
     pages = _panels(plt, len(cells))
@@ -252,8 +292,14 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
             for index, run in enumerate(result.runs_of(cell.id, mode)):
                 if run.memory_timeline:
                     source = run.memory_timeline_source or source
-                    ax.plot([t for t, _ in run.memory_timeline], [b / 2**20 for _, b in run.memory_timeline],
-                            color=MODE_COLOURS.get(mode), alpha=0.7, linewidth=1, label=mode if index == 0 else None)
+                    ax.plot(
+                        [t for t, _ in run.memory_timeline],
+                        [b / 2**20 for _, b in run.memory_timeline],
+                        color=MODE_COLOURS.get(mode),
+                        alpha=0.7,
+                        linewidth=1,
+                        label=mode if index == 0 else None,
+                    )
         ax.set_xlabel("seconds since generate() began")
         ax.set_ylabel(f"{source or 'memory'} (MiB)")
         ax.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
@@ -266,14 +312,56 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
                 runs = [run for run in result.runs_of(cell.id, mode) if run.allocated_by_position]
                 if runs:
                     points = runs[0].allocated_by_position or []
-                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode),
-                            label=mode)
+                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode), label=mode)
             ax.set_xlabel("new token position")
             ax.set_ylabel("torch allocated (MiB)")
             ax.set_title(_group_name(result, cell, "max_new_tokens"), fontsize=9)
-        drawn += _save(plt, pages, directory, "allocated-by-position",
-                       _title(result, "GPU memory allocated by torch as the cache grows"))
+        drawn += _save(
+            plt, pages, directory, "allocated-by-position", _title(result, "GPU memory allocated by torch as the cache grows")
+        )
     return drawn
+
+
+def plot_cache_choice(result: BenchmarkResult, directory: Path) -> list[Drawn]:
+    """Per group of cells that differ only in their cache implementation, a point per implementation: the
+    measured cache bytes it saves against the dynamic cache, and the share of its greedy tokens that agree
+    with the dynamic cache's; the dynamic cache sits at (0%, 100%). An implementation missing either figure
+    is named in the panel with the reason."""
+    groups = cache_verdicts(result)
+    if not groups:
+        return []
+    plt = _pyplot()
+    pages = _panels(plt, len(groups), width=8.0)
+    for ax, group in zip([ax for _, axes in pages for ax in axes], groups):
+        left_out = []
+        points: dict[tuple[float, float], list[str]] = {}
+        for verdict in group.verdicts:
+            point: tuple[float, float] | str
+            if verdict.is_reference:
+                # Measured, the reference saves nothing and agrees with itself; failed, its reason.
+                point = verdict.missing()[0][1] if verdict.missing() else (0.0, 100.0)
+            else:
+                share, agreement = verdict.memory_saved_share, verdict.agreement
+                if isinstance(share, Missing):
+                    point = share.reason
+                elif isinstance(agreement, Missing) or agreement.agreement_token_share is None:
+                    point = agreement.reason if isinstance(agreement, Missing) else "no token agreement"
+                else:
+                    point = (share * 100, agreement.agreement_token_share * 100)
+            if isinstance(point, str):
+                left_out.append(f"{verdict.cache}: {point}")
+            else:
+                points.setdefault(point, []).append(verdict.cache)
+        # Implementations at the same point (a static cache saves nothing and agrees fully) share one label.
+        for point, caches in points.items():
+            ax.scatter(*point, s=30)
+            ax.annotate(", ".join(caches), point, textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if left_out:
+            ax.text(0.01, 0.01, "not plotted: " + "; ".join(left_out), transform=ax.transAxes, fontsize=6, wrap=True)
+        ax.set_xlabel("KV cache saved against the dynamic cache (% of its measured bytes)")
+        ax.set_ylabel("greedy tokens agreeing (%)")
+        ax.set_title(group.title(), fontsize=9)
+    return _save(plt, pages, directory, "cache-choice", _title(result, "Which KV cache: memory saved vs output agreement"))
 
 
 def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = False) -> list[Path]:
@@ -296,12 +384,12 @@ def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = 
             drawn += plot_latency(result, axis, directory, explanation)
             drawn += plot_cache_size(result, axis, directory)
         drawn += plot_memory_over_time(result, directory)
+        drawn += plot_cache_choice(result, directory)
         existing = [path for path, _ in drawn if path.exists() or path.is_symlink()]
         if existing and not replace:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise KvbenchError(
-                f"{existing[0]} already exists{more}; pass --force to replace the figures, or choose another"
-                " --out-dir"
+                f"{existing[0]} already exists{more}; pass --force to replace the figures, or choose another --out-dir"
             )
         for path, figure in drawn:
             _write_figure(figure, path)
