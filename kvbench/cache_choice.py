@@ -198,11 +198,16 @@ def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_
     if cost is None:
         return Missing("the model's parameter count was not recorded")
     per_position = measured / positions / cell.settings.batch_size
+    # Every parameter occupies memory, embedding tables included (ModelCost.weight_bytes leaves them out: it
+    # counts what each step reads).
     weights = cost.parameters * cost.bytes_per_element
     fits = []
     for memory in gpu_memory_bytes:
         room = max(memory - weights, 0)
-        fits.append(Fit(memory, math.floor(room / per_position), math.floor(room / (per_position * positions))))
+        # In integers, so a figure on a whole number is not a float's rounding below it: room / per_position
+        # is room * positions * batch / measured.
+        batch = cell.settings.batch_size
+        fits.append(Fit(memory, room * positions * batch // measured, room * batch // measured))
     return WhatFits(cell, per_position, weights, positions, fits)
 
 
@@ -210,7 +215,8 @@ def what_fits_notes(group: VerdictGroup) -> list[str]:
     """What the what-fits figures leave out, said plainly; more for the quantized and offloaded caches."""
     caches = {verdict.cache for verdict in group.verdicts}
     notes = [
-        "counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA context; a real run fits less"
+        "what fits counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA"
+        " context; a real run fits less"
     ]
     if "quantized" in caches:
         notes.append(

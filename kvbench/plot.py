@@ -110,7 +110,9 @@ def _write_figure(figure, path: Path) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise KvbenchError(f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir") from None
+        raise KvbenchError(
+            f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir"
+        ) from None
 
 
 def _longest_cells(result: BenchmarkResult) -> list[CellResult]:
@@ -176,33 +178,16 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             colour = MODE_COLOURS.get(mode)
             if numeric:
                 xs = [getattr(cell.settings, axis) for cell, _ in rows]
-                runs = [
-                    (run.new_tokens if axis == "max_new_tokens" else getattr(cell.settings, axis), run.latency_s)
-                    for cell, _ in rows
-                    for run in result.runs_of(cell.id, mode)
-                ]
+                runs = [(run.new_tokens if axis == "max_new_tokens" else getattr(cell.settings, axis), run.latency_s)
+                        for cell, _ in rows for run in result.runs_of(cell.id, mode)]
                 ax.scatter([x for x, _ in runs], [y for _, y in runs], s=10, alpha=0.4, color=colour)
-                ax.errorbar(
-                    xs,
-                    [s.mean_s for _, s in rows],
-                    yerr=[s.std_s or 0 for _, s in rows],
-                    fmt="o",
-                    capsize=3,
-                    color=colour,
-                    label=f"{mode} (mean ± std)",
-                )
+                ax.errorbar(xs, [s.mean_s for _, s in rows], yerr=[s.std_s or 0 for _, s in rows], fmt="o",
+                            capsize=3, color=colour, label=f"{mode} (mean ± std)")
             else:
                 width = 0.8 / len(result.modes)
                 positions = [labels.index(str(getattr(cell.settings, axis))) + (index - 0.5) * width for cell, _ in rows]
-                ax.bar(
-                    positions,
-                    [s.mean_s for _, s in rows],
-                    width,
-                    yerr=[s.std_s or 0 for _, s in rows],
-                    capsize=3,
-                    color=colour,
-                    label=mode,
-                )
+                ax.bar(positions, [s.mean_s for _, s in rows], width, yerr=[s.std_s or 0 for _, s in rows],
+                       capsize=3, color=colour, label=mode)
         fitted = _fit_for(explanation, cells) if axis == "max_new_tokens" else None
         if fitted is not None:
             import numpy as np
@@ -210,20 +195,11 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             lengths = np.geomspace(max(1, fitted.cached.min_new_tokens / 2), 2 * fitted.longest_new_tokens, 100)
             for power in (fitted.cached, fitted.uncached):
                 error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
-                ax.plot(
-                    lengths,
-                    [power.predict_s(n) for n in lengths],
-                    color=MODE_COLOURS.get(power.mode),
-                    linestyle=":",
-                    label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}",
-                )
+                ax.plot(lengths, [power.predict_s(n) for n in lengths], color=MODE_COLOURS.get(power.mode),
+                        linestyle=":", label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}")
             if fitted.crossover_new_tokens is not None:
-                ax.axvline(
-                    fitted.crossover_new_tokens,
-                    color="grey",
-                    linewidth=0.8,
-                    label=f"crossover {fitted.crossover_new_tokens:.1f} tokens",
-                )
+                ax.axvline(fitted.crossover_new_tokens, color="grey", linewidth=0.8,
+                           label=f"crossover {fitted.crossover_new_tokens:.1f} tokens")
             ax.set_xscale("log")
             ax.set_yscale("log")
         if not numeric:
@@ -247,41 +223,27 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
             continue
         xs = [getattr(cell.settings, axis) if numeric else str(getattr(cell.settings, axis)) for cell in cells]
         name = _group_name(result, cells[0], axis)
-        line = ax.plot(
-            xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--", label=f"theory, {name}"
-        )[0]
+        line = ax.plot(xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--",
+                       label=f"theory, {name}")[0]
         measured = [(x, cell.kv_cache_measured_bytes / 2**20) for x, cell in zip(xs, cells) if cell.kv_cache_measured_bytes]
         if measured:
-            ax.plot(
-                *zip(*measured),
-                linestyle="none",
-                marker=markers[index % len(markers)],
-                color=line.get_color(),
-                label=f"measured cache object, {name}",
-            )
+            ax.plot(*zip(*measured), linestyle="none", marker=markers[index % len(markers)], color=line.get_color(),
+                    label=f"measured cache object, {name}")
     if numeric:
         ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(AXES[axis]["label"])
     ax.set_ylabel("KV cache after the run (MiB)")
-    return _save(
-        plt,
-        [(figure, [ax])],
-        directory,
-        f"cache-size-vs-{axis}",
-        _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"),
-    )
+    return _save(plt, [(figure, [ax])], directory, f"cache-size-vs-{axis}",
+                 _title(result, "KV cache: measured bytes vs 2·layers·kv_heads·head_dim·positions·batch·bytes"))
 
 
 def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Drawn]:
     """Sampled memory against time for each mode's runs, in the longest cell of each group; on a GPU also
     torch's allocated bytes against position, which grows with the cache."""
     plt = _pyplot()
-    cells = [
-        cell
-        for cell in _longest_cells(result)
-        if any(run.memory_timeline for mode in result.modes for run in result.runs_of(cell.id, mode))
-    ]
+    cells = [cell for cell in _longest_cells(result)
+             if any(run.memory_timeline for mode in result.modes for run in result.runs_of(cell.id, mode))]
     if not cells:
         return []
     pages = _panels(plt, len(cells))
@@ -292,14 +254,8 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
             for index, run in enumerate(result.runs_of(cell.id, mode)):
                 if run.memory_timeline:
                     source = run.memory_timeline_source or source
-                    ax.plot(
-                        [t for t, _ in run.memory_timeline],
-                        [b / 2**20 for _, b in run.memory_timeline],
-                        color=MODE_COLOURS.get(mode),
-                        alpha=0.7,
-                        linewidth=1,
-                        label=mode if index == 0 else None,
-                    )
+                    ax.plot([t for t, _ in run.memory_timeline], [b / 2**20 for _, b in run.memory_timeline],
+                            color=MODE_COLOURS.get(mode), alpha=0.7, linewidth=1, label=mode if index == 0 else None)
         ax.set_xlabel("seconds since generate() began")
         ax.set_ylabel(f"{source or 'memory'} (MiB)")
         ax.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
@@ -312,13 +268,13 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
                 runs = [run for run in result.runs_of(cell.id, mode) if run.allocated_by_position]
                 if runs:
                     points = runs[0].allocated_by_position or []
-                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode), label=mode)
+                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode),
+                            label=mode)
             ax.set_xlabel("new token position")
             ax.set_ylabel("torch allocated (MiB)")
             ax.set_title(_group_name(result, cell, "max_new_tokens"), fontsize=9)
-        drawn += _save(
-            plt, pages, directory, "allocated-by-position", _title(result, "GPU memory allocated by torch as the cache grows")
-        )
+        drawn += _save(plt, pages, directory, "allocated-by-position",
+                       _title(result, "GPU memory allocated by torch as the cache grows"))
     return drawn
 
 
@@ -389,7 +345,8 @@ def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = 
         if existing and not replace:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise KvbenchError(
-                f"{existing[0]} already exists{more}; pass --force to replace the figures, or choose another --out-dir"
+                f"{existing[0]} already exists{more}; pass --force to replace the figures, or choose another"
+                " --out-dir"
             )
         for path, figure in drawn:
             _write_figure(figure, path)

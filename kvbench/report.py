@@ -337,7 +337,9 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
             error = f" ± {power.exponent_stderr:.2f}" if power.exponent_stderr is not None else ""
             return f"{power.exponent:.2f}{error}"
 
-        crossing = f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
+        crossing = (
+            f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
+        )
         longest = fitted.longest_new_tokens
         _add_row(
             table,
@@ -353,79 +355,76 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
     return Group(table, *(plain(note) for note in notes))
 
 
+def _measured_reference(verdict: CacheVerdict) -> bool:
+    return verdict.is_reference and not CellState(verdict.cell.status).failed
+
+
 def latency_ratio_text(verdict: CacheVerdict) -> str:
-    """This cache's mean latency over the dynamic cache's, with its 95% interval: "0.80× [0.75×, 0.85×]"."""
-    if verdict.is_reference and not CellState(verdict.cell.status).failed:
+    """This cache's mean latency over the dynamic cache's, with its 95% interval: "0.80× [0.75, 0.85]"."""
+    if _measured_reference(verdict):
         return "reference"
     test = verdict.latency_ratio
     if isinstance(test, Missing):
         return "—"
     if test.low is None or test.high is None:
         return f"{test.ratio:.2f}× (no interval)"
-    return f"{test.ratio:.2f}× [{test.low:.2f}×, {test.high:.2f}×]"
+    return f"{test.ratio:.2f}× [{test.low:.2f}, {test.high:.2f}]"
 
 
-def memory_saved_text(verdict: CacheVerdict) -> str:
-    """The measured cache bytes saved against the dynamic cache's, as a share and in bytes: "75.0% (3.5 MiB)"."""
-    if verdict.is_reference and not CellState(verdict.cell.status).failed:
-        return "reference"
+def memory_saved_texts(verdict: CacheVerdict) -> tuple[str, str]:
+    """The measured cache bytes saved against the dynamic cache's, as a share and in bytes: "75.0%", "3.5 MiB"."""
     share, saved = verdict.memory_saved_share, verdict.memory_saved_bytes
+    if _measured_reference(verdict):
+        return "", ""
     if isinstance(share, Missing) or isinstance(saved, Missing):
-        return "—"
-    return f"{share:.1%} ({format_bytes(saved)})"
+        return "—", "—"
+    return f"{share:.1%}", format_bytes(saved)
 
 
-def agreement_texts(verdict: CacheVerdict) -> dict[str, str]:
+def agreement_texts(verdict: CacheVerdict) -> tuple[str, str, str, str]:
     """The output agreement's figures as text: greedy tokens that agree, the first new token that differs
     ("none": token-identical), the share of positions whose top-1 agrees, the mean KL in nats."""
-    names = ("tokens agree", "first differs", "top-1 agrees", "KL (nats)")
-    if verdict.is_reference and not CellState(verdict.cell.status).failed:
-        return dict.fromkeys(names, "reference")
+    if _measured_reference(verdict):
+        return "", "", "", ""
     cell = verdict.agreement
     if isinstance(cell, Missing):
-        return dict.fromkeys(names, "—")
+        return "—", "—", "—", "—"
     share, top1, kl = cell.agreement_token_share, cell.agreement_top1_share, cell.agreement_kl_mean_nats
-    return dict(
-        zip(
-            names,
-            (
-                f"{share:.1%}" if share is not None else "—",
-                str(cell.agreement_first_divergence) if cell.agreement_first_divergence is not None else "none",
-                f"{top1:.1%}" if top1 is not None else "—",
-                f"{kl:.3g}" if kl is not None else "—",
-            ),
-        )
+    return (
+        f"{share:.1%}" if share is not None else "—",
+        str(cell.agreement_first_divergence) if cell.agreement_first_divergence is not None else "none",
+        f"{top1:.1%}" if top1 is not None else "—",
+        f"{kl:.3g}" if kl is not None else "—",
     )
 
 
-def verdict_row(verdict: CacheVerdict) -> dict[str, str]:
-    """One cache implementation's verdict as the columns every rendering shows, "—" where a figure is missing
-    (verdict.missing() says why)."""
-    return {
-        "cache": verdict.cache,
-        "latency vs dynamic": latency_ratio_text(verdict),
-        "KV cache saved": memory_saved_text(verdict),
-        **agreement_texts(verdict),
-    }
+# The verdict's columns: (header, its short form on a narrow terminal, the drop level: highest goes first).
+VERDICT_COLUMNS = (
+    ("cache", None, 0),
+    ("latency vs dynamic", "latency ×dyn", 0),
+    ("KV cache saved", "KV saved", 0),
+    ("bytes saved", None, 2),
+    ("tokens agree", "tokens", 0),
+    ("first differs", "1st diff", 2),
+    ("top-1 agrees", "top-1", 1),
+    ("KL (nats)", "KL", 1),
+)
+
+
+def verdict_row(verdict: CacheVerdict) -> list[str]:
+    """One cache implementation's verdict as the columns every rendering shows (VERDICT_COLUMNS), "—" where a
+    figure is missing (verdict.missing() says why); the measured dynamic cell, the reference, blank."""
+    return [verdict.cache, latency_ratio_text(verdict), *memory_saved_texts(verdict), *agreement_texts(verdict)]
 
 
 def verdict_table(group: VerdictGroup, dtype: str | None = None) -> FittedTable:
-    """The group's caches side by side against the dynamic cache; narrower terminals lose the KL and the first
-    difference before anything else."""
-    shorts = {"latency vs dynamic": "latency ×dyn", "KV cache saved": "KV saved", "tokens agree": "tokens",
-              "first differs": "1st diff", "top-1 agrees": "top-1", "KL (nats)": "KL"}  # fmt: skip
-    drops = {"first differs": 2, "KL (nats)": 2, "tokens agree": 1, "top-1 agrees": 1}
-    rows = [verdict_row(verdict) for verdict in group.verdicts]
+    """The group's caches side by side against the dynamic cache; a narrow terminal loses the bytes saved and
+    the first difference first, then the top-1 share and the KL."""
     columns = [
-        _Column(
-            name,
-            lambda row, name=name: row[name],
-            justify="left" if name == "cache" else "right",
-            drop=drops.get(name, 0),
-            short=shorts.get(name),
-        )
-        for name in rows[0]
+        _Column(header, lambda row, i=i: row[i], justify="left" if i == 0 else "right", drop=drop, short=short)
+        for i, (header, short, drop) in enumerate(VERDICT_COLUMNS)
     ]
+    rows = [verdict_row(verdict) for verdict in group.verdicts]
     return FittedTable(f"which KV cache: {group.title(dtype)}, against the dynamic cache", columns, rows)
 
 
@@ -476,8 +475,7 @@ def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> 
     for cache, fit in fitted:
         if isinstance(fit, Missing):
             lines.append(plain(f"{cache}: what fits —: {fit.reason}", style="dim"))
-    lines += [plain(f"what fits {note}" if index == 0 else note, style="dim")
-              for index, note in enumerate(what_fits_notes(group))]  # fmt: skip
+    lines += [plain(note, style="dim") for note in what_fits_notes(group)]
     return lines
 
 
@@ -555,7 +553,9 @@ def one_line_summary(result: BenchmarkResult) -> list[str]:
 
 def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
     """What the cache bought in a cell, in words, with its 95% interval; None without both modes."""
-    cached, uncached = ([run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES)
+    cached, uncached = (
+        [run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES
+    )
     if not cached or not uncached:
         return None
     return speedup_words(cached_speedup(uncached, cached))

@@ -11,7 +11,7 @@ from kvbench.cache_choice import Missing, cache_verdicts, what_fits
 from kvbench.compare import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import SERVING_FIELDS
-from kvbench.report import serving_parts, verdict_row
+from kvbench.report import VERDICT_COLUMNS, serving_parts, verdict_row
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
@@ -216,7 +216,7 @@ def speedup_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 def speedup_cell(test: RatioTest | None) -> str:
-    """ "4.00× [3.80×, 4.21×]" when the cache is faster; "0.45× (cached 2.22× slower)" when it is not."""
+    """"4.00× [3.80×, 4.21×]" when the cache is faster; "0.45× (cached 2.22× slower)" when it is not."""
     if test is None:
         return "—"
     shown = f"{test.ratio:.2f}×"
@@ -318,15 +318,13 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
 def verdict_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Per file, each group of cells that differ only in their cache implementation: every cache against the
     dynamic cache (kvbench.cache_choice), "—" where a figure is missing and the reason in the last column."""
-    headers: list[str] = []
+    headers = ["file", "settings", *(header for header, _, _ in VERDICT_COLUMNS), "why —"]
     rows = []
     for loaded in comparison.files:
         for group in cache_verdicts(loaded.result):
             for verdict in group.verdicts:
-                shown = verdict_row(verdict)
-                headers = ["file", "settings", *shown, "why —"]
                 missing = "; ".join(f"{figure}: {reason}" for figure, reason in verdict.missing())
-                rows.append([loaded.label, group.title(), *shown.values(), missing])
+                rows.append([loaded.label, group.title(), *verdict_row(verdict), missing])
     return headers, rows
 
 
