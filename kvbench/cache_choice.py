@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from kvbench.config import Cell
 from kvbench.explain import model_cost_of
@@ -21,6 +22,14 @@ class Missing:
     """A figure that could not be given, and why."""
 
     reason: str
+
+
+Figure = TypeVar("Figure")
+
+
+def present(value: Figure | Missing) -> Figure | None:
+    """The figure, or None where it is Missing."""
+    return None if isinstance(value, Missing) else value
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from typing import Any, Literal
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
@@ -18,6 +19,7 @@ from kvbench.cache_choice import (
     CacheVerdict,
     Missing,
     VerdictGroup,
+    WhatFits,
     cache_verdicts,
     what_fits,
     what_fits_notes,
@@ -421,7 +423,7 @@ def verdict_table(group: VerdictGroup, dtype: str | None = None) -> FittedTable:
     """The group's caches side by side against the dynamic cache; a narrow terminal loses the bytes saved and
     the first difference first, then the top-1 share and the KL."""
     columns = [
-        _Column(header, lambda row, i=i: row[i], justify="left" if i == 0 else "right", drop=drop, short=short)
+        _Column(header, itemgetter(i), justify="left" if i == 0 else "right", drop=drop, short=short)
         for i, (header, short, drop) in enumerate(VERDICT_COLUMNS)
     ]
     rows = [verdict_row(verdict) for verdict in group.verdicts]
@@ -444,6 +446,11 @@ def gpu_size_text(size: int) -> str:
     return f"{size // 2**30} GiB" if size % 2**30 == 0 else format_bytes(size)
 
 
+def _fit_count(index: int, figure: str) -> Callable[[WhatFits], str]:
+    """A what-fits column's text: one figure of the index-th GPU memory size."""
+    return lambda fit: count_text(getattr(fit.fits[index], figure))
+
+
 def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> list[RenderableType]:
     """Per cache implementation, the longest context at batch 1 and the largest batch at the group's context
     that fit beside the weights in each GPU memory size, then what those figures leave out."""
@@ -455,19 +462,12 @@ def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> 
         context = FittedTable(
             "longest context (positions) at batch 1",
             [*sizes, _Column("KV/position", lambda fit: format_bytes(round(fit.bytes_per_position)))]
-            + [
-                _Column(gpu_size_text(size), lambda fit, i=i: count_text(fit.fits[i].longest_context))
-                for i, size in enumerate(gpu_memory_bytes)
-            ],
+            + [_Column(gpu_size_text(size), _fit_count(i, "longest_context")) for i, size in enumerate(gpu_memory_bytes)],
             measured,
         )
         batch = FittedTable(
             f"largest batch at {measured[0].positions:,} positions",
-            sizes
-            + [
-                _Column(gpu_size_text(size), lambda fit, i=i: count_text(fit.fits[i].largest_batch))
-                for i, size in enumerate(gpu_memory_bytes)
-            ],
+            sizes + [_Column(gpu_size_text(size), _fit_count(i, "largest_batch")) for i, size in enumerate(gpu_memory_bytes)],
             measured,
         )
         weights = format_bytes(measured[0].weight_bytes)

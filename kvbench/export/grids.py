@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from kvbench.cache_choice import Missing, cache_verdicts, what_fits
+from kvbench.cache_choice import Missing, cache_verdicts, present, what_fits
 from kvbench.compare import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import SERVING_FIELDS
@@ -335,15 +335,8 @@ def verdict_records(comparison: Comparison) -> list[dict[str, Any]]:
     for loaded in comparison.files:
         for group in cache_verdicts(loaded.result):
             for verdict in group.verdicts:
-                test, saved, share, agreement = (
-                    None if isinstance(value, Missing) else value
-                    for value in (
-                        verdict.latency_ratio,
-                        verdict.memory_saved_bytes,
-                        verdict.memory_saved_share,
-                        verdict.agreement,
-                    )
-                )
+                test, saved = present(verdict.latency_ratio), present(verdict.memory_saved_bytes)
+                share, agreement = present(verdict.memory_saved_share), present(verdict.agreement)
                 fits = what_fits(verdict.cell)
                 out.append(
                     {
