@@ -73,9 +73,12 @@ class VerdictGroup:
     settings: Cell  # the group's settings, its cache implementation set to the reference
     verdicts: list[CacheVerdict]
 
-    def title(self, dtype: str | None = None) -> str:
-        """The group's settings in words, without the cache implementation that varies within it."""
+    def title(self) -> str:
+        """The group's settings in words, without the cache implementation that varies within it, and the
+        dtype that "auto" resolved to."""
         settings = self.settings
+        resolved = ((verdict.cell.model or {}).get("dtype") for verdict in self.verdicts)
+        dtype = next((value for value in resolved if value), None)
         prompt = f"{settings.prompt_tokens}-token prompt · " if settings.prompt_tokens is not None else ""
         attn = f" · attn {settings.attn_implementation}" if settings.attn_implementation != "auto" else ""
         return (

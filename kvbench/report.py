@@ -419,7 +419,7 @@ def verdict_row(verdict: CacheVerdict) -> list[str]:
     return [verdict.cache, latency_ratio_text(verdict), *memory_saved_texts(verdict), *agreement_texts(verdict)]
 
 
-def verdict_table(group: VerdictGroup, dtype: str | None = None) -> FittedTable:
+def verdict_table(group: VerdictGroup) -> FittedTable:
     """The group's caches side by side against the dynamic cache; a narrow terminal loses the bytes saved and
     the first difference first, then the top-1 share and the KL."""
     columns = [
@@ -427,7 +427,7 @@ def verdict_table(group: VerdictGroup, dtype: str | None = None) -> FittedTable:
         for i, (header, short, drop) in enumerate(VERDICT_COLUMNS)
     ]
     rows = [verdict_row(verdict) for verdict in group.verdicts]
-    return FittedTable(f"which KV cache: {group.title(dtype)}, against the dynamic cache", columns, rows)
+    return FittedTable(f"which KV cache: {group.title()}, against the dynamic cache", columns, rows)
 
 
 def count_text(count: int) -> str:
@@ -484,8 +484,7 @@ def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...
     missing, and what fits in each GPU memory size (by default a few common ones)."""
     parts: list[RenderableType] = []
     for group in cache_verdicts(result):
-        dtype = next(((v.cell.model or {}).get("dtype") for v in group.verdicts if v.cell.model), None)
-        parts.append(verdict_table(group, dtype))
+        parts.append(verdict_table(group))
         for verdict in group.verdicts:
             for figure, reason in verdict.missing():
                 parts.append(plain(f"{verdict.cache}: {figure} —: {reason}", style="yellow"))

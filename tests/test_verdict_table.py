@@ -35,7 +35,7 @@ def cache_cell(cache: str, latencies: list[float], measured: int | None, batch: 
     return {"cache": cache, "latencies": latencies, "measured": measured, "batch": batch, **fields}
 
 
-def cache_result(*cells: dict, new_tokens: int = 100, positions: int = 100) -> BenchmarkResult:
+def cache_result(*cells: dict, new_tokens: int = 100, positions: int = 100, dtype: str = "float16") -> BenchmarkResult:
     """A results file whose cells differ only in their cache implementation, with the chosen cached-mode
     latencies, measured cache bytes (at `positions` positions) and agreement fields."""
     config = BenchConfig(model=["tiny"], max_new_tokens=[new_tokens], modes=["cached"])
@@ -46,7 +46,7 @@ def cache_result(*cells: dict, new_tokens: int = 100, positions: int = 100) -> B
         kvbench_version="0.1.0",
     )
     for chosen in cells:
-        settings = Cell("tiny", new_tokens, chosen["batch"], "float16", chosen["cache"], "auto")
+        settings = Cell("tiny", new_tokens, chosen["batch"], dtype, chosen["cache"], "auto")
         status = chosen.get("status", "measured")
         cell = CellResult(
             settings=settings,
@@ -159,6 +159,14 @@ def test_a_failed_dynamic_cell_is_named_as_the_reason():
     )
     static = by_cache(result)["static"]
     assert static.latency_ratio == Missing("the dynamic cache's cell was oom: out of memory")
+
+
+def test_the_title_names_the_dtype_auto_resolved_to():
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1], 4_000_000), cache_cell("static", [1.0, 1.2], 4_000_000), dtype="auto"
+    )
+    (group,) = cache_verdicts(result)
+    assert group.title() == "tiny · 100 tok · batch 2 · float16"
 
 
 def test_one_cache_implementation_gives_no_verdict():
