@@ -379,14 +379,24 @@ def show(
     show_output: bool = typer.Option(
         False, "--show-output", metavar="", help="Also print the text each mode generated, where it was recorded."
     ),
+    gpu_memory: Optional[list[str]] = typer.Option(
+        None,
+        "--gpu-memory",
+        metavar="SIZE",
+        help="The GPU memory size the what-fits figures are for, such as 80GiB, 24GB or 16G (G: GiB); repeat for"
+        " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 141 GiB]",
+        show_default=False,
+    ),
 ) -> None:
     """Render one results file as `kvbench run` printed it."""
     with user_errors():
         from kvbench.report import one_line_summary, print_generated_text, print_result
         from kvbench.results import read_result
+        from kvbench.units import parse_bytes
 
+        sizes = tuple(parse_bytes(size) for size in gpu_memory) if gpu_memory else None
         result = read_result(file)
-        print_result(result, stdout)
+        print_result(result, stdout, sizes)
         if show_output:
             print_generated_text(result, stdout)
         for line in one_line_summary(result):

@@ -1,5 +1,6 @@
 """PNG figures of a results file: per-token latency against the roofline bound, latency across a sweep with
-fitted curves, the cache's measured size against theory, and memory over time."""
+fitted curves, the cache's measured size against theory, memory over time, and each cache implementation's
+memory saved against its output agreement."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kvbench.cache_choice import Missing, cache_verdicts
 from kvbench.config import AXES, SWEEP_AXES
 from kvbench.errors import KvbenchError
 from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
@@ -276,6 +278,48 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
     return drawn
 
 
+def plot_cache_choice(result: BenchmarkResult, directory: Path) -> list[Drawn]:
+    """Per group of cells that differ only in their cache implementation, a point per implementation: the
+    measured cache bytes it saves against the dynamic cache, and the share of its greedy tokens that agree
+    with the dynamic cache's; the dynamic cache sits at (0%, 100%). An implementation missing either figure
+    is named in the panel with the reason."""
+    groups = cache_verdicts(result)
+    if not groups:
+        return []
+    plt = _pyplot()
+    pages = _panels(plt, len(groups), width=8.0)
+    for ax, group in zip([ax for _, axes in pages for ax in axes], groups):
+        left_out = []
+        points: dict[tuple[float, float], list[str]] = {}
+        for verdict in group.verdicts:
+            point: tuple[float, float] | str
+            if verdict.is_reference:
+                # Measured, the reference saves nothing and agrees with itself; failed, its reason.
+                point = verdict.missing()[0][1] if verdict.missing() else (0.0, 100.0)
+            else:
+                share, agreement = verdict.memory_saved_share, verdict.agreement
+                if isinstance(share, Missing):
+                    point = share.reason
+                elif isinstance(agreement, Missing) or agreement.agreement_token_share is None:
+                    point = agreement.reason if isinstance(agreement, Missing) else "no token agreement"
+                else:
+                    point = (share * 100, agreement.agreement_token_share * 100)
+            if isinstance(point, str):
+                left_out.append(f"{verdict.cache}: {point}")
+            else:
+                points.setdefault(point, []).append(verdict.cache)
+        # Implementations at the same point (a static cache saves nothing and agrees fully) share one label.
+        for point, caches in points.items():
+            ax.scatter(*point, s=30)
+            ax.annotate(", ".join(caches), point, textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if left_out:
+            ax.text(0.01, 0.01, "not plotted: " + "; ".join(left_out), transform=ax.transAxes, fontsize=6, wrap=True)
+        ax.set_xlabel("KV cache saved against the dynamic cache (% of its measured bytes)")
+        ax.set_ylabel("greedy tokens agreeing (%)")
+        ax.set_title(group.title(), fontsize=9)
+    return _save(plt, pages, directory, "cache-choice", _title(result, "Which KV cache: memory saved vs output agreement"))
+
+
 def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = False) -> list[Path]:
     """Write the figures a results file supports into a directory; returns their paths. A file already
     there is replaced only with `replace`, and then nothing is written until every figure is drawn."""
@@ -296,6 +340,7 @@ def plot_result(result: BenchmarkResult, directory: str | Path, replace: bool = 
             drawn += plot_latency(result, axis, directory, explanation)
             drawn += plot_cache_size(result, axis, directory)
         drawn += plot_memory_over_time(result, directory)
+        drawn += plot_cache_choice(result, directory)
         existing = [path for path, _ in drawn if path.exists() or path.is_symlink()]
         if existing and not replace:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""

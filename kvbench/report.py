@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from operator import itemgetter
+from typing import Any, Literal
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderHook, RenderResult
 from rich.measure import Measurement
@@ -13,6 +14,16 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from kvbench.cache_choice import (
+    DEFAULT_GPU_MEMORY_BYTES,
+    CacheVerdict,
+    Missing,
+    VerdictGroup,
+    WhatFits,
+    cache_verdicts,
+    what_fits,
+    what_fits_notes,
+)
 from kvbench.config import MODES
 from kvbench.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.stats import cached_speedup, noise_warning, speedup_words
@@ -129,17 +140,18 @@ def _vram(summary: ModeSummary) -> str:
 @dataclass(frozen=True)
 class _Column:
     header: str
-    value: Callable[[ModeSummary], str]
+    value: Callable[[Any], str]  # the text of one row's cell
     justify: Literal["left", "right"] = "right"
     drop: int = 0  # on a narrow terminal, the columns with the highest number go first; 0 always stays
     short: str | None = None  # the header where the table is narrowed
 
 
 class FittedTable:
-    """A mode-by-mode table that fits the width it is drawn at: columns a narrow terminal cannot show are
-    left out, least needed first, instead of being squeezed into "…"; a log or a file gets them all."""
+    """A table (one row per mode, or per cache implementation) that fits the width it is drawn at: columns a
+    narrow terminal cannot show are left out, least needed first, instead of being squeezed into "…"; a log
+    or a file gets them all."""
 
-    def __init__(self, title: str, columns: list[_Column], summaries: list[ModeSummary]) -> None:
+    def __init__(self, title: str, columns: list[_Column], summaries: list[Any]) -> None:
         self.title, self.columns, self.summaries = title, columns, summaries
 
     def table(self, most_dropped: int, short: bool) -> Table:
@@ -345,7 +357,142 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
     return Group(table, *(plain(note) for note in notes))
 
 
-def render_result(result: BenchmarkResult) -> Group:
+def _measured_reference(verdict: CacheVerdict) -> bool:
+    return verdict.is_reference and not CellState(verdict.cell.status).failed
+
+
+def latency_ratio_text(verdict: CacheVerdict) -> str:
+    """This cache's mean latency over the dynamic cache's, with its 95% interval: "0.80× [0.75, 0.85]"."""
+    if _measured_reference(verdict):
+        return "reference"
+    test = verdict.latency_ratio
+    if isinstance(test, Missing):
+        return "—"
+    if test.low is None or test.high is None:
+        return f"{test.ratio:.2f}× (no interval)"
+    return f"{test.ratio:.2f}× [{test.low:.2f}, {test.high:.2f}]"
+
+
+def memory_saved_texts(verdict: CacheVerdict) -> tuple[str, str]:
+    """The measured cache bytes saved against the dynamic cache's, as a share and in bytes: "75.0%", "3.5 MiB"."""
+    share, saved = verdict.memory_saved_share, verdict.memory_saved_bytes
+    if _measured_reference(verdict):
+        return "", ""
+    if isinstance(share, Missing) or isinstance(saved, Missing):
+        return "—", "—"
+    return f"{share:.1%}", format_bytes(saved)
+
+
+def agreement_texts(verdict: CacheVerdict) -> tuple[str, str, str, str]:
+    """The output agreement's figures as text: greedy tokens that agree, the first new token that differs
+    ("none": token-identical), the share of positions whose top-1 agrees, the mean KL in nats."""
+    if _measured_reference(verdict):
+        return "", "", "", ""
+    cell = verdict.agreement
+    if isinstance(cell, Missing):
+        return "—", "—", "—", "—"
+    share, top1, kl = cell.agreement_token_share, cell.agreement_top1_share, cell.agreement_kl_mean_nats
+    return (
+        f"{share:.1%}" if share is not None else "—",
+        str(cell.agreement_first_divergence) if cell.agreement_first_divergence is not None else "none",
+        f"{top1:.1%}" if top1 is not None else "—",
+        f"{kl:.3g}" if kl is not None else "—",
+    )
+
+
+# The verdict's columns: (header, its short form on a narrow terminal, the drop level: highest goes first).
+VERDICT_COLUMNS = (
+    ("cache", None, 0),
+    ("latency vs dynamic", "latency ×dyn", 0),
+    ("KV cache saved", "KV saved", 0),
+    ("bytes saved", None, 2),
+    ("tokens agree", "tokens", 0),
+    ("first differs", "1st diff", 2),
+    ("top-1 agrees", "top-1", 1),
+    ("KL (nats)", "KL", 1),
+)
+
+
+def verdict_row(verdict: CacheVerdict) -> list[str]:
+    """One cache implementation's verdict as the columns every rendering shows (VERDICT_COLUMNS), "—" where a
+    figure is missing (verdict.missing() says why); the measured dynamic cell, the reference, blank."""
+    return [verdict.cache, latency_ratio_text(verdict), *memory_saved_texts(verdict), *agreement_texts(verdict)]
+
+
+def verdict_table(group: VerdictGroup) -> FittedTable:
+    """The group's caches side by side against the dynamic cache; a narrow terminal loses the bytes saved and
+    the first difference first, then the top-1 share and the KL."""
+    columns = [
+        _Column(header, itemgetter(i), justify="left" if i == 0 else "right", drop=drop, short=short)
+        for i, (header, short, drop) in enumerate(VERDICT_COLUMNS)
+    ]
+    rows = [verdict_row(verdict) for verdict in group.verdicts]
+    return FittedTable(f"which KV cache: {group.title()}, against the dynamic cache", columns, rows)
+
+
+def count_text(count: int) -> str:
+    """A count for a narrow column: 4,096; 524k; 1.2M; "none" for 0."""
+    if count == 0:
+        return "none"
+    if count < 10_000:
+        return f"{count:,}"
+    if count < 1_000_000:
+        return f"{count / 1000:.0f}k"
+    return f"{count / 1_000_000:.1f}M" if count < 1_000_000_000 else f"{count / 1_000_000_000:.1f}G"
+
+
+def gpu_size_text(size: int) -> str:
+    """A GPU memory size as it is usually named: "80 GiB" for a whole number of GiB."""
+    return f"{size // 2**30} GiB" if size % 2**30 == 0 else format_bytes(size)
+
+
+def _fit_count(index: int, figure: str) -> Callable[[WhatFits], str]:
+    """A what-fits column's text: one figure of the index-th GPU memory size."""
+    return lambda fit: count_text(getattr(fit.fits[index], figure))
+
+
+def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> list[RenderableType]:
+    """Per cache implementation, the longest context at batch 1 and the largest batch at the group's context
+    that fit beside the weights in each GPU memory size, then what those figures leave out."""
+    fitted = [(verdict.cache, what_fits(verdict.cell, gpu_memory_bytes)) for verdict in group.verdicts]
+    measured = [fit for _, fit in fitted if not isinstance(fit, Missing)]
+    lines: list[RenderableType] = []
+    if measured:
+        sizes = [_Column("cache", lambda fit: fit.cache, justify="left")]
+        context = FittedTable(
+            "longest context (positions) at batch 1",
+            [*sizes, _Column("KV/position", lambda fit: format_bytes(round(fit.bytes_per_position)))]
+            + [_Column(gpu_size_text(size), _fit_count(i, "longest_context")) for i, size in enumerate(gpu_memory_bytes)],
+            measured,
+        )
+        batch = FittedTable(
+            f"largest batch at {measured[0].positions:,} positions",
+            sizes + [_Column(gpu_size_text(size), _fit_count(i, "largest_batch")) for i, size in enumerate(gpu_memory_bytes)],
+            measured,
+        )
+        weights = format_bytes(measured[0].weight_bytes)
+        lines += [plain(f"what fits beside {weights} of weights in each GPU memory size:", style="bold"), context, batch]
+    for cache, fit in fitted:
+        if isinstance(fit, Missing):
+            lines.append(plain(f"{cache}: what fits —: {fit.reason}", style="dim"))
+    lines += [plain(note, style="dim") for note in what_fits_notes(group)]
+    return lines
+
+
+def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> list[RenderableType]:
+    """Where cells differ only in their cache implementation: each group's verdict table, why a figure is
+    missing, and what fits in each GPU memory size (by default a few common ones)."""
+    parts: list[RenderableType] = []
+    for group in cache_verdicts(result):
+        parts.append(verdict_table(group))
+        for verdict in group.verdicts:
+            for figure, reason in verdict.missing():
+                parts.append(plain(f"{verdict.cache}: {figure} —: {reason}", style="yellow"))
+        parts += what_fits_tables(group, gpu_memory_bytes or DEFAULT_GPU_MEMORY_BYTES)
+    return parts
+
+
+def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> Group:
     environment = result.environment
     parts: list = [
         plain(
@@ -365,6 +512,7 @@ def render_result(result: BenchmarkResult) -> Group:
         else:
             parts.append(plain(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
+    parts.extend(cache_choice_parts(result, gpu_memory_bytes))
     fits = fit_table(result)
     if fits is not None:
         parts.append(fits)
@@ -493,5 +641,8 @@ class _WithoutControls:
             yield segment if segment.control else Segment(printable(segment.text), segment.style)
 
 
-def print_result(result: BenchmarkResult, console: Console | None = None) -> None:
-    (console or output_console()).print(render_result(result))
+def print_result(
+    result: BenchmarkResult, console: Console | None = None, gpu_memory_bytes: tuple[int, ...] | None = None
+) -> None:
+    """The results file as `kvbench show` prints it; `gpu_memory_bytes` chooses the what-fits sizes."""
+    (console or output_console()).print(render_result(result, gpu_memory_bytes))

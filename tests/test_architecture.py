@@ -17,8 +17,8 @@ LAYERS = {
     # What is measured and stored: settings, memory and energy figures, runs, cells, results, and the
     # events that carry them from where a cell is measured.
     "data": {"config", "memory", "energy", "roofline", "records", "events", "environment"},
-    # What the stored runs mean: fits against length, the roofline's explanation.
-    "analysis": {"fit", "explain"},
+    # What the stored runs mean: fits against length, the roofline's explanation, which KV cache to use.
+    "analysis": {"fit", "explain", "cache_choice"},
     # The results file: its document holds the explanation, so it reads the analysis.
     "storage": {"results"},
     # Results files judged against each other.

@@ -1,5 +1,5 @@
 """What every comparison format shows, as rows of text: the timing grid, the cache's speedup, the serving
-percentiles, the method note, and one flat record per measurement (CSV and JSON)."""
+percentiles, which KV cache to use, the method note, and one flat record per measurement (CSV and JSON)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import math
 from dataclasses import asdict
 from typing import Any
 
+from kvbench.cache_choice import Missing, cache_verdicts, present, what_fits
 from kvbench.compare import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import SERVING_FIELDS
-from kvbench.report import serving_parts
+from kvbench.report import VERDICT_COLUMNS, serving_parts, verdict_row
 from kvbench.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.units import format_bytes
 
@@ -311,4 +312,66 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
             record["tested_on"] = "process means" if entry.tested_on_process_means else "runs"
             record["unjudged"] = entry.unjudged
             out.append(record)
+    return out
+
+
+def verdict_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Per file, each group of cells that differ only in their cache implementation: every cache against the
+    dynamic cache (kvbench.cache_choice), "—" where a figure is missing and the reason in the last column."""
+    headers = ["file", "settings", *(header for header, _, _ in VERDICT_COLUMNS), "why —"]
+    rows = []
+    for loaded in comparison.files:
+        for group in cache_verdicts(loaded.result):
+            for verdict in group.verdicts:
+                missing = "; ".join(f"{figure}: {reason}" for figure, reason in verdict.missing())
+                rows.append([loaded.label, group.title(), *verdict_row(verdict), missing])
+    return headers, rows
+
+
+def verdict_records(comparison: Comparison) -> list[dict[str, Any]]:
+    """The verdict grid's figures as numbers, one record per cache implementation per group per file (None
+    where a figure is missing, its reason under "missing"), with what fits in the default GPU memory sizes."""
+    out = []
+    for loaded in comparison.files:
+        for group in cache_verdicts(loaded.result):
+            for verdict in group.verdicts:
+                test, saved = present(verdict.latency_ratio), present(verdict.memory_saved_bytes)
+                share, agreement = present(verdict.memory_saved_share), present(verdict.agreement)
+                fits = what_fits(verdict.cell)
+                out.append(
+                    {
+                        "file": loaded.path,
+                        "label": loaded.label,
+                        **asdict(verdict.cell.settings),
+                        "reference": verdict.is_reference,
+                        "latency_ratio_to_dynamic": test.ratio if test else None,
+                        "latency_ci_low": test.low if test else None,
+                        "latency_ci_high": test.high if test else None,
+                        "kv_cache_measured_bytes": verdict.cell.kv_cache_measured_bytes,
+                        "kv_cache_saved_bytes": saved,
+                        "kv_cache_saved_share": share,
+                        **{
+                            name: getattr(agreement, name) if agreement else None
+                            for name in (
+                                "agreement_token_share",
+                                "agreement_first_divergence",
+                                "agreement_top1_share",
+                                "agreement_kl_mean_nats",
+                            )
+                        },
+                        "kv_bytes_per_position": None if isinstance(fits, Missing) else fits.bytes_per_position,
+                        "weight_bytes": None if isinstance(fits, Missing) else fits.weight_bytes,
+                        "what_fits": []
+                        if isinstance(fits, Missing)
+                        else [
+                            {
+                                "gpu_memory_bytes": fit.gpu_memory_bytes,
+                                "longest_context_at_batch_1": fit.longest_context,
+                                "largest_batch": fit.largest_batch,
+                            }
+                            for fit in fits.fits
+                        ],
+                        "missing": dict(verdict.missing()),
+                    }
+                )
     return out

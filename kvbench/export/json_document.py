@@ -1,4 +1,5 @@
-"""The comparison as one JSON document: the gate's rule and settings, then every measurement's record."""
+"""The comparison as one JSON document: the gate's rule and settings, then every measurement's record and
+each cache implementation's verdict against the dynamic cache."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from typing import Any
 
 from kvbench.compare import ALPHA, Comparison
-from kvbench.export.grids import GATE_RULE, records
+from kvbench.export.grids import GATE_RULE, records, verdict_records
 
 
 def to_json(comparison: Comparison) -> str:
@@ -21,6 +22,8 @@ def to_json(comparison: Comparison) -> str:
         "test": "log-ratio-t, holm",
         "family_sizes": comparison.family_sizes,
         "measurements": records(comparison),
+        # Where a file's cells differ only in their cache implementation: each against the dynamic cache.
+        "cache_verdicts": verdict_records(comparison),
         "unjudged": comparison.unjudged,
         "warnings": comparison.warnings,
         "regressions": len(comparison.regressions),

@@ -1,6 +1,7 @@
 """Markdown for a pull request: each file's means, then one table per metric of the changes against the
-baseline, what the cache buys and the serving percentiles; the method note, then what was not judged and why.
-It fits a GitHub comment: past the limit, percentiles go first, then the cache's speedups, then unflagged
+baseline, which KV cache to use (where a file's cells differ only in their cache implementation), what the cache
+buys and the serving percentiles; the method note, then what was not judged and why. It fits a GitHub comment:
+past the limit, percentiles go first, then the cache's speedups, then the cache verdicts, then unflagged
 measurements (never a regression, an inconclusive one or one not judged), and a line says what was left out."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kvbench.export.grids import (
     method_note,
     percentile_grid,
     speedup_grid,
+    verdict_grid,
 )
 from kvbench.metrics import JUDGED_METRICS
 from kvbench.untrusted import printable
@@ -73,18 +75,20 @@ def to_markdown(comparison: Comparison, limit: int = GITHUB_COMMENT_LIMIT) -> st
         _Table(f"change in {JUDGED_METRICS[metric].label} against {base}", change_grid(comparison, metric))
         for metric in compared_metrics(comparison)
     ]
+    tables.append(_Table("which KV cache, against the dynamic cache, by file", verdict_grid(comparison), by_measurement=False))
     tables.append(_Table("what the KV cache buys, by file", speedup_grid(comparison), by_measurement=False))
     tables.append(_Table("serving metrics, by file (ms unless named)", percentile_grid(comparison), by_measurement=False))
     text = _document(comparison, tables, None, [])
-    # Past the limit, drop the least needed first: percentiles, the speedups, then unflagged measurements.
-    for dropped in (1, 2):
+    # Past the limit, drop the least needed first: percentiles, the speedups, the cache verdicts, then
+    # unflagged measurements.
+    for dropped in (1, 2, 3):
         if len(text) <= limit:
             return text
         left_out = ", ".join(table.title for table in tables[-dropped:] if table.grid[1]) or "nothing"
         text = _document(comparison, tables[:-dropped], None, [f"left out to fit a GitHub comment: {left_out}"])
     if len(text) <= limit:
         return text
-    return _fewer_measurements(comparison, tables[:-2], limit)
+    return _fewer_measurements(comparison, tables[:-3], limit)
 
 
 def _fewer_measurements(comparison: Comparison, tables: list[_Table], limit: int) -> str:
@@ -100,8 +104,8 @@ def _fewer_measurements(comparison: Comparison, tables: list[_Table], limit: int
         kept = flagged | set(others[:count])
         note = (
             f"{total - len(kept)} of {total} measurements left out to fit a GitHub comment ({limit:,} characters),"
-            " with the percentiles and the cache's speedups; every regression, inconclusive or unjudged one is"
-            " here; --format csv has them all"
+            " with the percentiles, the cache's speedups and the cache verdicts; every regression, inconclusive or"
+            " unjudged one is here; --format csv has them all"
         )
         text = _document(comparison, tables, kept, [note])
         if count == 0 and len(text) > limit:

@@ -9,7 +9,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 
 from kvbench.compare import Comparison
-from kvbench.export.grids import gate_summary, method_note, percentile_grid, speedup_grid, timing_grid
+from kvbench.export.grids import gate_summary, method_note, percentile_grid, speedup_grid, timing_grid, verdict_grid
 from kvbench.report import plain
 
 
@@ -55,6 +55,9 @@ def render_comparison(comparison: Comparison) -> Group:
     speedups = speedup_grid(comparison)
     if speedups[1]:
         parts.append(_FittedGrid("what the KV cache buys, by file", *speedups))
+    verdicts = verdict_grid(comparison)
+    if verdicts[1]:
+        parts.append(_FittedGrid("which KV cache, against the dynamic cache, by file", *verdicts, left_aligned=True))
     percentiles = percentile_grid(comparison)
     if percentiles[1]:
         parts.append(_FittedGrid("serving metrics, by file", *percentiles, left_aligned=True))

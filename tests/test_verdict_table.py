@@ -1,0 +1,284 @@
+"""Which KV cache: each cache implementation against the dynamic cache at equal settings, what fits in a GPU's
+memory, and where they are shown (show, compare's exports, plot), from results built with chosen figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from rich.console import Console, Group
+from typer.testing import CliRunner
+
+from kvbench.cache_choice import Missing, cache_verdicts, what_fits
+from kvbench.cli import app
+from kvbench.compare import compare_results
+from kvbench.config import BenchConfig, Cell, config_to_dict
+from kvbench.errors import KvbenchError
+from kvbench.export import FORMATS
+from kvbench.export.markdown import GITHUB_COMMENT_LIMIT, to_markdown
+from kvbench.plot import plot_result
+from kvbench.records import BenchmarkResult, CellResult, RunRecord
+from kvbench.report import cache_choice_parts, render_result
+from kvbench.results import write_result
+from kvbench.units import parse_bytes
+
+runner = CliRunner()
+
+# A model of 1,000,000 parameters at 2 bytes each: 2,000,000 bytes of weights.
+COST = {"parameters": 1_000_000, "bytes_per_element": 2, "layers": 2, "hidden": 32, "attention_width": 32,
+        "kv_heads": 2, "head_dim": 16}  # fmt: skip
+AGREES = {"agreement_token_share": 1.0, "agreement_top1_share": 1.0, "agreement_kl_mean_nats": 0.0}
+
+
+def cache_cell(cache: str, latencies: list[float], measured: int | None, batch: int = 2, **fields) -> dict:
+    return {"cache": cache, "latencies": latencies, "measured": measured, "batch": batch, **fields}
+
+
+def cache_result(*cells: dict, new_tokens: int = 100, positions: int = 100, dtype: str = "float16") -> BenchmarkResult:
+    """A results file whose cells differ only in their cache implementation, with the chosen cached-mode
+    latencies, measured cache bytes (at `positions` positions) and agreement fields."""
+    config = BenchConfig(model=["tiny"], max_new_tokens=[new_tokens], modes=["cached"])
+    result = BenchmarkResult(
+        environment={"device": "cuda:0", "device_name": "Test GPU", "torch": "2.13.0"},
+        config=config_to_dict(config),
+        complete=True,
+        kvbench_version="0.1.0",
+    )
+    for chosen in cells:
+        settings = Cell("tiny", new_tokens, chosen["batch"], dtype, chosen["cache"], "auto")
+        status = chosen.get("status", "measured")
+        cell = CellResult(
+            settings=settings,
+            status=status,
+            reason=chosen.get("reason"),
+            model={"dtype": "float16", "weights": "pretrained", "cost": COST},
+            prompt_tokens=6,
+            kv_cache_measured_bytes=chosen["measured"],
+            kv_cache_positions=positions if chosen["measured"] is not None else None,
+            **{key: value for key, value in chosen.items() if key.startswith("agreement_")},
+        )
+        result.cells.append(cell)
+        for index, latency in enumerate(chosen["latencies"]):
+            result.runs.append(
+                RunRecord(
+                    cell=cell.id,
+                    mode="cached",
+                    run=index,
+                    latency_s=latency,
+                    new_tokens=new_tokens,
+                    prompt_tokens=6,
+                    batch_size=chosen["batch"],
+                    tokens_per_s=new_tokens / latency,
+                    time_to_first_token_s=None,
+                    peak_rss_bytes=1000,
+                )
+            )
+    return result
+
+
+def three_caches() -> BenchmarkResult:
+    return cache_result(
+        cache_cell("dynamic", [1.0, 1.1, 0.9], 4_000_000),
+        cache_cell("static", [0.5, 0.55, 0.45], 4_000_000, **AGREES),
+        cache_cell(
+            "quantized",
+            [2.0, 2.2, 1.8],
+            1_000_000,
+            agreement_token_share=0.9,
+            agreement_first_divergence=12,
+            agreement_top1_share=0.95,
+            agreement_kl_mean_nats=0.0123,
+        ),
+    )
+
+
+def by_cache(result: BenchmarkResult):
+    (group,) = cache_verdicts(result)
+    return {verdict.cache: verdict for verdict in group.verdicts}
+
+
+def shown(renderable, width: int = 200) -> str:
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_latency_ratio_against_the_dynamic_cache_with_an_interval_that_brackets_it():
+    verdicts = by_cache(three_caches())
+    static, quantized = verdicts["static"].latency_ratio, verdicts["quantized"].latency_ratio
+    # Means 0.5 s and 2.0 s against the dynamic cache's 1.0 s.
+    assert static.ratio == pytest.approx(0.5) and quantized.ratio == pytest.approx(2.0)
+    for test in (static, quantized):
+        assert test.low < test.ratio < test.high
+        assert test.confidence == 0.95
+    assert static.high < 1 < quantized.low  # clearly faster, clearly slower
+    assert list(verdicts) == ["dynamic", "static", "quantized"] and verdicts["dynamic"].is_reference
+
+
+def test_memory_saved_against_the_dynamic_cache_as_bytes_and_share():
+    verdicts = by_cache(three_caches())
+    assert verdicts["quantized"].memory_saved_bytes == 3_000_000
+    assert verdicts["quantized"].memory_saved_share == pytest.approx(0.75)
+    assert verdicts["static"].memory_saved_bytes == 0
+    larger = by_cache(cache_result(cache_cell("dynamic", [1.0, 1.1], 1_000_000), cache_cell("static", [1.0, 1.2], 1_500_000)))
+    assert larger["static"].memory_saved_bytes == -500_000
+    assert larger["static"].memory_saved_share == pytest.approx(-0.5)
+
+
+def test_without_a_dynamic_cell_speed_and_memory_are_missing_with_the_reason():
+    result = cache_result(cache_cell("static", [1.0, 1.1], 4_000_000, **AGREES), cache_cell("quantized", [2.0, 2.1], 1_000_000))
+    verdicts = by_cache(result)
+    for verdict in verdicts.values():
+        assert isinstance(verdict.latency_ratio, Missing) and isinstance(verdict.memory_saved_bytes, Missing)
+        assert "no dynamic cache cell" in verdict.latency_ratio.reason
+    assert not isinstance(verdicts["static"].agreement, Missing)  # measured against the dynamic cache all the same
+    assert dict(verdicts["quantized"].missing())["agreement"] == "not measured in this file"
+    text = shown(render_result(result))
+    assert "static: latency —: no dynamic cache cell at these settings to compare with" in text
+
+
+def test_a_skipped_cell_has_every_figure_missing_with_its_reason():
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1], 4_000_000),
+        cache_cell("quantized", [], None, status="skipped", reason="quanto is not installed"),
+    )
+    quantized = by_cache(result)["quantized"]
+    skipped = "skipped: quanto is not installed"
+    assert dict(quantized.missing()) == dict.fromkeys(["latency", "memory saved", "agreement"], skipped)
+    assert isinstance(what_fits(quantized.cell), Missing)
+    text = shown(render_result(result))
+    assert "quantized: latency —: skipped: quanto is not installed" in text
+    assert "quantized: what fits —: skipped: quanto is not installed" in text
+
+
+def test_a_failed_dynamic_cell_is_named_as_the_reason():
+    result = cache_result(
+        cache_cell("dynamic", [], None, status="oom", reason="out of memory"),
+        cache_cell("static", [1.0, 1.1], 4_000_000),
+    )
+    static = by_cache(result)["static"]
+    assert static.latency_ratio == Missing("the dynamic cache's cell was oom: out of memory")
+
+
+def test_the_title_names_the_dtype_auto_resolved_to():
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1], 4_000_000), cache_cell("static", [1.0, 1.2], 4_000_000), dtype="auto"
+    )
+    (group,) = cache_verdicts(result)
+    assert group.title() == "tiny · 100 tok · batch 2 · float16"
+
+
+def test_one_cache_implementation_gives_no_verdict():
+    result = cache_result(cache_cell("dynamic", [1.0, 1.1], 4_000_000))
+    assert cache_verdicts(result) == []
+    assert "which KV cache" not in shown(render_result(result))
+
+
+def test_what_fits_from_bytes_per_position_and_the_weights():
+    # 4,000,000 bytes over 100 positions at batch 2: 20,000 bytes per position. In 1 GiB (1,073,741,824
+    # bytes) beside 2,000,000 bytes of weights, 1,071,741,824 bytes are left: 53,587 positions at batch 1,
+    # or 535 sequences of 100 positions (2,000,000 bytes each). 1 MiB holds not even the weights.
+    dynamic = by_cache(three_caches())["dynamic"]
+    fits = what_fits(dynamic.cell, (2**30, 2**20))
+    assert fits.bytes_per_position == 20_000 and fits.weight_bytes == 2_000_000 and fits.positions == 100
+    assert (fits.fits[0].longest_context, fits.fits[0].largest_batch) == (53_587, 535)
+    assert (fits.fits[1].longest_context, fits.fits[1].largest_batch) == (0, 0)
+    quantized = what_fits(by_cache(three_caches())["quantized"].cell, (2**30,))
+    assert quantized.bytes_per_position == 5_000 and quantized.fits[0].longest_context == 214_348
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [("80GiB", 80 * 2**30), ("24GB", 24 * 10**9), ("16G", 16 * 2**30), ("1.5 TiB", int(1.5 * 2**40)), ("512mib", 2**29)],
+)
+def test_gpu_memory_sizes_parse(text, size):
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["80", "eighty", "80XB", "0GiB", "-4G", ""])
+def test_a_bad_gpu_memory_size_names_the_option_and_the_forms(text):
+    with pytest.raises(KvbenchError, match=r"--gpu-memory cannot be .*such as 80GiB, 24GB or 16G"):
+        parse_bytes(text)
+
+
+def test_show_prints_the_verdict_and_what_fits(tmp_path):
+    path = tmp_path / "caches.json"
+    write_result(three_caches(), path)
+    result = runner.invoke(app, ["show", str(path), "--gpu-memory", "1GiB"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "which KV cache: tiny · 100 tok · batch 2 · float16, against the dynamic cache" in text
+    assert "0.50× [" in text and "2.00× [" in text
+    assert "75.0%" in text and "2.9 MiB" in text and "90.0%" in text and "12" in text and "0.0123" in text
+    assert "1 GiB" in text and "54k" in text and "535" in text and "24 GiB" not in text
+    assert "weights and the KV cache only" in text and "residual window" in text
+    default = runner.invoke(app, ["show", str(path)]).output
+    assert all(f"{size} GiB" in default for size in (24, 40, 80, 141))
+
+
+def test_show_rejects_a_bad_gpu_memory_in_one_line(tmp_path):
+    path = tmp_path / "caches.json"
+    write_result(three_caches(), path)
+    result = runner.invoke(app, ["show", str(path), "--gpu-memory", "80"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--gpu-memory cannot be '80'" in lines[0]
+
+
+def test_show_fits_80_columns_without_cutting_a_label(snapshot):
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1, 0.9], 4_000_000),
+        cache_cell("offloaded_static", [1.5, 1.6, 1.4], 4_000_000, **AGREES),
+        cache_cell("quantized", [2.0, 2.2, 1.8], 1_000_000, agreement_token_share=0.9, agreement_first_divergence=12),
+    )
+    text = shown(render_result(result), width=80)
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    assert "offloaded_static" in text and "which KV cache" in text
+    assert shown(Group(*cache_choice_parts(result)), width=80) == snapshot
+
+
+def two_files(tmp_path) -> list:
+    paths = [tmp_path / "before.json", tmp_path / "after.json"]
+    for path in paths:
+        write_result(three_caches(), path)
+    return paths
+
+
+def test_markdown_export_holds_the_verdict_table_within_the_size_guard(tmp_path):
+    comparison = compare_results(two_files(tmp_path))
+    full = to_markdown(comparison)
+    assert len(full) <= GITHUB_COMMENT_LIMIT
+    assert "**which KV cache, against the dynamic cache, by file**" in full
+    row = "| before | tiny · 100 tok · batch 2 · float16 | quantized | 2.00× [1.59, 2.51] | 75.0% | 2.9 MiB | 90.0% | 12 |"
+    assert row in full
+    # Tighter limits drop the percentiles and the speedups first, then the verdicts, and say so.
+    without = next(
+        text for limit in range(len(full) - 1, 0, -20) if "**which KV cache" not in (text := to_markdown(comparison, limit))
+    )
+    assert "left out to fit a GitHub comment: which KV cache, against the dynamic cache, by file" in without
+    assert "**mean ± std and peak memory, by file**" in without
+
+
+def test_json_export_holds_the_verdict_records(tmp_path):
+    document = json.loads(FORMATS["json"].render(compare_results(two_files(tmp_path))))
+    records = {(r["label"], r["cache_implementation"]): r for r in document["cache_verdicts"]}
+    assert len(records) == 6
+    quantized = records[("after", "quantized")]
+    assert quantized["latency_ratio_to_dynamic"] == pytest.approx(2.0)
+    assert quantized["latency_ci_low"] < 2.0 < quantized["latency_ci_high"]
+    assert quantized["kv_cache_saved_bytes"] == 3_000_000 and quantized["agreement_first_divergence"] == 12
+    assert quantized["kv_bytes_per_position"] == 5_000 and quantized["weight_bytes"] == 2_000_000
+    first = quantized["what_fits"][0]
+    assert first["gpu_memory_bytes"] == 24 * 2**30
+    assert first["longest_context_at_batch_1"] == math.floor((24 * 2**30 - 2_000_000) / 5_000)
+    assert records[("after", "dynamic")]["reference"] and records[("after", "dynamic")]["missing"] == {}
+
+
+def test_plot_writes_the_cache_choice_figure(tmp_path):
+    written = plot_result(three_caches(), tmp_path / "plots")
+    figure = tmp_path / "plots" / "cache-choice.png"
+    assert figure in written and figure.read_bytes().startswith(b"\x89PNG")
+    single = plot_result(cache_result(cache_cell("dynamic", [1.0, 1.1], 4_000_000)), tmp_path / "single")
+    assert not any(path.name == "cache-choice.png" for path in single)
