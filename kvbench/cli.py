@@ -438,6 +438,13 @@ def compare(
         help="A label per file, in order (one for each file), used in every table, export and verdict, and"
         " by --baseline. \\[default: the file names]",
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        metavar="",
+        help="List each measurement only one side holds (files of other sweeps), one line each; without it"
+        " and without the gate, one line per file counts them.",
+    ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
     against a baseline with a 95% confidence interval and a significance verdict."""
@@ -455,6 +462,7 @@ def compare(
             allow_single=output.one_file_is_enough,
             names=names or (),
             pass_inconclusive=pass_inconclusive,
+            list_unmatched=verbose,
         )
     rendered = output.render(comparison)
     if isinstance(rendered, str):
