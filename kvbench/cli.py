@@ -292,9 +292,9 @@ def _dry_run(config, path: Optional[Path], json_output: bool) -> None:
             check_writable(path)
         benchmark = Benchmark(config, output=None)
     if json_output:
-        import json
+        from kvbench.jsontext import json_text
 
-        sys.stdout.write(json.dumps(plan_document(plan(benchmark), path), indent=2) + "\n")
+        sys.stdout.write(json_text(plan_document(plan(benchmark), path)))
     else:
         stdout.print(render_plan(plan(benchmark), path))
 
@@ -362,11 +362,10 @@ def _report(result, console: Console, json_output: bool, show_output: bool) -> N
     from kvbench.report import print_generated_text, print_result
 
     if json_output:
-        import json
-
+        from kvbench.jsontext import json_text
         from kvbench.results import to_dict
 
-        sys.stdout.write(json.dumps(to_dict(result), indent=2) + "\n")
+        sys.stdout.write(json_text(to_dict(result)))
     else:
         print_result(result, console)
     if show_output:

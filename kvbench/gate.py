@@ -31,6 +31,7 @@ from pathlib import Path
 
 from kvbench.compare import EXIT_CODES
 from kvbench.errors import KvbenchError
+from kvbench.jsontext import json_text
 from kvbench.untrusted import printable
 
 GATE_FILE = ".github/kvbench-gate.env"
@@ -270,7 +271,7 @@ def merge_halves(first: Path, second: Path, merged: Path) -> None:
     document["updated_at"] = later.get("updated_at", document.get("updated_at"))
     document.pop("summary", None)
     document.pop("explained", None)
-    merged.write_text(json.dumps(document, indent=1) + "\n")
+    merged.write_text(json_text(document), encoding="utf-8")
 
 
 def sha256_of(path: Path) -> str:
