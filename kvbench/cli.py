@@ -292,9 +292,9 @@ def _dry_run(config, path: Optional[Path], json_output: bool) -> None:
             check_writable(path)
         benchmark = Benchmark(config, output=None)
     if json_output:
-        import json
+        from kvbench.jsontext import json_text
 
-        sys.stdout.write(json.dumps(plan_document(plan(benchmark), path), indent=2) + "\n")
+        sys.stdout.write(json_text(plan_document(plan(benchmark), path)))
     else:
         stdout.print(render_plan(plan(benchmark), path))
 
@@ -362,11 +362,10 @@ def _report(result, console: Console, json_output: bool, show_output: bool) -> N
     from kvbench.report import print_generated_text, print_result
 
     if json_output:
-        import json
-
+        from kvbench.jsontext import json_text
         from kvbench.results import to_dict
 
-        sys.stdout.write(json.dumps(to_dict(result), indent=2) + "\n")
+        sys.stdout.write(json_text(to_dict(result)))
     else:
         print_result(result, console)
     if show_output:
@@ -448,6 +447,13 @@ def compare(
         help="A label per file, in order (one for each file), used in every table, export and verdict, and"
         " by --baseline. \\[default: the file names]",
     ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        metavar="",
+        help="List each measurement only one side holds (files of other sweeps), one line each; without it"
+        " and without the gate, one line per file counts them.",
+    ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change
     against a baseline with a 95% confidence interval and a significance verdict."""
@@ -465,6 +471,7 @@ def compare(
             allow_single=output.one_file_is_enough,
             names=names or (),
             pass_inconclusive=pass_inconclusive,
+            list_unmatched=verbose,
         )
     rendered = output.render(comparison)
     if isinstance(rendered, str):
@@ -505,69 +512,91 @@ def plot(
             stdout.print(str(path), highlight=False)
 
 
+def _gate_help(name: str, text: str) -> str:
+    """A `kvbench gate` option's help, ending in the default its GateOptions field holds."""
+    from kvbench.gate import shown_default
+
+    return f"{text} \\[default: {shown_default(name)}]"
+
+
 @app.command(cls=_Command)
 def gate(
     base: Optional[str] = typer.Option(
         None,
         metavar="REV|DIR",
-        help="Base checkout: a git revision of --repo or a directory. \\[default: none, compare with --baseline-file]",
+        help=_gate_help("base", "Base checkout: a git revision of --repo or a directory."),
     ),
     head: Optional[str] = typer.Option(
-        None, metavar="REV|DIR", help="Head checkout: a git revision of --repo or a directory. \\[default: .]"
+        None, metavar="REV|DIR", help=_gate_help("head", "Head checkout: a git revision of --repo or a directory.")
     ),
     repo: Optional[Path] = typer.Option(
-        None, metavar="DIR", help="The git repository revisions are taken from. \\[default: .]"
+        None, metavar="DIR", help=_gate_help("repo", "The git repository revisions are taken from.")
     ),
     config: Optional[str] = typer.Option(
-        None, metavar="TOML", help="kvbench config, a path in the base checkout. \\[default: configs/ci-gpu.toml]"
+        None, metavar="TOML", help=_gate_help("config", "kvbench config, a path in the base checkout.")
     ),
     threshold_pct: Optional[float] = typer.Option(
         None,
         metavar="PCT",
-        help="The slowdown the gate must rule out: it passes a measurement whose interval lies wholly below"
-        " +PCT%, and fails one wholly above (regression) or across it (inconclusive)."
-        " \\[default: KVBENCH_REGRESSION_PCT in the base's --gate-file, else 10]",
+        help=_gate_help(
+            "threshold_pct",
+            "The slowdown the gate must rule out: it passes a measurement whose interval lies wholly below +PCT%,"
+            " and fails one wholly above (regression) or across it (inconclusive).",
+        ),
     ),
     gate_file: Optional[str] = typer.Option(
         None,
         metavar="FILE",
-        help="File in the base checkout holding KVBENCH_REGRESSION_PCT=PCT. \\[default: .github/kvbench-gate.env]",
+        help=_gate_help("gate_file", "File in the base checkout holding KVBENCH_REGRESSION_PCT=PCT."),
     ),
     baseline_file: Optional[str] = typer.Option(
-        None, metavar="FILE", help="Results file in the head checkout to compare with when there is no --base."
+        None,
+        metavar="FILE",
+        help=_gate_help("baseline_file", "Results file in the head checkout to compare with when there is no --base."),
     ),
     install: Optional[str] = typer.Option(
         None,
         metavar="MODE",
-        help="venv: a fresh venv per side that sees --python's packages and keeps its torch; pythonpath: run"
-        " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing. \\[default: venv]",
+        help=_gate_help(
+            "install",
+            "venv: a fresh venv per side that sees --python's packages and keeps its torch; pythonpath: run"
+            " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing.",
+        ),
     ),
     python: Optional[str] = typer.Option(
-        None, metavar="PYTHON", help="Interpreter for the venvs (or pythonpath runs). \\[default: this one]"
+        None, metavar="PYTHON", help=_gate_help("python", "Interpreter for the venvs (or pythonpath runs).")
     ),
     torch: Optional[str] = typer.Option(
         None,
         metavar="REQUIREMENT",
-        help="pip arguments installing torch into each venv first, e.g. 'torch==2.6.0 --index-url URL'"
-        " (the CUDA build your driver runs). \\[default: reuse --python's torch, never replaced]",
+        help=_gate_help(
+            "torch",
+            "pip arguments installing torch into each venv first, e.g. 'torch==2.6.0 --index-url URL'"
+            " (the CUDA build your driver runs).",
+        ),
     ),
     pip_install: Optional[str] = typer.Option(
-        None, metavar="ARGS", help="pip install arguments, run inside each checkout (venv mode). \\[default: -e .]"
+        None, metavar="ARGS", help=_gate_help("pip_install", "pip install arguments, run inside each checkout (venv mode).")
     ),
     kvbench_spec: Optional[str] = typer.Option(
         None,
         metavar="SPEC",
-        help="Where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
-        " (installed editable) or pip arguments. \\[default: the checkout is kvbench]",
+        help=_gate_help(
+            "kvbench_spec",
+            "Where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
+            " (installed editable) or pip arguments.",
+        ),
     ),
     run_args: Optional[str] = typer.Option(
-        None, metavar="ARGS", help="Extra `kvbench run` arguments for both sides, as one string."
+        None, metavar="ARGS", help=_gate_help("run_args", "Extra `kvbench run` arguments for both sides, as one string.")
     ),
     out: Optional[Path] = typer.Option(
         None,
         metavar="DIR",
-        help="Where checkouts, venvs, results, summary.md and benchmark-action.json go, outside the head"
-        " checkout. \\[default: <temp>/kvbench-gate]",
+        help=_gate_help(
+            "out",
+            "Where checkouts, venvs, results, summary.md and benchmark-action.json go, outside the head checkout.",
+        ),
     ),
 ) -> None:
     """Measure a base and a head checkout with one config (base, head, head, base) and fail on a

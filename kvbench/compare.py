@@ -35,6 +35,8 @@ PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
 UNJUDGED = "unjudged"
 # `compare --fail-on-regression`'s exit code for each answer of the gate; `kvbench gate` reads them back.
 EXIT_CODES = {PASS: 0, REGRESSION: 1, UNJUDGED: 3, INCONCLUSIVE: 4}
+# Why a measurement is missing from a file that has no cell of its settings at all.
+NO_SUCH_MEASUREMENT = "it has no such measurement"
 # From this many processes, a measurement is tested on its per-process means (see metric_samples).
 PROCESS_MEANS_FROM = 3
 
@@ -260,9 +262,18 @@ def _measurements(result: BenchmarkResult) -> dict[MeasurementKey, Entry]:
     return found
 
 
-def _why_missing(result: BenchmarkResult, key: MeasurementKey) -> str:
-    """What a file says about a measurement it lacks: its cell's state, or that it has no such cell."""
-    return _cell_state(result, key) or "it has no such measurement"
+def _unmatched_counts(files: list[LoadedFile], base_index: int, lacking: list[int], extra: list[int]) -> list[str]:
+    """One line per file that shares only some cells with the baseline: how many measurements either side
+    lacks, and how to list them."""
+    base_label = files[base_index].label
+    lines = []
+    for loaded, missing, added in zip(files, lacking, extra):
+        if missing or added:
+            lines.append(
+                f"{loaded.label}: {added} measurement(s) with no counterpart in the baseline {base_label}, and"
+                f" {missing} of the baseline's with none here: shown, not judged; --verbose lists each"
+            )
+    return lines
 
 
 def _cell_state(result: BenchmarkResult, key: MeasurementKey) -> str | None:
@@ -336,12 +347,15 @@ def compare_results(
     allow_single: bool = False,
     names: Sequence[str] = (),
     pass_inconclusive: bool = False,
+    list_unmatched: bool = False,
 ) -> Comparison:
     """Read the files, match their measurements, and judge each against the baseline's. With a
     threshold (the gate), each measurement's `gate_metric` change gets a verdict from its Holm-adjusted
     interval (see gate_verdict); one it cannot judge goes into `unjudged`. `allow_single` accepts one
     file (for exporting it, with nothing to judge); `pass_inconclusive` lets inconclusive verdicts pass.
-    `names` labels the files, in order, in every table, export and verdict (their file names otherwise)."""
+    `names` labels the files, in order, in every table, export and verdict (their file names otherwise).
+    Measurements only one side holds (files of other sweeps) are one line each with the gate or
+    `list_unmatched`, else counted in one warning per file."""
     if threshold_pct is not None and (not math.isfinite(threshold_pct) or threshold_pct < 0):
         raise KvbenchError(
             f"the regression threshold (--fail-on-regression) must be a non-negative percentage such as 5,"
@@ -381,6 +395,11 @@ def compare_results(
         placed.append(mapping)
     rows = []
     unjudged: list[str] = []
+    # Without the gate nothing hangs on a measurement that only one side holds: files of other sweeps would
+    # bury the comparison under one line each, so they are counted per file. The gate fails on each: named.
+    each_unmatched = list_unmatched or threshold_pct is not None
+    lacking = [0] * len(files)  # per file, the baseline's measurements it has no cell for
+    extra = [0] * len(files)  # per file, its measurements the baseline has no cell for
     for row_key in row_keys:
         entries: list[Entry | None] = []
         for found, mapping in zip(measured, placed):
@@ -402,10 +421,15 @@ def compare_results(
                 if entry is not None and base_failed:
                     entry.unjudged = f"not measured in the baseline {base_label} ({base_failed})"
                     unjudged.append(f"{where}: {entry.unjudged}")
+                elif entry is not None:
+                    extra[index] += 1
                 continue
             if entry is None:
-                reason = _why_missing(files[index].result, row_key)
-                unjudged.append(f"{where}: missing ({reason})")
+                state = _cell_state(files[index].result, row_key)
+                if state is None and not each_unmatched:
+                    lacking[index] += 1
+                else:
+                    unjudged.append(f"{where}: missing ({state or NO_SUCH_MEASUREMENT})")
                 continue
             if entry.key != row_key:
                 entry.settings_differ = _differences_of(entry.key, row_key)
@@ -421,11 +445,13 @@ def compare_results(
             entry.unjudged = _why_unjudged(entry, base_entry, gate_metric, base_label)
             if entry.unjudged:
                 unjudged.append(f"{where}: {entry.unjudged}")
-        if base_entry is None and not base_failed:
+        if base_entry is None and not base_failed and each_unmatched:
             warnings.append(f"{row_key.label()}: not in the baseline {base_label}; shown, not judged")
         rows.append(Row(row_key, entries, [_speedup(f.result, e) for f, e in zip(files, entries)]))
     if not rows:
         raise KvbenchError("none of these files holds a finished measurement; rerun kvbench run")
+    if not each_unmatched:
+        warnings += _unmatched_counts(files, base_index, lacking, extra)
     null_ratios = {metric: 1.0 for metric in JUDGED_METRICS}
     if threshold_pct is not None:
         null_ratios[gate_metric] = 1 + threshold_pct / 100

@@ -26,11 +26,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from kvbench.compare import EXIT_CODES
 from kvbench.errors import KvbenchError
+from kvbench.jsontext import json_text
 from kvbench.untrusted import printable
 
 GATE_FILE = ".github/kvbench-gate.env"
@@ -38,6 +40,8 @@ THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
 DEFAULT_THRESHOLD_PCT = 10.0
 DEFAULT_CONFIG = "configs/ci-gpu.toml"
 INSTALL_MODES = ("venv", "pythonpath")
+# Where the gate works unless --out says otherwise: this folder in the system's temporary directory.
+OUT_FOLDER = "kvbench-gate"
 # A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
 NULL_SHA = "0" * 40
 # The gate's own exit code when it could not run; its verdicts' codes are compare's (EXIT_CODES).
@@ -62,33 +66,52 @@ class GateError(Exception):
 
 
 def default_out() -> Path:
-    return Path(tempfile.gettempdir()) / "kvbench-gate"
+    return Path(tempfile.gettempdir()) / OUT_FOLDER
+
+
+def _meaning(default: Any, shown: str) -> Any:
+    """A default that stands for something (empty: none; None: read from a file), with the words --help
+    shows for it in place of the value."""
+    return field(default=default, metadata={"shown": shown})
 
 
 @dataclass
 class GateOptions:
-    """What `kvbench gate` was asked to do; see its --help for each."""
+    """What `kvbench gate` was asked to do; see its --help for each. `kvbench gate --help` shows these
+    defaults (see shown_default)."""
 
-    base: str = ""
+    base: str = _meaning("", "none, compare with --baseline-file")
     head: str = "."
     repo: Path = Path(".")
     config: str = DEFAULT_CONFIG
-    threshold_pct: float | None = None
+    threshold_pct: float | None = _meaning(
+        None, f"{THRESHOLD_KEY} in the base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}"
+    )
     gate_file: str = GATE_FILE
-    baseline_file: str = ""
-    install: str = "venv"
-    python: str = sys.executable
-    torch: str = ""
+    baseline_file: str = _meaning("", "none")
+    install: str = INSTALL_MODES[0]
+    python: str = _meaning(sys.executable, "this one")
+    torch: str = _meaning("", "reuse --python's torch, never replaced")
     pip_install: str = "-e ."
-    kvbench_spec: str = ""
-    run_args: str = ""
-    out: Path = field(default_factory=default_out)
+    kvbench_spec: str = _meaning("", "the checkout is kvbench")
+    run_args: str = _meaning("", "none")
+    out: Path = field(default_factory=default_out, metadata={"shown": f"<temp>/{OUT_FOLDER}"})
 
     def check(self) -> None:
         if self.threshold_pct is not None and not 0 <= self.threshold_pct < float("inf"):
             raise KvbenchError("--threshold-pct takes a non-negative percentage, such as 10")
         if self.install not in INSTALL_MODES:
             raise KvbenchError(f"--install is {self.install!r}; give {' or '.join(INSTALL_MODES)}")
+
+
+def shown_default(name: str) -> str:
+    """The default `kvbench gate --help` shows for an option: its GateOptions field's value, or the words
+    for what the value stands for, written beside the field."""
+    item = next(item for item in fields(GateOptions) if item.name == name)
+    if "shown" in item.metadata:
+        return item.metadata["shown"]
+    assert item.default is not MISSING  # a default made by a factory stands for something: it is described
+    return str(item.default)
 
 
 @dataclass
@@ -270,7 +293,7 @@ def merge_halves(first: Path, second: Path, merged: Path) -> None:
     document["updated_at"] = later.get("updated_at", document.get("updated_at"))
     document.pop("summary", None)
     document.pop("explained", None)
-    merged.write_text(json.dumps(document, indent=1) + "\n")
+    merged.write_text(json_text(document), encoding="utf-8")
 
 
 def sha256_of(path: Path) -> str:

@@ -48,7 +48,10 @@ class LineProgress:
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         self.time_left.cell_started(cell.id)
         if count > 1:
-            self._print(f"cell {index + 1}/{count}: {cell.id}")
+            # Said again here: the cell before has just ended, and what it cost after its last run (the
+            # untimed agreement passes, its process exiting) is now part of every cell still to come.
+            left = f" · {self.time_left.text()}" if self.time_left.done else ""
+            self._print(f"cell {index + 1}/{count}: {cell.id}{left}")
 
     def generation_started(self, label: str, generation: Planned) -> None:
         self._label = label
@@ -164,6 +167,11 @@ class LiveProgress:
 
     def cell_finished(self, cell: Any) -> None:
         self.time_left.cell_finished(cell.id)
+        # Estimated again: what the cell cost after its last run (the untimed agreement passes, its process
+        # exiting) is now known, and the next cell may take a while to reach its first generation.
+        if self._overall is not None:
+            self.progress.update(self._overall, left=self._estimated())
+            self.progress.refresh()
 
     def output(self, line: str) -> None:
         # Printed through the display's console, so it lands above the bars instead of tearing them.

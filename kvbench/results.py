@@ -24,6 +24,7 @@ from typing import Any
 from kvbench.config import LARGEST_INTEGER, MODES, BenchConfig, Cell, bound_problem, config_fields
 from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
+from kvbench.jsontext import json_text
 from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
 from kvbench.untrusted import read_bounded_text, spreadsheet_cell
@@ -70,8 +71,7 @@ def csv_path_for(path: Path) -> Path:
 def write_result(result: BenchmarkResult, path: str | Path, derived: bool = True) -> None:
     """Write the results JSON file, atomically."""
     data = to_dict(result, derived)
-    # NaN and Infinity are not JSON: the reader refuses them, so a file holding one could never be read back.
-    _write_atomically(Path(path), lambda handle: json.dump(data, handle, indent=2, allow_nan=False))
+    _write_atomically(Path(path), lambda handle: handle.write(json_text(data)))
 
 
 def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:

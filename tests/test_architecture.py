@@ -11,7 +11,7 @@ PACKAGE = Path(kvbench.__file__).parent
 LAYERS = {
     # Pure arithmetic and facts with no kvbench data type: units, statistics, serving metrics, KV sizes.
     "base": {
-        "version", "errors", "units", "untrusted", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing",
+        "version", "errors", "units", "untrusted", "jsontext", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing",
         "scheduling",
     },
     # What is measured and stored: settings, memory and energy figures, runs, cells, results, and the

@@ -319,3 +319,39 @@ def test_the_docs_local_example_is_the_command_these_tests_run():
     gate_command = typer.main.get_command(app).commands["gate"]  # type: ignore[attr-defined]
     context = gate_command.make_context("gate", words[2:])  # an unknown option or a missing value raises
     assert context.params["install"] == "pythonpath" and context.params["base"] == "origin/main"
+
+
+def test_gate_help_shows_each_options_real_default(tmp_path):
+    """Each option's `[default: …]` in `kvbench gate --help` is what GateOptions holds: its value, or for a
+    value that stands for something (none, this interpreter, the gate file's threshold), words for it."""
+    import re
+    import tempfile
+
+    import typer.main
+
+    from kvbench.cli import app
+
+    command = typer.main.get_command(app).commands["gate"]  # type: ignore[attr-defined]
+    shown = {
+        param.name: re.fullmatch(r".*\\\[default: (.*)\]", param.help, re.DOTALL).group(1)
+        for param in command.params
+        if param.name != "help"
+    }
+    real = GateOptions()
+    assert set(shown) == set(GateOptions.__dataclass_fields__)
+    stands_for = {
+        # None: read from the base's gate file, with the same fallback read_threshold uses.
+        "threshold_pct": f"{gate.THRESHOLD_KEY} in the base's --gate-file,"
+        f" else {gate.read_threshold(Side('base', tmp_path, 'no gate file'), real.gate_file)[0]:g}",
+        "python": "this one",
+        "out": f"<temp>/{real.out.relative_to(tempfile.gettempdir()).as_posix()}",
+    }
+    assert real.python == sys.executable and real.threshold_pct is None
+    for name, text in shown.items():
+        value = getattr(real, name)
+        if name in stands_for:
+            assert text == stands_for[name], name
+        elif value == "":  # nothing given: the help says what happens instead
+            assert text and text != '""', name
+        else:
+            assert text == str(value), name

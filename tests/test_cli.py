@@ -144,6 +144,33 @@ def test_compare_gates_on_regressions(tmp_path):
     assert invoke("compare", base, slow).exit_code == 0
 
 
+def test_compare_counts_what_other_sweeps_hold_unless_gated_or_verbose(tmp_path):
+    """Files of other sweeps share no cell: without the gate, one line per file counts what has no
+    counterpart; --verbose and the gate (whose verdict depends on them) name each measurement."""
+    paths = [tmp_path / f"{name}.json" for name in ("base", "llama", "opt")]
+    for path, model in zip(paths, ("gpt2", "llama", "opt")):
+        write_result(make_result(model=model), path)
+    # csv holds no warnings: they come on stderr, one line each, as a terminal shows them.
+    plain = invoke("compare", *paths, "-f", "csv")
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stderr.splitlines()
+    assert not any(line.startswith("not judged:") or "not in the baseline" in line for line in lines), plain.stderr
+    counted = [line for line in lines if "no counterpart" in line]
+    assert counted == [
+        f"warning: {name}: 2 measurement(s) with no counterpart in the baseline base, and 2 of the baseline's"
+        " with none here: shown, not judged; --verbose lists each"
+        for name in ("llama", "opt")
+    ]
+    listed = invoke("compare", *paths, "-f", "csv", "--verbose").stderr.splitlines()
+    gated = invoke("compare", *paths, "-f", "csv", "--fail-on-regression", 5)
+    assert gated.exit_code == 3
+    for each in (listed, gated.stderr.splitlines()):
+        assert not any("no counterpart" in line for line in each)
+        missing = [line for line in each if line.startswith("not judged:") and ": missing (it has no such" in line]
+        assert len(missing) == 4 and any("gpt2" in line and "cached in opt" in line for line in missing)
+        assert sum("not in the baseline base" in line for line in each) == 4
+
+
 @pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "benchmark-action"])
 def test_compare_formats(tmp_path, fmt):
     a, b = tmp_path / "a.json", tmp_path / "b.json"

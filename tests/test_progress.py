@@ -66,3 +66,76 @@ def test_a_log_gets_one_line_per_generation_with_the_time_left(tiny_gpt2_dir):
         "[7/8] cached 2/2: 8.000 s · elapsed 1:12 · about 0:24 left",
         "[8/8] uncached 2/2: 24.000 s · elapsed 1:36 · about 0:00 left",
     ]
+
+
+# A sweep on a GPU, as the scripted clock tells it: each cell spends START_UP_S before its first generation
+# (a new measuring process, imports, the model) and WRAP_UP_S after its last run (the untimed agreement
+# passes of a non-dynamic cache, its process exiting), both outside any generation.
+START_UP_S, WRAP_UP_S, CELLS = 10.0, 25.0, 8
+
+
+def play_sweep(display, clock):
+    """Drive a display through the runner's hooks for CELLS cells of one warmup and two runs per mode; return
+    the scripted time at which each cell after the first started, and the time the sweep ended."""
+    from types import SimpleNamespace
+
+    from kvbench.eta import Planned
+
+    plan = {Planned(mode, 4, 8, "gpt2", f"cell {k}"): 3 for k in range(CELLS) for mode in ("cached", "uncached")}
+    display.planned(plan)
+    started = []
+    for k in range(CELLS):
+        cell = SimpleNamespace(id=f"cell {k}", status="measured", reason=None)
+        started.append(clock())
+        display.cell_started(cell, k, CELLS)
+        clock.advance(START_UP_S)
+        for run in range(3):
+            for mode in ("cached", "uncached"):
+                generation = Planned(mode, 4, 8, "gpt2", cell.id)
+                label = f"warmup {mode}" if run == 0 else f"{mode} {run}/2"
+                for observer in (clock, display):
+                    observer.generation_started(label, generation)
+                for _ in range(generation.new_tokens):
+                    clock.token()
+                    display.token()
+                display.generation_finished(None if run == 0 else generation.new_tokens * 0.5, generation)
+        clock.advance(WRAP_UP_S)
+        display.cell_finished(cell)
+    return started[1:], clock()
+
+
+def seconds_of(text: str) -> int:
+    minutes, seconds = re.search(r"about (\d+):(\d\d) left", text).groups()
+    return int(minutes) * 60 + int(seconds)
+
+
+def test_a_log_says_the_time_left_at_each_new_cell_with_what_a_cell_costs_after_its_runs():
+    """What a cell costs after its last run is seen only when it ends: the line that starts the next cell
+    carries the time left with it, for every cell still to come."""
+    log = io.StringIO()
+    clock = ScriptedClock(steady(cached_s=0.5, uncached_s=0.5))
+    display = LineProgress(Console(file=log, force_terminal=False, width=200), clock)
+    started, ended = play_sweep(display, clock)
+    headings = [line for line in log.getvalue().splitlines() if line.startswith("cell ")]
+    assert headings[0] == "cell 1/8: cell 0"  # nothing has run: no estimate yet
+    assert len(headings[1:]) == len(started) == CELLS - 1
+    for heading, at in zip(headings[1:], started):
+        assert abs(seconds_of(heading) - (ended - at)) <= 1, heading
+
+
+def test_the_live_display_estimates_again_when_a_cell_ends():
+    screen = io.StringIO()
+    clock = ScriptedClock(steady(cached_s=0.5, uncached_s=0.5))
+    display = LiveProgress(Console(file=screen, force_terminal=True, width=120, color_system=None), clock)
+    shown_at_cell_start = []
+    cell_started = display.cell_started
+
+    def noting(cell, index, count):
+        shown_at_cell_start.append(display.progress.tasks[0].fields["left"])
+        cell_started(cell, index, count)
+
+    display.cell_started = noting  # what the display shows as each cell starts, the one before just ended
+    with display:
+        started, ended = play_sweep(display, clock)
+    for shown, at in zip(shown_at_cell_start[1:], started):
+        assert abs(seconds_of(shown) - (ended - at)) <= 1, shown

@@ -74,10 +74,10 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
     ResultsFile(path).save(make_result(), with_csv=True)
     before = path.read_text()
 
-    def broken_dump(*args, **kwargs):
+    def broken_dumps(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr(json, "dumps", broken_dumps)
     with pytest.raises(KeyboardInterrupt):
         write_result(make_result({"cached": [9.0]}), path)
     assert path.read_text() == before

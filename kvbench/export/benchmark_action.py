@@ -4,7 +4,7 @@ measurement from one CI run to the next."""
 from __future__ import annotations
 
 from kvbench.compare import Comparison
-from kvbench.export.json_document import json_text
+from kvbench.jsontext import json_text
 
 
 def to_benchmark_action(comparison: Comparison) -> str:

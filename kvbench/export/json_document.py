@@ -3,12 +3,9 @@ each cache implementation's verdict against the dynamic cache."""
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Any
-
 from kvbench.compare import ALPHA, Comparison
 from kvbench.export.grids import GATE_RULE, records, verdict_records
+from kvbench.jsontext import json_text
 
 
 def to_json(comparison: Comparison) -> str:
@@ -32,10 +29,3 @@ def to_json(comparison: Comparison) -> str:
         "outcome": comparison.outcome,
     }
     return json_text(document)
-
-
-def json_text(document: Any) -> str:
-    """JSON as kvbench prints it: "±" and names as they are, but DEL and C1 controls escaped (JSON escapes
-    the others itself), which a JSON reader reads back as the same text and a terminal does not act on."""
-    text = json.dumps(document, indent=2, ensure_ascii=False)
-    return re.sub("[\x7f-\x9f]", lambda match: f"\\u{ord(match.group()):04x}", text) + "\n"
