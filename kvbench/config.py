@@ -40,6 +40,17 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 WEIGHTS = ("auto", "pretrained", "random")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
+# The other names transformers' generate() takes (4.56 to 5.24), kept there for older code: each builds a cache
+# above, whose layers follow the model's own (sliding-window layers where it has them, full otherwise), so a
+# cell of one would measure that cache under another name. Refused, naming the one to use.
+SAME_CACHE_AS = {
+    "sliding_window": ("static", "it builds a StaticCache, like static"),
+    "hybrid_chunked": ("static", "it builds a StaticCache, like static"),
+    "offloaded_hybrid": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
+    "offloaded_hybrid_chunked": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
+    # generate() unsets "hybrid" since transformers dropped it as a default for sliding-window models.
+    "hybrid": ("static or dynamic", "transformers 4.56 builds a StaticCache for it, 5.24 ignores it for a DynamicCache"),
+}
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -159,7 +170,11 @@ class BenchConfig:
     )
     cache_implementation: list[str] = setting(
         ["dynamic"],
-        "The cached mode's cache class. Repeat to sweep.",
+        "The cached mode's cache class: dynamic, static (preallocated), offloaded and offloaded_static (layers"
+        " kept on the CPU between steps; a CUDA device only), quantized (see --quantized-backend). Each follows"
+        " the model's layers, sliding-window ones included; transformers' older names sliding_window,"
+        " hybrid_chunked (static), offloaded_hybrid, offloaded_hybrid_chunked (offloaded_static) and hybrid"
+        " are refused, naming the same cache. Repeat to sweep.",
         choices=CACHE_IMPLEMENTATIONS,
         must_match=True,
     )
@@ -514,6 +529,12 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         values = value if isinstance(value, list) else [value]
         choices = item.metadata["choices"]
         for one in values:
+            if item.name == "cache_implementation" and one in SAME_CACHE_AS:
+                use, builds = SAME_CACHE_AS[one]
+                raise KvbenchError(
+                    f"{source}: 'cache_implementation' {one!r} is an older transformers name for a cache kvbench"
+                    f" already measures ({builds}, with the model's own sliding-window or full layers); use {use}"
+                )
             if choices is not None and one not in choices:
                 raise KvbenchError(
                     f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}"

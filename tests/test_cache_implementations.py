@@ -184,3 +184,74 @@ def test_a_file_from_before_the_bits_were_an_axis_loads_resumes_and_compares(tin
     rows = [row for row in comparison.rows if row.key.cell.cache_implementation == "quantized"]
     assert len(rows) == 2 and all(None not in row.entries for row in rows)
     assert not [warning for warning in comparison.warnings if "compared although" in warning]
+
+
+# transformers' other names for the same caches
+
+
+ALIASES = {
+    "sliding_window": "use static",
+    "hybrid_chunked": "use static",
+    "offloaded_hybrid": "use offloaded_static",
+    "offloaded_hybrid_chunked": "use offloaded_static",
+    "hybrid": "use static or dynamic",
+}
+
+
+@pytest.mark.parametrize(("name", "advice"), ALIASES.items())
+def test_an_older_transformers_name_is_refused_naming_the_same_cache(name, advice, tmp_path):
+    from tests.test_cli import assert_user_error, invoke
+
+    refused = invoke("run", "--dry-run", "--cache-implementation", name)
+    assert_user_error(refused, f"'{name}' is an older transformers name", advice)
+    experiment = tmp_path / "aliases.toml"
+    experiment.write_text(f'cache_implementation = ["dynamic", "{name}"]\n')
+    with pytest.raises(KvbenchError, match=advice):
+        build_config(experiment, {})
+
+
+def cache_layout(model, name: str) -> tuple[str, list[str]]:
+    output = model.generate(
+        torch.ones(1, 3, dtype=torch.long), max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation=name,
+        return_dict_in_generate=True, pad_token_id=0,
+    )
+    cache = output.past_key_values
+    return type(cache).__name__, [type(layer).__name__ for layer in cache.layers]
+
+
+@pytest.mark.parametrize("sliding_window", [None, 4])
+def test_the_installed_transformers_builds_the_named_cache_for_each_older_name(sliding_window):
+    """What the refusals say, checked against the transformers installed: on a model of full attention
+    layers and on one of sliding-window layers (Mistral's), each older name builds the same cache object,
+    with the same layers, as the choice it names. The offloaded names need CUDA to run; transformers takes
+    them down the same path, offloading on (kvbench/config.py SAME_CACHE_AS)."""
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    config = MistralConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=100, sliding_window=sliding_window,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    static, dynamic = cache_layout(model, "static"), cache_layout(model, "dynamic")
+    assert ("SlidingWindow" in static[1][0]) is (sliding_window is not None)
+    assert cache_layout(model, "sliding_window") == static
+    assert cache_layout(model, "hybrid_chunked") == static
+    assert cache_layout(model, "hybrid") in (static, dynamic)
+
+
+def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its_own_process(tiny_gpt2_dir):
+    from kvbench.runner import Benchmark, plan
+    from kvbench.worker import CellJob
+
+    config = tiny_config(tiny_gpt2_dir, cache_implementation=["dynamic", "quantized"], quantized_nbits=[4, 2])
+    benchmark = Benchmark(config)
+    planned = plan(benchmark)
+    assert [action for _, action in planned.cells] == ["measure"] * 3
+    assert planned.generations == 3 * config.runs * len(config.modes)
+    # The time left counts each cell's generations: both widths' are there.
+    assert {generation.cell for generation in benchmark.planned()} == {cell.id for cell in expand(config)}
+    # A measuring process is given its own cell's settings: the cell it measures is the one planned.
+    for cell in expand(config):
+        narrowed = CellJob(config, cell, runs=1).measuring_config()
+        validate(narrowed)
+        assert expand(narrowed) == [cell]

@@ -201,7 +201,8 @@ def test_on_a_cpu_offloaded_caches_are_recorded_as_skipped_with_the_reason(tiny_
         ("dynamic", "measured"), ("offloaded", "skipped"), ("offloaded_static", "skipped")
     ]
     for cell in stored.cells[1:]:
-        assert cell.reason == f"cache_implementation={cell.settings.cache_implementation} offloads to a GPU and needs a CUDA device"
+        cache = cell.settings.cache_implementation
+        assert cell.reason == f"cache_implementation={cache} offloads to a GPU and needs a CUDA device"
         assert not stored.runs_of(cell.id, "cached") and not stored.runs_of(cell.id, "uncached")
 
 
