@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from kvbench.compare import compare_results
-from kvbench.config import BenchConfig, Cell, build_config, cache_config, cell_count, expand, validate
+from kvbench.config import BenchConfig, Cell, build_config, cache_config, cell_count, expand, shown_value, validate
 from kvbench.errors import KvbenchError
 from kvbench.explain import named_settings, varying_axes
 from kvbench.measure import Generation, Measurement, TokenClock
+from kvbench.plot import _groups
 from kvbench.results import read_result
 from kvbench.runner import run_benchmark
 from tests.conftest import tiny_config
@@ -139,6 +140,11 @@ def test_a_sweep_of_int4_and_int2_measures_each_quantized_cell_against_its_own_t
     assert varying_axes(stored) == ["cache_implementation", "quantized_nbits"]
     assert [named_settings(cell.settings, varying_axes(stored)) for cell in stored.cells] == [
         "cache=dynamic", "cache=quantized, nbits=4", "cache=quantized, nbits=2"
+    ]
+    # Drawn along the cache implementation, the three are one panel's bars, the bits named in each.
+    (panel,) = _groups(stored, "cache_implementation").values()
+    assert [shown_value(cell.settings, "cache_implementation") for cell in panel] == [
+        "dynamic", "quantized int4", "quantized int2"
     ]
 
 
