@@ -17,6 +17,12 @@ REFERENCE = "dynamic"
 DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 141))
 
 
+
+def cache_name(settings: Cell) -> str:
+    """The cache implementation as its row is named: a quantized cache with its bits (quantized int4)."""
+    bits = f" int{settings.quantized_nbits}" if settings.quantized_nbits is not None else ""
+    return f"{settings.cache_implementation}{bits}"
+
 @dataclass(frozen=True)
 class Missing:
     """A figure that could not be given, and why."""
@@ -48,7 +54,7 @@ class CacheVerdict:
 
     @property
     def cache(self) -> str:
-        return self.cell.settings.cache_implementation
+        return cache_name(self.cell.settings)
 
     @property
     def is_reference(self) -> bool:
@@ -93,10 +99,11 @@ def cache_verdicts(result: BenchmarkResult) -> list[VerdictGroup]:
     groups: dict[Cell, list[CellResult]] = {}
     for cell in result.cells:
         if cell.status != CellState.PENDING:
-            groups.setdefault(replace(cell.settings, cache_implementation=REFERENCE), []).append(cell)
+            group = replace(cell.settings, cache_implementation=REFERENCE, quantized_nbits=None)
+            groups.setdefault(group, []).append(cell)
     verdicts = []
     for settings, cells in groups.items():
-        if len({cell.settings.cache_implementation for cell in cells}) < 2:
+        if len({cache_name(cell.settings) for cell in cells}) < 2:
             continue
         reference = next((cell for cell in cells if cell.settings.cache_implementation == REFERENCE), None)
         cells.sort(key=lambda cell: cell.settings.cache_implementation != REFERENCE)
@@ -193,7 +200,7 @@ class WhatFits:
 
     @property
     def cache(self) -> str:
-        return self.cell.settings.cache_implementation
+        return cache_name(self.cell.settings)
 
 
 def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> WhatFits | Missing:

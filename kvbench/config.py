@@ -40,6 +40,17 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 WEIGHTS = ("auto", "pretrained", "random")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
+# The other names transformers' generate() takes (4.56 to 5.24), kept there for older code: each builds a cache
+# above, whose layers follow the model's own (sliding-window layers where it has them, full otherwise), so a
+# cell of one would measure that cache under another name. Refused, naming the one to use.
+SAME_CACHE_AS = {
+    "sliding_window": ("static", "it builds a StaticCache, like static"),
+    "hybrid_chunked": ("static", "it builds a StaticCache, like static"),
+    "offloaded_hybrid": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
+    "offloaded_hybrid_chunked": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
+    # generate() unsets "hybrid" since transformers dropped it as a default for sliding-window models.
+    "hybrid": ("static or dynamic", "transformers 4.56 builds a StaticCache for it, 5.24 ignores it for a DynamicCache"),
+}
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -107,8 +118,8 @@ class BenchConfig:
 
     model: list[str] = setting(
         ["gpt2"],
-        "Hub id, local model directory, or a config shipped with kvbench (gpt2, tinyllama-1.1b, tiny-gpt2,"
-        " tiny-llama). Repeat to sweep.",
+        "Hub id, local model directory, a config shipped with kvbench (gpt2, tinyllama-1.1b, tiny-gpt2,"
+        " tiny-llama; random weights offline) or its trained tiny-milton. Repeat to sweep.",
         short="-m",
         must_match=True,
     )
@@ -159,7 +170,11 @@ class BenchConfig:
     )
     cache_implementation: list[str] = setting(
         ["dynamic"],
-        "The cached mode's cache class. Repeat to sweep.",
+        "The cached mode's cache class: dynamic, static (preallocated), offloaded and offloaded_static (layers"
+        " kept on the CPU between steps; a CUDA device only), quantized (see --quantized-backend). Each follows"
+        " the model's layers, sliding-window ones included; transformers' older names sliding_window,"
+        " hybrid_chunked (static), offloaded_hybrid, offloaded_hybrid_chunked (offloaded_static) and hybrid"
+        " are refused, naming the same cache. Repeat to sweep.",
         choices=CACHE_IMPLEMENTATIONS,
         must_match=True,
     )
@@ -173,10 +188,11 @@ class BenchConfig:
         choices=QUANTIZED_BACKENDS,
         must_match=True,
     )
-    quantized_nbits: int = setting(
-        4,
+    quantized_nbits: list[int] = setting(
+        [4],
         "With --cache-implementation quantized: bits per stored key and value (quanto: 2 or 4; hqq: 1, 2, 3, 4"
-        " or 8).",
+        " or 8). Repeat to sweep: each value is a quantized cell of its own; the other cache implementations"
+        " are not multiplied by it.",
         minimum=1,
         maximum=8,
         must_match=True,
@@ -307,22 +323,34 @@ class Cell:
     attn_implementation: str = axis("attn", "attention implementation")
     # None: the prompt text as tokenized.
     prompt_tokens: int | None = axis("prompt", "prompt tokens", numeric=True, default=None)
+    # A quantized cell's bits per stored value; None for every other cache implementation (and the fp8
+    # backend, whose width is fixed), which the bits do not apply to.
+    quantized_nbits: int | None = axis("nbits", "quantized cache bits", numeric=True, default=None)
+
+    @property
+    def cache_name(self) -> str:
+        """The cache implementation as a reader names it: "quantized int4" where the bits apply."""
+        bits = f" int{self.quantized_nbits}" if self.quantized_nbits is not None else ""
+        return f"{self.cache_implementation}{bits}"
 
     @property
     def id(self) -> str:
         """The key that ties a results file's runs to their cell. A cell without a prompt length keeps the
-        id it had before prompt length was an axis, so older results files still resume and compare."""
+        id it had before prompt length was an axis, so older results files still resume and compare; a
+        quantized cell names its bits ("cache=quantized nbits=4"), and one read from a file written before
+        they were an axis is given them (kvbench.results)."""
         prompt = f" prompt={self.prompt_tokens}" if self.prompt_tokens is not None else ""
+        bits = f" nbits={self.quantized_nbits}" if self.quantized_nbits is not None else ""
         return (
             f"{self.model} new={self.max_new_tokens} batch={self.batch_size} {self.dtype}"
-            f" cache={self.cache_implementation} attn={self.attn_implementation}{prompt}"
+            f" cache={self.cache_implementation}{bits} attn={self.attn_implementation}{prompt}"
         )
 
     def label(self, dtype: str | None = None) -> str:
         """A short human name; `dtype` replaces "auto" with what it resolved to."""
         extras = [dtype or self.dtype]
         if self.cache_implementation != "dynamic":
-            extras.append(f"cache {self.cache_implementation}")
+            extras.append(f"cache {self.cache_name}")
         if self.attn_implementation != "auto":
             extras.append(f"attn {self.attn_implementation}")
         prompt = f"{self.prompt_tokens}-token prompt · " if self.prompt_tokens is not None else ""
@@ -333,6 +361,14 @@ class Cell:
 
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
 AXES = {item.name: item.metadata for item in fields(Cell)}
+# Axes that apply to some cells only: None there means "does not apply", not a value of its own.
+PARTIAL_AXES = ("quantized_nbits",)
+
+
+def shown_value(settings: Cell, axis: str) -> str:
+    """A cell's value on an axis as a legend or a figure's axis shows it: the cache implementation with its
+    bits ("quantized int4"), so the quantized cells of a sweep of bits stand apart beside the others."""
+    return settings.cache_name if axis == "cache_implementation" else str(getattr(settings, axis))
 
 
 @functools.cache
@@ -365,11 +401,31 @@ def resume_must_match() -> tuple[str, ...]:
     return tuple(item.name for item in fields(BenchConfig) if item.metadata["must_match"])
 
 
+def nbits_of(config: BenchConfig, cache_implementation: str) -> list[int | None]:
+    """The bits a cache implementation's cells take: each swept value for the quantized cache with an
+    integer backend, [None] for the others (the bits do not apply, so they do not multiply the cells)."""
+    if cache_implementation != "quantized" or config.quantized_backend not in QUANTIZED_NBITS:
+        return [None]
+    return list(config.quantized_nbits)
+
+
 def expand(config: BenchConfig) -> list[Cell]:
     """The sweep's cells in a stable order (models outermost, so each model loads once per dtype)."""
     # An optional axis left unset (prompt_tokens = None) is one cell with that axis None.
-    combos = itertools.product(*(getattr(config, axis) or [None] for axis in SWEEP_AXES))
-    return [Cell(*combo) for combo in combos]
+    others = [axis for axis in SWEEP_AXES if axis != "quantized_nbits"]
+    cells = []
+    for combo in itertools.product(*(getattr(config, axis) or [None] for axis in others)):
+        settings = dict(zip(others, combo))
+        for nbits in nbits_of(config, settings["cache_implementation"]):
+            cells.append(Cell(**settings, quantized_nbits=nbits))
+    return cells
+
+
+def cell_count(config: BenchConfig) -> int:
+    """How many cells `expand` makes, without making them."""
+    caches = sum(len(nbits_of(config, cache)) for cache in config.cache_implementation)
+    others = (axis for axis in SWEEP_AXES if axis not in ("cache_implementation", "quantized_nbits"))
+    return caches * math.prod(len(getattr(config, axis) or [None]) for axis in others)
 
 
 def _type_name(kind: type, is_list: bool) -> str:
@@ -473,6 +529,12 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         values = value if isinstance(value, list) else [value]
         choices = item.metadata["choices"]
         for one in values:
+            if item.name == "cache_implementation" and one in SAME_CACHE_AS:
+                use, builds = SAME_CACHE_AS[one]
+                raise KvbenchError(
+                    f"{source}: 'cache_implementation' {one!r} is an older transformers name for a cache kvbench"
+                    f" already measures ({builds}, with the model's own sliding-window or full layers); use {use}"
+                )
             if choices is not None and one not in choices:
                 raise KvbenchError(
                     f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}"
@@ -482,19 +544,15 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
-    cells = math.prod(len(getattr(config, axis) or [None]) for axis in SWEEP_AXES)
+    cells = cell_count(config)
     if cells > MOST_CELLS:
         sizes = " × ".join(str(len(getattr(config, axis) or [None])) for axis in SWEEP_AXES)
         raise KvbenchError(
-            f"{source}: the sweep has {cells:,} cells ({sizes}, one per combination of {', '.join(SWEEP_AXES)}),"
-            f" more than the {MOST_CELLS:,} one run may hold; sweep fewer values, or split it into several runs"
+            f"{source}: the sweep has {cells:,} cells (from {sizes}, one per combination of {', '.join(SWEEP_AXES)},"
+            f" the bits for quantized cells only), more than the {MOST_CELLS:,} one run may hold; sweep fewer"
+            " values, or split it into several runs"
         )
-    bits = QUANTIZED_NBITS.get(config.quantized_backend)
-    if bits is not None and config.quantized_nbits not in bits:
-        raise KvbenchError(
-            f"{source}: 'quantized_nbits' cannot be {config.quantized_nbits} with the {config.quantized_backend}"
-            f" backend; choose one of {', '.join(map(str, bits))}"
-        )
+    _validate_quantized(config, source)
     if config.target_rse is not None and not 0 < config.target_rse < 1:
         raise KvbenchError(
             f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}"
@@ -523,6 +581,22 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
 
 
+def _validate_quantized(config: BenchConfig, source: str) -> None:
+    """Bits each integer backend can store; the fp8 backend's width is fixed, so it has nothing to sweep."""
+    bits = QUANTIZED_NBITS.get(config.quantized_backend)
+    for nbits in config.quantized_nbits:
+        if bits is not None and nbits not in bits:
+            raise KvbenchError(
+                f"{source}: 'quantized_nbits' cannot be {nbits} with the {config.quantized_backend}"
+                f" backend; choose one of {', '.join(map(str, bits))}"
+            )
+    if bits is None and len(config.quantized_nbits) > 1:
+        raise KvbenchError(
+            f"{source}: 'quantized_nbits' lists several values, but the {config.quantized_backend} backend stores"
+            " 8-bit floats whatever the bits; give one value, or use --quantized-backend quanto or hqq to sweep them"
+        )
+
+
 def _validate_launch(config: BenchConfig, source: str) -> None:
     """The rules that tie the isolation, process and launcher settings together."""
     if config.processes > 1 and config.target_rse is not None:
@@ -548,16 +622,18 @@ def _validate_launch(config: BenchConfig, source: str) -> None:
                 raise KvbenchError(f"{source}: '{name}' applies only with --launcher ray; add it or drop {name}")
 
 
-def cache_config(config: BenchConfig, cache_implementation: str) -> dict[str, Any] | None:
-    """generate()'s cache_config for a cell's cache implementation: the quantized cache's settings; None
+def cache_config(config: BenchConfig, cell: Cell) -> dict[str, Any] | None:
+    """generate()'s cache_config for a cell: the quantized cache's settings, with the cell's own bits; None
     for every other implementation, which takes none."""
-    if cache_implementation != "quantized":
+    if cell.cache_implementation != "quantized":
         return None
-    if config.quantized_backend == "fp8":  # per-tensor: transformers refuses group-wise settings for it
-        return {"backend": "fp8"}
+    if config.quantized_backend not in QUANTIZED_NBITS:  # fp8, per-tensor: transformers refuses group-wise settings
+        return {"backend": config.quantized_backend}
+    # A cell made by hand without its bits (not by expand) takes the first configured value.
+    nbits = cell.quantized_nbits if cell.quantized_nbits is not None else config.quantized_nbits[0]
     return {
         "backend": config.quantized_backend,
-        "nbits": config.quantized_nbits,
+        "nbits": nbits,
         "q_group_size": config.quantized_group_size,
         "residual_length": config.quantized_residual_length,
     }

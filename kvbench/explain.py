@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from kvbench.config import AXES, MODES, SWEEP_AXES, Cell
+from kvbench.config import AXES, MODES, PARTIAL_AXES, SWEEP_AXES, Cell
 from kvbench.errors import KvbenchError
 from kvbench.fit import LengthExtrapolation, extrapolate
 from kvbench.records import BenchmarkResult, CellResult
@@ -17,7 +17,13 @@ from kvbench.roofline import ModelCost, RooflineBound, roofline_bound, step_boun
 def varying_axes(result: BenchmarkResult) -> list[str]:
     """The sweep axes that take more than one value among the cells with runs."""
     cells = [cell for cell in result.cells if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached")]
-    return [axis for axis in SWEEP_AXES if len({getattr(cell.settings, axis) for cell in cells}) > 1]
+    return [axis for axis in SWEEP_AXES if len(_values_on(axis, cells)) > 1]
+
+
+def _values_on(axis: str, cells: list[CellResult]) -> set[Any]:
+    """The values cells take on an axis; on a partial axis, only where it applies."""
+    values = {getattr(cell.settings, axis) for cell in cells}
+    return values - {None} if axis in PARTIAL_AXES else values
 
 
 def named_settings(settings: Cell, axes: list[str] | tuple[str, ...]) -> str:
@@ -26,6 +32,8 @@ def named_settings(settings: Cell, axes: list[str] | tuple[str, ...]) -> str:
     for axis in axes:
         value = getattr(settings, axis)
         short = AXES[axis]["short"]
+        if axis in PARTIAL_AXES and value is None:
+            continue
         if axis == "prompt_tokens" and value is None:
             value = "text"
         parts.append(f"{short}={value}" if short else str(value))

@@ -625,7 +625,7 @@ class Measurement:
             cell_result.status = CellState.INCOMPLETE
             clock = TokenClock(self.observer.token, self.clock, allocated=_allocated_reader(loaded.devices))
             generation = prepare_generation(
-                loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell.cache_implementation)
+                loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell)
             )
             self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:

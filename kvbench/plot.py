@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.cache_choice import Missing, cache_verdicts
-from kvbench.config import AXES, SWEEP_AXES
+from kvbench.config import AXES, PARTIAL_AXES, SWEEP_AXES, shown_value
 from kvbench.errors import KvbenchError
 from kvbench.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
 from kvbench.records import BenchmarkResult, CellResult
@@ -51,9 +51,13 @@ def _measured(result: BenchmarkResult, cell: CellResult) -> bool:
 def _groups(result: BenchmarkResult, axis: str) -> dict[tuple, list[CellResult]]:
     """Measured cells grouped by every setting but `axis`, each group ordered along it."""
     groups: dict[tuple, list[CellResult]] = {}
+    # Along the cache implementation, its bits are part of each value shown (shown_value), not a group.
+    grouped_by = [a for a in SWEEP_AXES if a != axis and not (axis == "cache_implementation" and a in PARTIAL_AXES)]
     for cell in result.cells:
+        if axis in PARTIAL_AXES and getattr(cell.settings, axis) is None:
+            continue  # the axis does not apply to this cell: nowhere to draw it
         if _measured(result, cell):
-            key = tuple(getattr(cell.settings, a) for a in SWEEP_AXES if a != axis)
+            key = tuple(getattr(cell.settings, a) for a in grouped_by)
             groups.setdefault(key, []).append(cell)
     for cells in groups.values():
         cells.sort(key=lambda cell: _sort_key(getattr(cell.settings, axis)))
@@ -169,7 +173,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
     panels = [ax for _, axes in pages for ax in axes]
     numeric = AXES[axis]["numeric"]
     for ax, cells in zip(panels, groups):
-        labels = [str(getattr(cell.settings, axis)) for cell in cells]
+        labels = [shown_value(cell.settings, axis) for cell in cells]
         for index, mode in enumerate(result.modes):
             summaries = [result.summary_of(cell.id, mode) for cell in cells]
             rows = [(cell, s) for cell, s in zip(cells, summaries) if s is not None]
@@ -185,7 +189,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
                             capsize=3, color=colour, label=f"{mode} (mean ± std)")
             else:
                 width = 0.8 / len(result.modes)
-                positions = [labels.index(str(getattr(cell.settings, axis))) + (index - 0.5) * width for cell, _ in rows]
+                positions = [labels.index(shown_value(cell.settings, axis)) + (index - 0.5) * width for cell, _ in rows]
                 ax.bar(positions, [s.mean_s for _, s in rows], width, yerr=[s.std_s or 0 for _, s in rows],
                        capsize=3, color=colour, label=mode)
         fitted = _fit_for(explanation, cells) if axis == "max_new_tokens" else None
@@ -221,7 +225,7 @@ def plot_cache_size(result: BenchmarkResult, axis: str, directory: Path) -> list
         cells = [cell for cell in cells if cell.kv_cache_theory_bytes]
         if not cells:
             continue
-        xs = [getattr(cell.settings, axis) if numeric else str(getattr(cell.settings, axis)) for cell in cells]
+        xs = [getattr(cell.settings, axis) if numeric else shown_value(cell.settings, axis) for cell in cells]
         name = _group_name(result, cells[0], axis)
         line = ax.plot(xs, [(cell.kv_cache_theory_bytes or 0) / 2**20 for cell in cells], linestyle="--",
                        label=f"theory, {name}")[0]

@@ -104,7 +104,7 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> FittedTable:
         f"{cell.prompt_tokens} prompt ({cell.prompt_source}) + {settings.max_new_tokens} new tokens"
     )
     if settings.cache_implementation != "dynamic" or settings.attn_implementation != "auto":
-        title += f" · cache {settings.cache_implementation} · attn {model.get('attn_implementation')}"
+        title += f" · cache {settings.cache_name} · attn {model.get('attn_implementation')}"
     summaries = [s for mode in result.modes if (s := result.summary_of(cell.id, mode))]
     columns = [
         _Column("mode", lambda s: s.mode, justify="left"),
@@ -229,11 +229,11 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
 def agreement_line(cell: CellResult) -> Text | None:
     """What the cell's cache implementation changed in the output, against the dynamic cache."""
     if cell.agreement_note is not None:
-        cache = cell.settings.cache_implementation
+        cache = cell.settings.cache_name
         return plain(f"{cache} cache against the dynamic cache: {cell.agreement_note}", style="yellow")
     if cell.agreement_token_share is None:
         return None
-    cache = f"{cell.settings.cache_implementation} cache"
+    cache = f"{cell.settings.cache_name} cache"
     if cell.agreement_first_divergence is None:
         tokens = f"{cache}: greedy output token-identical to the dynamic cache's"
     else:

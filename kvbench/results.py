@@ -16,12 +16,22 @@ import math
 import os
 import types
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kvbench.config import LARGEST_INTEGER, MODES, BenchConfig, Cell, bound_problem, config_fields
+from kvbench.config import (
+    LARGEST_INTEGER,
+    MODES,
+    PARTIAL_AXES,
+    QUANTIZED_NBITS,
+    BenchConfig,
+    Cell,
+    bound_problem,
+    config_fields,
+    default_of,
+)
 from kvbench.errors import KvbenchError
 from kvbench.explain import explain_result
 from kvbench.jsontext import json_text
@@ -42,6 +52,12 @@ def to_dict(result: BenchmarkResult, derived: bool = True) -> dict[str, Any]:
     data = asdict(result)
     # Each cell's id first, as the runs refer to it.
     data["cells"] = [{"id": cell.id, **stored} for cell, stored in zip(result.cells, data["cells"])]
+    # An axis that does not apply to a cell (the bits of a cache other than the quantized one) is left out
+    # of its settings, which then read as they did before the axis existed.
+    for cell in data["cells"]:
+        for axis in PARTIAL_AXES:
+            if cell["settings"].get(axis, 0) is None:
+                del cell["settings"][axis]
     if derived:
         data["summary"] = [asdict(summary) for summary in result.summary]
         data["explained"] = explain_result(result).to_dict()
@@ -398,6 +414,7 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
             f"{origin} uses results schema {version}, newer than this kvbench reads ({SCHEMA_VERSION});"
             " upgrade kvbench"
         )
+    data = _single_bits_as_a_list(data)
     check_fields(data, origin)
     try:
         result = _build(BenchmarkResult, data)
@@ -409,9 +426,35 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
         raise KvbenchError(
             f"{origin} is a damaged kvbench results file ({error}); rerun kvbench run to replace it"
         ) from None
+    _name_the_bits_of_quantized_cells(result)
     check_run_times(result.runs, origin)
     _refuse_repeated_runs(result.runs, origin)
     return result
+
+
+def _single_bits_as_a_list(data: dict[str, Any]) -> dict[str, Any]:
+    """A file written before quantized_nbits was a sweep axis holds its one value as a number."""
+    config = data.get("config")
+    if not isinstance(config, dict) or type(config.get("quantized_nbits")) is not int:
+        return data
+    return {**data, "config": {**config, "quantized_nbits": [config["quantized_nbits"]]}}
+
+
+def _name_the_bits_of_quantized_cells(result: BenchmarkResult) -> None:
+    """A quantized cell of a file written before the bits were an axis ran with the file's one value: it is
+    given those bits, and its runs its new id, so it resumes and compares as the same cell measured now."""
+    backend = result.config.get("quantized_backend", default_of("quantized_backend"))
+    bits = result.config.get("quantized_nbits", default_of("quantized_nbits"))
+    if backend not in QUANTIZED_NBITS or len(bits) != 1:
+        return
+    renamed = {}
+    for cell in result.cells:
+        if cell.settings.cache_implementation == "quantized" and cell.settings.quantized_nbits is None:
+            old_id = cell.id
+            cell.settings = replace(cell.settings, quantized_nbits=bits[0])
+            renamed[old_id] = cell.id
+    if renamed:
+        result.runs = [replace(run, cell=renamed.get(run.cell, run.cell)) for run in result.runs]
 
 
 def _refuse_repeated_runs(runs: list[RunRecord], origin: str) -> None:

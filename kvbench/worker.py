@@ -40,9 +40,10 @@ class CellJob:
 
     def measuring_config(self) -> BenchConfig:
         """The sweep's settings narrowed to this job: one cell, its share of the runs, in this process."""
-        # An axis left unset (prompt_tokens: the prompt text's own length) stays unset.
+        # An axis left unset (prompt_tokens: the prompt text's own length) stays unset, and one that does not
+        # apply to the cell (the bits of a cache other than the quantized one) keeps the sweep's values.
         values = {f.name: getattr(self.cell, f.name) for f in fields(Cell)}
-        axes = {name: None if value is None else [value] for name, value in values.items()}
+        axes = {name: [value] for name, value in values.items() if value is not None}
         ray_only = {"ray_address": None, "accelerator_type": None, "gpus_per_cell": None}
         narrowed = replace(self.config, **axes, **_PARENT_ONLY, **ray_only, runs=self.runs)
         if self.device is not None:

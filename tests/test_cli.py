@@ -115,7 +115,9 @@ def test_show_says_what_a_lossy_cache_changed_in_the_output(tmp_path):
     shown = invoke("show", path)
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.stdout.split())
-    assert "quantized cache: 87.5% of greedy tokens agree with the dynamic cache's, the first difference at new token 12" in text
+    # A quantized cell that names no bits, as before they were an axis, ran with the configured 4.
+    agreement = "87.5% of greedy tokens agree with the dynamic cache's, the first difference at new token 12"
+    assert f"quantized int4 cache: {agreement}" in text
     assert "the most likely next token agrees at 96.0% of positions, mean KL divergence 0.0123 nats" in text
 
 

@@ -104,10 +104,12 @@ def test_validate_refuses_bits_a_quantized_backend_cannot_store(backend, nbits):
 def test_the_quantized_cache_settings_go_to_generate_as_its_cache_config():
     from kvbench.config import cache_config
 
-    config = BenchConfig(quantized_nbits=2, quantized_group_size=16, quantized_residual_length=8)
-    assert cache_config(config, "quantized") == {
-        "backend": "quanto", "nbits": 2, "q_group_size": 16, "residual_length": 8
-    }
-    assert cache_config(config, "static") is None
+    config = BenchConfig(
+        cache_implementation=["static", "quantized"], quantized_nbits=2, quantized_group_size=16, quantized_residual_length=8
+    )
+    static, quantized = expand(config)
+    assert cache_config(config, quantized) == {"backend": "quanto", "nbits": 2, "q_group_size": 16, "residual_length": 8}
+    assert cache_config(config, static) is None
     # fp8 is per-tensor: transformers refuses any group-wise setting for it.
-    assert cache_config(BenchConfig(quantized_backend="fp8"), "quantized") == {"backend": "fp8"}
+    fp8 = BenchConfig(cache_implementation=["quantized"], quantized_backend="fp8")
+    assert cache_config(fp8, expand(fp8)[0]) == {"backend": "fp8"}

@@ -14,6 +14,7 @@ from kvbench.memory import MemoryFigures, MemoryProbe, MemoryReading
 from kvbench.models import bfloat16_note, build_model, prepare_model, prompt_ids, resolve_dtype
 from kvbench.report import memory_difference
 from kvbench.measure import TokenClock, measure_generation, prepare_generation, unsupported_reason
+from kvbench.results import read_result
 from kvbench.runner import Benchmark, run_benchmark
 from tests.conftest import make_result, tiny_config
 from tests.fakes import cuda_properties, open_fake_nvml
@@ -184,3 +185,60 @@ def test_a_t4_run_notes_emulated_bfloat16_and_skips_flash_attention(tiny_llama_d
     assert any("bfloat16 on a GPU of compute capability 7.5" in note for note in result.notes)
     assert result.cells[0].status == "skipped"
     assert "this GPU has 7.5" in result.cells[0].reason
+
+
+# Cache implementations that offload to a GPU
+
+
+OFFLOADED = ["offloaded", "offloaded_static"]
+
+
+def test_on_a_cpu_offloaded_caches_are_recorded_as_skipped_with_the_reason(tiny_llama_dir, tmp_path):
+    config = tiny_config(tiny_llama_dir, cache_implementation=["dynamic", *OFFLOADED], runs=1)
+    run_benchmark(config, output=tmp_path / "r.json")
+    stored = read_result(tmp_path / "r.json")
+    assert [(cell.settings.cache_implementation, cell.status) for cell in stored.cells] == [
+        ("dynamic", "measured"), ("offloaded", "skipped"), ("offloaded_static", "skipped")
+    ]
+    for cell in stored.cells[1:]:
+        cache = cell.settings.cache_implementation
+        assert cell.reason == f"cache_implementation={cache} offloads to a GPU and needs a CUDA device"
+        assert not stored.runs_of(cell.id, "cached") and not stored.runs_of(cell.id, "uncached")
+
+
+class CapturedGenerate:
+    """A real model's generate(), its keyword arguments noted and the call not made: on this CPU an
+    offloading cache would fail (torch has no CUDA to offload from)."""
+
+    def __init__(self) -> None:
+        self.kwargs: list[dict] = []
+
+    def __call__(self, *args, **kwargs):
+        self.kwargs.append(kwargs)
+
+
+@pytest.mark.parametrize("cache", [*OFFLOADED, "quantized"])
+def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_settings(cache, tiny_llama_dir, a_t4):
+    from kvbench.config import cache_config
+    from kvbench.runner import plan
+
+    config = tiny_config(tiny_llama_dir, device="cuda", cache_implementation=[cache], quantized_nbits=[2])
+    benchmark = Benchmark(config)
+    (cell_result, action), = plan(benchmark).cells
+    assert action == "measure"
+    # The same cell's generate() on the real tiny model (held on the CPU, as nothing else can hold it here).
+    cell = cell_result.settings
+    prepared = prepare_model(str(tiny_llama_dir), "auto")
+    loaded = build_model(prepared, dtype="auto", attn_implementation="auto", device="cpu", seed=0)
+    ids, _ = benchmark.prompts[cell.model, None]
+    generation = prepare_generation(loaded, cell, ids, TokenClock(lambda: None), False, cache_config(config, cell))
+    loaded.model.generate = captured = CapturedGenerate()
+    generation("cached")
+    generation("uncached")
+    cached, uncached = captured.kwargs
+    assert cached["cache_implementation"] == cache and cached["use_cache"] is True
+    if cache == "quantized":
+        assert cached["cache_config"] == {"backend": "quanto", "nbits": 2, "q_group_size": 64, "residual_length": 128}
+    else:
+        assert "cache_config" not in cached
+    assert "cache_implementation" not in uncached and uncached["use_cache"] is False

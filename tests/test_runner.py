@@ -410,7 +410,7 @@ def test_a_quanto_cache_is_measured_with_its_settings_and_its_output_compared(nb
     assert cell.status == "measured", cell.reason
     assert cell.kv_cache_class == "QuantizedCache"
     stored = read_result(tmp_path / "r.json")
-    assert (stored.config["quantized_backend"], stored.config["quantized_nbits"]) == ("quanto", nbits)
+    assert (stored.config["quantized_backend"], stored.config["quantized_nbits"]) == ("quanto", [nbits])
     # Lossy: the next-token distributions move, however little; the greedy tokens may still all agree.
     assert cell.agreement_kl_mean_nats > 0
     # Its own theory (kvbench.kvsize.quantized_cache_bytes), a fraction of what a dynamic cache holds.
