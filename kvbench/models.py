@@ -61,6 +61,16 @@ def shipped_configs() -> dict[str, Path]:
     return {path.stem: path for path in sorted(SHIPPED_CONFIG_DIR.glob("*.json"))}
 
 
+def shipped_trained_models() -> dict[str, Path]:
+    """Models shipped with their trained weights and tokenizer (kvbench/shipped_models/<name>/): where output
+    quality is measured, random weights would say nothing."""
+    return {path.name: path for path in sorted(SHIPPED_CONFIG_DIR.iterdir()) if (path / "config.json").is_file()}
+
+
+def shipped_names() -> list[str]:
+    return [*shipped_configs(), *shipped_trained_models()]
+
+
 def hub_reachable(timeout_s: float = 2.0) -> bool:
     """A quick TCP check, so an offline machine falls back at once instead of after the hub client's retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -89,6 +99,9 @@ def locate(name: str) -> ModelSource:
     shipped = shipped_configs()
     if name in shipped:
         return ModelSource(name, "shipped", str(shipped[name]))
+    trained = shipped_trained_models()
+    if name in trained:
+        return ModelSource(name, "local", str(trained[name]))
     if path.suffix == ".json" or os.sep in name and not _looks_like_hub_id(name):
         raise KvbenchError(f"model path {name} does not exist; check the path")
     return ModelSource(name, "hub", name)
@@ -344,7 +357,9 @@ def _load_config(
         notes = []
         if use == "random" and weights == "auto":
             notes.append(f"{directory} holds no weights: random weights from its config.json")
-        return ResolvedConfig(config, use, f"local directory {directory}", str(directory), True, notes)
+        shipped = directory.resolve().parent == SHIPPED_CONFIG_DIR
+        described = f"trained model shipped with kvbench, {directory}" if shipped else f"local directory {directory}"
+        return ResolvedConfig(config, use, described, str(directory), True, notes)
     if source.kind == "config-file" or source.kind == "shipped" and (
         weights == "random" or shipped_hub_id(Path(source.location)) is None
     ):
@@ -402,7 +417,7 @@ def _from_hub(
                 f" {fallback.name}: the same architecture, so the same timing"
             )
             return resolved
-        available = ", ".join(shipped_configs()) or "none"
+        available = ", ".join(shipped_names()) or "none"
         raise KvbenchError(
             f"model {hub_id!r} not found: {reason}; pass a local model directory, a hub id while online,"
             f" or a shipped config ({available})"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -602,6 +603,10 @@ def test_the_wheel_runs_a_shipped_model_from_another_directory(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source], check=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("kvbench-*.whl")
+    # The trained model travels whole: weights, tokenizer and the record of its training.
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    trained = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json")
+    assert {f"kvbench/shipped_models/tiny-milton/{name}" for name in trained} <= shipped
     subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
