@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu_results.sh reference OUT   # the GPU tests, then the reference experiment (GPT-2, 1000 tokens)
 #   benchmarks/gpu_results.sh caches OUT      # every cache implementation, then static compiled and quantized
+#   benchmarks/gpu_results.sh milton OUT      # the trained tiny-milton: lossless agreement in float16, quanto int4
 #
 # Each step has its own time limit and is stopped with SIGINT (Ctrl-C), so a step cut short still leaves a
 # valid results file with every run it finished. Logs and results are copied to OUT.
@@ -47,8 +48,20 @@ caches)
         --cache-implementation quantized --quantized-nbits 4 -o "$name-quantized-int4.json"
     cp "$name"*.json "$out/"
     ;;
+milton)
+    # The trained tiny-milton, where output agreement means something: is a lossless cache still
+    # token-identical in float16 on a GPU's kernels? Then whether quanto's int4 cache runs there at all.
+    name="results/cache-implementations-tiny-milton-$gpu"
+    step 100 "$out/$part.log" "$python" -m kvbench run -m tiny-milton --prompt "Of Mans First Disobedience, and the Fruit" \
+        -n 128 -n 384 --cache-implementation dynamic --cache-implementation static --modes cached -r 3 -w 1 \
+        --device cuda --dtype float16 --isolation none -o "$name.json"
+    step 60 "$out/$part.log" "$python" -m kvbench run -m tiny-milton --prompt "Of Mans First Disobedience, and the Fruit" \
+        -n 128 --cache-implementation quantized --quantized-nbits 4 --quantized-residual-length 32 --modes cached -r 1 -w 0 \
+        --device cuda --dtype float16 --isolation none --no-device-peaks -o "$name-quantized-int4.json"
+    cp "$name"*.json "$out/"
+    ;;
 *)
-    echo "usage: $0 reference|caches OUT" >&2
+    echo "usage: $0 reference|caches|milton OUT" >&2
     exit 2
     ;;
 esac

@@ -161,6 +161,10 @@ def unsupported_reason(
     package = _QUANTIZED_BACKEND_PACKAGES.get(quantized_backend)
     if cell.cache_implementation == "quantized" and package is not None and not _installed(package[0]):
         return f"cache_implementation=quantized with the {quantized_backend} backend needs {package[1]}"
+    if cell.cache_implementation == "quantized" and quantized_backend == "fp8":
+        missing = _fp8_cache_missing()
+        if missing is not None:
+            return missing
     gpu_elsewhere = not capability_known and is_gpu(device)
     if cell.attn_implementation == "flash_attention_2" and not gpu_elsewhere and (capability is None or capability < (8, 0)):
         found = f"this GPU has {capability[0]}.{capability[1]}" if capability else f"the device is {device}"
@@ -168,6 +172,20 @@ def unsupported_reason(
     if cell.attn_implementation == "flash_attention_2" and not _installed("flash_attn"):
         return "attn_implementation=flash_attention_2 needs the flash-attn package"
     return None
+
+
+def _fp8_cache_missing() -> str | None:
+    """Why the installed transformers cannot build an fp8 quantized cache: its generate() knows the backend only
+    where cache_utils has the layer (5.24 has it, 5.17 not), and otherwise fails inside the first run."""
+    import transformers
+    from transformers import cache_utils
+
+    if hasattr(cache_utils, "Fp8QuantizedLayer"):
+        return None
+    return (
+        f"cache_implementation=quantized with the fp8 backend needs a transformers with an fp8 quantized cache"
+        f" (this one, {transformers.__version__}, has none): pip install -U transformers, or --quantized-backend quanto"
+    )
 
 
 def first_divergence(a: Any, b: Any) -> int | None:

@@ -261,3 +261,18 @@ def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its
         narrowed = CellJob(config, cell, runs=1).measuring_config()
         validate(narrowed)
         assert expand(narrowed) == [cell]
+
+
+def test_an_fp8_cache_on_a_transformers_without_one_is_skipped_with_the_fix(monkeypatch):
+    """transformers 5.17 has no Fp8QuantizedLayer: its generate() would fail inside the first run. Played here by
+    taking the layer out of the installed cache_utils."""
+    from transformers import cache_utils
+
+    from kvbench.measure import unsupported_reason
+
+    cell = Cell("tiny-llama", 4, 1, "auto", "quantized", "auto")
+    assert unsupported_reason(cell, "cpu", quantized_backend="fp8") is None
+    monkeypatch.delattr(cache_utils, "Fp8QuantizedLayer")
+    reason = unsupported_reason(cell, "cpu", quantized_backend="fp8")
+    assert reason is not None and "fp8 quantized cache" in reason and "pip install -U transformers" in reason
+    assert unsupported_reason(cell, "cpu", quantized_backend="quanto") is None
