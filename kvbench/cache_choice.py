@@ -14,14 +14,15 @@ from kvbench.stats import RatioTest, compare_means, process_aware_samples
 
 REFERENCE = "dynamic"
 # GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory.
-DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 141))
-
+# Common GPU memory sizes; an H200's 143,771 MiB is just over 140 GiB.
+DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
 
 
 def cache_name(settings: Cell) -> str:
     """The cache implementation as its row is named: a quantized cache with its bits (quantized int4)."""
     bits = f" int{settings.quantized_nbits}" if settings.quantized_nbits is not None else ""
     return f"{settings.cache_implementation}{bits}"
+
 
 @dataclass(frozen=True)
 class Missing:
@@ -164,9 +165,11 @@ def _memory_saved(cell: CellResult, reference: CellResult | None) -> tuple[int, 
         return missing
     assert reference is not None
     ours, theirs = cell.kv_cache_measured_bytes, reference.kv_cache_measured_bytes
-    if ours is None:
+    if CellState(cell.status) == CellState.INCOMPLETE and ours is None:
+        return Missing("the cell was interrupted before its cache was measured")
+    if ours is None or ours <= 0:
         return Missing(f"the cache object was not measured ({cell.kv_cache_note or 'a file from before it was'})")
-    if not theirs:
+    if theirs is None or theirs <= 0:
         return Missing("the dynamic cache's object was not measured")
     return theirs - ours, (theirs - ours) / theirs
 
@@ -174,6 +177,8 @@ def _memory_saved(cell: CellResult, reference: CellResult | None) -> tuple[int, 
 def _agreement(cell: CellResult) -> CellResult | Missing:
     if cell.agreement_note is not None:
         return Missing(cell.agreement_note)
+    if CellState(cell.status) == CellState.INCOMPLETE and cell.agreement_token_share is None:
+        return Missing("the cell was interrupted before its agreement pass")
     if cell.agreement_token_share is None:
         return Missing("not measured in this file")
     return cell
@@ -184,7 +189,7 @@ class Fit:
     """What fits beside the weights in one GPU memory size, from one cell's measured cache."""
 
     gpu_memory_bytes: int
-    longest_context: int  # positions at batch 1; 0 when not even one fits
+    longest_context: int  # positions at batch 1, at most the model's position limit; 0 when not even one fits
     largest_batch: int  # sequences of the cell's positions
 
 
@@ -197,6 +202,11 @@ class WhatFits:
     weight_bytes: int
     positions: int  # the context the cell ran at: the positions its cache held
     fits: list[Fit]
+    position_limit: int | None = None  # the model's own (max_position_embeddings), where it has one
+
+    @property
+    def limited_by_model(self) -> bool:
+        return self.position_limit is not None and any(fit.longest_context == self.position_limit for fit in self.fits)
 
     @property
     def cache(self) -> str:
@@ -211,7 +221,7 @@ def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_
     if CellState(cell.status).failed:
         return Missing(f"{cell.status}: {cell.reason}")
     measured, positions = cell.kv_cache_measured_bytes, cell.kv_cache_positions
-    if not measured or not positions:
+    if measured is None or positions is None or measured <= 0 or positions <= 0:
         return Missing("the cache object was not measured")
     cost = model_cost_of(cell)
     if cost is None:
@@ -220,19 +230,24 @@ def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_
     # Every parameter occupies memory, embedding tables included (ModelCost.weight_bytes leaves them out: it
     # counts what each step reads).
     weights = cost.parameters * cost.bytes_per_element
+    limit = (cell.model or {}).get("max_positions")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
     fits = []
     for memory in gpu_memory_bytes:
         room = max(memory - weights, 0)
         # In integers, so a figure on a whole number is not a float's rounding below it: room / per_position
         # is room * positions * batch / measured.
         batch = cell.settings.batch_size
-        fits.append(Fit(memory, room * positions * batch // measured, room * batch // measured))
-    return WhatFits(cell, per_position, weights, positions, fits)
+        context = room * positions * batch // measured
+        # Memory is not the only bound: past its position limit the model cannot attend at all.
+        context = min(context, limit) if limit is not None else context
+        fits.append(Fit(memory, context, room * batch // measured))
+    return WhatFits(cell, per_position, weights, positions, fits, limit)
 
 
-def what_fits_notes(group: VerdictGroup) -> list[str]:
+def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> list[str]:
     """What the what-fits figures leave out, said plainly; more for the quantized and offloaded caches."""
-    caches = {verdict.cache for verdict in group.verdicts}
+    caches = {verdict.cell.settings.cache_implementation for verdict in group.verdicts}
     notes = [
         "what fits counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA"
         " context; a real run fits less"
@@ -241,6 +256,19 @@ def what_fits_notes(group: VerdictGroup) -> list[str]:
         notes.append(
             "quantized: its residual window (the newest positions, up to quantized_residual_length) stays at full"
             " precision, so bytes per position are this length's average and fall at longer contexts"
+        )
+    limits = {
+        fitted.position_limit
+        for v in group.verdicts
+        if isinstance(fitted := what_fits(v.cell, gpu_memory_bytes), WhatFits)
+        and fitted.limited_by_model
+        and fitted.position_limit is not None
+    }
+    if limits:
+        shown = ", ".join(f"{limit:,}" for limit in sorted(limits))
+        notes.append(
+            f"longest context stops at the model's own position limit ({shown} positions) where memory would allow"
+            " more: beyond it the model cannot run at all"
         )
     if caches & {"offloaded", "offloaded_static"}:
         notes.append(

@@ -475,7 +475,7 @@ def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> 
     for cache, fit in fitted:
         if isinstance(fit, Missing):
             lines.append(plain(f"{cache}: what fits —: {fit.reason}", style="dim"))
-    lines += [plain(note, style="dim") for note in what_fits_notes(group)]
+    lines += [plain(note, style="dim") for note in what_fits_notes(group, gpu_memory_bytes)]
     return lines
 
 
@@ -486,8 +486,18 @@ def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...
     for group in cache_verdicts(result):
         parts.append(verdict_table(group))
         for verdict in group.verdicts:
-            for figure, reason in verdict.missing():
+            missing = verdict.missing()
+            if len(missing) > 1 and len({reason for _, reason in missing}) == 1:  # a skipped cell: one line
+                missing = [(", ".join(figure for figure, _ in missing), missing[0][1])]
+            for figure, reason in missing:
                 parts.append(plain(f"{verdict.cache}: {figure} —: {reason}", style="yellow"))
+        parts.append(
+            plain(
+                "each cache's cells ran one after another, not interleaved with the dynamic cache's: a change in the"
+                " machine's speed between them moves the latency ratio beyond its interval; rerun to check",
+                style="dim",
+            )
+        )
         parts += what_fits_tables(group, gpu_memory_bytes or DEFAULT_GPU_MEMORY_BYTES)
     return parts
 

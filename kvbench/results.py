@@ -37,7 +37,7 @@ from kvbench.explain import explain_result
 from kvbench.jsontext import json_text
 from kvbench.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.roofline import DatasheetPeaks, MeasuredPeaks, ModelCost
-from kvbench.untrusted import read_bounded_text, spreadsheet_cell
+from kvbench.untrusted import printable, read_bounded_text, spreadsheet_cell
 
 FORMAT_NAME = "kvbench-results"
 # Far above any sweep's results (a thousand-token run takes kilobytes), far below what parsing as JSON
@@ -86,8 +86,13 @@ def csv_path_for(path: Path) -> Path:
 
 def write_result(result: BenchmarkResult, path: str | Path, derived: bool = True) -> None:
     """Write the results JSON file, atomically."""
-    data = to_dict(result, derived)
-    _write_atomically(Path(path), lambda handle: handle.write(json_text(data)))
+    text = json_text(to_dict(result, derived))
+    # JSON has no NaN or Infinity, so json_text writes them as null; where a figure must be a number, the
+    # reader would refuse the file, and replacing the file on disk with it would lose every run before.
+    problem = fields_problem(json.loads(text))
+    if problem is not None:
+        raise KvbenchError(f"{path} was not rewritten: the results would not read back ({problem}); the file keeps its runs")
+    _write_atomically(Path(path), lambda handle: handle.write(text))
 
 
 def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
@@ -427,6 +432,7 @@ def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
             f"{origin} is a damaged kvbench results file ({error}); rerun kvbench run to replace it"
         ) from None
     _name_the_bits_of_quantized_cells(result)
+    _refuse_repeated_cells(result.cells, origin)
     check_run_times(result.runs, origin)
     _refuse_repeated_runs(result.runs, origin)
     return result
@@ -455,6 +461,18 @@ def _name_the_bits_of_quantized_cells(result: BenchmarkResult) -> None:
             renamed[old_id] = cell.id
     if renamed:
         result.runs = [replace(run, cell=renamed.get(run.cell, run.cell)) for run in result.runs]
+
+
+def _refuse_repeated_cells(cells: list[CellResult], origin: str) -> None:
+    """Two cells of one id would both claim its runs (a quantized cell without bits beside one with them)."""
+    seen = set()
+    for cell in cells:
+        if cell.id in seen:
+            raise KvbenchError(
+                f"{origin} is a damaged kvbench results file: cell {printable(cell.id, one_line=True)!r} appears"
+                " twice; rerun kvbench run to replace it"
+            )
+        seen.add(cell.id)
 
 
 def _refuse_repeated_runs(runs: list[RunRecord], origin: str) -> None:
@@ -606,6 +624,13 @@ def check_fields(data: dict[str, Any], origin: str) -> None:
     """Every field of a results file has the type its dataclass declares, the settings have the types
     BenchConfig declares, and states, modes and cell references are ones kvbench writes; the first
     problem is named in one line."""
+    problem = fields_problem(data)
+    if problem is not None:
+        raise KvbenchError(f"{origin} is a damaged kvbench results file: {problem}; rerun kvbench run to replace it")
+
+
+def fields_problem(data: dict[str, Any]) -> str | None:
+    """What check_fields would refuse in a results document, or None."""
     problem = _object_problem(data, BenchmarkResult, "") or _oversized(data, "")
     if problem is None:
         config = data["config"]
@@ -616,8 +641,7 @@ def check_fields(data: dict[str, Any], origin: str) -> None:
         )
     if problem is None:
         problem = _meaning_problem(data)
-    if problem is not None:
-        raise KvbenchError(f"{origin} is a damaged kvbench results file: {problem}; rerun kvbench run to replace it")
+    return problem
 
 
 # Bounds no real device or model reaches, so a stored figure beyond them is damage, not a measurement:

@@ -22,8 +22,8 @@ def seconds_as_ms(value_s: float | None) -> str:
     return f"{value_s * 1000:.3g}" if value_s is not None else "—"
 
 
-# Byte units as people write them: binary with an "i" (GiB), decimal without (GB); a bare letter (16G) is
-# binary, as GPU makers' "80GB" cards hold 80 GiB.
+# Byte units as people write them: binary with an "i" (GiB), decimal without (GB, as the unit says); a
+# bare letter (16G) is read as binary, the way GPU memory sizes are usually meant.
 _BYTE_UNITS = {
     "b": 1,
     "k": 2**10, "kib": 2**10, "kb": 10**3,

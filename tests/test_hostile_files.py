@@ -306,3 +306,29 @@ def test_tilde_in_an_experiment_files_output_means_home(home, tmp_path):
     assert invoke("run", "-c", home / "exp.toml", *FAST).exit_code == 0
     assert read_result(home / "t.json").complete
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_figure_that_must_be_a_number_but_is_not_finite_never_replaces_a_good_file(tmp_path):
+    path = tmp_path / "r.json"
+    result = make_result()
+    write_result(result, path)
+    before = path.read_bytes()
+    result.runs[0].tokens_per_s = math.inf  # JSON would hold null, which the reader refuses
+    with pytest.raises(KvbenchError, match="was not rewritten"):
+        write_result(result, path)
+    assert path.read_bytes() == before
+    assert read_result(path).runs[0].tokens_per_s is not None
+
+
+def test_a_cell_named_twice_once_its_bits_are_filled_in_is_refused(tmp_path):
+    """A quantized cell without bits (a file from before bits were an axis) is given the file's bits; beside a
+    cell that already has them, two cells would claim the same runs."""
+    from dataclasses import replace
+
+    result = make_result(cache_implementation="quantized")
+    (cell,) = result.cells
+    result.cells.append(replace(cell, settings=replace(cell.settings, quantized_nbits=4)))
+    path = tmp_path / "twice.json"
+    write_result(result, path)
+    with pytest.raises(KvbenchError, match="appears twice"):
+        read_result(path)

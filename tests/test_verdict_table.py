@@ -4,13 +4,14 @@ memory, and where they are shown (show, compare's exports, plot), from results b
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 
 import pytest
 from rich.console import Console, Group
 from typer.testing import CliRunner
 
-from kvbench.cache_choice import Missing, cache_verdicts, what_fits
+from kvbench.cache_choice import Missing, cache_verdicts, what_fits, what_fits_notes
 from kvbench.cli import app
 from kvbench.compare import compare_results
 from kvbench.config import BenchConfig, Cell, config_to_dict
@@ -135,7 +136,8 @@ def test_without_a_dynamic_cell_speed_and_memory_are_missing_with_the_reason():
     assert not isinstance(verdicts["static"].agreement, Missing)  # measured against the dynamic cache all the same
     assert dict(verdicts["quantized"].missing())["agreement"] == "not measured in this file"
     text = shown(render_result(result))
-    assert "static: latency —: no dynamic cache cell at these settings to compare with" in text
+    # One line for the figures that share a reason.
+    assert "static: latency, memory saved —: no dynamic cache cell at these settings to compare with" in text
 
 
 def test_a_skipped_cell_has_every_figure_missing_with_its_reason():
@@ -148,7 +150,7 @@ def test_a_skipped_cell_has_every_figure_missing_with_its_reason():
     assert dict(quantized.missing()) == dict.fromkeys(["latency", "memory saved", "agreement"], skipped)
     assert isinstance(what_fits(quantized.cell), Missing)
     text = shown(render_result(result))
-    assert "quantized: latency —: skipped: quanto is not installed" in text
+    assert "quantized: latency, memory saved, agreement —: skipped: quanto is not installed" in text
     assert "quantized: what fits —: skipped: quanto is not installed" in text
 
 
@@ -214,7 +216,7 @@ def test_show_prints_the_verdict_and_what_fits(tmp_path):
     assert "1 GiB" in text and "54k" in text and "535" in text and "24 GiB" not in text
     assert "weights and the KV cache only" in text and "residual window" in text
     default = runner.invoke(app, ["show", str(path)]).output
-    assert all(f"{size} GiB" in default for size in (24, 40, 80, 141))
+    assert all(f"{size} GiB" in default for size in (24, 40, 80, 140))
 
 
 def test_show_rejects_a_bad_gpu_memory_in_one_line(tmp_path):
@@ -251,7 +253,8 @@ def test_markdown_export_holds_the_verdict_table_within_the_size_guard(tmp_path)
     full = to_markdown(comparison)
     assert len(full) <= GITHUB_COMMENT_LIMIT
     assert "**which KV cache, against the dynamic cache, by file**" in full
-    row = "| before | tiny · 100 tok · batch 2 · float16 | quantized | 2.00× [1.59, 2.51] | 75.0% | 2.9 MiB | 90.0% | 12 |"
+    # A quantized cell from a file names its bits (the file's quantized_nbits, 4 by default).
+    row = "| before | tiny · 100 tok · batch 2 · float16 | quantized int4 | 2.00× [1.59, 2.51] | 75.0% | 2.9 MiB | 90.0% | 12 |"
     assert row in full
     # Tighter limits drop the percentiles and the speedups first, then the verdicts, and say so.
     without = next(
@@ -282,3 +285,51 @@ def test_plot_writes_the_cache_choice_figure(tmp_path):
     assert figure in written and figure.read_bytes().startswith(b"\x89PNG")
     single = plot_result(cache_result(cache_cell("dynamic", [1.0, 1.1], 4_000_000)), tmp_path / "single")
     assert not any(path.name == "cache-choice.png" for path in single)
+
+
+
+def test_a_hostile_reason_cannot_break_out_of_the_markdown_table(tmp_path):
+    """A results file's text (a skipped cell's reason) reaches the markdown as one cell: no new row, heading or
+    HTML tag in a pull-request comment."""
+    hostile = "no\n## owned <img src=x onerror=alert(1)> | cell"
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1, 0.9], 1000), cache_cell("static", [], None, status="skipped", reason=hostile)
+    )
+    paths = [tmp_path / "hostile.json", tmp_path / "again.json"]
+    for path in paths:
+        write_result(result, path)
+    text = to_markdown(compare_results(paths, threshold_pct=10))
+    assert "owned" in text
+    assert "\n## owned" not in text and "<img" not in text
+    row = next(line for line in text.splitlines() if "owned" in line)
+    assert row.startswith("| ") and row.endswith(" |") and "\\|" in row
+
+
+def test_a_quantized_cache_with_its_bits_gets_the_residual_window_note():
+    result = cache_result(cache_cell("dynamic", [1.0, 1.1, 0.9], 4000), cache_cell("quantized", [1.2, 1.3, 1.1], 1000, **AGREES))
+    result.cells[1].settings = replace(result.cells[1].settings, quantized_nbits=4)
+    (group,) = cache_verdicts(result)
+    assert [verdict.cache for verdict in group.verdicts] == ["dynamic", "quantized int4"]
+    assert any(note.startswith("quantized: its residual window") for note in what_fits_notes(group))
+
+
+def test_the_longest_context_stops_at_the_models_position_limit():
+    result = cache_result(cache_cell("dynamic", [1.0, 1.1, 0.9], 4000), cache_cell("static", [1.0, 1.0, 1.1], 4000, **AGREES))
+    unlimited = what_fits(result.cells[0])
+    assert unlimited.fits[0].longest_context > 512
+    (group,) = cache_verdicts(result)
+    assert not any("position limit" in note for note in what_fits_notes(group))
+    for cell in result.cells:
+        cell.model["max_positions"] = 512
+    limited = what_fits(result.cells[0])
+    assert [fit.longest_context for fit in limited.fits] == [512] * len(limited.fits)
+    assert [fit.largest_batch for fit in limited.fits] == [fit.largest_batch for fit in unlimited.fits]
+    (group,) = cache_verdicts(result)
+    assert any("position limit (512 positions)" in note for note in what_fits_notes(group))
+
+
+def test_negative_bytes_from_a_file_are_not_measurements():
+    result = cache_result(cache_cell("dynamic", [1.0, 1.1, 0.9], -4000), cache_cell("static", [1.0, 1.0, 1.1], 4000, **AGREES))
+    assert isinstance(what_fits(result.cells[0]), Missing)
+    (group,) = cache_verdicts(result)
+    assert isinstance(group.verdicts[1].memory_saved_bytes, Missing)

@@ -38,9 +38,16 @@ class _Table:
     by_measurement: bool = True  # one row per measurement (comparison.rows), so rows can be left out
 
 
+def _cell_text(cell: str) -> str:
+    """A table cell from text that may come from a results file: on one line, so it cannot end the row and
+    start a heading, and with no markup GitHub would render (a pipe, an HTML tag)."""
+    escaped = printable(cell, one_line=True).replace("|", "\\|")
+    return escaped.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _markdown_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        return "| " + " | ".join(_cell_text(cell) for cell in cells) + " |"
 
     return "\n".join([f"**{title}**", "", line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
 
