@@ -38,8 +38,11 @@ def _hardware(result: BenchmarkResult) -> str:
 
 def _title(result: BenchmarkResult, what: str) -> str:
     """What a figure shows, on which hardware, and RANDOM weights when any cell had them."""
-    weights = {(cell.model or {}).get("weights") for cell in result.cells}
-    random = " · RANDOM weights" if "random" in weights else ""
+    weights = {cell.settings.model: (cell.model or {}).get("weights") for cell in result.cells if cell.model}
+    randomised = [model for model, kind in weights.items() if kind == "random"]
+    # Where only some models had random weights, the title names them: the others' outputs are real.
+    named = f" ({', '.join(randomised)})" if randomised and len(randomised) < len(weights) else ""
+    random = f" · RANDOM weights{named}" if randomised else ""
     models = dict.fromkeys(cell.settings.model for cell in result.cells)  # the cells say what ran
     return f"{what}: {', '.join(models)} on {_hardware(result)}{random}"
 

@@ -28,3 +28,21 @@ def test_a_single_cell_gets_only_the_per_token_figure(tmp_path):
         run.token_times_s = [0.01 * (i + 1) for i in range(5)]
     assert sweep_axis(result) is None
     assert [p.name for p in plot_result(result, tmp_path)] == ["per-token.png"]
+
+
+def test_a_title_names_the_models_with_random_weights_when_others_are_trained():
+    from dataclasses import replace
+
+    from kvbench.plot import _title
+
+    result = make_result()
+    (cell,) = result.cells
+    trained = replace(cell, settings=replace(cell.settings, model="tiny-milton"), model={"weights": "pretrained"})
+    cell.model = {"weights": "random"}
+    result.cells.append(trained)
+    assert _title(result, "x").endswith("· RANDOM weights (gpt2)")
+    cell.model = {"weights": "pretrained"}
+    assert "RANDOM" not in _title(result, "x")
+    result.cells.remove(trained)
+    cell.model = {"weights": "random"}
+    assert _title(result, "x").endswith("· RANDOM weights")
