@@ -42,7 +42,7 @@ def _cell_text(cell: str) -> str:
     """A table cell from text that may come from a results file: on one line, so it cannot end the row and
     start a heading, and with no markup GitHub would render (a pipe, an HTML tag)."""
     escaped = printable(cell, one_line=True).replace("|", "\\|")
-    return escaped.replace("<", "&lt;").replace(">", "&gt;")
+    return escaped.replace("<", "&lt;")  # no tag can open without it; ">" stays readable ("(> 25%)")
 
 
 def _markdown_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
