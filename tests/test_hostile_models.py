@@ -237,7 +237,10 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
         "    calls.append(mode)\n"
         "    if len(calls) == 3:\n"
         f"        pathlib.Path({str(held)!r}).touch()\n"
-        "        time.sleep(600)\n"
+        # In short sleeps, as generate() runs Python between kernels: a Ctrl-C that the kernel hands to
+        # another of the process's threads is acted on when the main thread next runs Python, which one
+        # long sleep would put off for its whole length.
+        "        for _ in range(60000): time.sleep(0.01)\n"
         "    return generate(self, mode)\n"
         "kvbench.measure.Generation.__call__ = held\n"
         "from kvbench.cli import main\n"
