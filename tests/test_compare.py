@@ -317,3 +317,32 @@ def test_markdown_fits_a_github_comment_and_never_drops_a_flagged_measurement():
     flagged = to_markdown(gated, limit=3000)
     assert flagged.count("INCONCLUSIVE") == to_markdown(gated).count("INCONCLUSIVE") == 4
     assert "post --format csv instead" in flagged  # still too long, and it says so
+
+
+def test_unrelated_sweeps_show_no_missing_lines_unless_a_gate_asks_for_a_judgement(tmp_path):
+    """Two files with no measurement in common: without a gate there is nothing to judge, so neither a
+    "not judged" nor a line per absent figure; with one, every missing measurement is named."""
+    from rich.console import Console
+
+    from kvbench.export.table import render_comparison
+
+    def sweep(*lengths):  # one file of several cells (a file of one cell is matched to any other's one cell)
+        result = make_result(max_new_tokens=lengths[0])
+        for length in lengths[1:]:
+            other = make_result(max_new_tokens=length)
+            result.cells += other.cells
+            result.runs += other.runs
+        return result
+
+    short = save(tmp_path, "short", sweep(10, 20))
+    long = save(tmp_path, "long", sweep(30, 40))
+
+    def shown(threshold):
+        console = Console(width=60, record=True, color_system=None)
+        console.print(render_comparison(compare_results([short, long], threshold_pct=threshold)))
+        return console.export_text()
+
+    ungated = shown(None)
+    assert "not judged: missing" not in ungated and ": —" not in ungated
+    assert "mean ± std (s): 1.000" in ungated
+    assert "not judged: missing" in shown(10)

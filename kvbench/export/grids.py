@@ -127,7 +127,10 @@ def change_grid(comparison: Comparison, metric: str) -> tuple[list[str], list[li
         for index in others:
             entry = row.entries[index]
             if entry is None:
-                cells.append("not judged: missing" if row.entries[base] is not None else "—")
+                # "Not judged" only where a gate asked for a judgement; otherwise the file simply has no such
+                # measurement (another sweep), which the warnings count once per file.
+                gated = comparison.threshold_pct is not None and row.entries[base] is not None
+                cells.append("not judged: missing" if gated else "—")
             else:
                 cells.append(_verdict(entry, metric, comparison))
         rows.append(cells)

@@ -37,7 +37,9 @@ class _FittedGrid:
         for cells in self.rows:
             style = self._style(cells)
             lines.append(plain(cells[0], style=f"bold {style}".strip()))
-            lines += [plain(f"  {header}: {cell}", style=style) for header, cell in zip(self.headers[1:], cells[1:])]
+            # A "—" (no such figure in that file) is left out: across unrelated sweeps nearly every line is one.
+            shown = [(header, cell) for header, cell in zip(self.headers[1:], cells[1:]) if cell != "—"]
+            lines += [plain(f"  {header}: {cell}", style=style) for header, cell in shown]
         return Group(*lines)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
