@@ -229,7 +229,9 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
     """A `kvbench run` in its own process group whose third generation touches `held` and waits there,
     so a test signals it while it measures (after two saved runs), not after a guess at how long that takes."""
     code = (
-        "import pathlib, sys, time\n"
+        "import faulthandler, pathlib, signal, sys, time\n"
+        # A run that does not stop can say where each of its threads is (the test asks with SIGUSR1).
+        "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
         "import kvbench.measure\n"
         "calls = []\n"
         "generate = kvbench.measure.Generation.__call__\n"
@@ -237,10 +239,7 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
         "    calls.append(mode)\n"
         "    if len(calls) == 3:\n"
         f"        pathlib.Path({str(held)!r}).touch()\n"
-        # In short sleeps, as generate() runs Python between kernels: a Ctrl-C that the kernel hands to
-        # another of the process's threads is acted on when the main thread next runs Python, which one
-        # long sleep would put off for its whole length.
-        "        for _ in range(60000): time.sleep(0.01)\n"
+        "        time.sleep(600)\n"
         "    return generate(self, mode)\n"
         "kvbench.measure.Generation.__call__ = held\n"
         "from kvbench.cli import main\n"
@@ -251,8 +250,16 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
     # A session of its own: Ctrl-C at a terminal signals the whole foreground process group.
     return subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-        cwd=tmp_path, start_new_session=True,
+        cwd=tmp_path, start_new_session=True, preexec_fn=_ctrl_c_as_a_shell_leaves_it,
     )
+
+
+def _ctrl_c_as_a_shell_leaves_it() -> None:
+    """SIGINT at its default and unblocked, as a shell starts a command. A test process may have inherited it
+    ignored (a test worker that started Ray, say), and an ignored SIGINT stays ignored through exec: Python
+    then installs no KeyboardInterrupt, and the run would never hear the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _wait_for(path: Path, process: subprocess.Popen) -> None:
@@ -262,12 +269,23 @@ def _wait_for(path: Path, process: subprocess.Popen) -> None:
     assert path.exists(), process.stderr.read() if process.poll() is not None else "the run never got there"
 
 
+def _communicate_or_show_where_it_hangs(process: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return process.communicate(timeout=120)  # a safety net for a run that never stops, not a speed check
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        process.kill()
+        _, stderr = process.communicate()
+        raise AssertionError(f"the run did not stop; its threads:\n{stderr[-6000:]}") from None
+
+
 def test_ctrl_c_to_the_process_group_is_the_runs_one_message(tmp_path):
     held, output = tmp_path / "held", tmp_path / "r.json"
     process = _held_run(tmp_path, held, "-m", "tiny-gpt2", *QUICK, "-r", "2", "-o", str(output))
     _wait_for(held, process)
     os.killpg(process.pid, signal.SIGINT)  # the run and the memory sampler it started, as a terminal does
-    stdout, stderr = process.communicate(timeout=300)
+    stdout, stderr = _communicate_or_show_where_it_hangs(process)
     assert process.returncode == 130, stderr[-2000:]
     assert "Interrupted." in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
