@@ -18,11 +18,6 @@ REFERENCE = "dynamic"
 DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
 
 
-def cache_name(settings: Cell) -> str:
-    """The cache implementation as its row is named: a quantized cache with its bits (quantized int4)."""
-    bits = f" int{settings.quantized_nbits}" if settings.quantized_nbits is not None else ""
-    return f"{settings.cache_implementation}{bits}"
-
 
 @dataclass(frozen=True)
 class Missing:
@@ -55,7 +50,7 @@ class CacheVerdict:
 
     @property
     def cache(self) -> str:
-        return cache_name(self.cell.settings)
+        return self.cell.settings.cache_name
 
     @property
     def is_reference(self) -> bool:
@@ -104,7 +99,7 @@ def cache_verdicts(result: BenchmarkResult) -> list[VerdictGroup]:
             groups.setdefault(group, []).append(cell)
     verdicts = []
     for settings, cells in groups.items():
-        if len({cache_name(cell.settings) for cell in cells}) < 2:
+        if len({cell.settings.cache_name for cell in cells}) < 2:
             continue
         reference = next((cell for cell in cells if cell.settings.cache_implementation == REFERENCE), None)
         cells.sort(key=lambda cell: cell.settings.cache_implementation != REFERENCE)
@@ -210,7 +205,7 @@ class WhatFits:
 
     @property
     def cache(self) -> str:
-        return cache_name(self.cell.settings)
+        return self.cell.settings.cache_name
 
 
 def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> WhatFits | Missing:
