@@ -147,7 +147,7 @@ class LiveProgress:
             self._current = self.progress.add_task(label, total=generation.new_tokens, left="")
         else:
             self.progress.reset(self._current, total=generation.new_tokens, description=label)
-        self.progress.refresh()
+        self._redraw()
 
     def token(self) -> None:
         # Called inside the timed generate(): count, and redraw only rarely.
@@ -158,6 +158,12 @@ class LiveProgress:
             self.progress.update(self._current, completed=self._tokens)
             self.progress.update(self._overall, left=self._counted_down())
             self.progress.refresh()
+
+    def _redraw(self) -> None:
+        # Drawn just before a timed generate(): the token hook's clock starts from here, so a generation
+        # shorter than REDRAW_EVERY_S is never drawn while it is timed.
+        self.progress.refresh()
+        self._last_redraw = self._clock()
 
     def generation_finished(self, latency_s: float | None, generation: Planned | None = None) -> None:
         self.time_left.finished(generation, latency_s)

@@ -45,6 +45,31 @@ def test_the_time_left_counts_down_during_a_long_generation(tiny_gpt2_dir):
     assert within_a_generation and all(after < before for before, after in within_a_generation)
 
 
+def test_a_generation_shorter_than_the_redraw_interval_is_never_drawn_while_timed(tiny_gpt2_dir):
+    """The display draws before each generation starts; a redraw from the token hook, inside the timed
+    generate(), waits REDRAW_EVERY_S from that drawing, so short generations pay for no drawing at all."""
+    clock = ScriptedClock(steady(cached_s=0.1, uncached_s=0.2))  # at most 1.6 s a generation
+    display = LiveProgress(Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None), clock)
+    drawn_while_timed = []
+    inside_token = False
+    refresh, token = display.progress.refresh, display.token
+
+    def counting_refresh():
+        drawn_while_timed.append(inside_token)
+        refresh()
+
+    def flagged_token():
+        nonlocal inside_token
+        inside_token = True
+        token()
+        inside_token = False
+
+    display.progress.refresh, display.token = counting_refresh, flagged_token
+    with display:
+        run_benchmark(tiny_config(tiny_gpt2_dir, max_new_tokens=[8], runs=3), observer=Both(clock, display), clock=clock)
+    assert drawn_while_timed and not any(drawn_while_timed)
+
+
 def test_a_log_gets_one_line_per_generation_with_the_time_left(tiny_gpt2_dir):
     log = io.StringIO()
     clock = ScriptedClock(SECONDS_PER_TOKEN)
