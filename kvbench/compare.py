@@ -13,8 +13,10 @@ from kvbench.metrics import JUDGED_METRICS
 from kvbench.records import BenchmarkResult, CellState, ModeSummary, RunRecord
 from kvbench.results import read_result
 from kvbench.stats import (
+    NOISY_CV,
     RatioTest,
     cached_speedup,
+    coefficient_of_variation,
     compare_means,
     holm_levels,
     noise_warning,
@@ -276,6 +278,23 @@ def _unmatched_counts(files: list[LoadedFile], base_index: int, lacking: list[in
     return lines
 
 
+def _noise_warnings(files: list[LoadedFile], noisy: list[list[Entry]], each: bool) -> list[str]:
+    """A line per noisy measurement where each is asked for (--verbose, the gate), else a line per file:
+    a sweep run on a busy machine is noisy throughout, and one line each would bury the comparison."""
+    lines = []
+    for loaded, entries in zip(files, noisy):
+        if each or len(entries) == 1:
+            lines += [f"{entry.key.label()} in {loaded.label}: {noise_warning(entry.latencies_s)}" for entry in entries]
+        elif entries:
+            worst = max(coefficient_of_variation(entry.latencies_s) or 0.0 for entry in entries)
+            lines.append(
+                f"{loaded.label}: {len(entries)} measurements' runs vary by more than {NOISY_CV:.0%} of their mean"
+                f" (up to {worst:.0%}): too noisy to trust; stop other work on the machine or add runs;"
+                " --verbose lists each"
+            )
+    return lines
+
+
 def _cell_state(result: BenchmarkResult, key: MeasurementKey) -> str | None:
     """The state of the file's cell for this measurement, one with no runs of its mode; None when the file
     has no such cell."""
@@ -400,6 +419,7 @@ def compare_results(
     each_unmatched = list_unmatched or threshold_pct is not None
     lacking = [0] * len(files)  # per file, the baseline's measurements it has no cell for
     extra = [0] * len(files)  # per file, its measurements the baseline has no cell for
+    noisy: list[list[Entry]] = [[] for _ in files]  # per file, its measurements too noisy to trust
     for row_key in row_keys:
         entries: list[Entry | None] = []
         for found, mapping in zip(measured, placed):
@@ -410,10 +430,8 @@ def compare_results(
         # was asked to judge it: it fails closed, like a measurement missing from a compared file.
         base_failed = _cell_state(files[base_index].result, row_key) if base_entry is None else None
         for index, entry in enumerate(entries):
-            if entry is not None:
-                noisy = noise_warning(entry.latencies_s)
-                if noisy:
-                    warnings.append(f"{entry.key.label()} in {files[index].label}: {noisy}")
+            if entry is not None and noise_warning(entry.latencies_s):
+                noisy[index].append(entry)
             if index == base_index:
                 continue
             where = f"{row_key.label()} in {files[index].label}"
@@ -450,6 +468,7 @@ def compare_results(
         rows.append(Row(row_key, entries, [_speedup(f.result, e) for f, e in zip(files, entries)]))
     if not rows:
         raise KvbenchError("none of these files holds a finished measurement; rerun kvbench run")
+    warnings += _noise_warnings(files, noisy, each=each_unmatched)
     if not each_unmatched:
         warnings += _unmatched_counts(files, base_index, lacking, extra)
     null_ratios = {metric: 1.0 for metric in JUDGED_METRICS}

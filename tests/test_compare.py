@@ -257,6 +257,24 @@ def test_a_noisy_mode_is_warned_about(tmp_path):
     assert any("too noisy to trust" in warning for warning in comparison.warnings)
 
 
+def test_a_noisy_sweep_gets_one_noise_line_per_file_and_verbose_lists_each(tmp_path):
+    parts = [
+        make_result({"cached": [80.0, 122.5, 165.0, 70.0], "uncached": [300.0, 450.0, 200.0, 380.0]}, max_new_tokens=t)
+        for t in (10, 20)
+    ]
+    sweep = parts[0]
+    sweep.cells += parts[1].cells
+    sweep.runs += parts[1].runs
+    sweep.config["max_new_tokens"] = [10, 20]
+    paths = [save(tmp_path, "busy", sweep), save(tmp_path, "again", sweep)]
+
+    noise = [w for w in compare_results(paths).warnings if "too noisy" in w]
+    assert len(noise) == 2  # one per file, each counting its four noisy measurements
+    assert all("4 measurements" in line and "--verbose lists each" in line for line in noise)
+    listed = [w for w in compare_results(paths, list_unmatched=True).warnings if "too noisy" in w]
+    assert len(listed) == 8
+
+
 def test_runs_from_three_processes_are_judged_on_process_means(tmp_path):
     """--processes 3: each process is steady inside, but the processes differ. Judged run by run, a 3%
     difference between two such files looks certain; judged on process means, it is within the drift."""
