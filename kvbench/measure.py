@@ -770,6 +770,7 @@ def record_cache_size(
         )
         theory = quantized.kv_bytes if quantized is not None else None
     cell_result.kv_cache_measured_bytes = measurement.kv_bytes
+    cell_result.kv_cache_bytes_by_device = dict(measurement.bytes_by_device) or None
     cell_result.kv_cache_positions = positions
     cell_result.kv_cache_theory_bytes = theory
     cell_result.kv_cache_class = measurement.cache_class

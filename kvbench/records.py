@@ -108,6 +108,8 @@ class CellResult:
     kv_cache_class: str | None = None
     kv_cache_agrees: bool | None = None  # within 1%
     kv_cache_note: str | None = None  # why measured and theory may differ, or why nothing was measured
+    # The measured bytes by the device holding them: an offloaded cache keeps most layers on the CPU.
+    kv_cache_bytes_by_device: dict[str, int] | None = None
     # A cache implementation other than the dynamic one against the dynamic cache, on the same model and
     # prompt, from untimed passes after the timed runs: the share of greedy new tokens (over the batch) that
     # agree and the first position where they differ; then, with both fed the dynamic cache's tokens, so

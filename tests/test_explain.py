@@ -44,6 +44,7 @@ def test_the_cache_object_measures_as_theory_for_mha_and_gqa(tiny_gpt2_dir, tiny
     assert llama.cells[0].kv_cache_measured_bytes == 2 * 2 * 2 * 8 * (6 + 7) * 2 * 4
     # Stored, read back, and the runs carry what the summary and plots need.
     stored = read_result(path)
+    assert stored.cells[1].kv_cache_bytes_by_device == {"cpu": 2 * 2 * 2 * 16 * 17 * 1 * 4}
     run = stored.runs[0]
     assert run.memory_timeline and run.memory_timeline_source.startswith("this process's RSS")
     assert run.time_per_output_token_s == pytest.approx((run.latency_s - run.token_times_s[0]) / 7, rel=1e-3)
