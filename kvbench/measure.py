@@ -24,7 +24,7 @@ from kvbench.energy import CounterReader, energy_reader
 from kvbench.errors import KvbenchError
 from kvbench.eta import Planned
 from kvbench.kvsize import cache_bytes_for
-from kvbench.memory import MemoryProbe, downsample, free_memory
+from kvbench.memory import MemoryProbe, downsample, free_memory, frozen_heap
 from kvbench.metrics import time_per_output_token_s
 from kvbench.records import BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.stats import precise_enough
@@ -645,7 +645,8 @@ class Measurement:
             generation = prepare_generation(
                 loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell)
             )
-            self._measure_cell(cell_result, generation, loaded)
+            with frozen_heap():
+                self._measure_cell(cell_result, generation, loaded)
         except KvbenchError:
             raise
         except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on

@@ -211,3 +211,26 @@ def test_free_memory_collects_every_generation(monkeypatch):
     finally:
         gc.callbacks.remove(note)
     assert 2 in generations
+
+
+def test_the_heap_before_a_cell_is_out_of_the_collectors_reach_while_it_is_measured(tiny_gpt2_dir):
+    """The collection before each timed run must not walk the model and libraries (it left the caches cold
+    for the generate() that followed): a real run's objects are frozen while its cell is measured, and
+    within reach again when the cell ends."""
+    import gc
+
+    from kvbench.measure import Observer
+    from kvbench.runner import run_benchmark
+    from tests.conftest import tiny_config
+
+    class FrozenAtEachRun(Observer):
+        def __init__(self):
+            self.counts = []
+
+        def generation_started(self, label, generation):
+            self.counts.append(gc.get_freeze_count())
+
+    watcher = FrozenAtEachRun()
+    run_benchmark(tiny_config(tiny_gpt2_dir, runs=2), observer=watcher)
+    assert len(watcher.counts) >= 4 and min(watcher.counts) > 10_000
+    assert gc.get_freeze_count() == 0
