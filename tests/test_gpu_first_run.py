@@ -44,3 +44,5 @@ def test_the_quick_cpu_run_passes_what_needs_no_gpu_and_names_what_it_skipped(tm
     assert statuses == {**dict.fromkeys(ON_THE_CPU, "PASS"), **dict.fromkeys(GPU_ONLY, "SKIP")}
     assert lines[-1] == f"{len(ON_THE_CPU)} passed, 0 failed, {len(GPU_ONLY)} skipped; files in {out}"
     assert (out / "gpt2.json").is_file() and (out / "oom.json").is_file()
+    # The overhead step's verdicts reach the summary, one per way and mode, for a person to read.
+    assert sum(line.startswith("    overhead: kvbench") for line in lines) == 6
