@@ -451,8 +451,8 @@ def compare(
         False,
         "--verbose",
         metavar="",
-        help="List each measurement only one side holds (files of other sweeps), one line each; without it"
-        " and without the gate, one line per file counts them.",
+        help="List each measurement only one side holds (files of other sweeps), and each one too noisy to"
+        " trust, one line each; without it and without the gate, one line per file counts them.",
     ),
 ) -> None:
     """Compare results files side by side: mean ± std, memory, cached speedup, and each file's change

@@ -289,7 +289,7 @@ def _noise_warnings(files: list[LoadedFile], noisy: list[list[Entry]], each: boo
             worst = max(coefficient_of_variation(entry.latencies_s) or 0.0 for entry in entries)
             lines.append(
                 f"{loaded.label}: {len(entries)} measurements' runs vary by more than {NOISY_CV:.0%} of their mean"
-                f" (up to {worst:.0%}): too noisy to trust; stop other work on the machine or add runs;"
+                f" (up to {worst:.1%}): too noisy to trust; stop other work on the machine or add runs;"
                 " --verbose lists each"
             )
     return lines

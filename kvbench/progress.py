@@ -3,7 +3,8 @@
 Both are runner observers. Neither draws while generate() is timed: the token hook only counts, and the
 terminal display redraws between generations (and, for a long generation, at most once per
 REDRAW_EVERY_S from the token hook), so what the display costs stays outside the measurement
-(benchmarks/overhead.py --display measures it).
+(benchmarks/overhead.py's "kvbench + display" way measures it, with the cells in the display's process;
+under process isolation the display draws in the parent, beside the measuring process, never inside it).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class LiveProgress:
 
     def _redraw(self) -> None:
         # Drawn just before a timed generate(): the token hook's clock starts from here, so a generation
-        # shorter than REDRAW_EVERY_S is never drawn while it is timed.
+        # shorter than REDRAW_EVERY_S is never drawn while it is timed (by this process: under process
+        # isolation the timed generate() runs in another).
         self.progress.refresh()
         self._last_redraw = self._clock()
 

@@ -234,3 +234,18 @@ def test_the_heap_before_a_cell_is_out_of_the_collectors_reach_while_it_is_measu
     run_benchmark(tiny_config(tiny_gpt2_dir, runs=2), observer=watcher)
     assert len(watcher.counts) >= 4 and min(watcher.counts) > 10_000
     assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_the_caller_froze_stays_frozen():
+    import gc
+
+    from kvbench.memory import frozen_heap
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
