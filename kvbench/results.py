@@ -565,6 +565,8 @@ def _shown(value: Any) -> str:
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+# The exact types a JSON reader gives that the item check below accepts for these annotations (not bool).
+_PLAIN_NUMBER_TYPES: dict[Any, tuple[type, ...]] = {float: (int, float), int: (int,)}
 
 
 def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
@@ -585,6 +587,10 @@ def _type_problem(value: Any, annotation: Any, where: str) -> str | None:
         if not isinstance(value, list):
             return f"{where} must be a list, got {_shown(value)}"
         (item_type,) = typing.get_args(annotation)
+        # A run's token times are hundreds of numbers: checked in one pass, item by item only to name a problem.
+        plain = _PLAIN_NUMBER_TYPES.get(item_type)
+        if plain is not None and all(type(item) in plain for item in value):
+            return None
         return next((p for i, item in enumerate(value) if (p := _type_problem(item, item_type, f"{where}[{i}]"))), None)
     if origin is dict:
         if not isinstance(value, dict):
@@ -681,16 +687,25 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
 def _oversized(document: Any, where: str) -> str | None:
     """The first integer anywhere in the document too large to be a count of anything (walked without
     recursion: the parser accepts nesting deeper than Python's call stack)."""
-    stack = [(where, document)]
+    # Each value with its container's path and its key: a path is spelled out only for a container, or for
+    # the value named in the answer, not for each of a document's many thousand numbers.
+    stack: list[tuple[str | None, Any, Any]] = [(None, where, document)]
     while stack:
-        where, value = stack.pop()
+        parent, key, value = stack.pop()
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INTEGER:
-            return f"{where or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
+            return f"{_path(parent, key) or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        inner = [(f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key), item)
-                 for key, item in items]
-        stack.extend(reversed(inner))
+        if items:
+            path = _path(parent, key)
+            stack.extend(reversed([(path, inner_key, item) for inner_key, item in items]))
     return None
+
+
+def _path(parent: str | None, key: Any) -> str:
+    """Where a value is: `key` itself at the top, else its container's path with `[index]` or `.name`."""
+    if parent is None:
+        return key
+    return f"{parent}[{key}]" if isinstance(key, int) else f"{parent}.{key}" if parent else str(key)
 
 
 def _finite_positive(value: Any) -> bool:
