@@ -13,10 +13,9 @@ from kvbench.records import BenchmarkResult, CellResult, CellState
 from kvbench.stats import RatioTest, compare_means, process_aware_samples
 
 REFERENCE = "dynamic"
-# GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory.
-# Common GPU memory sizes; an H200's 143,771 MiB is just over 140 GiB.
+# GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory (an
+# H200's 143,771 MiB is just over 140 GiB).
 DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
-
 
 
 @dataclass(frozen=True)
