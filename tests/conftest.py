@@ -133,6 +133,26 @@ def make_result(
     return result
 
 
+def make_sweep(parts: list[BenchmarkResult]) -> BenchmarkResult:
+    """One results file of several cells from make_result's one-cell results, its config naming each length."""
+    sweep = parts[0]
+    for part in parts[1:]:
+        sweep.cells += part.cells
+        sweep.runs += part.runs
+    sweep.config["max_new_tokens"] = [cell.settings.max_new_tokens for cell in sweep.cells]
+    return sweep
+
+
+@pytest.fixture
+def quanto_planned(monkeypatch):
+    """kvbench plans a quanto cell as where optimum-quanto is installed (the test extra leaves it out); a test
+    using this must not run quanto itself."""
+    import kvbench.measure
+
+    installed = kvbench.measure._installed
+    monkeypatch.setattr(kvbench.measure, "_installed", lambda name: name == "optimum.quanto" or installed(name))
+
+
 @pytest.fixture
 def fake_nvml(monkeypatch):
     def install(**kwargs) -> FakeNvml:

@@ -245,14 +245,9 @@ def test_the_installed_transformers_builds_the_named_cache_for_each_older_name(s
     assert cache_layout(model, "hybrid") in (static, dynamic)
 
 
-def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its_own_process(tiny_gpt2_dir, monkeypatch):
-    import kvbench.measure
+def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its_own_process(tiny_gpt2_dir, quanto_planned):
     from kvbench.runner import Benchmark, plan
     from kvbench.worker import CellJob
-
-    # Planned as where optimum-quanto is installed (the test extra leaves it out): nothing here runs it.
-    installed = kvbench.measure._installed
-    monkeypatch.setattr(kvbench.measure, "_installed", lambda name: name == "optimum.quanto" or installed(name))
 
     config = tiny_config(tiny_gpt2_dir, cache_implementation=["dynamic", "quantized"], quantized_nbits=[4, 2])
     benchmark = Benchmark(config)

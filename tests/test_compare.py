@@ -11,7 +11,7 @@ from kvbench.export.grids import percentile_grid, records, speedup_grid, timing_
 from kvbench.records import SERVING_FIELDS
 from kvbench.results import write_result
 from kvbench.runner import run_benchmark
-from tests.conftest import make_result, tiny_config
+from tests.conftest import make_result, make_sweep, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -226,15 +226,8 @@ def test_peak_memory_change_against_the_baseline(tmp_path):
 def test_many_measurements_widen_the_intervals_holm(tmp_path):
     # Eight measurements (4 lengths × 2 modes): the smallest p-value is tested at 0.05 / 8.
     def sweep(shift):
-        from kvbench.results import BenchmarkResult
-
-        parts = [make_result({"cached": [1.0 * shift, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}, max_new_tokens=t) for t in (10, 20, 30, 40)]
-        merged: BenchmarkResult = parts[0]
-        for part in parts[1:]:
-            merged.cells += part.cells
-            merged.runs += part.runs
-        merged.config["max_new_tokens"] = [10, 20, 30, 40]
-        return merged
+        latencies = {"cached": [1.0 * shift, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}
+        return make_sweep([make_result(latencies, max_new_tokens=t) for t in (10, 20, 30, 40)])
 
     comparison = compare_results([save(tmp_path, "a", sweep(1.0)), save(tmp_path, "b", sweep(1.02))])
     assert comparison.family_sizes["latency"] == 8
@@ -258,14 +251,8 @@ def test_a_noisy_mode_is_warned_about(tmp_path):
 
 
 def test_a_noisy_sweep_gets_one_noise_line_per_file_and_verbose_lists_each(tmp_path):
-    parts = [
-        make_result({"cached": [80.0, 122.5, 165.0, 70.0], "uncached": [300.0, 450.0, 200.0, 380.0]}, max_new_tokens=t)
-        for t in (10, 20)
-    ]
-    sweep = parts[0]
-    sweep.cells += parts[1].cells
-    sweep.runs += parts[1].runs
-    sweep.config["max_new_tokens"] = [10, 20]
+    noisy = {"cached": [80.0, 122.5, 165.0, 70.0], "uncached": [300.0, 450.0, 200.0, 380.0]}
+    sweep = make_sweep([make_result(noisy, max_new_tokens=t) for t in (10, 20)])
     paths = [save(tmp_path, "busy", sweep), save(tmp_path, "again", sweep)]
 
     noise = [w for w in compare_results(paths).warnings if "too noisy" in w]
@@ -345,12 +332,7 @@ def test_unrelated_sweeps_show_no_missing_lines_unless_a_gate_asks_for_a_judgeme
     from kvbench.export.table import render_comparison
 
     def sweep(*lengths):  # one file of several cells (a file of one cell is matched to any other's one cell)
-        result = make_result(max_new_tokens=lengths[0])
-        for length in lengths[1:]:
-            other = make_result(max_new_tokens=length)
-            result.cells += other.cells
-            result.runs += other.runs
-        return result
+        return make_sweep([make_result(max_new_tokens=length) for length in lengths])
 
     short = save(tmp_path, "short", sweep(10, 20))
     long = save(tmp_path, "long", sweep(30, 40))

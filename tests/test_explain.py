@@ -9,7 +9,7 @@ from kvbench.memory import downsample
 from kvbench.report import fit_table, metric_lines
 from kvbench.results import read_result
 from kvbench.runner import run_benchmark
-from tests.conftest import make_result, tiny_config
+from tests.conftest import make_result, make_sweep, tiny_config
 
 
 def test_a_cell_without_a_prompt_length_keeps_its_old_id():
@@ -71,14 +71,12 @@ def test_device_peaks_give_each_mode_a_roofline_fraction(tiny_gpt2_dir):
 def test_length_fits_find_the_exponents_and_the_crossover():
     """Latencies made from known curves: cached 0.5 + 0.01 n, uncached 0.05 n + 0.001 n^2 (each run
     scaled by a little deterministic noise): cached k near 1, uncached clearly above it."""
-    result = make_result()
-    result.cells, result.runs = [], []
+    parts = []
     for length in (8, 16, 32, 64):
         curves = {"cached": 0.5 + 0.01 * length, "uncached": 0.05 * length + 0.001 * length**2}
-        part = make_result({mode: [value * f for f in (0.98, 1.0, 1.02)] for mode, value in curves.items()},
-                           max_new_tokens=length)
-        result.cells += part.cells
-        result.runs += part.runs
+        parts.append(make_result({mode: [value * f for f in (0.98, 1.0, 1.02)] for mode, value in curves.items()},
+                                 max_new_tokens=length))
+    result = make_sweep(parts)
     (fit,) = explain_result(result).fits
     fitted = fit.extrapolation
     assert fitted.cached.exponent == pytest.approx(1.0, abs=0.1)

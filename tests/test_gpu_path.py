@@ -218,15 +218,11 @@ class CapturedGenerate:
 
 
 @pytest.mark.parametrize("cache", [*OFFLOADED, "quantized"])
-def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_settings(cache, tiny_llama_dir, a_t4, monkeypatch):
-    import kvbench.measure
+def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_settings(cache, tiny_llama_dir, a_t4, quanto_planned):
+    """quanto_planned: generate() is captured below, so quanto never runs."""
     from kvbench.config import cache_config
     from kvbench.runner import plan
 
-    # Planned as where optimum-quanto is installed (the test extra leaves it out): generate() is captured below,
-    # so quanto never runs.
-    installed = kvbench.measure._installed
-    monkeypatch.setattr(kvbench.measure, "_installed", lambda name: name == "optimum.quanto" or installed(name))
     config = tiny_config(tiny_llama_dir, device="cuda", cache_implementation=[cache], quantized_nbits=[2])
     benchmark = Benchmark(config)
     (cell_result, action), = plan(benchmark).cells
