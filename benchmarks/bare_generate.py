@@ -1,13 +1,14 @@
 """The reference the benchmarks measure kvbench against: one greedy generate() of a fixed length, timed
-with nothing of kvbench's measuring code. The model comes through kvbench.models, so it is the very
+with nothing of kvbench's measuring code. The model comes through kvbench.measure.models, so it is the very
 architecture, weights (seeded, random) and prompt that kvbench times."""
 
 from __future__ import annotations
 
 import time
 
-from kvbench.devices import is_gpu
-from kvbench.models import build_model, prepare_model, prompt_ids
+from kvbench.core.devices import is_gpu
+from kvbench.measure.loading import build_model, prompt_ids
+from kvbench.measure.models import prepare_model
 
 
 class BareGenerate:

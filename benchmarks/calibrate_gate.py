@@ -25,9 +25,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from kvbench.compare import INCONCLUSIVE, PASS, REGRESSION, compare_results
-from kvbench.config import BenchConfig, Cell, config_to_dict
-from kvbench.results import BenchmarkResult, CellResult, RunRecord, write_result
+from kvbench.compare.judging import INCONCLUSIVE, PASS, REGRESSION, compare_results
+from kvbench.model.cells import Cell
+from kvbench.model.records import BenchmarkResult, CellResult, RunRecord
+from kvbench.model.settings import BenchConfig, config_to_dict
+from kvbench.storage.writer import write_result
 
 NOISES = ("normal", "lognormal")
 # A CV per mode; "mixed" gives the modes of one family unequal noise, where Holm's levels computed for
@@ -55,7 +57,7 @@ def ratios_for(pct: float) -> tuple[float, ...]:
 def draw(rng: random.Random, mean: float, cv: float, noise: str) -> float:
     if noise == "lognormal":
         sigma = math.sqrt(math.log(1 + cv**2))
-        return mean * math.exp(rng.gauss(-sigma**2 / 2, sigma))
+        return mean * math.exp(rng.gauss(-(sigma**2) / 2, sigma))
     while True:  # a normal draw at or below zero is no latency (at a CV of 20% it is a 5-sigma event)
         value = rng.gauss(mean, cv * mean)
         if value > 0:
@@ -78,8 +80,17 @@ def simulated_result(rng: random.Random, ratio: float, cvs: dict[str, float], n:
             for run in range(n):
                 latency = draw(rng, mean * (index + 1) * ratio, cvs[mode], noise)
                 result.runs.append(
-                    RunRecord(cell.id, mode, run, latency, cell.max_new_tokens, 6, cell.batch_size,
-                              cell.max_new_tokens * cell.batch_size / latency, None)
+                    RunRecord(
+                        cell.id,
+                        mode,
+                        run,
+                        latency,
+                        cell.max_new_tokens,
+                        6,
+                        cell.batch_size,
+                        cell.max_new_tokens * cell.batch_size / latency,
+                        None,
+                    )
                 )
     return result
 
@@ -108,7 +119,10 @@ def grid_cell(task: tuple[str, str, int, float, int, float, int]) -> dict:
                 if (entry := row.entries[index]) is not None and entry.settle_runs is not None
             ]
     return {
-        "noise": noise, "cv": cv, "n": n, "ratio": ratio,
+        "noise": noise,
+        "cv": cv,
+        "n": n,
+        "ratio": ratio,
         "shares": {outcome: count / sims for outcome, count in outcomes.items()},
         "settle": sorted(settle)[len(settle) // 2] if settle else None,
     }

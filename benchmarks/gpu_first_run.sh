@@ -118,7 +118,7 @@ no_gpu="no CUDA device here"
 # 1. Identification: NVML's UUID is torch's, its capability and driver, also with the GPU named by UUID.
 identify='
 import torch
-from kvbench import nvml
+from kvbench.hardware import nvml
 properties = torch.cuda.get_device_properties(0)
 uuids, reason = nvml.gpu_uuids(["cuda:0"])
 assert reason is None, reason

@@ -36,8 +36,8 @@ from typing import Any
 from bare_generate import BareGenerate
 
 from kvbench import BenchConfig, run_benchmark
-from kvbench.devices import resolve_device
-from kvbench.measure import Observer
+from kvbench.core.devices import resolve_device
+from kvbench.model.events import Observer
 
 TARGET = 0.01
 MODES = ("cached", "uncached")
@@ -133,8 +133,14 @@ def main() -> None:
     bare("cached")  # warm up
     # kvbench's default warmup; the device peaks are measured before any generation and would only cost time.
     config = BenchConfig(
-        model=[args.model], weights="random", max_new_tokens=[args.new_tokens], runs=args.runs,
-        device=device, dtype=["float32"], isolation="none", device_peaks=False,
+        model=[args.model],
+        weights="random",
+        max_new_tokens=[args.new_tokens],
+        runs=args.runs,
+        device=device,
+        dtype=["float32"],
+        isolation="none",
+        device_peaks=False,
     )
     settings = {
         "kvbench": (config, False),
@@ -151,7 +157,7 @@ def main() -> None:
             if with_display:
                 from rich.console import Console
 
-                from kvbench.progress import LiveProgress
+                from kvbench.render.progress import LiveProgress
 
                 live = LiveProgress(Console(file=io.StringIO(), force_terminal=True, width=120))
                 pairing = Pairing(bare, pairs_made, live)

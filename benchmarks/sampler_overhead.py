@@ -19,9 +19,9 @@ import types
 
 from bare_generate import BareGenerate
 
-from kvbench.devices import resolve_device
-from kvbench.memory import NvmlSampler, SamplingProcess
-from kvbench.nvml import gpu_uuids, open_by_uuid
+from kvbench.core.devices import resolve_device
+from kvbench.hardware.memory import NvmlSampler, SamplingProcess
+from kvbench.hardware.nvml import gpu_uuids, open_by_uuid
 
 TARGET = 0.01
 
@@ -105,16 +105,20 @@ def main() -> None:
     for sampler in samplers.values():
         sampler.close()
 
-    print(f"{args.model} on {device}, {args.new_tokens} new tokens, {args.rounds} rounds, sampling every"
-          f" {args.interval_ms:g} ms via {source}")
+    print(
+        f"{args.model} on {device}, {args.new_tokens} new tokens, {args.rounds} rounds, sampling every"
+        f" {args.interval_ms:g} ms via {source}"
+    )
     for variant in samplers:
         worst = 0.0
         for mode in ("cached", "uncached"):
             off, on = statistics.fmean(times[(mode, "off")]), statistics.fmean(times[(mode, variant)])
             worst = max(worst, abs(on / off - 1))
             print(f"{variant:8} {mode:9} off {off:.4f} s   on {on:.4f} s   on/off {on / off:.4f}")
-        print(f"{variant:8} largest difference {worst:.2%} (target: within {TARGET:.0%});"
-              f" {samples[variant]} samples in the last run")
+        print(
+            f"{variant:8} largest difference {worst:.2%} (target: within {TARGET:.0%});"
+            f" {samples[variant]} samples in the last run"
+        )
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import kvbench.explain
-import kvbench.stats
-from kvbench.report import output_console, print_result
-from kvbench.results import ResultsFile, read_result
+import kvbench.analysis.explain
+import kvbench.core.stats
+from kvbench.render.report import print_result
+from kvbench.render.text import output_console
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import ResultsFile
 
 # What computes an explanation: explain_result until it kept its answer, then the function it calls once.
-EXPLAIN = "_explain" if hasattr(kvbench.explain, "_explain") else "explain_result"
+EXPLAIN = "_explain" if hasattr(kvbench.analysis.explain, "_explain") else "explain_result"
 
 
 @contextlib.contextmanager
@@ -56,7 +58,7 @@ def mid_run_save_s(path: Path, saves: int) -> tuple[float, dict[str, int]]:
         file = ResultsFile(Path(folder) / "save.json")
         file.open()
         try:
-            with counting(kvbench.stats, "summarize", counts), counting(kvbench.explain, EXPLAIN, counts):
+            with counting(kvbench.core.stats, "summarize", counts), counting(kvbench.analysis.explain, EXPLAIN, counts):
                 for run in runs[-saves:]:
                     result.runs = [*result.runs, replace(run)]
                     start = time.perf_counter()
@@ -71,7 +73,7 @@ def show_s(path: Path) -> tuple[float, dict[str, int]]:
     counts: dict[str, int] = {}
     console = output_console()
     console.file = io.StringIO()
-    with counting(kvbench.stats, "summarize", counts), counting(kvbench.explain, EXPLAIN, counts):
+    with counting(kvbench.core.stats, "summarize", counts), counting(kvbench.analysis.explain, EXPLAIN, counts):
         start = time.perf_counter()
         print_result(read_result(path), console)
         elapsed = time.perf_counter() - start
@@ -85,11 +87,14 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=8)
     args = parser.parse_args()
     seconds, counts = mid_run_save_s(args.sweep, args.saves)
-    print(f"save after a generation ({args.sweep.name}, median of {args.saves}): {seconds * 1000:.1f} ms,"
-          f" summaries {counts.get('summarize', 0)}, explanations {counts.get(EXPLAIN, 0)}")
+    print(
+        f"save after a generation ({args.sweep.name}, median of {args.saves}): {seconds * 1000:.1f} ms,"
+        f" summaries {counts.get('summarize', 0)}, explanations {counts.get(EXPLAIN, 0)}"
+    )
     seconds, counts = show_s(args.long)
-    print(f"show {args.long.name}: {seconds:.2f} s,"
-          f" summaries {counts.get('summarize', 0)}, explanations {counts.get(EXPLAIN, 0)}")
+    print(
+        f"show {args.long.name}: {seconds:.2f} s, summaries {counts.get('summarize', 0)}, explanations {counts.get(EXPLAIN, 0)}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@
 torch and transformers load only when a benchmark runs, so reading and comparing results stays fast.
 """
 
-from kvbench.config import BenchConfig
-from kvbench.errors import KvbenchError
-from kvbench.results import BenchmarkResult, read_result
-from kvbench.runner import run_benchmark
-from kvbench.version import __version__
+from kvbench.core.errors import KvbenchError
+from kvbench.core.version import __version__
+from kvbench.model.records import BenchmarkResult
+from kvbench.model.settings import BenchConfig
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.document import read_result
 
 __all__ = ["BenchConfig", "BenchmarkResult", "KvbenchError", "read_result", "run_benchmark", "__version__"]

@@ -5,10 +5,10 @@ the machine is."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
-from kvbench.eta import Planned
-from kvbench.runner import Observer
+from kvbench.core.eta import Planned
+from kvbench.model.events import Observer
 
 # Seconds per generated token for the n-th measured generation (from 0) of a mode.
 TokenCost = Callable[[str, int], float]

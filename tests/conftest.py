@@ -12,8 +12,9 @@ import pytest
 # on every core through xdist, and tiny models gain nothing from more threads, only contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from kvbench.config import BenchConfig, Cell, config_to_dict
-from kvbench.results import BenchmarkResult, CellResult, RunRecord
+from kvbench.model.cells import Cell
+from kvbench.model.records import BenchmarkResult, CellResult, RunRecord
+from kvbench.model.settings import BenchConfig, config_to_dict
 from tests.fakes import FakeNvml
 
 TOKENIZER_WORDS = ["<unk>", "<eos>", "what", "is", "kv", "caching", "?"]
@@ -46,9 +47,7 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     from transformers import GPT2Config
 
     directory = tmp_path_factory.mktemp("tiny-gpt2")
-    config = GPT2Config(
-        n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64, bos_token_id=1, eos_token_id=1
-    )
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64, bos_token_id=1, eos_token_id=1)
     _save_model(config, directory)
     _save_tokenizer(directory)
     return directory
@@ -147,10 +146,10 @@ def make_sweep(parts: list[BenchmarkResult]) -> BenchmarkResult:
 def quanto_planned(monkeypatch):
     """kvbench plans a quanto cell as where optimum-quanto is installed (the test extra leaves it out); a test
     using this must not run quanto itself."""
-    import kvbench.measure
+    import kvbench.measure.support
 
-    installed = kvbench.measure._installed
-    monkeypatch.setattr(kvbench.measure, "_installed", lambda name: name == "optimum.quanto" or installed(name))
+    installed = kvbench.measure.support._installed
+    monkeypatch.setattr(kvbench.measure.support, "_installed", lambda name: name == "optimum.quanto" or installed(name))
 
 
 @pytest.fixture
@@ -159,7 +158,7 @@ def fake_nvml(monkeypatch):
         fake = FakeNvml(**kwargs)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
         # Another NVML is another machine: nothing identified on the last one holds.
-        monkeypatch.setattr("kvbench.nvml._IDENTIFIED", {})
+        monkeypatch.setattr("kvbench.hardware.nvml._IDENTIFIED", {})
         return fake
 
     return install

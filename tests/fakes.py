@@ -169,7 +169,7 @@ class FakeNvml(types.ModuleType):
 
 
 def open_fake_nvml(devices: list[str], **kwargs) -> tuple[FakeNvml, dict[str, str]]:
-    """Stands in for kvbench.nvml.open_by_uuid in the sampling process."""
+    """Stands in for kvbench.hardware.nvml.open_by_uuid in the sampling process."""
     fake = FakeNvml(**kwargs)
     if not fake.available:
         fake.nvmlInit()

@@ -1,4 +1,5 @@
-"""kvbench's modules import in one direction: no import loop, and each layer imports only layers below it."""
+"""kvbench's folders are its layers: each sub-package imports only itself and the packages below it, no module
+imports in a loop, and no module grows past a size a reader can hold."""
 
 import ast
 from pathlib import Path
@@ -7,66 +8,79 @@ import kvbench
 
 PACKAGE = Path(kvbench.__file__).parent
 
-# Lowest first. A module may import its own layer and the layers below it, never one above.
-LAYERS = {
-    # Pure arithmetic and facts with no kvbench data type: units, statistics, serving metrics, KV sizes.
-    "base": {
-        "version", "errors", "units", "untrusted", "jsontext", "stats", "metrics", "kvsize", "eta", "devices", "nvml", "timing",
-        "scheduling",
-    },
-    # What is measured and stored: settings, memory and energy figures, runs, cells, results, and the
-    # events that carry them from where a cell is measured.
-    "data": {"config", "memory", "energy", "roofline", "records", "events", "environment"},
-    # What the stored runs mean: fits against length, the roofline's explanation, which KV cache to use.
-    "analysis": {"fit", "explain", "cache_choice"},
-    # The results file: its document holds the explanation, so it reads the analysis.
-    "storage": {"results"},
-    # Results files judged against each other.
-    "comparison": {"compare"},
-    # Presenting results: tables, exports, figures, progress on the terminal.
-    "report": {"report", "export", "plot", "progress"},
-    # Measuring in this process: loading models and timing generate().
-    "measure": {"models", "measure"},
-    # Carrying cells to where they are measured: this process, fresh processes, Ray; and the choice of one.
-    "launch": {"launchers", "worker", "ray_launcher", "launch"},
-    # A run: checks, its launcher, the results file kept current. The CI gate drives whole runs of two
-    # checkouts through their command lines.
-    "session": {"runner", "gate"},
-    # The command line and the package's public face.
-    "interface": {"cli", "__main__", "__init__"},
-}
-RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
+# The layers, lowest first. The folders are the layers: which module belongs where is read from the tree,
+# so a new module takes its folder's rank without a line here. A new folder must be placed in this order.
+ORDER = ("core", "model", "storage", "hardware", "analysis", "measure", "launch", "render", "compare", "runner", "cli")
+# kvbench/__init__.py and __main__.py: the package's public face, above every layer.
+INTERFACE = "interface"
+LONGEST_MODULE_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    """A file's dotted name within kvbench: core/stats.py is "core.stats", core/__init__.py is "core"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+def layer_of(module: str) -> str:
+    first = module.split(".")[0]
+    return first if first in ORDER else INTERFACE
+
+
+def rank(module: str) -> int:
+    layer = layer_of(module)
+    return len(ORDER) if layer == INTERFACE else ORDER.index(layer)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def resolve(name: str) -> str | None:
+    """The kvbench module an import names: the module itself, or the package a name is taken from."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every kvbench module a file imports, at the top or inside a function, `import kvbench` as __init__."""
-    found = set()
+    """Every kvbench module a file imports, at the top or inside a function."""
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "kvbench":
-                modules = {alias.name for alias in node.names if alias.name in MODULES}
-                found |= modules if len(modules) == len(node.names) else modules | {"__init__"}
+                found |= {name if name in MODULES else "__init__" for name in (alias.name for alias in node.names)}
             elif node.module.startswith("kvbench."):
-                found.add(node.module.split(".")[1])
+                base = node.module.removeprefix("kvbench.")
+                for alias in node.names:
+                    # `from kvbench.core import stats` imports the module core.stats, not only core/__init__.
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else resolve(base) or base)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "kvbench":
                     found.add("__init__")
                 elif alias.name.startswith("kvbench."):
-                    found.add(alias.name.split(".")[1])
-    found.discard(path.stem)
-    return found
+                    found.add(resolve(alias.name.removeprefix("kvbench.")) or alias.name)
+    return found - {module_name(path)}
 
 
-# A module is a file of the package, or a subpackage taken whole (kvbench/export/ is "export").
-MODULES = {path.stem: [path] for path in PACKAGE.glob("*.py")} | {
-    path.parent.name: sorted(path.parent.glob("*.py")) for path in PACKAGE.glob("*/__init__.py")
-}
-GRAPH = {name: set().union(*(imports_of(path) for path in paths)) - {name} for name, paths in MODULES.items()}
+GRAPH = {name: imports_of(path) for name, path in MODULES.items()}
 
 
-def test_every_module_has_a_layer():
-    assert sorted(set(GRAPH) - set(RANK)) == []
+def test_every_folder_is_a_layer():
+    folders = {path.parent.relative_to(PACKAGE).parts[0] for path in PACKAGE.glob("*/__init__.py")}
+    assert sorted(folders ^ set(ORDER)) == []
+    # Nothing but the package's face lives beside the layers.
+    assert sorted(name for name in MODULES if layer_of(name) == INTERFACE) == ["__init__", "__main__"]
+
+
+def test_every_import_is_a_kvbench_module():
+    unknown = sorted(
+        f"{module} imports kvbench.{imported}"
+        for module, found in GRAPH.items()
+        for imported in found
+        if imported not in MODULES
+    )
+    assert unknown == []
 
 
 def test_no_module_imports_a_higher_layer():
@@ -74,7 +88,7 @@ def test_no_module_imports_a_higher_layer():
         f"{module} ({layer_of(module)}) imports {imported} ({layer_of(imported)})"
         for module, imported_modules in GRAPH.items()
         for imported in imported_modules
-        if RANK[imported] > RANK[module]
+        if imported in MODULES and rank(imported) > rank(module)
     ]
     assert upward == []
 
@@ -86,7 +100,7 @@ def test_no_import_loop():
         seen = set()
         while stack:
             module, path = stack.pop()
-            for imported in GRAPH[module]:
+            for imported in GRAPH.get(module, ()):
                 if imported == start:
                     loops.append(" -> ".join([*path, start]))
                 elif imported not in seen:
@@ -95,5 +109,8 @@ def test_no_import_loop():
     assert loops == []
 
 
-def layer_of(module: str) -> str:
-    return next(name for name, modules in LAYERS.items() if module in modules)
+def test_no_module_is_too_long_to_read():
+    long = {
+        name: lines for name, path in MODULES.items() if (lines := len(path.read_text().splitlines())) > LONGEST_MODULE_LINES
+    }
+    assert long == {}

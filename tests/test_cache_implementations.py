@@ -7,14 +7,19 @@ import json
 import pytest
 import torch
 
-from kvbench.compare import compare_results
-from kvbench.config import BenchConfig, Cell, build_config, cache_config, cell_count, expand, shown_value, validate
-from kvbench.errors import KvbenchError
-from kvbench.explain import named_settings, varying_axes
-from kvbench.measure import Generation, Measurement, TokenClock
-from kvbench.plot import _groups
-from kvbench.results import read_result
-from kvbench.runner import run_benchmark
+from kvbench.analysis.explain import named_settings, varying_axes
+from kvbench.compare.judging import compare_results
+from kvbench.core.errors import KvbenchError
+from kvbench.measure.generation import Generation, TokenClock
+from kvbench.measure.measurer import Measurer
+from kvbench.model.caches import cache_config
+from kvbench.model.cells import Cell, cell_count, expand, shown_value
+from kvbench.model.experiment import build_config
+from kvbench.model.settings import BenchConfig
+from kvbench.model.validation import validate
+from kvbench.render.plot import _groups
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import tiny_config
 
 
@@ -41,7 +46,7 @@ def test_every_call_gets_the_whole_cache_config_even_when_generate_pops_from_it(
     for _ in range(3):
         generation("cached")
     assert [call["backend"] for call in model.received] == ["hqq"] * 3
-    # What the theory of the cache's bytes reads afterwards (kvbench.measure.record_cache_size).
+    # What the theory of the cache's bytes reads afterwards (kvbench.measure.measurement.record_cache_size).
     assert generation.cache_config == {"backend": "hqq", "nbits": 2, "q_group_size": 64, "residual_length": 128}
 
 
@@ -54,7 +59,10 @@ def test_swept_bits_multiply_the_quantized_cells_only(tmp_path):
     config = build_config(experiment, {"batch_size": [1, 2]})
     cells = expand(config)
     assert [(cell.cache_implementation, cell.quantized_nbits) for cell in cells if cell.batch_size == 1] == [
-        ("dynamic", None), ("static", None), ("quantized", 4), ("quantized", 2)
+        ("dynamic", None),
+        ("static", None),
+        ("quantized", 4),
+        ("quantized", 2),
     ]
     assert len(cells) == 8 == cell_count(config)
     ids = [cell.id for cell in cells if cell.batch_size == 1]
@@ -96,18 +104,18 @@ class RecordingGenerate:
 
 
 def recording_generate(monkeypatch) -> list[RecordingGenerate]:
-    """Each model a Measurement loads, its generate() wrapped to note the cache settings of every call."""
+    """Each model a Measurer loads, its generate() wrapped to note the cache settings of every call."""
     recorders: list[RecordingGenerate] = []
-    original = Measurement._model_for
+    original = Measurer._model_for
 
-    def model_for(self, cell):
-        loaded = original(self, cell)
+    def model_for(self, job):
+        loaded = original(self, job)
         if not isinstance(loaded.model.generate, RecordingGenerate):
             loaded.model.generate = RecordingGenerate(loaded.model)
             recorders.append(loaded.model.generate)
         return loaded
 
-    monkeypatch.setattr(Measurement, "_model_for", model_for)
+    monkeypatch.setattr(Measurer, "_model_for", model_for)
     return recorders
 
 
@@ -115,8 +123,14 @@ def test_a_sweep_of_int4_and_int2_measures_each_quantized_cell_against_its_own_t
     pytest.importorskip("optimum.quanto", reason="the quanto backend needs pip install 'kvbench[quantized]'")
     recorders = recording_generate(monkeypatch)
     config = tiny_config(
-        tiny_gpt2_dir, max_new_tokens=[20], runs=1, modes=["cached"], cache_implementation=["dynamic", "quantized"],
-        quantized_nbits=[4, 2], quantized_group_size=16, quantized_residual_length=2,
+        tiny_gpt2_dir,
+        max_new_tokens=[20],
+        runs=1,
+        modes=["cached"],
+        cache_implementation=["dynamic", "quantized"],
+        quantized_nbits=[4, 2],
+        quantized_group_size=16,
+        quantized_residual_length=2,
     )
     result = run_benchmark(config, output=tmp_path / "r.json")
     assert [cell.status for cell in result.cells] == ["measured"] * 3, [cell.reason for cell in result.cells]
@@ -139,12 +153,16 @@ def test_a_sweep_of_int4_and_int2_measures_each_quantized_cell_against_its_own_t
     # The bits vary among the quantized cells; the dynamic cell has none to show.
     assert varying_axes(stored) == ["cache_implementation", "quantized_nbits"]
     assert [named_settings(cell.settings, varying_axes(stored)) for cell in stored.cells] == [
-        "cache=dynamic", "cache=quantized, nbits=4", "cache=quantized, nbits=2"
+        "cache=dynamic",
+        "cache=quantized, nbits=4",
+        "cache=quantized, nbits=2",
     ]
     # Drawn along the cache implementation, the three are one panel's bars, the bits named in each.
     (panel,) = _groups(stored, "cache_implementation").values()
     assert [shown_value(cell.settings, "cache_implementation") for cell in panel] == [
-        "dynamic", "quantized int4", "quantized int2"
+        "dynamic",
+        "quantized int4",
+        "quantized int2",
     ]
 
 
@@ -167,8 +185,12 @@ def as_written_before_bits_were_an_axis(path) -> None:
 def test_a_file_from_before_the_bits_were_an_axis_loads_resumes_and_compares(tiny_gpt2_dir, tmp_path, monkeypatch):
     pytest.importorskip("optimum.quanto", reason="the quanto backend needs pip install 'kvbench[quantized]'")
     config = tiny_config(
-        tiny_gpt2_dir, max_new_tokens=[6], runs=2, cache_implementation=["dynamic", "quantized"],
-        quantized_group_size=16, quantized_residual_length=2,
+        tiny_gpt2_dir,
+        max_new_tokens=[6],
+        runs=2,
+        cache_implementation=["dynamic", "quantized"],
+        quantized_group_size=16,
+        quantized_residual_length=2,
     )
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     run_benchmark(config, output=old)
@@ -218,8 +240,13 @@ def test_an_older_transformers_name_is_refused_naming_the_same_cache(name, advic
 
 def cache_layout(model, name: str) -> tuple[str, list[str]]:
     output = model.generate(
-        torch.ones(1, 3, dtype=torch.long), max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation=name,
-        return_dict_in_generate=True, pad_token_id=0,
+        torch.ones(1, 3, dtype=torch.long),
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,
+        cache_implementation=name,
+        return_dict_in_generate=True,
+        pad_token_id=0,
     )
     cache = output.past_key_values
     return type(cache).__name__, [type(layer).__name__ for layer in cache.layers]
@@ -234,8 +261,13 @@ def test_the_installed_transformers_builds_the_named_cache_for_each_older_name(s
     from transformers import AutoModelForCausalLM, MistralConfig
 
     config = MistralConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=100, sliding_window=sliding_window,
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=100,
+        sliding_window=sliding_window,
     )
     model = AutoModelForCausalLM.from_config(config)
     static, dynamic = cache_layout(model, "static"), cache_layout(model, "dynamic")
@@ -246,21 +278,22 @@ def test_the_installed_transformers_builds_the_named_cache_for_each_older_name(s
 
 
 def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its_own_process(tiny_gpt2_dir, quanto_planned):
-    from kvbench.runner import Benchmark, plan
-    from kvbench.worker import CellJob
+    from kvbench.launch.base import cell_jobs
+    from kvbench.runner.benchmark import Benchmark
 
     config = tiny_config(tiny_gpt2_dir, cache_implementation=["dynamic", "quantized"], quantized_nbits=[4, 2])
     benchmark = Benchmark(config)
-    planned = plan(benchmark)
+    planned = benchmark.plan()
     assert [action for _, action in planned.cells] == ["measure"] * 3
     assert planned.generations == 3 * config.runs * len(config.modes)
     # The time left counts each cell's generations: both widths' are there.
     assert {generation.cell for generation in benchmark.planned()} == {cell.id for cell in expand(config)}
-    # A measuring process is given its own cell's settings: the cell it measures is the one planned.
+    # A measuring process is given its own cell, the one planned, and generate() its own bits.
     for cell in expand(config):
-        narrowed = CellJob(config, cell, runs=1).measuring_config()
-        validate(narrowed)
-        assert expand(narrowed) == [cell]
+        (job,) = cell_jobs(config, cell, sweep=True)
+        assert job.cell == cell
+        settings = cache_config(job.config, job.cell)
+        assert (settings or {}).get("nbits") == cell.quantized_nbits
 
 
 def test_an_fp8_cache_on_a_transformers_without_one_is_skipped_with_the_fix(monkeypatch):
@@ -268,7 +301,7 @@ def test_an_fp8_cache_on_a_transformers_without_one_is_skipped_with_the_fix(monk
     taking the layer out of the installed cache_utils."""
     from transformers import cache_utils
 
-    from kvbench.measure import unsupported_reason
+    from kvbench.measure.support import unsupported_reason
 
     cell = Cell("tiny-llama", 4, 1, "auto", "quantized", "auto")
     assert unsupported_reason(cell, "cpu", quantized_backend="fp8") is None

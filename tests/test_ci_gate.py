@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from kvbench import gate
-from kvbench.gate import GateError, GateOptions, Side
+from kvbench.runner import gate
+from kvbench.runner.gate import GateError, GateOptions, Side
 
 REPO = Path(__file__).resolve().parent.parent
 # Just enough of the tree for `python -m kvbench` to run from a checkout.
 NEEDED = ("kvbench/", "pyproject.toml")
 BENCH_TOML = 'model = "tiny-gpt2"\nmax_new_tokens = 8\nruns = 3\nwarmup = 0\ndevice = "cpu"\nisolation = "none"\n'
-# Appended to each side's kvbench/runner.py: every run is timed by a scripted clock that advances a few
+# Appended to each side's kvbench/runner/benchmark.py: every run is timed by a scripted clock that advances a few
 # percent more or less at each reading (the timer's and each token's), so the verdict is the gate's, never
 # the machine's noise. The head commit is the change under review: its every step takes twice as long.
 SCRIPTED_CLOCK = """
@@ -57,14 +57,16 @@ BASE_SECONDS, HEAD_SECONDS = 0.01, 0.02
 DRIFT = 0.3
 
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+}
 
 
 def git(repo: Path, *args: str) -> str:
-    completed = subprocess.run(
-        ["git", "-C", str(repo), *args], capture_output=True, text=True, env={**os.environ, **GIT_ENV}
-    )
+    completed = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env={**os.environ, **GIT_ENV})
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip()
 
@@ -94,7 +96,7 @@ def make_repo(root: Path, head_seconds: float, head_message: str, tamper: bool =
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     (root / "bench.toml").write_text(BENCH_TOML)
-    runner = root / "kvbench" / "runner.py"
+    runner = root / "kvbench" / "runner" / "benchmark.py"
     original = runner.read_text()
     runner.write_text(original + SCRIPTED_CLOCK.format(seconds=BASE_SECONDS, drift=DRIFT, tamper=False))
     (root / ".github").mkdir()
@@ -205,7 +207,13 @@ def test_gate_alternates_the_sides_so_a_steady_drift_favours_neither(same_speed_
     30% slower. Base, head, head, base puts each side's mean at the same point of the drift."""
     drift_file = tmp_path / "runs-so-far"
     completed, outputs, summary = run_gate(
-        tmp_path, "--repo", str(same_speed_repo), "--base", "HEAD~1", "--head", str(same_speed_repo),
+        tmp_path,
+        "--repo",
+        str(same_speed_repo),
+        "--base",
+        "HEAD~1",
+        "--head",
+        str(same_speed_repo),
         extra_env={"KVBENCH_TEST_DRIFT_FILE": str(drift_file)},
     )
     assert drift_file.read_text() == "4", completed.stderr
@@ -225,7 +233,13 @@ def test_gate_refuses_base_results_that_head_rewrote(same_speed_repo, tmp_path):
     wrote it is not judged against."""
     base_half = tmp_path / "out" / "base-1.json"
     completed, outputs, summary = run_gate(
-        tmp_path, "--repo", str(same_speed_repo), "--base", "HEAD~1", "--head", str(same_speed_repo),
+        tmp_path,
+        "--repo",
+        str(same_speed_repo),
+        "--base",
+        "HEAD~1",
+        "--head",
+        str(same_speed_repo),
         extra_env={"KVBENCH_TEST_TAMPER": str(base_half)},
     )
     assert completed.returncode == 2 and outputs["verdict"] == "error", summary
@@ -277,8 +291,11 @@ def test_gate_maps_an_inconclusive_compare_to_its_own_verdict(tmp_path):
 
 def base_python_has_torch() -> bool:
     base_python = Path(sys.base_prefix) / "bin" / "python3"
-    probe = subprocess.run([str(base_python), "-c", "import importlib.util as u; print(u.find_spec('torch') is not None)"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [str(base_python), "-c", "import importlib.util as u; print(u.find_spec('torch') is not None)"],
+        capture_output=True,
+        text=True,
+    )
     return probe.stdout.strip() == "True"
 
 
@@ -295,7 +312,9 @@ def test_gate_venv_refuses_to_download_a_torch(tmp_path):
 def test_gate_command_names_a_bad_threshold_in_one_line(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "kvbench", "gate", "--threshold-pct", "-1", "--out", str(tmp_path)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert completed.returncode == 2 and "Error: --threshold-pct takes a non-negative percentage" in completed.stderr
 

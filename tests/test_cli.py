@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kvbench.cli import app
-from kvbench.results import write_result
+from kvbench.storage.writer import write_result
 from tests.conftest import make_result
 
 runner = CliRunner()
@@ -242,9 +242,27 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_the_finished_runs(tmp_path):
 
     output = tmp_path / "cancelled.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kvbench", "run", "-m", "tiny-gpt2", "--max-new-tokens", "200",
-         "--runs", "100000", "--warmup", "0", "--device", "cpu", "-o", str(output)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "run",
+            "-m",
+            "tiny-gpt2",
+            "--max-new-tokens",
+            "200",
+            "--runs",
+            "100000",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "-o",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 600  # a safety net for a very busy machine, not a speed check
     while time.monotonic() < deadline:
@@ -262,7 +280,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_the_finished_runs(tmp_path):
 
 def test_run_help_shows_every_setting_with_its_declared_default():
     """The help is built from BenchConfig's declarations: every setting is there with its real default."""
-    from kvbench.config import BenchConfig
+    from kvbench.model.settings import BenchConfig
 
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from kvbench.compare import compare_results
-from kvbench.errors import KvbenchError
-from kvbench.export import FORMATS
-from kvbench.export.grids import percentile_grid, records, speedup_grid, timing_grid
-from kvbench.records import SERVING_FIELDS
-from kvbench.results import write_result
-from kvbench.runner import run_benchmark
+from kvbench.compare.formats import FORMATS
+from kvbench.compare.formats.grids import percentile_grid, records, speedup_grid, timing_grid
+from kvbench.compare.judging import compare_results
+from kvbench.core.errors import KvbenchError
+from kvbench.model.records import SERVING_FIELDS
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.writer import write_result
 from tests.conftest import make_result, make_sweep, tiny_config
 
 
@@ -58,7 +58,7 @@ def test_serving_percentiles_in_every_format(two_real_runs, tmp_path):
     each mode's summary as a CSV column; files without token times get no such table."""
     comparison = compare_results(two_real_runs)
     headers, rows = percentile_grid(comparison)
-    assert len(headers) == 3 and [row[0].split(' · ')[-1] for row in rows] == ["cached", "uncached"]
+    assert len(headers) == 3 and [row[0].split(" · ")[-1] for row in rows] == ["cached", "uncached"]
     assert all("TTFT p50/90/99" in cell and "ITL p50/90/99" in cell for row in rows for cell in row[1:])
     assert "ITL p50/90/99" in FORMATS["markdown"].render(comparison)
     csv_rows = list(csv.DictReader(io.StringIO(FORMATS["csv"].render(comparison))))
@@ -77,8 +77,12 @@ def test_serving_percentiles_in_every_format(two_real_runs, tmp_path):
 
 
 def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):
-    base = save(tmp_path, "base", make_result({"cached": [1.00, 1.02, 0.98, 1.01, 0.99], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]}))
-    slow = save(tmp_path, "slow", make_result({"cached": [1.30, 1.32, 1.28, 1.31, 1.29], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]}))
+    base = save(
+        tmp_path, "base", make_result({"cached": [1.00, 1.02, 0.98, 1.01, 0.99], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]})
+    )
+    slow = save(
+        tmp_path, "slow", make_result({"cached": [1.30, 1.32, 1.28, 1.31, 1.29], "uncached": [4.0, 4.1, 3.9, 4.0, 4.0]})
+    )
     comparison = compare_results([base, slow], threshold_pct=10)
     cached = comparison.rows[0].entries[1]
     assert cached.change_of("latency") == pytest.approx(30.0)
@@ -90,7 +94,9 @@ def test_a_known_slowdown_is_flagged_as_a_regression(tmp_path):
 
 def test_an_identical_rerun_is_not_a_regression(tmp_path):
     latencies = {"cached": [1.0, 1.1, 0.9, 1.05], "uncached": [4.0, 4.2, 3.8, 4.1]}
-    comparison = compare_results([save(tmp_path, "a", make_result(latencies)), save(tmp_path, "b", make_result(latencies))], threshold_pct=0)
+    comparison = compare_results(
+        [save(tmp_path, "a", make_result(latencies)), save(tmp_path, "b", make_result(latencies))], threshold_pct=0
+    )
     assert comparison.regressions == []
     assert all(not row.entries[1].versus_baseline.significant() for row in comparison.rows)
 
@@ -303,7 +309,7 @@ def test_names_must_be_one_per_file_and_distinct(tmp_path, names):
 def test_markdown_fits_a_github_comment_and_never_drops_a_flagged_measurement():
     from pathlib import Path
 
-    from kvbench.export.markdown import GITHUB_COMMENT_LIMIT, to_markdown
+    from kvbench.compare.formats.markdown import GITHUB_COMMENT_LIMIT, to_markdown
 
     data = Path(__file__).parent / "data"
     files = [data / "golden.json", data / "golden-rerun.json"]
@@ -329,7 +335,7 @@ def test_unrelated_sweeps_show_no_missing_lines_unless_a_gate_asks_for_a_judgeme
     "not judged" nor a line per absent figure; with one, every missing measurement is named."""
     from rich.console import Console
 
-    from kvbench.export.table import render_comparison
+    from kvbench.compare.formats.table import render_comparison
 
     def sweep(*lengths):  # one file of several cells (a file of one cell is matched to any other's one cell)
         return make_sweep([make_result(max_new_tokens=length) for length in lengths])

@@ -1,7 +1,10 @@
 import pytest
 
-from kvbench.config import BenchConfig, Cell, build_config, expand, load_toml, validate
-from kvbench.errors import KvbenchError
+from kvbench.core.errors import KvbenchError
+from kvbench.model.cells import Cell, expand
+from kvbench.model.experiment import build_config, load_toml
+from kvbench.model.settings import BenchConfig
+from kvbench.model.validation import validate
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -102,7 +105,7 @@ def test_validate_refuses_bits_a_quantized_backend_cannot_store(backend, nbits):
 
 
 def test_the_quantized_cache_settings_go_to_generate_as_its_cache_config():
-    from kvbench.config import cache_config
+    from kvbench.model.caches import cache_config
 
     config = BenchConfig(
         cache_implementation=["static", "quantized"], quantized_nbits=2, quantized_group_size=16, quantized_residual_length=8

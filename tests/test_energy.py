@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.energy import RAPL_ROOT, NvmlEnergy, RaplEnergy, energy_reader, joules_per_token
+from kvbench.core.metrics import joules_per_token
+from kvbench.hardware.energy import RAPL_ROOT, NvmlEnergy, RaplEnergy, energy_reader
 from tests.fakes import FakeNvml
 
 
@@ -45,7 +46,7 @@ def test_nvml_counter_going_backwards_is_not_reported_as_energy():
 def test_runs_shorter_than_the_counter_tick_average_to_the_truth_and_all_zero_is_unmeasured():
     """NVML's counter ticks every few ms: of runs shorter than a tick, some read one tick and some none.
     Keeping the zeros keeps the mean true; a mode whose every run read 0 J reports no energy at all."""
-    from kvbench.records import serving_metrics
+    from kvbench.model.records import serving_metrics
     from tests.conftest import make_result
 
     reader = NvmlEnergy(FakeNvml(energy_mj=[1_000, 5_000, 5_000]), {"cuda:0": "gpu0"})
@@ -70,8 +71,8 @@ def test_a_counter_that_fails_mid_run_says_why_for_that_run():
 
 
 def test_a_mig_instance_has_no_energy_counter_of_its_own(fake_nvml, monkeypatch):
-    monkeypatch.setattr("kvbench.nvml.gpu_uuids", lambda devices: ({"cuda:0": "MIG-5c3a"}, None))
-    monkeypatch.setattr("kvbench.nvml.open_by_uuid", lambda uuids: pytest.fail("must not open the parent GPU"))
+    monkeypatch.setattr("kvbench.hardware.nvml.gpu_uuids", lambda devices: ({"cuda:0": "MIG-5c3a"}, None))
+    monkeypatch.setattr("kvbench.hardware.nvml.open_by_uuid", lambda uuids: pytest.fail("must not open the parent GPU"))
     reader = energy_reader(["cuda:0"])
     assert reader.source == "nvml" and "per MIG instance" in reader.unavailable
 

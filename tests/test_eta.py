@@ -3,7 +3,7 @@ assumes, cells that cost a start-up, driven through the hooks in the order the r
 
 import pytest
 
-from kvbench.eta import Planned, TimeLeft, fit_latency_model
+from kvbench.core.eta import Planned, TimeLeft, fit_latency_model
 
 
 def latency_of(generation: Planned) -> float:
@@ -71,7 +71,7 @@ class Sweep:
     def truth_left(self):
         """The time the rest of the plan will take, played on."""
         total, played = 0.0, 0
-        for cell, generations in self.plan:
+        for _cell, generations in self.plan:
             for index, (generation, _) in enumerate(generations):
                 if played >= self.played:
                     total += self.latency(generation) + (self.start_up_s if index == 0 else 0)
@@ -161,8 +161,9 @@ def test_each_model_is_predicted_from_its_own_runs_once_it_has_some():
 def test_cells_not_started_carry_the_start_up_a_cell_has_cost():
     """Cells of a tiny model, each in a fresh process: 30 s to start and load, well under a second to
     generate. After one cell the estimate counts four more start-ups, not just their generations."""
-    plan = [(f"cell{c}", [(Planned(mode, 8, 8, "tiny", f"cell{c}"), False) for mode in ("cached", "uncached")])
-            for c in range(5)]
+    plan = [
+        (f"cell{c}", [(Planned(mode, 8, 8, "tiny", f"cell{c}"), False) for mode in ("cached", "uncached")]) for c in range(5)
+    ]
     sweep = Sweep(plan, start_up_s=30.0, scale={"tiny": 0.2 / latency_of(Planned("cached", 8, 8))})
     steps = sweep.steps()
     for _ in range(2):
@@ -174,8 +175,10 @@ def test_cells_not_started_carry_the_start_up_a_cell_has_cost():
 def test_cells_measured_at_once_share_the_time_left():
     """Two cells running at once (two GPUs): the generations left take half as long."""
     plan = cells([16, 16, 16, 16])
-    plan = [(f"{cell} #{i}", [(Planned(g.mode, g.new_tokens, g.prompt_tokens, g.model, f"{cell} #{i}"), w)
-                              for g, w in generations]) for i, (cell, generations) in enumerate(plan)]
+    plan = [
+        (f"{cell} #{i}", [(Planned(g.mode, g.new_tokens, g.prompt_tokens, g.model, f"{cell} #{i}"), w) for g, w in generations])
+        for i, (cell, generations) in enumerate(plan)
+    ]
     clock = Clock()
     left = TimeLeft(every_generation(plan), clock=clock)
     for cell, generations in plan[:1]:

@@ -3,12 +3,15 @@ memory over time, energy, device peaks, serving metrics, roofline fractions and 
 
 import pytest
 
-from kvbench.config import BenchConfig, Cell, build_config, expand
-from kvbench.explain import explain_result, named_settings, percent
-from kvbench.memory import downsample
-from kvbench.report import fit_table, metric_lines
-from kvbench.results import read_result
-from kvbench.runner import run_benchmark
+from kvbench.analysis.explain import explain_result, named_settings, percent
+from kvbench.hardware.memory import downsample
+from kvbench.model.cells import Cell, expand
+from kvbench.model.experiment import build_config
+from kvbench.model.settings import BenchConfig
+from kvbench.render.cells import metric_lines
+from kvbench.render.verdicts import fit_table
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import make_result, make_sweep, tiny_config
 
 
@@ -74,8 +77,9 @@ def test_length_fits_find_the_exponents_and_the_crossover():
     parts = []
     for length in (8, 16, 32, 64):
         curves = {"cached": 0.5 + 0.01 * length, "uncached": 0.05 * length + 0.001 * length**2}
-        parts.append(make_result({mode: [value * f for f in (0.98, 1.0, 1.02)] for mode, value in curves.items()},
-                                 max_new_tokens=length))
+        parts.append(
+            make_result({mode: [value * f for f in (0.98, 1.0, 1.02)] for mode, value in curves.items()}, max_new_tokens=length)
+        )
     result = make_sweep(parts)
     (fit,) = explain_result(result).fits
     fitted = fit.extrapolation

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from kvbench.errors import KvbenchError
-from kvbench.fit import crossover, extrapolate, fit_latency
+from kvbench.analysis.fit import crossover, extrapolate, fit_latency
+from kvbench.core.errors import KvbenchError
 
 LENGTHS = (16, 32, 64, 128, 256)
 

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from kvbench.config import tomllib  # tomli before Python 3.11
+from kvbench.model.experiment import tomllib  # tomli before Python 3.11
 from tests.conftest import _save_model
 from tests.test_gpu_workflow_install import ONLY_INSTALLED, installed_by
 
@@ -58,9 +58,22 @@ def cache_root() -> Path:
 
 def pip_install(target: Path, specs: list[str], *extra: str) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-         "--target", str(target), *extra, *specs],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+            str(target),
+            *extra,
+            *specs,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if completed.returncode != 0:
         lines = (completed.stderr or completed.stdout).strip().splitlines() or [f"exit code {completed.returncode}"]
@@ -122,10 +135,32 @@ def test_a_gpt2_without_tokenizer_files_is_measured_at_the_floor_versions(floor_
     }
     only_kvbench = ONLY_INSTALLED + "from kvbench.cli import main; sys.argv = ['kvbench', *sys.argv[2:]]; main()"
     completed = subprocess.run(
-        [sys.executable, "-c", only_kvbench, json.dumps(sorted(installed)),
-         "run", "--model", str(model), "--max-new-tokens", "4", "--runs", "2",
-         "--warmup", "0", "--device", "cpu", "--no-device-peaks", "--no-memory-sampling", "--output", str(output)],
-        capture_output=True, text=True, env=floor_environment(folder), cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            only_kvbench,
+            json.dumps(sorted(installed)),
+            "run",
+            "--model",
+            str(model),
+            "--max-new-tokens",
+            "4",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--no-device-peaks",
+            "--no-memory-sampling",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        env=floor_environment(folder),
+        cwd=tmp_path,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     result = json.loads(output.read_text())

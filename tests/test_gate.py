@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.compare import EXIT_CODES, UNJUDGED
-
-EXIT_INCONCLUSIVE, EXIT_UNJUDGED = EXIT_CODES["inconclusive"], EXIT_CODES[UNJUDGED]
-from kvbench.compare import INCONCLUSIVE, PASS, REGRESSION, compare_results
-from kvbench.export import FORMATS
-from kvbench.export.grids import interval_text, timing_grid
-from kvbench.records import CellResult, RunRecord
-from kvbench.stats import RatioTest, compare_means, runs_to_settle
+from kvbench.compare.formats import FORMATS
+from kvbench.compare.formats.grids import interval_text, timing_grid
+from kvbench.compare.judging import EXIT_CODES, INCONCLUSIVE, PASS, REGRESSION, UNJUDGED, compare_results
+from kvbench.core.stats import RatioTest, compare_means, runs_to_settle
+from kvbench.model.records import CellResult, RunRecord
 from tests.conftest import make_result
 from tests.test_verdicts import STEADY, invoke, save
+
+EXIT_INCONCLUSIVE, EXIT_UNJUDGED = EXIT_CODES["inconclusive"], EXIT_CODES[UNJUDGED]
 
 
 def lines_of(result, kind: str) -> list[str]:
@@ -79,8 +78,13 @@ def test_the_runs_that_would_settle_it_follow_the_noise():
 
 def test_every_exit_code_is_in_help():
     shown = " ".join(re.sub("[│╭╮╰╯─]", " ", invoke("compare", "--help").stdout).split())
-    for words in ("Exit 1: a regression", "3: a measurement it cannot judge", "4: inconclusive", "0: every",
-                  "--pass-inconclusive"):
+    for words in (
+        "Exit 1: a regression",
+        "3: a measurement it cannot judge",
+        "4: inconclusive",
+        "0: every",
+        "--pass-inconclusive",
+    ):
         assert words in shown, words
 
 
@@ -162,7 +166,9 @@ def with_processes(result, pids):
 def test_process_means_against_single_runs_are_not_judged(tmp_path):
     """A baseline from 3 processes (tested on process means) against a head from 1 (tested run by run)
     mixes two kinds of spread: the gate refuses, and the test that is shown is run by run on both."""
-    base = save(tmp_path, "base", with_processes(make_result({"cached": [1.0, 1.01, 1.1, 1.11, 0.95, 0.96]}), [1, 1, 2, 2, 3, 3]))
+    base = save(
+        tmp_path, "base", with_processes(make_result({"cached": [1.0, 1.01, 1.1, 1.11, 0.95, 0.96]}), [1, 1, 2, 2, 3, 3])
+    )
     head = save(tmp_path, "head", make_result({"cached": [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]}))
     result = invoke("compare", base, head, "--fail-on-regression", 0)
     assert result.exit_code == EXIT_UNJUDGED, result.output
@@ -224,7 +230,9 @@ def test_the_calibration_script_drives_the_real_gate():
     slowdown is always caught (docs/gate.md's calibration table is this at 100 comparisons per cell)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("calibrate_gate", Path(__file__).parent.parent / "benchmarks" / "calibrate_gate.py")
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_gate", Path(__file__).parent.parent / "benchmarks" / "calibrate_gate.py"
+    )
     assert spec is not None and spec.loader is not None
     calibrate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(calibrate)

@@ -4,10 +4,10 @@ skipped elsewhere. Each test can fail on a wrong GPU path: none asserts what hol
 
 import pytest
 
-from kvbench.devices import Devices
-from kvbench.memory import MemoryProbe, free_memory
-from kvbench.nvml import gpu_uuids, open_by_uuid, torch_uuid
-from kvbench.runner import run_benchmark
+from kvbench.core.devices import Devices
+from kvbench.hardware.memory import MemoryProbe, free_memory
+from kvbench.hardware.nvml import gpu_uuids, open_by_uuid, torch_uuid
+from kvbench.runner.benchmark import run_benchmark
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.gpu
@@ -38,7 +38,7 @@ def test_loading_a_model_shows_in_vram_and_this_process_is_found():
     weights' bytes come into use on the device, in torch's allocator, and in this process's own VRAM."""
     import torch
 
-    from kvbench import models
+    from kvbench.measure import loading, models
 
     devices = Devices(("cuda:0",))
     # Whatever earlier tests left in torch's cache would hold the weights without NVML seeing a change.
@@ -47,7 +47,7 @@ def test_loading_a_model_shows_in_vram_and_this_process_is_found():
     try:
         assert "vram" not in probe.unavailable, probe.unavailable
         probe.start()
-        loaded = models.build_model(
+        loaded = loading.build_model(
             models.prepare_model("gpt2", "random"), dtype="float32", attn_implementation="auto", device="cuda:0", seed=0
         )
         torch.cuda.synchronize()
@@ -131,9 +131,7 @@ def test_device_map_spans_two_gpus_and_reports_each():
     if torch.cuda.device_count() < 2:
         pytest.skip("a device map over GPUs needs at least two; this machine has one")
     # TinyLlama's 22 layers (2.2 GB in float16): "balanced" has to put layers on every GPU.
-    config = tiny_config(
-        "tinyllama-1.1b", device="cuda", weights="random", dtype=["float16"], device_map="balanced", runs=1
-    )
+    config = tiny_config("tinyllama-1.1b", device="cuda", weights="random", dtype=["float16"], device_map="balanced", runs=1)
     result = run_benchmark(config)
     cell = result.cells[0]
     assert cell.status == "measured", cell.reason

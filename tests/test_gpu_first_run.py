@@ -12,12 +12,21 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_first_run.sh"
 
 ON_THE_CPU = [
-    "gpt2-run", "gpt2-cache-bytes-equal-theory", "gpt2-energy-measured-or-explained", "oom-sweep",
-    "oom-then-measured", "overhead",
+    "gpt2-run",
+    "gpt2-cache-bytes-equal-theory",
+    "gpt2-energy-measured-or-explained",
+    "oom-sweep",
+    "oom-then-measured",
+    "overhead",
 ]
 GPU_ONLY = [
-    "identify", "identify-by-uuid", "gpu-tests", "gpt2-cached-minus-uncached-is-the-cache",
-    "gpt2-vram-peaks-above-baselines", "static-compile-run", "static-compile-measured",
+    "identify",
+    "identify-by-uuid",
+    "gpu-tests",
+    "gpt2-cached-minus-uncached-is-the-cache",
+    "gpt2-vram-peaks-above-baselines",
+    "static-compile-run",
+    "static-compile-measured",
 ]
 
 
@@ -35,7 +44,11 @@ def test_the_quick_cpu_run_passes_what_needs_no_gpu_and_names_what_it_skipped(tm
     environ = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         ["bash", str(SCRIPT), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = (out / "summary.txt").read_text().splitlines()

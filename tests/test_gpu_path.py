@@ -7,15 +7,20 @@ import multiprocessing
 
 import pytest
 
-from kvbench.config import BenchConfig, Cell, validate
-from kvbench.devices import Devices, compute_capability
-from kvbench.errors import KvbenchError
-from kvbench.memory import MemoryFigures, MemoryProbe, MemoryReading
-from kvbench.models import bfloat16_note, build_model, prepare_model, prompt_ids, resolve_dtype
-from kvbench.report import memory_difference
-from kvbench.measure import TokenClock, measure_generation, prepare_generation, unsupported_reason
-from kvbench.results import read_result
-from kvbench.runner import Benchmark, run_benchmark
+from kvbench.core.devices import Devices, compute_capability
+from kvbench.core.errors import KvbenchError
+from kvbench.hardware.memory import MemoryProbe, MemoryReading
+from kvbench.measure.generation import TokenClock, measure_generation, prepare_generation
+from kvbench.measure.loading import build_model, prompt_ids
+from kvbench.measure.models import bfloat16_note, prepare_model, resolve_dtype
+from kvbench.measure.support import unsupported_reason
+from kvbench.model.cells import Cell
+from kvbench.model.memory_figures import MemoryFigures
+from kvbench.model.settings import BenchConfig
+from kvbench.model.validation import validate
+from kvbench.render.cells import memory_difference
+from kvbench.runner.benchmark import Benchmark, run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import make_result, tiny_config
 from tests.fakes import cuda_properties, open_fake_nvml
 
@@ -70,7 +75,9 @@ def test_memory_is_freed_before_every_measured_run_outside_the_timed_span(tiny_g
     prepared = prepare_model(str(tiny_gpt2_dir), "auto")
     loaded = build_model(prepared, dtype="auto", attn_implementation="auto", device="cpu", seed=0)
     ids, _ = prompt_ids(prepared, "what is kv caching ?", None, 0)
-    generation = prepare_generation(loaded, Cell(str(tiny_gpt2_dir), 4, 1, "auto", "dynamic", "auto"), ids, TokenClock(lambda: None))
+    generation = prepare_generation(
+        loaded, Cell(str(tiny_gpt2_dir), 4, 1, "auto", "dynamic", "auto"), ids, TokenClock(lambda: None)
+    )
     gc.callbacks.append(full_collection)
     try:
         for run, mode in enumerate(["cached", "uncached", "cached"]):
@@ -198,7 +205,9 @@ def test_on_a_cpu_offloaded_caches_are_recorded_as_skipped_with_the_reason(tiny_
     run_benchmark(config, output=tmp_path / "r.json")
     stored = read_result(tmp_path / "r.json")
     assert [(cell.settings.cache_implementation, cell.status) for cell in stored.cells] == [
-        ("dynamic", "measured"), ("offloaded", "skipped"), ("offloaded_static", "skipped")
+        ("dynamic", "measured"),
+        ("offloaded", "skipped"),
+        ("offloaded_static", "skipped"),
     ]
     for cell in stored.cells[1:]:
         cache = cell.settings.cache_implementation
@@ -218,20 +227,21 @@ class CapturedGenerate:
 
 
 @pytest.mark.parametrize("cache", [*OFFLOADED, "quantized"])
-def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_settings(cache, tiny_llama_dir, a_t4, quanto_planned):
+def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_settings(
+    cache, tiny_llama_dir, a_t4, quanto_planned
+):
     """quanto_planned: generate() is captured below, so quanto never runs."""
-    from kvbench.config import cache_config
-    from kvbench.runner import plan
+    from kvbench.model.caches import cache_config
 
     config = tiny_config(tiny_llama_dir, device="cuda", cache_implementation=[cache], quantized_nbits=[2])
     benchmark = Benchmark(config)
-    (cell_result, action), = plan(benchmark).cells
+    ((cell_result, action),) = benchmark.plan().cells
     assert action == "measure"
     # The same cell's generate() on the real tiny model (held on the CPU, as nothing else can hold it here).
     cell = cell_result.settings
     prepared = prepare_model(str(tiny_llama_dir), "auto")
     loaded = build_model(prepared, dtype="auto", attn_implementation="auto", device="cpu", seed=0)
-    ids, _ = benchmark.prompts[cell.model, None]
+    ids, _ = benchmark.measurer.prompts[cell.model, None]
     generation = prepare_generation(loaded, cell, ids, TokenClock(lambda: None), False, cache_config(config, cell))
     loaded.model.generate = captured = CapturedGenerate()
     generation("cached")

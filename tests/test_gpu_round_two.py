@@ -5,14 +5,19 @@ from dataclasses import asdict
 
 import pytest
 
-from kvbench.roofline import MeasuredPeaks
-from kvbench.runner import Benchmark, plan, run_benchmark
+from kvbench.model.costs import MeasuredPeaks
+from kvbench.runner.benchmark import Benchmark, run_benchmark
 from tests.conftest import tiny_config
 from tests.fakes import cuda_properties
 
 PEAKS = MeasuredPeaks(
-    device="cpu", copy_bandwidth_bytes_per_s=1e10, copy_buffer_bytes=2**26, matmul_flops_per_s=1e11,
-    matmul_dtype="float32", matmul_size=1024, seconds_spent_s=2.0,
+    device="cpu",
+    copy_bandwidth_bytes_per_s=1e10,
+    copy_buffer_bytes=2**26,
+    matmul_flops_per_s=1e11,
+    matmul_dtype="float32",
+    matmul_size=1024,
+    seconds_spent_s=2.0,
 )
 
 
@@ -32,19 +37,19 @@ def an_h200(monkeypatch, fake_nvml):
 
 def test_a_dry_run_on_a_gpu_that_runs_flash_attention_plans_to_measure_it(tiny_gpt2_dir, an_h200, tmp_path, monkeypatch):
     config = tiny_config(tiny_gpt2_dir, device="cuda", attn_implementation=["flash_attention_2", "sdpa"])
-    [(_, without_package), _] = plan(Benchmark(config)).cells
+    [(_, without_package), _] = Benchmark(config).plan().cells
     assert without_package == "skip: attn_implementation=flash_attention_2 needs the flash-attn package"
     # The package installed (an empty one: the plan only looks for it).
     (tmp_path / "flash_attn").mkdir()
     (tmp_path / "flash_attn" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    steps = [what for _, what in plan(Benchmark(config)).cells]
+    steps = [what for _, what in Benchmark(config).plan().cells]
     assert steps == ["measure", "measure"]
 
 
 def test_a_dry_run_on_a_cpu_still_skips_flash_attention(tiny_gpt2_dir):
     config = tiny_config(tiny_gpt2_dir, attn_implementation=["flash_attention_2"])
-    [(_, what)] = plan(Benchmark(config)).cells
+    [(_, what)] = Benchmark(config).plan().cells
     assert what.startswith("skip: attn_implementation=flash_attention_2 needs a GPU of compute capability 8.0")
 
 
@@ -58,7 +63,7 @@ def no_timing_here(*args, **kwargs):
 def test_cells_in_fresh_processes_have_their_device_peaks_timed_in_one_too(tiny_gpt2_dir, monkeypatch):
     """Timed in this process, they would leave a CUDA context and cached memory on the measured GPU for the
     whole sweep."""
-    monkeypatch.setattr("kvbench.roofline.measure_device_peaks", no_timing_here)
+    monkeypatch.setattr("kvbench.hardware.peaks.measure_device_peaks", no_timing_here)
     result = run_benchmark(tiny_config(tiny_gpt2_dir, isolation="process", runs=1, device_peaks=True))
     peaks = result.environment["device_peaks"]
     assert peaks["device"] == "cpu" and peaks["matmul_flops_per_s"] > 0 and peaks["copy_bandwidth_bytes_per_s"] > 0
@@ -68,7 +73,7 @@ def test_cells_in_fresh_processes_have_their_device_peaks_timed_in_one_too(tiny_
 
 def test_cells_in_this_process_still_have_their_peaks_timed_here(tiny_gpt2_dir, monkeypatch):
     timed = []
-    monkeypatch.setattr("kvbench.roofline.measure_device_peaks", lambda device: timed.append(device) or PEAKS)
+    monkeypatch.setattr("kvbench.hardware.peaks.measure_device_peaks", lambda device: timed.append(device) or PEAKS)
     result = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, device_peaks=True))
     assert timed == ["cpu"] and result.environment["device_peaks"] == asdict(PEAKS)
 
@@ -79,7 +84,7 @@ def ray_config(model_dir, device):
 
 def test_a_ray_head_without_cuda_plans_a_gpu_sweep(tiny_gpt2_dir):
     benchmark = Benchmark(ray_config(tiny_gpt2_dir, "cuda"))
-    assert [what for _, what in plan(benchmark).cells] == ["measure"]
+    assert [what for _, what in benchmark.plan().cells] == ["measure"]
     environment = benchmark.result.environment
     assert environment["device"] == "cuda" and "gpu_name" not in environment
 

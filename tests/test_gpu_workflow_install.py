@@ -14,7 +14,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kvbench.config import tomllib  # tomli before Python 3.11
+from kvbench.model.experiment import tomllib  # tomli before Python 3.11
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "gpu-benchmark.yml"
@@ -36,7 +36,9 @@ for module, dists in metadata.packages_distributions().items():
 """
 # Started as the workflow's python: loads only the pytest plugins the workflow would install, then runs
 # pytest with the workflow's arguments.
-RESTRICTED_PYTHON = ONLY_INSTALLED + """
+RESTRICTED_PYTHON = (
+    ONLY_INSTALLED
+    + """
 plugins = []
 for dist in metadata.distributions():
     if canonical(dist.metadata["Name"]) in allowed:
@@ -44,6 +46,7 @@ for dist in metadata.distributions():
 import pytest
 sys.exit(pytest.main([*plugins, *sys.argv[2:]]))
 """
+)
 
 
 def workflow_lines() -> tuple[list[str], list[str]]:
@@ -116,8 +119,13 @@ def test_the_gpu_job_collects_every_test_with_only_what_it_installs(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
-             "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},
+        env={
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "HOME": str(tmp_path),
+        },
         timeout=600,
     )
     output = completed.stdout + completed.stderr

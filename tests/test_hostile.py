@@ -19,9 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kvbench.cli import app
-from kvbench.runner import default_output
-from kvbench.errors import KvbenchError
-from kvbench.results import read_result, write_result
+from kvbench.core.errors import KvbenchError
+from kvbench.runner.planning import default_output
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import write_result
 from tests.conftest import make_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,9 +160,7 @@ def test_resume_refuses_a_file_measured_on_other_hardware(measured, tmp_path):
     data["environment"]["device_name"] = "Another CPU"  # made with device = "auto" on another machine
     output.write_text(json.dumps(data))
     untouched = Untouched(tmp_path)
-    assert_one_line(
-        invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output, "--resume"), 2, "device_name", "'Another CPU'"
-    )
+    assert_one_line(invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output, "--resume"), 2, "device_name", "'Another CPU'")
     untouched.check()
 
 
@@ -174,7 +173,7 @@ def test_resume_without_output_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("how", ["live-pid", "flock"])
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, how):
-    from kvbench.results import OutputLock
+    from kvbench.storage.lock import OutputLock
 
     output = tmp_path / "r.json"
     lock = OutputLock(output)
@@ -189,9 +188,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, how):
         fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         untouched = Untouched(tmp_path)
-        assert_one_line(
-            invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output, "--force"), 2, "being written by another"
-        )
+        assert_one_line(invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output, "--force"), 2, "being written by another")
         untouched.check()
     finally:
         if how == "live-pid":
@@ -251,7 +248,7 @@ def test_trust_remote_code_is_off_and_recorded(measured):
 def test_revision_and_trust_are_passed_to_the_hub(monkeypatch):
     import transformers
 
-    from kvbench import models
+    from kvbench.measure import models
 
     seen = {}
 
@@ -284,9 +281,7 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_line(tiny_gpt2_dir, tmp_
     _RunsCode.marker = str(marker)
     torch.save({"transformer.wte.weight": _RunsCode()}, model / "pytorch_model.bin")  # saving runs nothing
     untouched = Untouched(tmp_path)
-    assert_one_line(
-        invoke("run", "-m", model, *QUICK, "-o", tmp_path / "r.json"), 2, "cannot be loaded safely", "safetensors"
-    )
+    assert_one_line(invoke("run", "-m", model, *QUICK, "-o", tmp_path / "r.json"), 2, "cannot be loaded safely", "safetensors")
     assert not marker.exists()
     untouched.check()
 
@@ -295,7 +290,7 @@ def test_a_pickle_that_would_run_code_is_refused_in_one_line(tiny_gpt2_dir, tmp_
 
 
 def test_disk_full_is_one_line_and_the_file_stays_whole(measured, tmp_path, monkeypatch):
-    import kvbench.results as results
+    import kvbench.storage.writer as writer
 
     output = copy_results(measured, tmp_path)
     untouched = Untouched(tmp_path)
@@ -303,7 +298,7 @@ def test_disk_full_is_one_line_and_the_file_stays_whole(measured, tmp_path, monk
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(results.os, "fsync", full)
+    monkeypatch.setattr(writer.os, "fsync", full)
     result = invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output, "--resume")
     assert_one_line(result, 2, "No space left on device", "--resume")
     untouched.check()  # the earlier save, whole; no temporary file left
@@ -311,7 +306,7 @@ def test_disk_full_is_one_line_and_the_file_stays_whole(measured, tmp_path, monk
 
 def test_disk_full_midway_leaves_the_last_save_valid(tmp_path, monkeypatch):
     """A run that measured something keeps it, whatever stopped it: the file is never removed then."""
-    import kvbench.results as results
+    import kvbench.storage.writer as writer
 
     real, calls = os.fsync, []
 
@@ -321,7 +316,7 @@ def test_disk_full_midway_leaves_the_last_save_valid(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 
-    monkeypatch.setattr(results.os, "fsync", fills_up)
+    monkeypatch.setattr(writer.os, "fsync", fills_up)
     output = tmp_path / "r.json"
     assert_one_line(invoke("run", "-m", "tiny-gpt2", *QUICK, "-r", "3", "-o", output), 2, "No space left")
     assert read_result(output).complete is False and read_result(output).runs
@@ -373,7 +368,13 @@ def test_output_that_cannot_encode_the_table_degrades_to_ascii(tmp_path):
     environment = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
         [sys.executable, "-m", "kvbench", "show", str(GOLDEN)],
-        capture_output=True, text=True, encoding="ascii", errors="strict", env=environment, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        encoding="ascii",
+        errors="strict",
+        env=environment,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "Traceback" not in completed.stderr
@@ -387,18 +388,22 @@ def test_sigterm_while_loading_exits_130_with_a_message(tmp_path):
     # at how long loading takes on this machine.
     code = (
         "import pathlib, sys, time\n"
-        "import kvbench.models\n"
+        "import kvbench.measure.models\n"
         "def held_loading(*args, **kwargs):\n"
         f"    pathlib.Path({str(loading)!r}).touch()\n"
         "    time.sleep(600)\n"
-        "kvbench.models.prepare_model = held_loading\n"
+        "kvbench.measure.models.prepare_model = held_loading\n"
         "from kvbench.cli import main\n"
         f"sys.argv = ['kvbench', 'run', '-m', 'tiny-gpt2', *{QUICK!r}, '-o', 'r.json']\n"
         "main()\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
         cwd=work,
     )
     deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
@@ -413,21 +418,29 @@ def test_sigterm_while_loading_exits_130_with_a_message(tmp_path):
 
 
 def test_the_interrupt_message_gives_the_command_that_resumes(tmp_path, monkeypatch):
-    import kvbench.runner as runner
+    import kvbench.measure.measurer as measurer
 
-    def interrupted(self, cell_result):
+    def interrupted(self, job, emit):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.Benchmark, "measure_cell", interrupted)
+    monkeypatch.setattr(measurer.Measurer, "measure", interrupted)
     output = tmp_path / "r.json"
     result = invoke("run", "-m", "tiny-gpt2", *QUICK, "-o", output)
     assert result.exit_code == 130
-    assert f"kvbench run --model tiny-gpt2 --max-new-tokens 2 --runs 1 --warmup 0 --device cpu --isolation none --output {output} --resume" in result.stderr
+    assert (
+        "kvbench run --model tiny-gpt2 --max-new-tokens 2 --runs 1 --warmup 0 --device cpu --isolation none"
+        f" --output {output} --resume" in result.stderr
+    )
 
 
 PEAKS = {
-    "device": "cpu", "copy_bandwidth_bytes_per_s": 1.6e10, "copy_buffer_bytes": 2**26, "matmul_flops_per_s": 7.7e10,
-    "matmul_dtype": "float32", "matmul_size": 1024, "seconds_spent_s": 2.3,
+    "device": "cpu",
+    "copy_bandwidth_bytes_per_s": 1.6e10,
+    "copy_buffer_bytes": 2**26,
+    "matmul_flops_per_s": 7.7e10,
+    "matmul_dtype": "float32",
+    "matmul_size": 1024,
+    "seconds_spent_s": 2.3,
 }
 
 
@@ -458,10 +471,14 @@ def test_a_newer_files_extra_cost_fields_are_left_aside(tmp_path):
         (lambda d: d.update(environment=[]), "environment must be an object"),
         (lambda d: d.pop("runs"), "runs is missing"),
         # What show computes the roofline from: a zero would divide, text would not multiply.
-        (lambda d: d["environment"].update(device_peaks={**PEAKS, "matmul_flops_per_s": 0}),
-         "environment.device_peaks.matmul_flops_per_s must be a finite positive number"),
-        (lambda d: d["environment"].update(datasheet_peaks={"name": "T4", "memory_bandwidth_bytes_per_s": 3e11}),
-         "environment.datasheet_peaks.fp16_tensor_flops_per_s is missing"),
+        (
+            lambda d: d["environment"].update(device_peaks={**PEAKS, "matmul_flops_per_s": 0}),
+            "environment.device_peaks.matmul_flops_per_s must be a finite positive number",
+        ),
+        (
+            lambda d: d["environment"].update(datasheet_peaks={"name": "T4", "memory_bandwidth_bytes_per_s": 3e11}),
+            "environment.datasheet_peaks.fp16_tensor_flops_per_s is missing",
+        ),
         (lambda d: d["cells"][0]["model"]["cost"].update(layers="12"), "cells[0].model.cost.layers must be an integer"),
         (lambda d: d["cells"][0]["model"]["cost"].update(hidden=-64), "cells[0].model.cost.hidden must be a finite positive"),
         (lambda d: d["cells"][0]["model"]["cost"].update(head_parameters=10**9), "add up to more than parameters"),
@@ -488,7 +505,7 @@ def _cpu_out_of_memory(self, mode):
 
 
 def test_cpu_out_of_memory_is_one_line_for_a_single_cell(tmp_path, monkeypatch):
-    import kvbench.measure as measure
+    import kvbench.measure.generation as measure
 
     monkeypatch.setattr(measure.Generation, "__call__", _cpu_out_of_memory)
     output = tmp_path / "r.json"
@@ -497,8 +514,8 @@ def test_cpu_out_of_memory_is_one_line_for_a_single_cell(tmp_path, monkeypatch):
 
 
 def test_cpu_out_of_memory_is_recorded_as_oom_in_a_sweep(tiny_llama_dir, monkeypatch):
-    import kvbench.measure as measure
-    import kvbench.runner as runner
+    import kvbench.measure.generation as measure
+    import kvbench.runner.benchmark as runner
     from tests.conftest import tiny_config
 
     real = measure.Generation.__call__
@@ -532,9 +549,7 @@ def _mismatched(tiny_gpt2_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("failure", ["shapes", "download"])
-def test_a_model_failing_at_load_time_is_that_cells_error_and_the_sweep_goes_on(
-    tiny_gpt2_dir, tmp_path, monkeypatch, failure
-):
+def test_a_model_failing_at_load_time_is_that_cells_error_and_the_sweep_goes_on(tiny_gpt2_dir, tmp_path, monkeypatch, failure):
     if failure == "shapes":
         model, expected = _mismatched(tiny_gpt2_dir, tmp_path), "ignore_mismatched_sizes"
     else:
@@ -601,7 +616,9 @@ def test_the_wheel_runs_a_shipped_model_from_another_directory(tmp_path):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "kvbench", source / "kvbench", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source], check=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source], check=True, timeout=300
+    )
     (wheel,) = (tmp_path / "dist").glob("kvbench-*.whl")
     # The trained model travels whole: weights, tokenizer and the record of its training.
     shipped = set(zipfile.ZipFile(wheel).namelist())
@@ -613,7 +630,11 @@ def test_the_wheel_runs_a_shipped_model_from_another_directory(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     completed = subprocess.run(
         [sys.executable, "-m", "kvbench", "run", "-m", "tiny-gpt2", *QUICK, "--no-device-peaks", "-o", "r.json"],
-        capture_output=True, text=True, env=environment, cwd=elsewhere, timeout=300,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=elsewhere,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     data = json.loads((elsewhere / "r.json").read_text())

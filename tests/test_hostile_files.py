@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from kvbench.config import LARGEST_INTEGER, BenchConfig, validate
-from kvbench.errors import KvbenchError
-from kvbench.launchers import LocalProcesses
-from kvbench.results import read_result, write_result
-from kvbench.runner import Benchmark
+from kvbench.core.errors import KvbenchError
+from kvbench.launch.processes import LocalProcesses
+from kvbench.model.settings import LARGEST_INTEGER, BenchConfig
+from kvbench.model.validation import validate
+from kvbench.runner.benchmark import Benchmark
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import write_result
 from tests.conftest import make_result, tiny_config
 from tests.test_hostile import QUICK, Untouched, _mismatched, assert_one_line, copy_results, invoke
 
@@ -189,7 +191,7 @@ def test_resume_still_rewrites_its_own_csv(measured, tmp_path):
 
 
 def test_a_killed_process_keeps_the_runs_of_the_processes_that_finished(tiny_gpt2_dir, tmp_path, monkeypatch):
-    import kvbench.launchers as launchers
+    import kvbench.launch.processes as launchers
 
     real_start = launchers.start_worker
 
@@ -202,7 +204,7 @@ def test_a_killed_process_keeps_the_runs_of_the_processes_that_finished(tiny_gpt
     monkeypatch.setattr(launchers, "start_worker", second_is_killed)
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4], runs=3, processes=3, memory_sampling=False)
     benchmark = Benchmark(config, output=tmp_path / "r.json")
-    benchmark.launcher = LocalProcesses(config, slots=["cpu"])
+    benchmark.launcher = LocalProcesses(config, "cpu", slots=["cpu"])
     benchmark.run()
     stored = read_result(tmp_path / "r.json")
     (cell,) = stored.cells

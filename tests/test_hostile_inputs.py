@@ -19,11 +19,13 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kvbench.cli import app
-from kvbench.config import Cell, build_config, load_toml
-from kvbench.eta import Planned
-from kvbench.progress import LineProgress, LiveProgress
-from kvbench.records import CellResult
-from kvbench.results import read_result, write_result, write_runs_csv
+from kvbench.core.eta import Planned
+from kvbench.model.cells import Cell
+from kvbench.model.experiment import build_config, load_toml
+from kvbench.model.records import CellResult
+from kvbench.render.progress import LineProgress, LiveProgress
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import write_result, write_runs_csv
 from tests.conftest import make_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +169,7 @@ def test_what_a_worker_prints_reaches_the_log_with_its_controls_written_out():
 # --- 3. CSV cells that a spreadsheet would run ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)"])
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)"])
 def test_the_runs_csv_writes_formulas_as_text_and_keeps_numbers(tmp_path, name):
     path = tmp_path / "r.json"
     write_runs_csv(make_result(model=name), path)
@@ -240,11 +242,14 @@ def _negative_timeline(data):
         run["memory_timeline"] = [[0.0, -5]]
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (_dtype_seven, "cells[0].model.dtype must be a string, got 7"),
-    (_one_number_timeline, "memory_timeline"),
-    (_negative_timeline, "memory_timeline"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (_dtype_seven, "cells[0].model.dtype must be a string, got 7"),
+        (_one_number_timeline, "memory_timeline"),
+        (_negative_timeline, "memory_timeline"),
+    ],
+)
 @pytest.mark.parametrize("command", ["show", "compare", "plot"])
 def test_results_fields_of_the_wrong_shape_are_one_line(tmp_path, change, fragment, command):
     path = write(tmp_path / "hostile.json", _damaged(change))
@@ -334,8 +339,9 @@ def test_a_results_file_with_a_utf8_bom_is_read(tmp_path):
 
 def test_dry_run_with_json_prints_the_plan_as_json(tmp_path):
     output = tmp_path / "r.json"
-    result = invoke("run", "-m", "tiny-gpt2", "-n", "2", "-n", "3", "-r", "2", "-w", "1", "-d", "cpu",
-                    "--dry-run", "--json", "-o", output)
+    result = invoke(
+        "run", "-m", "tiny-gpt2", "-n", "2", "-n", "3", "-r", "2", "-w", "1", "-d", "cpu", "--dry-run", "--json", "-o", output
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["output"] == str(output) and plan["generations"] == 2 * (2 + 1) * 2

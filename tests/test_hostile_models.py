@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.results import read_result
+from kvbench.storage.document import read_result
 from tests.test_hostile import QUICK, Untouched, assert_one_line, copy_model, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,12 +109,33 @@ def _tiny_encoder_decoder(kind: str, directory: Path) -> Path:
     import torch
     import transformers
 
-    small = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                 encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64, max_position_embeddings=64)
+    small = dict(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
     configs = {
-        "whisper": (transformers.WhisperConfig, transformers.WhisperForConditionalGeneration,
-                    dict(num_mel_bins=8, max_source_positions=16, max_target_positions=64, decoder_start_token_id=1,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, suppress_tokens=[], begin_suppress_tokens=[])),
+        "whisper": (
+            transformers.WhisperConfig,
+            transformers.WhisperForConditionalGeneration,
+            dict(
+                num_mel_bins=8,
+                max_source_positions=16,
+                max_target_positions=64,
+                decoder_start_token_id=1,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                suppress_tokens=[],
+                begin_suppress_tokens=[],
+            ),
+        ),
         "pegasus": (transformers.PegasusConfig, transformers.PegasusForConditionalGeneration, {}),
         "marian": (transformers.MarianConfig, transformers.MarianMTModel, dict(decoder_vocab_size=64, pad_token_id=0)),
     }
@@ -155,7 +176,7 @@ def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_g
     import huggingface_hub.constants
     import torch
 
-    import kvbench.launchers
+    import kvbench.launch.processes
 
     snapshot = _cached_hub_model(tiny_gpt2_dir, tmp_path / "hub", "kvtest/unsafe")
     (snapshot / "model.safetensors").unlink()
@@ -164,7 +185,7 @@ def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_g
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = []
-    monkeypatch.setattr(kvbench.launchers, "start_worker", lambda job: started.append(job) or pytest.fail("launched"))
+    monkeypatch.setattr(kvbench.launch.processes, "start_worker", lambda job: started.append(job) or pytest.fail("launched"))
     work = tmp_path / "work"
     work.mkdir()
     quick_in_processes = [word for word in QUICK if word not in ("--isolation", "none")]
@@ -194,8 +215,9 @@ def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
     pytest.importorskip("ray")
     untouched = Untouched(tmp_path)
     # Port 1 of this machine: nothing listens there, so the connection is refused.
-    result = invoke("run", "-m", "tiny-gpt2", *QUICK, "--launcher", "ray", "--ray-address", "127.0.0.1:1",
-                    "-o", tmp_path / "r.json")
+    result = invoke(
+        "run", "-m", "tiny-gpt2", *QUICK, "--launcher", "ray", "--ray-address", "127.0.0.1:1", "-o", tmp_path / "r.json"
+    )
     assert_one_line(result, 2, "127.0.0.1:1", "ray start --head")
     untouched.check()
 
@@ -208,9 +230,27 @@ def test_sigterm_to_a_ray_run_is_an_interruption(tmp_path):
     # The measuring process waits after its first measured run, so the signal comes while the run measures.
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "KVBENCH_TEST_FAULT": "hang", "RAY_worker_niceness": "0"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "kvbench", "run", "-m", "tiny-gpt2", *QUICK[:-2], "-r", "2", "--launcher", "ray",
-         "--no-device-peaks", "-o", str(output)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "kvbench",
+            "run",
+            "-m",
+            "tiny-gpt2",
+            *QUICK[:-2],
+            "-r",
+            "2",
+            "--launcher",
+            "ray",
+            "--no-device-peaks",
+            "-o",
+            str(output),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
     )
     deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
     while process.poll() is None and time.monotonic() < deadline:
@@ -232,16 +272,16 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
         "import faulthandler, pathlib, signal, sys, time\n"
         # A run that does not stop can say where each of its threads is (the test asks with SIGUSR1).
         "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
-        "import kvbench.measure\n"
+        "import kvbench.measure.generation\n"
         "calls = []\n"
-        "generate = kvbench.measure.Generation.__call__\n"
+        "generate = kvbench.measure.generation.Generation.__call__\n"
         "def held(self, mode):\n"
         "    calls.append(mode)\n"
         "    if len(calls) == 3:\n"
         f"        pathlib.Path({str(held)!r}).touch()\n"
         "        time.sleep(600)\n"
         "    return generate(self, mode)\n"
-        "kvbench.measure.Generation.__call__ = held\n"
+        "kvbench.measure.generation.Generation.__call__ = held\n"
         "from kvbench.cli import main\n"
         f"sys.argv = ['kvbench', 'run', *{list(args)!r}]\n"
         "main()\n"
@@ -249,8 +289,14 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A session of its own: Ctrl-C at a terminal signals the whole foreground process group.
     return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-        cwd=tmp_path, start_new_session=True, preexec_fn=_ctrl_c_as_a_shell_leaves_it,
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_as_a_shell_leaves_it,
     )
 
 
@@ -298,8 +344,8 @@ def test_a_weight_index_naming_files_outside_the_model_is_refused(tiny_gpt2_dir,
     import json
     import shutil
 
-    from kvbench.errors import KvbenchError
-    from kvbench.models import weight_files
+    from kvbench.core.errors import KvbenchError
+    from kvbench.measure.models import weight_files
 
     model = tmp_path / "model"
     shutil.copytree(tiny_gpt2_dir, model)

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kvbench.cli import app
-from kvbench.config import Cell
-from kvbench.eta import Planned, TimeLeft
+from kvbench.core.eta import Planned, TimeLeft
+from kvbench.model.cells import Cell
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((ROOT / "tests" / "data" / "golden.json").read_text())
@@ -187,7 +187,7 @@ def test_time_left_counts_the_start_up_still_to_come_in_a_running_cell():
 
 
 def test_an_unidentifiable_exponent_has_no_zero_standard_error():
-    from kvbench.fit import fit_latency
+    from kvbench.analysis.fit import fit_latency
 
     # Latency does not depend on length: b ~ 0, and k could be anything.
     points = [(n, 1.0 + 0.001 * i) for n in (16, 32, 64, 128, 256) for i in range(3)]

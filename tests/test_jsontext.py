@@ -1,4 +1,4 @@
-"""Every JSON document kvbench prints or writes comes from one writer (kvbench.jsontext): the same key
+"""Every JSON document kvbench prints or writes comes from one writer (kvbench.core.jsontext): the same key
 order, indentation and text, and strict JSON, a number that is not finite written as null."""
 
 import json
@@ -7,11 +7,11 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-import kvbench.results
+import kvbench.storage.document
 from kvbench.cli import app
-from kvbench.gate import merge_halves
-from kvbench.jsontext import json_text
-from kvbench.results import write_result
+from kvbench.core.jsontext import json_text
+from kvbench.runner.gate import merge_halves
+from kvbench.storage.writer import write_result
 from tests.conftest import make_result
 
 runner = CliRunner()
@@ -48,14 +48,14 @@ def test_text_is_kept_and_controls_a_terminal_acts_on_are_escaped():
 
 
 def test_run_json_is_the_one_writers_even_with_a_figure_that_is_not_a_number(monkeypatch):
-    to_dict = kvbench.results.to_dict
+    to_dict = kvbench.storage.document.to_dict
 
     def with_a_nan(result, *args, **kwargs):
         document = to_dict(result, *args, **kwargs)
         document["runs"][0]["energy_j"] = math.nan  # as a broken energy counter could give
         return document
 
-    monkeypatch.setattr(kvbench.results, "to_dict", with_a_nan)
+    monkeypatch.setattr(kvbench.storage.document, "to_dict", with_a_nan)
     result = runner.invoke(app, [*TINY_RUN, *HERE, "--json", "-o", "-"])
     assert result.exit_code == 0, result.output
     assert_written_by_the_one_writer(result.stdout)

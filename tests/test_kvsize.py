@@ -1,6 +1,6 @@
 from transformers import GPT2Config, LlamaConfig
 
-from kvbench.kvsize import cache_bytes_for, kv_cache_bytes, kv_geometry
+from kvbench.core.kvsize import cache_bytes_for, kv_cache_bytes, kv_geometry
 
 
 def test_gpt2_reference_cache_size():
@@ -28,7 +28,7 @@ def test_batch_and_dtype_scale_linearly():
 
 import pytest  # noqa: E402
 
-from kvbench.kvsize import agrees_with_theory, cache_of, cached_positions, measured_cache_bytes  # noqa: E402
+from kvbench.core.kvsize import agrees_with_theory, cache_of, cached_positions, measured_cache_bytes  # noqa: E402
 
 PROMPT, NEW, BATCH = 5, 7, 2
 
@@ -99,8 +99,13 @@ def test_sliding_window_cache_holds_less_and_says_why(tmp_path):
     from transformers import AutoModelForCausalLM, MistralConfig
 
     config = MistralConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64, sliding_window=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        sliding_window=4,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     config, cache = _generate(tmp_path)
@@ -129,7 +134,7 @@ def test_legacy_tuples_count_each_storage_once():
 
 
 def test_quanto_cache_theory_worked_by_hand():
-    from kvbench.kvsize import quantized_cache_bytes
+    from kvbench.core.kvsize import quantized_cache_bytes
 
     # 2 layers, 2 KV heads of 16: 32 values per position. 8 + 24 tokens hold 31 positions; of the 23 decode
     # steps, 23 % 2 = 1 waits at full precision, 30 positions are quantized: 960 values at 4 bits (480 bytes)

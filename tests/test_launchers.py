@@ -4,12 +4,15 @@ import os
 
 import pytest
 
-from kvbench.config import BenchConfig, build_config
-from kvbench.errors import KvbenchError
-from kvbench.launch import make_launcher
-from kvbench.launchers import InProcess, LocalProcesses
-from kvbench.results import read_result
-from kvbench.runner import Benchmark, run_benchmark
+from kvbench.core.errors import KvbenchError
+from kvbench.launch.in_process import InProcess
+from kvbench.launch.processes import LocalProcesses
+from kvbench.launch.ray_tasks import RayLauncher
+from kvbench.launch.registry import LAUNCHERS, launcher_for
+from kvbench.model.experiment import build_config
+from kvbench.model.settings import BenchConfig, config_fields
+from kvbench.runner.benchmark import Benchmark, run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import tiny_config
 from tests.faults import inject
 from tests.test_runner import Recorder
@@ -56,7 +59,7 @@ def test_cells_on_two_slots_at_once_keep_the_sequential_order(tiny_gpt2_dir, tmp
     """Two slots stand in for two GPUs: cells measured at once, the file as if one after another."""
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 6], runs=2, isolation="process")
     benchmark = Benchmark(config, output=tmp_path / "two.json")
-    benchmark.launcher = LocalProcesses(config, slots=["cpu", "cpu"])
+    benchmark.launcher = LocalProcesses(config, "cpu", slots=["cpu", "cpu"])
     recorder = Recorder()
     benchmark.observer = recorder
     result = benchmark.run()
@@ -72,10 +75,15 @@ def test_a_cell_whose_process_fails_is_recorded_and_the_sweep_goes_on(tiny_gpt2_
     inject(monkeypatch, tmp_path, "kill@new=4 ,abort@new=5 ,error@new=6 ,oom@new=7 ")
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4, 5, 6, 7, 8], runs=2, isolation="process")
     benchmark = Benchmark(config, output=tmp_path / "faults.json")
-    benchmark.launcher = LocalProcesses(config, slots=["cpu", "cpu"])
+    benchmark.launcher = LocalProcesses(config, "cpu", slots=["cpu", "cpu"])
     result = benchmark.run()
-    expected = [("error", "died from SIGKILL"), ("error", "died from SIGABRT"), ("error", "CUDA error"),
-                ("oom", "out of memory"), ("measured", None)]
+    expected = [
+        ("error", "died from SIGKILL"),
+        ("error", "died from SIGABRT"),
+        ("error", "CUDA error"),
+        ("oom", "out of memory"),
+        ("measured", None),
+    ]
     for cell, (status, words) in zip(result.cells, expected):
         assert cell.status == status, cell.reason
         assert words is None or words in cell.reason
@@ -83,9 +91,7 @@ def test_a_cell_whose_process_fails_is_recorded_and_the_sweep_goes_on(tiny_gpt2_
     assert read_result(tmp_path / "faults.json").complete
 
 
-def test_what_a_measuring_process_prints_goes_through_the_display_and_names_its_death(
-    tiny_gpt2_dir, tmp_path, monkeypatch
-):
+def test_what_a_measuring_process_prints_goes_through_the_display_and_names_its_death(tiny_gpt2_dir, tmp_path, monkeypatch):
     """A process that prints to stdout and stderr and exits: its lines reach the display's output hook
     (not the terminal under it, not the JSON on stdout), and the cell's reason quotes the last."""
     inject(monkeypatch, tmp_path, "exit@new=4 ")
@@ -131,9 +137,15 @@ def test_interrupted_isolated_sweep_resumes(tiny_gpt2_dir, tmp_path):
 
 
 def test_launcher_follows_the_settings():
-    assert isinstance(make_launcher(BenchConfig(isolation="none")), InProcess)
-    assert isinstance(make_launcher(BenchConfig(isolation="process")), LocalProcesses)
-    assert isinstance(make_launcher(BenchConfig(isolation="none", processes=3)), LocalProcesses)
+    assert launcher_for(BenchConfig(isolation="none")) is InProcess
+    assert launcher_for(BenchConfig(isolation="process")) is LocalProcesses
+    assert launcher_for(BenchConfig(isolation="none", processes=3)) is LocalProcesses
+    assert launcher_for(BenchConfig(launcher="ray")) is RayLauncher
+
+
+def test_every_launcher_setting_has_a_launcher():
+    """The setting's choices and the registry name the same launchers: neither can gain one alone."""
+    assert sorted(LAUNCHERS) == sorted(config_fields()["launcher"].metadata["choices"])
 
 
 @pytest.mark.parametrize(

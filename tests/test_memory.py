@@ -4,15 +4,15 @@ import time
 
 import pytest
 
-from kvbench.devices import Devices
-from kvbench.memory import (
+from kvbench.core.devices import Devices
+from kvbench.hardware.memory import (
     MemoryProbe,
     NvmlSampler,
     PeakRss,
     SamplerUnavailable,
     SamplingProcess,
 )
-from kvbench.nvml import gpu_uuids
+from kvbench.hardware.nvml import gpu_uuids
 from tests.fakes import FakeNvml, open_fake_nvml
 
 
@@ -95,7 +95,11 @@ def test_sampling_process_samples_while_running(tmp_path):
     # The fake GPU runs this test's process, which the sampling process must find in the list.
     reads = tmp_path / "reads"
     opener = functools.partial(
-        open_fake_nvml, ["cuda:0"], used=[100, 300, 700, 200], process_bytes=50, pid=os.getpid(),
+        open_fake_nvml,
+        ["cuda:0"],
+        used=[100, 300, 700, 200],
+        process_bytes=50,
+        pid=os.getpid(),
         reads_file=str(reads),
     )
     sampler = SamplingProcess(opener, interval_s=0.001)
@@ -197,7 +201,7 @@ def test_probe_outlives_a_sampling_process_that_died():
 def test_free_memory_collects_every_generation(monkeypatch):
     import gc
 
-    from kvbench.memory import free_memory
+    from kvbench.hardware.memory import free_memory
 
     generations = []
 
@@ -219,8 +223,8 @@ def test_the_heap_before_a_cell_is_out_of_the_collectors_reach_while_it_is_measu
     within reach again when the cell ends."""
     import gc
 
-    from kvbench.measure import Observer
-    from kvbench.runner import run_benchmark
+    from kvbench.model.events import Observer
+    from kvbench.runner.benchmark import run_benchmark
     from tests.conftest import tiny_config
 
     class FrozenAtEachRun(Observer):
@@ -239,7 +243,7 @@ def test_the_heap_before_a_cell_is_out_of_the_collectors_reach_while_it_is_measu
 def test_a_heap_the_caller_froze_stays_frozen():
     import gc
 
-    from kvbench.memory import frozen_heap
+    from kvbench.hardware.memory import frozen_heap
 
     gc.freeze()
     try:

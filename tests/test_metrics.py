@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kvbench.metrics import distribution, mode_metrics, percentile, run_metrics
+from kvbench.core.metrics import distribution, mode_metrics, percentile, run_metrics
 
 # Run A: tokens at 0.5, 0.6, 0.8, 1.1 s; generate() returned at 1.2 s; 10-token prompt, batch 2.
 RUN_A = dict(token_times_s=[0.5, 0.6, 0.8, 1.1], latency_s=1.2, prompt_tokens=10, batch_size=2)

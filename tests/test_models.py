@@ -1,16 +1,9 @@
 import pytest
 
-from kvbench.devices import resolve_device
-from kvbench.errors import KvbenchError
-from kvbench.models import (
-    build_model,
-    check_causal_lm,
-    locate,
-    prepare_model,
-    prompt_ids,
-    resolve_dtype,
-    shipped_configs,
-)
+from kvbench.core.devices import resolve_device
+from kvbench.core.errors import KvbenchError
+from kvbench.measure.loading import build_model, prompt_ids
+from kvbench.measure.models import check_causal_lm, locate, prepare_model, resolve_dtype, shipped_configs
 
 
 def test_shipped_configs_include_gpt2_and_a_llama_architecture():
@@ -61,7 +54,9 @@ def test_local_checkpoint_loads_its_real_weights(tiny_gpt2_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    loaded = build_model(prepare_model(str(tiny_gpt2_dir), "auto"), dtype="auto", attn_implementation="auto", device="cpu", seed=5)
+    loaded = build_model(
+        prepare_model(str(tiny_gpt2_dir), "auto"), dtype="auto", attn_implementation="auto", device="cpu", seed=5
+    )
     saved = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     assert loaded.info()["weights"] == "pretrained"
     for mine, theirs in zip(loaded.model.parameters(), saved.parameters()):

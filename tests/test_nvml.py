@@ -3,9 +3,9 @@ a machine without a GPU has neither."""
 
 import pytest
 
-from kvbench.devices import Devices
-from kvbench.memory import MemoryProbe
-from kvbench.nvml import gpu_facts, gpu_uuids
+from kvbench.core.devices import Devices
+from kvbench.hardware.memory import MemoryProbe
+from kvbench.hardware.nvml import gpu_facts, gpu_uuids
 from tests.fakes import cuda_properties
 
 FIRST = {"uuid": "GPU-11111111-aaaa-bbbb-cccc-000000000001", "pci_bus_id": "00000000:01:00.0"}

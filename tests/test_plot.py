@@ -1,7 +1,6 @@
-
-from kvbench.plot import plot_result, sweep_axis
-from kvbench.results import read_result
-from kvbench.runner import run_benchmark
+from kvbench.render.plot import plot_result, sweep_axis
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import make_result, tiny_config
 
 
@@ -33,7 +32,7 @@ def test_a_single_cell_gets_only_the_per_token_figure(tmp_path):
 def test_a_title_names_the_models_with_random_weights_when_others_are_trained():
     from dataclasses import replace
 
-    from kvbench.plot import _title
+    from kvbench.render.plot import _title
 
     result = make_result()
     (cell,) = result.cells

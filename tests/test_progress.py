@@ -6,8 +6,8 @@ import re
 
 from rich.console import Console
 
-from kvbench.progress import LineProgress, LiveProgress, progress_for
-from kvbench.runner import run_benchmark
+from kvbench.render.progress import LineProgress, LiveProgress, progress_for
+from kvbench.runner.benchmark import run_benchmark
 from tests.clocks import Both, ScriptedClock, steady
 from tests.conftest import tiny_config
 
@@ -104,7 +104,7 @@ def play_sweep(display, clock):
     the scripted time at which each cell after the first started, and the time the sweep ended."""
     from types import SimpleNamespace
 
-    from kvbench.eta import Planned
+    from kvbench.core.eta import Planned
 
     plan = {Planned(mode, 4, 8, "gpt2", f"cell {k}"): 3 for k in range(CELLS) for mode in ("cached", "uncached")}
     display.planned(plan)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from kvbench.results import read_result
-from kvbench.runner import run_benchmark
+from kvbench.runner.benchmark import run_benchmark
+from kvbench.storage.document import read_result
 from tests.conftest import tiny_config
 from tests.test_runner import Recorder
 
@@ -36,6 +36,7 @@ def test_a_sweep_through_ray_gives_the_sequential_file(local_ray, tiny_gpt2_dir,
     result = run_benchmark(ray_sweep(tiny_gpt2_dir), output=tmp_path / "ray.json")
     stored = read_result(tmp_path / "ray.json")
     assert stored.complete
+
     def cells(result):
         return [(c.id, c.status, c.outputs_match) for c in result.cells]
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import kvbench.explain as explain
-import kvbench.records as records
-from kvbench.results import ResultsFile, read_result
+import kvbench.analysis.explain as explain
+import kvbench.model.records as records
+from kvbench.analysis.derived import derived_sections
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import ResultsFile
 from tests.conftest import make_result
 
 
@@ -55,17 +57,17 @@ def test_a_save_mid_run_runs_no_statistics_and_the_closing_save_writes_the_deriv
     summaries = counting(monkeypatch, records, "summarize_mode")
     explanations = counting(monkeypatch, explain, "_explain")
     result, path = make_result(), tmp_path / "r.json"
-    ResultsFile(path).save(result, derived=False)
+    ResultsFile(path).save(result)
     assert (summaries, explanations) == ([], [])
     assert "summary" not in json.loads(path.read_text())
     assert [s.n for s in read_result(path).summary] == [3, 3]  # readers recompute from the runs anyway
-    ResultsFile(path, replace=True).save(result)
+    ResultsFile(path, replace=True).save(result, derived=derived_sections(result))
     data = json.loads(path.read_text())
     assert [s["n"] for s in data["summary"]] == [3, 3] and "explained" in data
 
 
 def test_cell_states_are_written_as_their_names_and_say_whether_they_failed_or_finished():
-    from kvbench.records import CellState
+    from kvbench.model.records import CellState
 
     assert json.dumps([CellState.OOM]) == '["oom"]' and f"{CellState.TIMEOUT}" == "timeout"
     assert [s.value for s in CellState if s.failed] == ["skipped", "oom", "error", "timeout"]
@@ -74,8 +76,8 @@ def test_cell_states_are_written_as_their_names_and_say_whether_they_failed_or_f
 
 
 def test_every_judged_metric_reads_one_value_per_run():
-    from kvbench.compare import metric_samples
-    from kvbench.metrics import JUDGED_METRICS
+    from kvbench.compare.judging import metric_samples
+    from kvbench.core.metrics import JUDGED_METRICS
 
     runs = [replace(run, time_to_first_token_s=0.2) for run in make_result({"cached": [1.0, 1.2]}).runs]
     assert set(metric_samples(runs)) == set(JUDGED_METRICS)
@@ -103,10 +105,17 @@ def test_data_frames_have_a_column_per_setting_and_nan_for_what_was_not_measured
 
     result = make_result(model="tiny", max_new_tokens=16)
     summary, runs = result.summary_frame(), result.runs_frame()
-    settings = ["model", "max_new_tokens", "batch_size", "dtype", "cache_implementation", "attn_implementation",
-                "prompt_tokens"]
+    settings = [
+        "model",
+        "max_new_tokens",
+        "batch_size",
+        "dtype",
+        "cache_implementation",
+        "attn_implementation",
+        "prompt_tokens",
+    ]
     for frame in (summary, runs):
-        assert list(frame.columns[frame.columns.get_loc("model"):][:7]) == settings
+        assert list(frame.columns[frame.columns.get_loc("model") :][:7]) == settings
         assert set(frame["model"]) == {"tiny"} and set(frame["max_new_tokens"]) == {16}
         assert set(frame["prompt_tokens"]) == {6}  # the length the prompt ran at
     # No run recorded a first-token time or VRAM: numbers that are missing are NaN, in numeric columns.

@@ -4,15 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from kvbench.errors import KvbenchError
-from kvbench.results import (
-    SCHEMA_VERSION,
-    ResultsFile,
-    check_writable,
-    read_result,
-    to_dict,
-    write_result,
-)
+from kvbench.analysis.derived import derived_sections
+from kvbench.core.errors import KvbenchError
+from kvbench.model.records import SCHEMA_VERSION
+from kvbench.storage.document import read_result, to_dict
+from kvbench.storage.writer import ResultsFile, check_writable, write_result
 from tests.conftest import make_result
 
 
@@ -27,7 +23,8 @@ def test_written_file_reads_back_the_same(tmp_path):
 
 def test_a_stored_summary_is_never_trusted(tmp_path):
     path = tmp_path / "r.json"
-    write_result(make_result({"cached": [1.0, 3.0]}), path)
+    result = make_result({"cached": [1.0, 3.0]})
+    write_result(result, path, derived_sections(result))
     data = json.loads(path.read_text())
     data["summary"][0]["mean_s"] = 99.0  # a summary that disagrees with its runs
     path.write_text(json.dumps(data))
@@ -40,7 +37,7 @@ def test_a_stored_summary_is_never_trusted(tmp_path):
     [
         ("{not json", "is not JSON"),
         ('{"hello": 1}', "is not a kvbench results file"),
-        ('[1, 2]', "is not a kvbench results file"),
+        ("[1, 2]", "is not a kvbench results file"),
         ('{"format": "kvbench-results", "schema_version": 99}', "newer than this kvbench reads"),
         ('{"format": "kvbench-results", "schema_version": 1, "environment": {}}', "damaged"),
     ],
@@ -100,7 +97,7 @@ def test_every_committed_results_file_reads_and_shows(path):
     readable: what a README points to must still open."""
     from rich.console import Console
 
-    from kvbench.report import render_result
+    from kvbench.render.report import render_result
 
     result = read_result(path)
     assert result.runs and result.cells

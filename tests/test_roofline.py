@@ -3,18 +3,12 @@ import math
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from kvbench.errors import KvbenchError
-from kvbench.kvsize import cache_bytes_for
-from kvbench.roofline import (
-    ModelCost,
-    StepCost,
-    datasheet_peaks,
-    measure_device_peaks,
-    model_cost,
-    roofline_bound,
-    step_bound_s,
-    step_cost,
-)
+from kvbench.analysis.roofline import StepCost, roofline_bound, step_bound_s, step_cost
+from kvbench.core.errors import KvbenchError
+from kvbench.core.kvsize import cache_bytes_for
+from kvbench.hardware.peaks import measure_device_peaks
+from kvbench.measure.cost import model_cost
+from kvbench.model.costs import ModelCost, datasheet_peaks
 
 GPT2_SMALL_PARAMETERS = 124_439_808  # GPT-2 small with its tied output head
 
@@ -146,15 +140,24 @@ def _on_meta(config):
 
 
 def test_parameter_roles_of_a_tied_and_an_untied_model():
-    from kvbench.roofline import parameter_roles
+    from kvbench.measure.cost import parameter_roles
 
     # GPT-2 small: the token table is also the head (tied); the position table is looked up only.
     gpt2 = _on_meta(GPT2Config())
     assert sum(p.numel() for p in gpt2.parameters()) == GPT2_SMALL_PARAMETERS
     assert parameter_roles(gpt2) == (1024 * 768, 50257 * 768)
     # An untied Llama: the token table is looked up, the head is its own matrix; no position table.
-    llama = _on_meta(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=100, tie_word_embeddings=False))
+    llama = _on_meta(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=100,
+            tie_word_embeddings=False,
+        )
+    )
     assert parameter_roles(llama) == (100 * 64, 100 * 64)
 
 
@@ -179,8 +182,8 @@ def test_no_measured_gpt2_step_beats_its_bound():
     import statistics
     from pathlib import Path
 
-    from kvbench.roofline import parameter_roles
-    from kvbench.stats import token_gaps_s
+    from kvbench.core.stats import token_gaps_s
+    from kvbench.measure.cost import parameter_roles
 
     sweep = json.loads((Path(__file__).resolve().parent.parent / "results" / "explain-cpu-long.json").read_text())
     peaks = sweep["environment"]["device_peaks"]

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from kvbench.errors import KvbenchError
-from kvbench.results import read_result
-from kvbench.measure import first_divergence
-from kvbench.runner import Benchmark, Observer, run_benchmark
+from kvbench.core.errors import KvbenchError
+from kvbench.measure.agreement import first_divergence
+from kvbench.model.events import Observer
+from kvbench.runner.benchmark import Benchmark, run_benchmark
+from kvbench.storage.document import read_result
 from tests.clocks import ScriptedClock, jittered, steady
 from tests.conftest import tiny_config
 
@@ -254,9 +255,7 @@ def test_library_call_returns_a_full_result_without_writing_a_file(tiny_gpt2_dir
 
     monkeypatch.chdir(tmp_path)
     # Device peaks (seconds of copy and matmul loops) are the one default left out: test_explain measures them.
-    config = kvbench.BenchConfig(
-        model=str(tiny_gpt2_dir), max_new_tokens=8, runs=2, warmup=0, device="cpu", device_peaks=False
-    )
+    config = kvbench.BenchConfig(model=str(tiny_gpt2_dir), max_new_tokens=8, runs=2, warmup=0, device="cpu", device_peaks=False)
     result = kvbench.run_benchmark(config)
     assert config.max_new_tokens == [8]
     assert result.complete
@@ -277,8 +276,8 @@ def test_config_output_is_where_the_library_writes(tiny_gpt2_dir, tmp_path):
 
 
 def test_a_long_uncached_run_on_a_cpu_comes_with_advice():
-    from kvbench.config import BenchConfig
-    from kvbench.runner import advice
+    from kvbench.model.settings import BenchConfig
+    from kvbench.runner.planning import advice
 
     long = BenchConfig(model=["gpt2"], max_new_tokens=[64, 500])
     assert "--max-new-tokens 200" in advice(long, "cpu")[0]
@@ -288,8 +287,8 @@ def test_a_long_uncached_run_on_a_cpu_comes_with_advice():
 
 
 def test_where_results_go(tmp_path):
-    from kvbench.config import BenchConfig
-    from kvbench.runner import results_path
+    from kvbench.model.settings import BenchConfig
+    from kvbench.runner.planning import results_path
 
     assert results_path(BenchConfig(model=["gpt2"], output="-"), resume=False) is None
     assert results_path(BenchConfig(model=["gpt2"], output="a.json"), resume=True).name == "a.json"
@@ -301,8 +300,8 @@ def test_where_results_go(tmp_path):
 
 def _earlier_run_here(model, folder):
     """A results file of `model` at length 4 on this CPU: 10 ms a token cached, 30 ms uncached."""
-    from kvbench.environment import cpu_name
-    from kvbench.results import write_result
+    from kvbench.hardware.environment import cpu_name
+    from kvbench.storage.writer import write_result
     from tests.conftest import make_result
 
     folder.mkdir(exist_ok=True)
@@ -317,33 +316,35 @@ def test_the_time_a_run_will_take_is_predicted_from_earlier_runs_on_this_machine
     """Length 4 ran before on this CPU at 10 ms (cached) and 30 ms (uncached) a token: a new run of length 6,
     3 runs and a warmup per mode, plans 4 x (6 x 10 ms + 6 x 30 ms) of generations. A file from another
     machine is no source."""
-    from kvbench.results import write_result
-    from kvbench.runner import plan
+    from kvbench.storage.writer import write_result
 
     folder = tmp_path / "results"
     earlier = _earlier_run_here(tiny_gpt2_dir, folder)
     new = tiny_config(tiny_gpt2_dir, max_new_tokens=[6], runs=3, warmup=1, output=str(folder / "new.json"))
-    estimate = plan(Benchmark(new)).estimate
+    estimate = Benchmark(new).plan().estimate
     assert estimate.seconds == pytest.approx(4 * (6 * 0.01 + 6 * 0.03))
     assert estimate.sources == [str(folder / "earlier.json")]
     assert "about 0:00 of generations" in estimate.text()
 
     earlier.environment["device_name"] = "another CPU"
     write_result(earlier, folder / "earlier.json")
-    assert plan(Benchmark(new)).estimate is None
+    assert Benchmark(new).plan().estimate is None
 
 
 def test_the_estimate_leaves_out_cells_that_will_be_skipped(tiny_gpt2_dir, tmp_path):
     """An offloaded cache needs a GPU: on a CPU its cell is skipped, and its generations are not waited for."""
-    from kvbench.runner import plan
 
     folder = tmp_path / "results"
     _earlier_run_here(tiny_gpt2_dir, folder)
     new = tiny_config(
-        tiny_gpt2_dir, max_new_tokens=[6], runs=3, warmup=1, cache_implementation=["dynamic", "offloaded"],
+        tiny_gpt2_dir,
+        max_new_tokens=[6],
+        runs=3,
+        warmup=1,
+        cache_implementation=["dynamic", "offloaded"],
         output=str(folder / "new.json"),
     )
-    planned = plan(Benchmark(new))
+    planned = Benchmark(new).plan()
     assert [what for _, what in planned.cells][1].startswith("skip")
     assert planned.estimate.seconds == pytest.approx(4 * (6 * 0.01 + 6 * 0.03))
 
@@ -372,7 +373,7 @@ def test_output_agreement_from_tokens_and_logits_worked_by_hand():
 
     import torch
 
-    from kvbench.measure import output_agreement
+    from kvbench.measure.agreement import output_agreement
 
     reference_ids, ids = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 6, 9, 8]])
     # Position 0: p = (1/2, 1/2) against q = (3/4, 1/4); both pick token 0 (a tie goes to the first).
@@ -413,7 +414,7 @@ def test_a_quanto_cache_is_measured_with_its_settings_and_its_output_compared(nb
     assert (stored.config["quantized_backend"], stored.config["quantized_nbits"]) == ("quanto", [nbits])
     # Lossy: the next-token distributions move, however little; the greedy tokens may still all agree.
     assert cell.agreement_kl_mean_nats > 0
-    # Its own theory (kvbench.kvsize.quantized_cache_bytes), a fraction of what a dynamic cache holds.
+    # Its own theory (kvbench.core.kvsize.quantized_cache_bytes), a fraction of what a dynamic cache holds.
     assert cell.kv_cache_measured_bytes == pytest.approx(cell.kv_cache_theory_bytes, rel=0.05)
     assert cell.kv_cache_measured_bytes < cell.kv_cache_bytes / 2
     assert cell.kv_cache_note.startswith("theory for the quanto quantized cache:")
@@ -436,7 +437,7 @@ def test_a_quantized_backend_not_installed_is_skipped_with_how_to_install_it(tin
 
 
 def test_a_comparison_pass_that_runs_out_of_memory_keeps_the_cells_timed_runs(tiny_gpt2_dir, monkeypatch):
-    from kvbench.measure import Generation
+    from kvbench.measure.generation import Generation
 
     def out_of_memory(self, cache_implementation, fed_ids=None):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes.")

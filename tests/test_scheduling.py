@@ -2,7 +2,7 @@ from collections import deque
 
 import pytest
 
-from kvbench.scheduling import DevicePool, device_slots, split_runs, startable
+from kvbench.launch.scheduling import DevicePool, device_slots, split_runs, startable
 
 FOUR_GPUS = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kvbench.compare import compare_results
-from kvbench.export import FORMATS
-from kvbench.report import render_result
-from kvbench.results import read_result, to_dict
+from kvbench.analysis.derived import derived_sections
+from kvbench.compare.formats import FORMATS
+from kvbench.compare.judging import compare_results
+from kvbench.render.report import render_result
+from kvbench.storage.document import read_result, to_dict
 
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / "golden.json"
@@ -35,7 +36,8 @@ def test_golden_file_reads_back_unchanged():
     import json
 
     stored = json.loads(GOLDEN.read_text())
-    assert to_dict(read_result(GOLDEN)) == stored
+    result = read_result(GOLDEN)
+    assert to_dict(result, derived_sections(result)) == stored
 
 
 def test_show_snapshot(snapshot):
@@ -76,8 +78,10 @@ def test_compare_table_snapshot_at_80_columns(snapshot, in_repo):
 @pytest.mark.parametrize("width", [80, 120, 200])
 def test_comparing_the_committed_results_cuts_no_label(width):
     results = DATA.parent.parent / "results"
-    for files in ([results / "gpt2-cpu-200tok-epyc-2core.json", results / "gpt2-cpu-200tok-epyc-2core-r2.json"],
-                  sorted(results.glob("*.json"))):
+    for files in (
+        [results / "gpt2-cpu-200tok-epyc-2core.json", results / "gpt2-cpu-200tok-epyc-2core-r2.json"],
+        sorted(results.glob("*.json")),
+    ):
         shown = plain(FORMATS["table"].render(compare_results(files, threshold_pct=5)), width=width)
         assert "…" not in shown
         assert "gpt2-cpu-200tok-epyc-2core-r2" in shown

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kvbench.stats import (
+from kvbench.core.stats import (
     coefficient_of_variation,
     compare_means,
     holm_levels,
@@ -201,7 +201,7 @@ def test_per_token_curve_is_the_median_gap_by_position():
 
 
 def test_runs_from_three_or_more_processes_become_per_process_means():
-    from kvbench.stats import process_aware_samples
+    from kvbench.core.stats import process_aware_samples
 
     latencies = [1.0, 3.0, 2.0, 4.0, 10.0, 20.0]
     processes = ["a", "a", "b", "b", "c", "c"]
@@ -230,7 +230,7 @@ def test_target_rse_rarely_stops_before_the_mean_is_known_that_well(cached_cv):
     bound always holds and only the noisy mode's looks count (at 90% that stopped 13% of cells early)."""
     import numpy as np
 
-    from kvbench.config import RSE_CONFIDENCE
+    from kvbench.model.settings import RSE_CONFIDENCE
 
     rng = np.random.default_rng(0)
     cv, target, fewest, most = 0.05, 0.015, 5, 40

@@ -1,8 +1,8 @@
 """The timer and the token clock read a scripted clock here, so what they compute is checked exactly."""
 
-from kvbench.devices import Devices
-from kvbench.measure import TokenClock
-from kvbench.timing import make_timer
+from kvbench.core.devices import Devices
+from kvbench.hardware.timing import make_timer
+from kvbench.measure.generation import TokenClock
 
 
 def scripted(*readings: float):

@@ -8,8 +8,9 @@ import math
 
 import pytest
 
-from kvbench.models import SHIPPED_CONFIG_DIR, build_model, locate, prepare_model, shipped_names
-from kvbench.runner import run_benchmark
+from kvbench.measure.loading import build_model
+from kvbench.measure.models import SHIPPED_CONFIG_DIR, locate, prepare_model, shipped_names
+from kvbench.runner.benchmark import run_benchmark
 from tests.conftest import tiny_config
 
 MILTON = "tiny-milton"
@@ -45,8 +46,13 @@ def test_its_weights_are_trained_not_random():
 
 def _cache_run(implementation: str, **settings):
     config = tiny_config(
-        MILTON, max_new_tokens=[48], runs=1, modes=["cached"], cache_implementation=[implementation],
-        prompt="Of Mans First Disobedience, and the Fruit", **settings,
+        MILTON,
+        max_new_tokens=[48],
+        runs=1,
+        modes=["cached"],
+        cache_implementation=[implementation],
+        prompt="Of Mans First Disobedience, and the Fruit",
+        **settings,
     )
     return run_benchmark(config).cells[0]
 

@@ -4,25 +4,27 @@ memory, and where they are shown (show, compare's exports, plot), from results b
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import math
+from dataclasses import replace
 
 import pytest
 from rich.console import Console, Group
 from typer.testing import CliRunner
 
-from kvbench.cache_choice import Missing, cache_verdicts, what_fits, what_fits_notes
+from kvbench.analysis.cache_choice import Missing, cache_verdicts, what_fits, what_fits_notes
 from kvbench.cli import app
-from kvbench.compare import compare_results
-from kvbench.config import BenchConfig, Cell, config_to_dict
-from kvbench.errors import KvbenchError
-from kvbench.export import FORMATS
-from kvbench.export.markdown import GITHUB_COMMENT_LIMIT, to_markdown
-from kvbench.plot import plot_result
-from kvbench.records import BenchmarkResult, CellResult, RunRecord
-from kvbench.report import cache_choice_parts, render_result
-from kvbench.results import write_result
-from kvbench.units import parse_bytes
+from kvbench.compare.formats import FORMATS
+from kvbench.compare.formats.markdown import GITHUB_COMMENT_LIMIT, to_markdown
+from kvbench.compare.judging import compare_results
+from kvbench.core.errors import KvbenchError
+from kvbench.core.units import parse_bytes
+from kvbench.model.cells import Cell
+from kvbench.model.records import BenchmarkResult, CellResult, RunRecord
+from kvbench.model.settings import BenchConfig, config_to_dict
+from kvbench.render.plot import plot_result
+from kvbench.render.report import render_result
+from kvbench.render.verdicts import cache_choice_parts
+from kvbench.storage.writer import write_result
 
 runner = CliRunner()
 
@@ -287,7 +289,6 @@ def test_plot_writes_the_cache_choice_figure(tmp_path):
     assert not any(path.name == "cache-choice.png" for path in single)
 
 
-
 def test_a_hostile_reason_cannot_break_out_of_the_markdown_table(tmp_path):
     """A results file's text (a skipped cell's reason) reaches the markdown as one cell: no new row, heading or
     HTML tag in a pull-request comment."""
@@ -306,7 +307,9 @@ def test_a_hostile_reason_cannot_break_out_of_the_markdown_table(tmp_path):
 
 
 def test_a_quantized_cache_with_its_bits_gets_the_residual_window_note():
-    result = cache_result(cache_cell("dynamic", [1.0, 1.1, 0.9], 4000), cache_cell("quantized", [1.2, 1.3, 1.1], 1000, **AGREES))
+    result = cache_result(
+        cache_cell("dynamic", [1.0, 1.1, 0.9], 4000), cache_cell("quantized", [1.2, 1.3, 1.1], 1000, **AGREES)
+    )
     result.cells[1].settings = replace(result.cells[1].settings, quantized_nbits=4)
     (group,) = cache_verdicts(result)
     assert [verdict.cache for verdict in group.verdicts] == ["dynamic", "quantized int4"]

@@ -11,15 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from kvbench.analysis.derived import derived_sections
 from kvbench.cli import app
-from kvbench.compare import EXIT_CODES, UNJUDGED
+from kvbench.compare.formats.grids import timing_grid
+from kvbench.compare.judging import EXIT_CODES, UNJUDGED, compare_results
+from kvbench.core.errors import KvbenchError
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import write_result
+from tests.conftest import make_result
 
 EXIT_UNJUDGED = EXIT_CODES[UNJUDGED]
-from kvbench.compare import compare_results
-from kvbench.errors import KvbenchError
-from kvbench.export.grids import timing_grid
-from kvbench.results import read_result, write_result
-from tests.conftest import make_result
 
 runner = CliRunner()
 STEADY = [1.00, 1.01, 0.99, 1.00]
@@ -30,8 +31,9 @@ def invoke(*args):
 
 
 def save(folder: Path, name: str, result) -> Path:
+    """A results file as a run's closing save writes it, with its derived sections."""
     path = folder / f"{name}.json"
-    write_result(result, path)
+    write_result(result, path, derived_sections(result))
     return path
 
 
@@ -226,8 +228,8 @@ def test_the_verdict_never_contradicts_the_printed_interval(
         test = row.entries[1].versus_baseline
         # The verdict is the test's, and its p-value says the same at the level Holm gave it.
         if test.log_se:
-            assert test.significant() == (test.p_value < 1 - test.confidence) or abs(
-                test.p_value - (1 - test.confidence)
-            ) < 1e-9
+            assert (
+                test.significant() == (test.p_value < 1 - test.confidence) or abs(test.p_value - (1 - test.confidence)) < 1e-9
+            )
     judged = [row.entries[1].versus_baseline.judged for row in comparison.rows]
     assert comparison.family_sizes["latency"] == sum(judged)  # two, less any without spread on both sides

@@ -2,10 +2,11 @@
 
 import pytest
 
-from kvbench.config import expand
-from kvbench.events import Failed
-from kvbench.measure import Measurement
-from kvbench.worker import CellJob, measure
+from kvbench.launch.worker import measure
+from kvbench.measure.measurer import Measurer
+from kvbench.model.cells import expand
+from kvbench.model.events import Failed
+from kvbench.model.jobs import CellJob
 from tests.conftest import tiny_config
 
 
@@ -21,10 +22,10 @@ def test_a_failure_that_escapes_the_measuring_loop_is_filed_by_its_kind(tiny_gpt
     """torch's OutOfMemoryError is a RuntimeError: escaping while the model loads, it is still out of memory."""
     import torch
 
-    def fail(self):
+    def fail(self, cells):
         raise error(torch)
 
-    monkeypatch.setattr(Measurement, "prepare_models", fail)
+    monkeypatch.setattr(Measurer, "prepare", fail)
     config = tiny_config(tiny_gpt2_dir, runs=1)
     events = []
     measure(CellJob(config, expand(config)[0], runs=1), events.append)

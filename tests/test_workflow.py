@@ -64,9 +64,7 @@ def test_gpu_workflow_keeps_fork_pull_requests_off_the_runner():
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     broken = tmp_path / ".github" / "workflows" / "broken.yml"
     broken.parent.mkdir(parents=True)
-    broken.write_text(
-        "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n"
-    )
+    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
     completed = lint([broken], tmp_path)
     assert completed.returncode != 0
     assert "matrix" in completed.stdout

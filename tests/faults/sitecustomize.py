@@ -1,12 +1,12 @@
 """Faults for the measuring processes a test starts, from outside kvbench: a test puts this folder on the
 PYTHONPATH (tests.faults.inject) and names the faults in KVBENCH_TEST_FAULT, e.g. "kill@new=4 ,hang".
 
-A fault strikes a measuring process (`python -m kvbench.worker`) whose cell id contains the text after "@"
+A fault strikes a measuring process (`python -m kvbench.launch.worker`) whose cell id contains the text after "@"
 (every cell when there is none), right after its first measured run has been saved and sent: "kill"
 (SIGKILL, as the out-of-memory killer), "abort" (a crash), "hang", "exit" (what a native library does when
 it gives up: a line on each stream, then exit 3), "error" (a CUDA-like error), "oom". It strikes once per
 cell: with several processes measuring a cell, the first to get there. Python imports this file at start-up
-in every process; it does nothing until kvbench.measure is imported in a measuring process.
+in every process; it does nothing until kvbench.measure.measurer is imported in a measuring process.
 """
 
 import hashlib
@@ -55,24 +55,28 @@ def _strike(fault):
         raise MemoryError("simulated")
 
 
-def _patch(measure):
-    original = measure.Measurement.save
+def _patch(measurer):
+    original = measurer.Measurer.measure
 
-    def save(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if not sys.argv[0].endswith(os.path.join("kvbench", "worker.py")) or not self.result.runs:
-            return
-        cell_id = self.result.cells[0].id
-        fault = _fault_for(cell_id)
-        if fault is not None and _first_to_strike(cell_id):
-            _strike(fault)
+    def measure(self, job, emit):
+        if not sys.argv[0].endswith(os.path.join("kvbench", "launch", "worker.py")):
+            return original(self, job, emit)
+        fault = _fault_for(job.cell.id)
 
-    measure.Measurement.save = save
+        def emit_then_strike(event):
+            emit(event)
+            # Right after the first measured run has been sent.
+            if fault is not None and type(event).__name__ == "RunsMeasured" and _first_to_strike(job.cell.id):
+                _strike(fault)
+
+        return original(self, job, emit_then_strike)
+
+    measurer.Measurer.measure = measure
 
 
 class _PatchMeasureOnImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "kvbench.measure":
+        if name != "kvbench.measure.measurer":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)

@@ -1,0 +1,272 @@
+"""Which KV cache to use: each cache implementation against the dynamic cache at otherwise equal settings
+(speed, memory saved, output agreement), and what fits beside the model's weights in a GPU's memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from kvbench.analysis.explain import model_cost_of
+from kvbench.core.stats import RatioTest, compare_means, process_aware_samples
+from kvbench.model.cells import Cell
+from kvbench.model.records import BenchmarkResult, CellResult, CellState
+
+REFERENCE = "dynamic"
+# GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory (an
+# H200's 143,771 MiB is just over 140 GiB).
+DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A figure that could not be given, and why."""
+
+    reason: str
+
+
+Figure = TypeVar("Figure")
+
+
+def present(value: Figure | Missing) -> Figure | None:
+    """The figure, or None where it is Missing."""
+    return None if isinstance(value, Missing) else value
+
+
+@dataclass(frozen=True)
+class CacheVerdict:
+    """One cache implementation's cell against the dynamic cache's cell at the same settings. A figure is
+    a Missing (with its reason) where it cannot be given; the dynamic cell is its own reference."""
+
+    cell: CellResult
+    # This cache's mean cached-mode latency over the dynamic cache's, with its 95% interval: below 1 faster.
+    latency_ratio: RatioTest | Missing
+    # The dynamic cache's measured bytes minus this one's: above 0, this cache holds less.
+    memory_saved_bytes: int | Missing
+    memory_saved_share: float | Missing
+    # Against the dynamic cache's output (CellResult's agreement fields); None within them: not measured.
+    agreement: CellResult | Missing
+
+    @property
+    def cache(self) -> str:
+        return self.cell.settings.cache_name
+
+    @property
+    def is_reference(self) -> bool:
+        return self.cache == REFERENCE
+
+    def missing(self) -> list[tuple[str, str]]:
+        """(figure, reason) for each figure that could not be given; none for the measured reference."""
+        if self.is_reference and not CellState(self.cell.status).failed:
+            return []
+        figures = {
+            "latency": self.latency_ratio,
+            "memory saved": self.memory_saved_bytes,
+            "agreement": self.agreement,
+        }
+        return [(name, value.reason) for name, value in figures.items() if isinstance(value, Missing)]
+
+
+@dataclass(frozen=True)
+class VerdictGroup:
+    """The cells of one model, length, batch, dtype, attention and prompt, one per cache implementation."""
+
+    settings: Cell  # the group's settings, its cache implementation set to the reference
+    verdicts: list[CacheVerdict]
+
+    def title(self) -> str:
+        """The group's settings in words, without the cache implementation that varies within it, and the
+        dtype that "auto" resolved to."""
+        settings = self.settings
+        resolved = ((verdict.cell.model or {}).get("dtype") for verdict in self.verdicts)
+        dtype = next((value for value in resolved if value), None)
+        prompt = f"{settings.prompt_tokens}-token prompt · " if settings.prompt_tokens is not None else ""
+        attn = f" · attn {settings.attn_implementation}" if settings.attn_implementation != "auto" else ""
+        return (
+            f"{settings.model} · {prompt}{settings.max_new_tokens} tok · batch {settings.batch_size} · "
+            f"{dtype or settings.dtype}{attn}"
+        )
+
+
+def cache_verdicts(result: BenchmarkResult) -> list[VerdictGroup]:
+    """Each group of cells that differ only in their cache implementation, where more than one was run
+    (a pending cell is not counted): every cache's verdict against the group's dynamic cell, dynamic first."""
+    groups: dict[Cell, list[CellResult]] = {}
+    for cell in result.cells:
+        if cell.status != CellState.PENDING:
+            group = replace(cell.settings, cache_implementation=REFERENCE, quantized_nbits=None)
+            groups.setdefault(group, []).append(cell)
+    verdicts = []
+    for settings, cells in groups.items():
+        if len({cell.settings.cache_name for cell in cells}) < 2:
+            continue
+        reference = next((cell for cell in cells if cell.settings.cache_implementation == REFERENCE), None)
+        cells.sort(key=lambda cell: cell.settings.cache_implementation != REFERENCE)
+        verdicts.append(VerdictGroup(settings, [verdict_against(result, cell, reference) for cell in cells]))
+    return verdicts
+
+
+def verdict_against(result: BenchmarkResult, cell: CellResult, reference: CellResult | None) -> CacheVerdict:
+    """One cell's speed, memory and agreement against the dynamic cache's cell (None: there is none)."""
+    if CellState(cell.status).failed:
+        why = Missing(f"{cell.status}: {cell.reason}")
+        return CacheVerdict(cell, why, why, why, why)
+    if cell is reference:
+        itself = Missing("the reference")  # shown as "reference", never as a missing figure
+        return CacheVerdict(cell, itself, itself, itself, itself)
+    saved = _memory_saved(cell, reference)
+    return CacheVerdict(
+        cell,
+        latency_ratio=_latency_ratio(result, cell, reference),
+        memory_saved_bytes=saved if isinstance(saved, Missing) else saved[0],
+        memory_saved_share=saved if isinstance(saved, Missing) else saved[1],
+        agreement=_agreement(cell),
+    )
+
+
+def _cached_samples(result: BenchmarkResult, cell: CellResult) -> list[float]:
+    # As compare takes them: one per run, or one per process's mean with runs from 3 or more processes.
+    runs = result.runs_of(cell.id, "cached")
+    return process_aware_samples([run.latency_s for run in runs], [(run.host, run.pid) for run in runs])
+
+
+def _no_reference(reference: CellResult | None) -> Missing | None:
+    if reference is None:
+        return Missing("no dynamic cache cell at these settings to compare with")
+    if CellState(reference.status).failed:
+        return Missing(f"the dynamic cache's cell was {reference.status}: {reference.reason}")
+    return None
+
+
+def _latency_ratio(result: BenchmarkResult, cell: CellResult, reference: CellResult | None) -> RatioTest | Missing:
+    missing = _no_reference(reference)
+    if missing is not None:
+        return missing
+    assert reference is not None
+    ours, theirs = _cached_samples(result, cell), _cached_samples(result, reference)
+    if not ours:
+        return Missing("no cached-mode runs in this cell")
+    if not theirs:
+        return Missing("no cached-mode runs in the dynamic cache's cell")
+    if any(not math.isfinite(value) or value <= 0 for value in (*ours, *theirs)):
+        return Missing("a latency that is not a positive number")
+    return compare_means(ours, theirs)
+
+
+def _memory_saved(cell: CellResult, reference: CellResult | None) -> tuple[int, float] | Missing:
+    missing = _no_reference(reference)
+    if missing is not None:
+        return missing
+    assert reference is not None
+    ours, theirs = cell.kv_cache_measured_bytes, reference.kv_cache_measured_bytes
+    if CellState(cell.status) == CellState.INCOMPLETE and ours is None:
+        return Missing("the cell was interrupted before its cache was measured")
+    if ours is None or ours <= 0:
+        return Missing(f"the cache object was not measured ({cell.kv_cache_note or 'a file from before it was'})")
+    if theirs is None or theirs <= 0:
+        return Missing("the dynamic cache's object was not measured")
+    return theirs - ours, (theirs - ours) / theirs
+
+
+def _agreement(cell: CellResult) -> CellResult | Missing:
+    if cell.agreement_note is not None:
+        return Missing(cell.agreement_note)
+    if CellState(cell.status) == CellState.INCOMPLETE and cell.agreement_token_share is None:
+        return Missing("the cell was interrupted before its agreement pass")
+    if cell.agreement_token_share is None:
+        return Missing("not measured in this file")
+    return cell
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What fits beside the weights in one GPU memory size, from one cell's measured cache."""
+
+    gpu_memory_bytes: int
+    longest_context: int  # positions at batch 1, at most the model's position limit; 0 when not even one fits
+    largest_batch: int  # sequences of the cell's positions
+
+
+@dataclass(frozen=True)
+class WhatFits:
+    """One cell's cache bytes per position and the model's weight bytes, and what fits in each GPU size."""
+
+    cell: CellResult
+    bytes_per_position: float
+    weight_bytes: int
+    positions: int  # the context the cell ran at: the positions its cache held
+    fits: list[Fit]
+    position_limit: int | None = None  # the model's own (max_position_embeddings), where it has one
+
+    @property
+    def limited_by_model(self) -> bool:
+        return self.position_limit is not None and any(fit.longest_context == self.position_limit for fit in self.fits)
+
+    @property
+    def cache(self) -> str:
+        return self.cell.settings.cache_name
+
+
+def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> WhatFits | Missing:
+    """The longest context at batch 1 and the largest batch at the cell's context whose cache fits beside
+    the model's weights in each GPU memory size: (memory - weights) / bytes per position, with bytes per
+    position = measured bytes / positions / batch. Weights and cache only: no activations, no allocator
+    overhead, no CUDA context; a real run fits less."""
+    if CellState(cell.status).failed:
+        return Missing(f"{cell.status}: {cell.reason}")
+    measured, positions = cell.kv_cache_measured_bytes, cell.kv_cache_positions
+    if measured is None or positions is None or measured <= 0 or positions <= 0:
+        return Missing("the cache object was not measured")
+    cost = model_cost_of(cell)
+    if cost is None:
+        return Missing("the model's parameter count was not recorded")
+    per_position = measured / positions / cell.settings.batch_size
+    # Every parameter occupies memory, embedding tables included (ModelCost.weight_bytes leaves them out: it
+    # counts what each step reads).
+    weights = cost.parameters * cost.bytes_per_element
+    limit = (cell.model or {}).get("max_positions")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+    fits = []
+    for memory in gpu_memory_bytes:
+        room = max(memory - weights, 0)
+        # In integers, so a figure on a whole number is not a float's rounding below it: room / per_position
+        # is room * positions * batch / measured.
+        batch = cell.settings.batch_size
+        context = room * positions * batch // measured
+        # Memory is not the only bound: past its position limit the model cannot attend at all.
+        context = min(context, limit) if limit is not None else context
+        fits.append(Fit(memory, context, room * batch // measured))
+    return WhatFits(cell, per_position, weights, positions, fits, limit)
+
+
+def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> list[str]:
+    """What the what-fits figures leave out, said plainly; more for the quantized and offloaded caches."""
+    caches = {verdict.cell.settings.cache_implementation for verdict in group.verdicts}
+    notes = [
+        "what fits counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA"
+        " context; a real run fits less"
+    ]
+    if "quantized" in caches:
+        notes.append(
+            "quantized: its residual window (the newest positions, up to quantized_residual_length) stays at full"
+            " precision, so bytes per position are this length's average and fall at longer contexts"
+        )
+    limits = {
+        fitted.position_limit
+        for v in group.verdicts
+        if isinstance(fitted := what_fits(v.cell, gpu_memory_bytes), WhatFits)
+        and fitted.limited_by_model
+        and fitted.position_limit is not None
+    }
+    if limits:
+        shown = ", ".join(f"{limit:,}" for limit in sorted(limits))
+        notes.append(
+            f"longest context stops at the model's own position limit ({shown} positions) where memory would allow"
+            " more: beyond it the model cannot run at all"
+        )
+    if caches & {"offloaded", "offloaded_static"}:
+        notes.append(
+            "offloaded caches keep most layers in CPU memory between uses: counting them all on the GPU, as"
+            " here, understates what fits"
+        )
+    return notes

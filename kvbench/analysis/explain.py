@@ -1,0 +1,230 @@
+"""Why a results file's numbers are what they are, from the file alone (no torch): the roofline bound each
+mode is measured against, and latency fitted against length to say what happens beyond the lengths run."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kvbench.analysis.fit import LengthExtrapolation, extrapolate
+from kvbench.analysis.roofline import RooflineBound, roofline_bound, step_bound_s, step_cost
+from kvbench.core.errors import KvbenchError
+from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, Cell
+from kvbench.model.costs import ModelCost
+from kvbench.model.records import BenchmarkResult, CellResult
+from kvbench.model.settings import MODES
+
+
+def varying_axes(result: BenchmarkResult) -> list[str]:
+    """The sweep axes that take more than one value among the cells with runs."""
+    cells = [cell for cell in result.cells if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached")]
+    return [axis for axis in SWEEP_AXES if len(_values_on(axis, cells)) > 1]
+
+
+def _values_on(axis: str, cells: list[CellResult]) -> set[Any]:
+    """The values cells take on an axis; on a partial axis, only where it applies."""
+    values = {getattr(cell.settings, axis) for cell in cells}
+    return values - {None} if axis in PARTIAL_AXES else values
+
+
+def named_settings(settings: Cell, axes: list[str] | tuple[str, ...]) -> str:
+    """Settings by name, for a legend: "gpt2, prompt=8, batch=1"; "" when no axis is named."""
+    parts = []
+    for axis in axes:
+        value = getattr(settings, axis)
+        short = AXES[axis]["short"]
+        if axis in PARTIAL_AXES and value is None:
+            continue
+        if axis == "prompt_tokens" and value is None:
+            value = "text"
+        parts.append(f"{short}={value}" if short else str(value))
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The memory bandwidth and arithmetic throughput the bound is computed from, and where they come from."""
+
+    bandwidth_bytes_per_s: float
+    flops_per_s: float
+    source: str
+
+
+def peaks_of(environment: dict[str, Any]) -> Peaks | None:
+    """The device's measured peaks (what torch reached: the bound a run can actually approach), else a
+    known GPU's datasheet; None when there are neither."""
+    measured, sheet = environment.get("device_peaks"), environment.get("datasheet_peaks")
+    if measured:
+        bandwidth, flops = measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops_per_s"]
+        source = (
+            f"measured on {measured['device']}: copy {bandwidth / 1e9:.1f} GB/s,"
+            f" {measured['matmul_dtype']} matmul {flops / 1e9:.0f} GFLOP/s"
+        )
+    elif sheet:
+        bandwidth, flops = sheet["memory_bandwidth_bytes_per_s"], sheet["fp16_tensor_flops_per_s"]
+        source = f"{sheet['name']} datasheet: {bandwidth / 1e9:.0f} GB/s, FP16 {flops / 1e12:.0f} TFLOP/s"
+    else:
+        return None
+    return Peaks(bandwidth, flops, source)
+
+
+@dataclass(frozen=True)
+class ModeBound:
+    """One mode of one cell against the hardware's limit."""
+
+    cell: str
+    mode: str
+    bound_per_token_s: float  # the least time per generated token the peaks allow
+    measured_per_token_s: float  # mean end-to-end latency / new tokens
+    fraction_of_bound: float  # bound / measured: 1.0 is the hardware's limit
+    limited_by: str  # "memory bandwidth" or "compute"
+    memory_bound_steps: int
+    steps: int
+
+    def words(self) -> str:
+        """ "cached at 71% of the memory-bandwidth bound (bound 2.41 ms/token)" """
+        limit = "memory-bandwidth" if self.limited_by == "memory bandwidth" else "compute"
+        return (
+            f"{self.mode} at {percent(self.fraction_of_bound)} of the {limit} bound"
+            f" ({self.bound_per_token_s * 1000:.3g} ms/token bound, {self.measured_per_token_s * 1000:.3g} measured)"
+        )
+
+
+def percent(fraction: float) -> str:
+    """71%, 4.2%, 0.13%: two significant figures, so a small fraction does not read as 0%."""
+    return f"{fraction * 100:.2g}%" if fraction < 0.1 else f"{fraction:.0%}"
+
+
+def model_cost_of(cell: CellResult) -> ModelCost | None:
+    """The stored cost (checked when the file was read); keys a newer kvbench added are left aside."""
+    cost = (cell.model or {}).get("cost")
+    if not cost:
+        return None
+    return ModelCost(**{item.name: cost[item.name] for item in fields(ModelCost) if item.name in cost})
+
+
+def _bound(cell: CellResult, mode: str, peaks: Peaks) -> RooflineBound | None:
+    model = model_cost_of(cell)
+    if model is None or cell.prompt_tokens is None:
+        return None
+    settings = cell.settings
+    return roofline_bound(
+        model,
+        mode,
+        cell.prompt_tokens,
+        settings.max_new_tokens,
+        settings.batch_size,
+        peaks.bandwidth_bytes_per_s,
+        peaks.flops_per_s,
+    )
+
+
+def mode_bound(result: BenchmarkResult, cell: CellResult, mode: str, peaks: Peaks | None) -> ModeBound | None:
+    """The bound on a mode's time per token and the fraction of it the mean run reached; None without
+    peaks, runs, or the model's cost (a file from before kvbench stored it)."""
+    runs = result.runs_of(cell.id, mode)
+    if peaks is None or not runs:
+        return None
+    bound = _bound(cell, mode, peaks)
+    if bound is None:
+        return None
+    measured_s = statistics.fmean(run.latency_s for run in runs)
+    return ModeBound(
+        cell=cell.id,
+        mode=mode,
+        bound_per_token_s=bound.bound_per_token_s,
+        measured_per_token_s=measured_s / cell.settings.max_new_tokens,
+        fraction_of_bound=bound.bound_s / measured_s,
+        limited_by=bound.limited_by,
+        memory_bound_steps=bound.memory_bound_steps,
+        steps=bound.steps,
+    )
+
+
+def step_bounds_ms(cell: CellResult, mode: str, peaks: Peaks | None) -> list[float]:
+    """The bound on each new token's time (ms) by position, for the per-token plot; [] when unknown."""
+    model = model_cost_of(cell)
+    if peaks is None or model is None or cell.prompt_tokens is None:
+        return []
+    settings = cell.settings
+    return [
+        step_bound_s(
+            step_cost(model, mode, step, cell.prompt_tokens, settings.batch_size),
+            peaks.bandwidth_bytes_per_s,
+            peaks.flops_per_s,
+        )
+        * 1000
+        for step in range(settings.max_new_tokens)
+    ]
+
+
+@dataclass(frozen=True)
+class LengthFit:
+    """Latency against new tokens for one group of cells that differ only in length."""
+
+    group: str  # the group's named settings
+    cells: list[str]
+    extrapolation: LengthExtrapolation | None
+    reason: str | None = None  # why there is no fit
+
+
+def _length_groups(result: BenchmarkResult) -> dict[tuple, list[CellResult]]:
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in result.cells:
+        if result.runs_of(cell.id, "cached") and result.runs_of(cell.id, "uncached"):
+            key = tuple(getattr(cell.settings, axis) for axis in SWEEP_AXES if axis != "max_new_tokens")
+            groups.setdefault(key, []).append(cell)
+    return groups
+
+
+def length_fits(result: BenchmarkResult) -> list[LengthFit]:
+    """A fit per group with at least three lengths measured in both modes."""
+    axes = [axis for axis in varying_axes(result) if axis != "max_new_tokens"]
+    fits = []
+    for cells in _length_groups(result).values():
+        lengths = {cell.settings.max_new_tokens for cell in cells}
+        if len(lengths) < 2:
+            continue  # not a length sweep at all: nothing to say
+        points = {
+            mode: [(run.new_tokens, run.latency_s) for cell in cells for run in result.runs_of(cell.id, mode)] for mode in MODES
+        }
+        name = named_settings(cells[0].settings, axes) or cells[0].settings.model
+        ids = [cell.id for cell in cells]
+        try:
+            fits.append(LengthFit(name, ids, extrapolate(points["cached"], points["uncached"])))
+        except KvbenchError as error:
+            fits.append(LengthFit(name, ids, None, str(error)))
+    return fits
+
+
+@dataclass
+class Explanation:
+    """Everything `show` and `plot` explain, and the results file's "explained" block."""
+
+    peaks: Peaks | None
+    bounds: list[ModeBound] = field(default_factory=list)
+    fits: list[LengthFit] = field(default_factory=list)
+
+    def bound_of(self, cell_id: str, mode: str) -> ModeBound | None:
+        return next((b for b in self.bounds if b.cell == cell_id and b.mode == mode), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peaks": asdict(self.peaks) if self.peaks else None,
+            "roofline": [asdict(bound) for bound in self.bounds],
+            "length_fits": [asdict(fit) for fit in self.fits],
+        }
+
+
+def explain_result(result: BenchmarkResult) -> Explanation:
+    """The roofline bounds and length fits of a result, computed once until a run is added."""
+    return result.derived("explanation", lambda: _explain(result))
+
+
+def _explain(result: BenchmarkResult) -> Explanation:
+    peaks = peaks_of(result.environment)
+    bounds = [
+        bound for cell in result.cells for mode in result.modes if (bound := mode_bound(result, cell, mode, peaks)) is not None
+    ]
+    return Explanation(peaks, bounds, length_fits(result))

@@ -1,0 +1,112 @@
+"""The Typer application every command registers on, the consoles, and the one funnel from a user's mistake
+to one red line and exit code 2."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from kvbench.core.errors import KvbenchError
+from kvbench.render.text import labelled, output_console
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _flags_without_a_metavar(params: list) -> list:
+    # Typer shows Python's type names (`--help <bool>`, `FILES <list[Path]>`): a flag takes no value, and an
+    # argument's name and help already say what it takes.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+        elif param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_a_metavar(super().get_params(ctx))
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_a_metavar(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stdout = output_console()
+stderr = output_console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user mistake becomes one red line and exit code 2; bugs still raise with a traceback."""
+    try:
+        yield
+    except KvbenchError as error:
+        stderr.print(labelled("Error:", "bold red", str(error)), soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def keyword(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+    """One option of a command whose options are made from declarations (a dataclass's fields)."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def with_options(command: Callable[..., Any], parameters: list[inspect.Parameter]) -> Callable[..., Any]:
+    """`command` taking `parameters`: Typer reads them from its signature, so options made at run time from
+    declarations are read as if written out."""
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return command
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kvbench.core.version import __version__
+
+        stdout.print(f"kvbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, metavar="", help="Print kvbench's version and exit."
+    ),
+) -> None:
+    """Measure what the KV cache buys a causal LM: generate() with use_cache=True against use_cache=False,
+    repeated, with latency, per-token timing and memory.
+
+    Start with `kvbench run --model gpt2 --max-new-tokens 200 --runs 3`, then
+    `kvbench compare results/a.json results/b.json`.
+    """
+
+
+def _tolerant_output() -> None:
+    """Where the output's encoding cannot show a character (PYTHONIOENCODING=ascii, an old console), print
+    '?' for it rather than crash after measuring; rich then draws its tables with ASCII too."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change: leave it
+                pass
+
+
+def main() -> None:
+    _tolerant_output()
+    app()

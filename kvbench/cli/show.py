@@ -1,0 +1,39 @@
+"""`kvbench show`: one results file, rendered as `kvbench run` printed it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kvbench.cli.app import stdout, user_errors
+
+
+def show(
+    file: Path = typer.Argument(..., help="A results .json written by kvbench run."),
+    show_output: bool = typer.Option(
+        False, "--show-output", metavar="", help="Also print the text each mode generated, where it was recorded."
+    ),
+    gpu_memory: Optional[list[str]] = typer.Option(
+        None,
+        "--gpu-memory",
+        metavar="SIZE",
+        help="The GPU memory size the what-fits figures are for, such as 80GiB, 24GB or 16G (G: GiB); repeat for"
+        " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 141 GiB]",
+        show_default=False,
+    ),
+) -> None:
+    """Render one results file as `kvbench run` printed it."""
+    with user_errors():
+        from kvbench.core.units import parse_bytes
+        from kvbench.render.report import one_line_summary, print_generated_text, print_result
+        from kvbench.storage.document import read_result
+
+        sizes = tuple(parse_bytes(size) for size in gpu_memory) if gpu_memory else None
+        result = read_result(file)
+        print_result(result, stdout, sizes)
+        if show_output:
+            print_generated_text(result, stdout)
+        for line in one_line_summary(result):
+            stdout.print(f"summary: {line}", highlight=False, soft_wrap=True)

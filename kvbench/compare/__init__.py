@@ -1,0 +1,1 @@
+"""Results files matched against each other and judged, and one module per export format."""

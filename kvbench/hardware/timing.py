@@ -1,0 +1,38 @@
+"""One wall-clock timer per device, chosen once: perf_counter, fenced by CUDA synchronisation on a GPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kvbench.core.devices import Devices
+
+T = TypeVar("T")
+
+
+def make_timer(
+    devices: Devices, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[Callable[[], T]], tuple[T, float]]:
+    """Returns timed(fn) -> (fn's result, seconds). On CUDA, kernels still queued would otherwise
+    finish outside the timed span, so every GPU in use is synchronised before starting and stopping.
+    `clock` is replaceable so tests can script it."""
+    if devices.on_gpu:
+        import torch
+
+        def synchronize() -> None:
+            for device in devices.gpus:
+                torch.cuda.synchronize(device)
+    else:
+
+        def synchronize() -> None:
+            pass
+
+    def timed(fn: Callable[[], T]) -> tuple[T, float]:
+        synchronize()
+        start = clock()
+        result = fn()
+        synchronize()
+        return result, clock() - start
+
+    return timed

@@ -1,0 +1,333 @@
+"""Measuring cells in this process: each job's model loaded (once for consecutive cells of the same model),
+warmup, then the cached and uncached runs interleaved until enough, every step emitted as an event."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kvbench.core.devices import Devices, compute_capability, is_gpu
+from kvbench.core.errors import KvbenchError
+from kvbench.core.kvsize import cache_bytes_for
+from kvbench.core.stats import precise_enough
+from kvbench.hardware.energy import CounterReader, energy_reader
+from kvbench.hardware.memory import MemoryProbe, frozen_heap
+from kvbench.measure.agreement import first_divergence, record_output_agreement
+from kvbench.measure.cache_bytes import model_cost_of, record_cache_size
+from kvbench.measure.generation import (
+    Generation,
+    TokenClock,
+    allocated_reader,
+    is_out_of_memory,
+    measure_generation,
+    prepare_generation,
+)
+from kvbench.measure.support import unsupported_reason
+from kvbench.model.caches import cache_config
+from kvbench.model.cells import Cell
+from kvbench.model.events import (
+    ONE_TOKEN,
+    CellChanged,
+    Done,
+    Emit,
+    Failed,
+    GenerationFinished,
+    GenerationStarted,
+    RunsMeasured,
+    Unmeasured,
+)
+from kvbench.model.jobs import CellJob, planned_generation
+from kvbench.model.records import CellResult, CellState, RunRecord
+from kvbench.model.settings import RSE_CONFIDENCE, BenchConfig
+
+
+class _LoadFailure(Exception):
+    """A model that cannot be loaded for one cell of a sweep: recorded for the cell, and the sweep goes on."""
+
+
+class Measurer:
+    """Measures jobs in this process, one at a time, emitting what it measures: the same code whether the
+    process is the one running `kvbench run` (--isolation none) or a worker a launcher started. It keeps the
+    model it loaded last, so consecutive cells of one model load it once."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        device: str,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        gpu_here: bool = True,
+    ) -> None:
+        """`config` holds the settings every cell shares (a job's cell gives its own). `clock` times every
+        generation and its tokens: perf_counter, or a scripted clock that makes each latency a chosen number.
+        Without `gpu_here`, `device` is not this process's to ask about (the cells are measured on other
+        machines): no GPU here is touched."""
+        self.config = config
+        self.device = device
+        self.clock = clock
+        self.gpu_here = gpu_here
+        self.capability = compute_capability(device) if gpu_here else None
+        self.prepared: dict[str, Any] = {}
+        self.prompts: dict[tuple[str, int | None], tuple[Any, str]] = {}
+        self._loaded: tuple[tuple[str, str, str], Any] | None = None
+        self.probe: MemoryProbe | None = None
+        self.energy: CounterReader | None = None
+        self._unmeasured_sent: dict[str, str] = {}
+
+    # --- before measuring ---------------------------------------------------------------------------
+
+    def prepare(self, cells: Iterable[Cell]) -> list[str]:
+        """Resolve the model of every cell and check every cell's length before any generation, so a mistake
+        in the last cell of a sweep is not found after hours of measuring. Returns the notes a results file
+        keeps (random weights, a synthetic prompt, bfloat16 emulated)."""
+        from kvbench.measure import loading, models
+
+        config, notes = self.config, []
+        cells = list(cells)
+        for cell in cells:
+            if cell.model not in self.prepared:
+                self.prepared[cell.model] = models.prepare_model(
+                    cell.model, config.weights, trust_remote_code=config.trust_remote_code, revision=config.revision
+                )
+                notes += self.prepared[cell.model].notes
+            key = (cell.model, cell.prompt_tokens)
+            if key not in self.prompts:
+                self.prompts[key] = loading.prompt_ids(
+                    self.prepared[cell.model], config.prompt, cell.prompt_tokens, config.seed
+                )
+                ids, how = self.prompts[key]
+                if how == "synthetic" and cell.prompt_tokens is None:
+                    notes.append(
+                        f"{cell.model} has no tokenizer, so the prompt text is not used: {len(ids)} seeded synthetic"
+                        " token ids stand in for it"
+                    )
+        note = models.bfloat16_note(sorted({cell.dtype for cell in cells}), self.capability)
+        if note is not None:
+            notes.append(note)
+        for cell in cells:
+            ids, _ = self.prompts[cell.model, cell.prompt_tokens]
+            loading.check_context(self.prepared[cell.model], len(ids), cell.max_new_tokens)
+        return list(dict.fromkeys(notes))
+
+    def unsupported_reason(self, cell: Cell) -> str | None:
+        """Why this process cannot measure `cell` here, known before trying; None when it can. Planning, the
+        estimate and measuring all ask this one question."""
+        return unsupported_reason(
+            cell, self.device, self.capability, self.config.quantized_backend, capability_known=self.gpu_here
+        )
+
+    def devices_in_use(self) -> Devices:
+        """The devices of the model loaded last (all of them with --device-map), else the run's device."""
+        return self._loaded[1].devices if self._loaded is not None else Devices((self.device,))
+
+    # --- measuring ----------------------------------------------------------------------------------
+
+    def measure(self, job: CellJob, emit: Emit) -> None:
+        """Measure one job, emitting its events as they happen. A failure that is the cell's own (out of
+        memory; an error within a sweep) ends in a Failed event; a user's mistake raises KvbenchError."""
+        cell = job.cell
+        cell_result = CellResult(settings=cell)
+        reason = self.unsupported_reason(cell)
+        if reason is not None:
+            emit(Failed(CellState.SKIPPED, reason))
+            return
+        self.prepare([cell])
+        failure: tuple[CellState, str] | None = None
+        try:
+            loaded = self._load_for(job, emit)
+            ids, how = self.prompts[cell.model, cell.prompt_tokens]
+            cell_result.model = loaded.info()
+            # How the model was run: let compile (a static cache on a GPU) or held to eager code.
+            cell_result.model["compile"] = self.config.compile
+            cell_result.prompt_tokens, cell_result.prompt_source = len(ids), how
+            cell_result.kv_cache_bytes = cache_bytes_for(
+                loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
+            )
+            cell_result.model["cost"] = model_cost_of(loaded)
+            cell_result.status = CellState.INCOMPLETE
+            emit(CellChanged(copy.copy(cell_result)))
+            clock = TokenClock(lambda: emit(ONE_TOKEN), self.clock, allocated=allocated_reader(loaded.devices))
+            generation = prepare_generation(loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell))
+            with frozen_heap():
+                self._measure(job, cell_result, generation, loaded, emit)
+        except KvbenchError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a sweep records a failing cell and goes on
+            size = f"batch {cell.batch_size} x {cell.max_new_tokens} new tokens"
+            if is_out_of_memory(error):
+                # Recorded; a run of this one cell then ends in one line (kvbench.runner), not a traceback.
+                failure = (CellState.OOM, f"out of memory at {size} ({type(error).__name__})")
+            elif isinstance(error, _LoadFailure):
+                failure = (CellState.ERROR, str(error))
+            elif job.sweep:
+                failure = (CellState.ERROR, f"{type(error).__name__}: {error}")
+            else:
+                raise
+        if failure is not None:
+            # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
+            self._loaded = None
+            self._free_memory()
+            emit(Failed(*failure))
+            return
+        cell_result.status = CellState.MEASURED
+        emit(CellChanged(cell_result))
+        emit(Done())
+
+    def _measure(self, job: CellJob, cell_result: CellResult, generate: Generation, loaded: Any, emit: Emit) -> None:
+        """Warmup, then measured runs with the modes interleaved, until enough runs."""
+        from kvbench.hardware.environment import placement
+        from kvbench.hardware.timing import make_timer
+
+        config, cell = self.config, job.cell
+        assert self.probe is not None
+        timed = make_timer(loaded.devices, self.clock)
+        for warmup in range(config.warmup):
+            for mode in config.modes:
+                generation = planned_generation(cell, mode)
+                emit(GenerationStarted(f"warmup {mode} {warmup + 1}/{config.warmup}", generation))
+                generate(mode)
+                emit(GenerationFinished(None, generation))
+
+        first_outputs: dict[str, Any] = {}
+        measured: dict[str, list[RunRecord]] = {mode: [] for mode in config.modes}
+        fewest, most = job.run_limits()
+        # Interleaved (cached, uncached, cached, ...) so drift in the machine's speed hits both modes alike.
+        for run in range(most):
+            if run >= fewest and self._precise_enough(cell_result, measured):
+                break
+            for mode in config.modes:
+                generation = planned_generation(cell, mode)
+                emit(GenerationStarted(f"{mode} {run + 1}/{most}", generation))
+                measure_cache = mode == "cached" and "cached" not in first_outputs
+                record, new_ids = measure_generation(
+                    generate,
+                    mode,
+                    job.first_run + run,
+                    self.probe,
+                    timed,
+                    energy=self.energy,
+                    on_output=(
+                        (lambda output: record_cache_size(cell_result, output, loaded, generate.cache_config))
+                        if measure_cache
+                        else None
+                    ),
+                )
+                first_outputs.setdefault(mode, new_ids.cpu())
+                measured[mode].append(record)
+                if measure_cache:
+                    emit(CellChanged(copy.copy(cell_result)))
+                emit(RunsMeasured([record]))
+                self._emit_unmeasured(emit)
+                emit(GenerationFinished(record.latency_s, generation))
+        else:
+            if config.target_rse is not None and not self._precise_enough(cell_result, measured):
+                cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
+        tokenizer = self.prepared[cell.model].tokenizer
+        if tokenizer is not None:
+            cell_result.generated_text = {
+                mode: tokenizer.decode(ids[0], skip_special_tokens=True) for mode, ids in first_outputs.items()
+            }
+        if len(first_outputs) == 2:
+            divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
+            cell_result.outputs_match = divergence is None
+            cell_result.first_divergence = divergence
+        # After every timed run, so it costs no measurement anything but time.
+        if cell.cache_implementation != "dynamic" and "cached" in first_outputs:
+            try:
+                record_output_agreement(cell_result, generate, first_outputs["cached"])
+            except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                cell_result.agreement_note = (
+                    f"not measured: the untimed comparison with the dynamic cache failed ({type(error).__name__}: {first_line})"
+                )
+        cell_result.ran_on = placement(self.devices_in_use())
+
+    def _precise_enough(self, cell_result: CellResult, measured: dict[str, list[RunRecord]]) -> bool:
+        """With --target-rse: whether every mode's mean is already known closely enough."""
+        target = self.config.target_rse
+        if target is None:
+            return False
+        samples = {mode: [run.latency_s for run in runs] for mode, runs in measured.items()}
+        enough, worst = precise_enough(samples, target, RSE_CONFIDENCE)
+        if enough:
+            cell_result.stop_reason = (
+                f"every mode within the target RSE {target:.1%} at {RSE_CONFIDENCE:.0%} confidence"
+                f" (worst upper bound {worst:.2%})"
+            )
+        return enough
+
+    def _emit_unmeasured(self, emit: Emit) -> None:
+        """What this process could not measure, sent when it changes (a probe or counter found unusable)."""
+        figures = dict(self.probe.unavailable) if self.probe is not None else {}
+        if self.energy is not None and self.energy.unavailable:
+            figures["energy"] = self.energy.unavailable
+        if self.energy is not None and self.energy.run_problem:
+            figures["energy"] = self.energy.run_problem
+        if figures and figures != self._unmeasured_sent:
+            self._unmeasured_sent = figures
+            emit(Unmeasured(dict(figures)))
+
+    # --- the model ----------------------------------------------------------------------------------
+
+    def _model_for(self, job: CellJob) -> Any:
+        from kvbench.measure import loading
+
+        cell = job.cell
+        key = (cell.model, cell.dtype, cell.attn_implementation)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None
+            self._free_memory()
+            loaded = loading.build_model(
+                self.prepared[cell.model],
+                dtype=cell.dtype,
+                attn_implementation=cell.attn_implementation,
+                device=self.device,
+                seed=self.config.seed,
+                device_map=self.config.device_map,
+                capability=self.capability,
+            )
+            self._loaded = (key, loaded)
+            # Memory is measured on every device the model occupies, known only once it is loaded.
+            if self.probe is not None:
+                self.probe.close()
+            self.probe = MemoryProbe(loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling)
+            self.energy = energy_reader(list(loaded.devices.names))
+        return self._loaded[1]
+
+    def _load_for(self, job: CellJob, emit: Emit) -> Any:
+        """The cell's model. Its files were checked before measuring; what fails only now (weights that do
+        not fit the architecture, a backend that refuses) is this cell's failure: in a sweep it is
+        recorded and the sweep goes on, for a single cell it is one line."""
+        cell = job.cell
+        try:
+            loaded = self._model_for(job)
+        except KvbenchError as error:
+            if not job.sweep:
+                raise
+            raise _LoadFailure(str(error)) from None
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise
+            if not job.sweep:
+                raise KvbenchError(
+                    f"{cell.model}: cannot load the model ({type(error).__name__}: {error}); check its files"
+                    " or use --weights random"
+                ) from None
+            raise
+        self._emit_unmeasured(emit)
+        return loaded
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if is_gpu(self.device):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Stop the memory sampler (a process of its own, with NVML)."""
+        if self.probe is not None:
+            self.probe.close()

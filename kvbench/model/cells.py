@@ -1,0 +1,103 @@
+"""The cells of a sweep: one point each, a cached-vs-uncached comparison of one combination of the swept
+settings, and the axes they are swept along."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kvbench.model.settings import QUANTIZED_NBITS, BenchConfig
+
+
+def axis(short: str, label: str, *, numeric: bool = False, **default: Any) -> Any:
+    """A sweep axis: `short` names it in a legend or a group ("batch=1"; "" shows the value alone),
+    `label` on a figure's axis; a numeric axis is drawn to scale."""
+    return field(metadata={"short": short, "label": label, "numeric": numeric}, **default)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of a sweep: the settings of one cached-vs-uncached comparison. Its fields are the sweep
+    axes: each is a list field of BenchConfig with the same name."""
+
+    model: str = axis("", "model")
+    max_new_tokens: int = axis("new", "new tokens generated", numeric=True)
+    batch_size: int = axis("batch", "batch size", numeric=True)
+    dtype: str = axis("", "dtype")
+    cache_implementation: str = axis("cache", "cache implementation")
+    attn_implementation: str = axis("attn", "attention implementation")
+    # None: the prompt text as tokenized.
+    prompt_tokens: int | None = axis("prompt", "prompt tokens", numeric=True, default=None)
+    # A quantized cell's bits per stored value; None for every other cache implementation (and the fp8
+    # backend, whose width is fixed), which the bits do not apply to.
+    quantized_nbits: int | None = axis("nbits", "quantized cache bits", numeric=True, default=None)
+
+    @property
+    def cache_name(self) -> str:
+        """The cache implementation as a reader names it: "quantized int4" where the bits apply."""
+        bits = f" int{self.quantized_nbits}" if self.quantized_nbits is not None else ""
+        return f"{self.cache_implementation}{bits}"
+
+    @property
+    def id(self) -> str:
+        """The key that ties a results file's runs to their cell. A cell without a prompt length keeps the
+        id it had before prompt length was an axis, so older results files still resume and compare; a
+        quantized cell names its bits ("cache=quantized nbits=4"), and one read from a file written before
+        they were an axis is given them (kvbench.storage.document)."""
+        prompt = f" prompt={self.prompt_tokens}" if self.prompt_tokens is not None else ""
+        bits = f" nbits={self.quantized_nbits}" if self.quantized_nbits is not None else ""
+        return (
+            f"{self.model} new={self.max_new_tokens} batch={self.batch_size} {self.dtype}"
+            f" cache={self.cache_implementation}{bits} attn={self.attn_implementation}{prompt}"
+        )
+
+    def label(self, dtype: str | None = None) -> str:
+        """A short human name; `dtype` replaces "auto" with what it resolved to."""
+        extras = [dtype or self.dtype]
+        if self.cache_implementation != "dynamic":
+            extras.append(f"cache {self.cache_name}")
+        if self.attn_implementation != "auto":
+            extras.append(f"attn {self.attn_implementation}")
+        prompt = f"{self.prompt_tokens}-token prompt · " if self.prompt_tokens is not None else ""
+        return f"{self.model} · {prompt}{self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
+
+
+SWEEP_AXES = tuple(item.name for item in fields(Cell))
+AXES = {item.name: item.metadata for item in fields(Cell)}
+# Axes that apply to some cells only: None there means "does not apply", not a value of its own.
+PARTIAL_AXES = ("quantized_nbits",)
+
+
+def shown_value(settings: Cell, axis: str) -> str:
+    """A cell's value on an axis as a legend or a figure's axis shows it: the cache implementation with its
+    bits ("quantized int4"), so the quantized cells of a sweep of bits stand apart beside the others."""
+    return settings.cache_name if axis == "cache_implementation" else str(getattr(settings, axis))
+
+
+def nbits_of(config: BenchConfig, cache_implementation: str) -> list[int | None]:
+    """The bits a cache implementation's cells take: each swept value for the quantized cache with an
+    integer backend, [None] for the others (the bits do not apply, so they do not multiply the cells)."""
+    if cache_implementation != "quantized" or config.quantized_backend not in QUANTIZED_NBITS:
+        return [None]
+    return list(config.quantized_nbits)
+
+
+def expand(config: BenchConfig) -> list[Cell]:
+    """The sweep's cells in a stable order (models outermost, so each model loads once per dtype)."""
+    # An optional axis left unset (prompt_tokens = None) is one cell with that axis None.
+    others = [axis for axis in SWEEP_AXES if axis != "quantized_nbits"]
+    cells = []
+    for combo in itertools.product(*(getattr(config, axis) or [None] for axis in others)):
+        settings = dict(zip(others, combo))
+        for nbits in nbits_of(config, settings["cache_implementation"]):
+            cells.append(Cell(**settings, quantized_nbits=nbits))
+    return cells
+
+
+def cell_count(config: BenchConfig) -> int:
+    """How many cells `expand` makes, without making them."""
+    caches = sum(len(nbits_of(config, cache)) for cache in config.cache_implementation)
+    others = (axis for axis in SWEEP_AXES if axis not in ("cache_implementation", "quantized_nbits"))
+    return caches * math.prod(len(getattr(config, axis) or [None]) for axis in others)

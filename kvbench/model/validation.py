@@ -1,0 +1,121 @@
+"""Settings checked before anything is loaded: each field's declared choices and bounds, then the rules that
+tie fields together, each refusal one line naming the fix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import Field, fields
+from typing import Any
+
+from kvbench.core.devices import valid_device_name
+from kvbench.core.errors import KvbenchError
+from kvbench.model.cells import SWEEP_AXES, cell_count
+from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, QUANTIZED_NBITS, SAME_CACHE_AS, BenchConfig
+
+
+def bound_problem(item: Field, value: Any) -> str | None:
+    """What is wrong with a number against a setting's declared minimum and maximum, or None: for the
+    command line and TOML, and for a results file's cell settings. A file could not hold an infinite or
+    NaN number (they are not JSON), nor read back an integer beyond LARGEST_INTEGER."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    minimum, maximum = item.metadata["minimum"], item.metadata["maximum"]
+    if maximum is None and isinstance(value, int) and not isinstance(value, bool):
+        maximum = LARGEST_INTEGER
+    if minimum is not None and value < minimum:
+        return f"must be at least {minimum:g}, got {value}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum}, got {value}"
+    return None
+
+
+def validate(config: BenchConfig, source: str = "command line") -> None:
+    """Reject impossible values before any model is loaded: each field's declared choices and minimum,
+    then the rules that tie fields together."""
+    for item in fields(BenchConfig):
+        value = getattr(config, item.name)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        choices = item.metadata["choices"]
+        for one in values:
+            if item.name == "cache_implementation" and one in SAME_CACHE_AS:
+                use, builds = SAME_CACHE_AS[one]
+                raise KvbenchError(
+                    f"{source}: 'cache_implementation' {one!r} is an older transformers name for a cache kvbench"
+                    f" already measures ({builds}, with the model's own sliding-window or full layers); use {use}"
+                )
+            if choices is not None and one not in choices:
+                raise KvbenchError(f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}")
+            if (problem := bound_problem(item, one)) is not None:
+                raise KvbenchError(f"{source}: '{item.name}' {problem}")
+        if item.name in SWEEP_AXES or item.name == "modes":
+            if len(set(values)) != len(values):
+                raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
+    cells = cell_count(config)
+    if cells > MOST_CELLS:
+        sizes = " × ".join(str(len(getattr(config, axis) or [None])) for axis in SWEEP_AXES)
+        raise KvbenchError(
+            f"{source}: the sweep has {cells:,} cells (from {sizes}, one per combination of {', '.join(SWEEP_AXES)},"
+            f" the bits for quantized cells only), more than the {MOST_CELLS:,} one run may hold; sweep fewer"
+            " values, or split it into several runs"
+        )
+    _validate_quantized(config, source)
+    if config.target_rse is not None and not 0 < config.target_rse < 1:
+        raise KvbenchError(f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}")
+    if config.max_runs is not None and config.max_runs < config.min_runs:
+        raise KvbenchError(f"{source}: 'max_runs' ({config.max_runs}) is below 'min_runs' ({config.min_runs}); raise it")
+    if not config.sample_interval_ms > 0:
+        raise KvbenchError(f"{source}: 'sample_interval_ms' must be positive, got {config.sample_interval_ms}")
+    if config.compile and config.warmup < 1:
+        raise KvbenchError(
+            f"{source}: 'compile' needs 'warmup' of at least 1: the first generation compiles, and timing it"
+            " would time the compiler; raise --warmup"
+        )
+    if any(not model.strip() for model in config.model):
+        raise KvbenchError(f"{source}: a 'model' name is empty; give a hub id, a model directory or a shipped config name")
+    if not config.prompt:
+        raise KvbenchError(f"{source}: 'prompt' is empty; give some text or use --prompt-tokens")
+    _validate_launch(config, source)
+    if not valid_device_name(config.device):
+        raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _validate_quantized(config: BenchConfig, source: str) -> None:
+    """Bits each integer backend can store; the fp8 backend's width is fixed, so it has nothing to sweep."""
+    bits = QUANTIZED_NBITS.get(config.quantized_backend)
+    for nbits in config.quantized_nbits:
+        if bits is not None and nbits not in bits:
+            raise KvbenchError(
+                f"{source}: 'quantized_nbits' cannot be {nbits} with the {config.quantized_backend}"
+                f" backend; choose one of {', '.join(map(str, bits))}"
+            )
+    if bits is None and len(config.quantized_nbits) > 1:
+        raise KvbenchError(
+            f"{source}: 'quantized_nbits' lists several values, but the {config.quantized_backend} backend stores"
+            " 8-bit floats whatever the bits; give one value, or use --quantized-backend quanto or hqq to sweep them"
+        )
+
+
+def _validate_launch(config: BenchConfig, source: str) -> None:
+    """The rules that tie the isolation, process and launcher settings together."""
+    if config.processes > 1 and config.target_rse is not None:
+        raise KvbenchError(
+            f"{source}: 'processes' above 1 splits a fixed number of runs; it cannot be combined with 'target_rse' (choose one)"
+        )
+    if config.processes > config.runs:
+        raise KvbenchError(
+            f"{source}: 'processes' ({config.processes}) is more than 'runs' ({config.runs}); every process"
+            f" needs a run: use --runs {config.processes} or more"
+        )
+    if config.cell_timeout is not None:
+        if not config.cell_timeout > 0:
+            raise KvbenchError(f"{source}: 'cell_timeout' must be positive seconds, got {config.cell_timeout}")
+        if config.isolation == "none" and config.processes == 1 and config.launcher == "local":
+            raise KvbenchError(
+                f"{source}: 'cell_timeout' needs cells in their own processes to stop one; add --isolation process"
+            )
+    if config.launcher != "ray":
+        for name in ("ray_address", "accelerator_type", "gpus_per_cell"):
+            if getattr(config, name) is not None:
+                raise KvbenchError(f"{source}: '{name}' applies only with --launcher ray; add it or drop {name}")

@@ -1,0 +1,130 @@
+"""A results file on the terminal, as `kvbench run` printed it and `kvbench show` prints it again; the one-line
+summary; the dry run's plan."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+
+from kvbench.model.records import BenchmarkResult, CellState
+from kvbench.render.cells import cell_lines, cell_table, speedup_of
+from kvbench.render.text import add_row, output_console, plain
+from kvbench.render.verdicts import cache_choice_parts, fit_table
+
+
+def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> Group:
+    environment = result.environment
+    parts: list = [
+        plain(
+            f"{environment.get('device_name') or environment.get('device')} ({environment.get('device')}) · "
+            f"torch {environment.get('torch')} · transformers {environment.get('transformers')} · "
+            f"kvbench {result.kvbench_version}",
+            style="dim",
+        )
+    ]
+    if not result.complete:
+        parts.append(plain("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
+    for cell in result.cells:
+        if cell.status == CellState.PENDING:
+            continue
+        if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
+            parts.append(cell_table(result, cell))
+        else:
+            parts.append(plain(cell.id, style="bold"))
+        parts.extend(cell_lines(result, cell))
+    parts.extend(cache_choice_parts(result, gpu_memory_bytes))
+    fits = fit_table(result)
+    if fits is not None:
+        parts.append(fits)
+    from kvbench.analysis.explain import peaks_of
+
+    peaks = peaks_of(result.environment)
+    if peaks is not None:
+        parts.append(plain(f"roofline peaks: {peaks.source}", style="dim"))
+    pending = [cell.id for cell in result.cells if cell.status == CellState.PENDING]
+    if pending:
+        parts.append(plain(f"not run: {len(pending)} cell(s)", style="yellow"))
+    for note in result.notes:
+        parts.append(plain(f"note: {note}", style="cyan"))
+    for what, why in result.unmeasured.items():
+        parts.append(plain(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
+    return Group(*parts)
+
+
+def one_line_summary(result: BenchmarkResult) -> list[str]:
+    """One line per measured cell, to paste into a pull request or an issue."""
+    device = result.environment.get("device_name") or result.environment.get("device")
+    lines = []
+    for cell in result.cells:
+        parts = []
+        for mode in result.modes:
+            summary = result.summary_of(cell.id, mode)
+            if summary is not None:
+                std = f" ± {summary.std_s:.3f}" if summary.std_s is not None else ""
+                parts.append(f"{mode} {summary.mean_s:.3f}{std} s (n={summary.n})")
+        if not parts:
+            continue
+        speedup = speedup_of(result, cell)
+        verdict = f"; {speedup}" if speedup is not None else ""
+        lines.append(f"{cell.label()}: {', '.join(parts)}{verdict} · {device} · kvbench {result.kvbench_version}")
+    return lines
+
+
+def print_generated_text(result: BenchmarkResult, console: Console) -> None:
+    for cell in result.cells:
+        if not cell.generated_text:
+            if cell.status == CellState.MEASURED:
+                console.print(plain(f"{cell.label()}: no generated text (the model has no tokenizer)", style="dim"))
+            continue
+        for mode, text in cell.generated_text.items():
+            console.print(plain(f"{cell.label()} · {mode} generated:", style="bold"))
+            console.print(plain(text))
+
+
+def render_plan(plan, output) -> Group:
+    """What `run --dry-run` found: every cell, what will happen to it, and the number of generations."""
+    table = Table(title="dry run: nothing measured", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("cell")
+    table.add_column("what happens")
+    for index, (cell, what) in enumerate(plan.cells, start=1):
+        add_row(table, [str(index), cell.label(), what])
+    fewest, most = plan.runs_per_mode
+    runs = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    lines: list[RenderableType] = [
+        table,
+        plain(f"{plan.generations} generations at most ({runs} measured runs per mode, plus warmup)"),
+        plain(f"results would go to {output}" if output else "results would go to stdout only", style="dim"),
+        plain(
+            f"time: {plan.estimate.text()}"
+            if plan.estimate is not None
+            else "time: unknown until these models have run on this machine (uncached time grows with length²)",
+            style="dim",
+        ),
+    ]
+    return Group(*lines)
+
+
+def plan_document(plan, output) -> dict:
+    """What `run --dry-run --json` prints: the same plan as `render_plan`, for a script to read."""
+    fewest, most = plan.runs_per_mode
+    return {
+        "dry_run": True,
+        "output": str(output) if output else None,
+        "generations": plan.generations,
+        "runs_per_mode": {"fewest": fewest, "most": most},
+        "estimated_generation_s": plan.estimate.seconds if plan.estimate is not None else None,
+        "cells": [
+            {"id": cell.id, "label": cell.label(), "settings": asdict(cell.settings), "what_happens": what}
+            for cell, what in plan.cells
+        ],
+    }
+
+
+def print_result(
+    result: BenchmarkResult, console: Console | None = None, gpu_memory_bytes: tuple[int, ...] | None = None
+) -> None:
+    """The results file as `kvbench show` prints it; `gpu_memory_bytes` chooses the what-fits sizes."""
+    (console or output_console()).print(render_result(result, gpu_memory_bytes))

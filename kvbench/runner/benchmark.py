@@ -1,0 +1,261 @@
+"""A benchmark run: checks everything it can before measuring, has its launcher measure the cells, and
+keeps the results file current; `run_benchmark` is the library's one call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kvbench.analysis.derived import derived_sections
+from kvbench.core.devices import Devices
+from kvbench.core.errors import KvbenchError
+from kvbench.core.eta import Planned
+from kvbench.core.version import __version__
+from kvbench.launch.base import CellWork, MeasuredIn, cell_jobs
+from kvbench.measure.measurer import Measurer
+from kvbench.model.cells import Cell, expand
+from kvbench.model.events import Observer
+from kvbench.model.records import BenchmarkResult, CellResult, CellState
+from kvbench.model.settings import BenchConfig, config_to_dict, default_of, resume_must_match
+from kvbench.model.validation import validate
+from kvbench.runner import planning
+from kvbench.runner.assembly import Assembly
+from kvbench.storage.document import read_result
+from kvbench.storage.writer import ResultsFile
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Benchmark:
+    """One `kvbench run`: plans the cells, checks everything it can before measuring, then has its launcher
+    measure them (warmup, interleaved modes, adaptive stopping, resume), their events assembled into its
+    result, which is saved after every generation."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        output: str | Path | None = None,
+        observer: Observer | None = None,
+        command: str | None = None,
+        resume: bool = False,
+        force: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`clock` times every generation and its tokens: perf_counter, or a scripted clock that makes each
+        latency a chosen number (how the tests drive stopping rules and displays without real noise)."""
+        # Imported here: `import kvbench` must not import kvbench.launch.worker, which `python -m` then runs again.
+        from kvbench.hardware import environment
+        from kvbench.launch.registry import launcher_for
+
+        validate(config)
+        output = output if output is not None else config.output
+        if resume and output is None:
+            raise KvbenchError("--resume needs --output naming the results file to continue")
+        self.config = config
+        self.observer = observer or Observer()
+        # Checked only: nothing is written before every check below has passed too.
+        self.file = ResultsFile(output, replace=force, resume=resume) if output is not None else None
+        # Measuring "this cell" is the launcher's: here, in fresh processes, on several GPUs, or on Ray.
+        launcher = launcher_for(config)
+        self.device = launcher.resolve_device(config.device)
+        gpu_here = launcher.measures_in != MeasuredIn.OTHER_MACHINES
+        # This process's measurer: it checks every cell before anything is measured, and measures them
+        # itself where the launcher measures in this process.
+        self.measurer = Measurer(config, self.device, clock=clock, gpu_here=gpu_here)
+        self.launcher = launcher(config, self.device, self.measurer)
+        cells = expand(config)
+        # In a sweep a failing cell is recorded and the sweep goes on; a run of one cell reports it as the
+        # run's own error.
+        self.sweep = len(cells) > 1
+        self.result = BenchmarkResult(
+            environment=environment.collect(Devices((self.device,)), gpu_here),
+            config=config_to_dict(config),
+            command=command,
+            started_at=_now(),
+            kvbench_version=__version__,
+            cells=[CellResult(settings=cell) for cell in cells],
+        )
+        if resume:
+            self._carry_over_finished_cells()
+        for note in self.measurer.prepare(cells):
+            if note not in self.result.notes:
+                self.result.notes.append(note)
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        return self.measurer.capability
+
+    def unsupported_reason(self, cell: Cell) -> str | None:
+        return self.measurer.unsupported_reason(cell)
+
+    def _carry_over_finished_cells(self) -> None:
+        if self.file is None:
+            raise KvbenchError("--resume needs --output naming the results file to continue")
+        if not self.file.path.exists():
+            return
+        previous = read_result(self.file.path)
+        for key in resume_must_match():
+            # A setting the file predates had its default value then.
+            before = previous.config.get(key, default_of(key))
+            if before != getattr(self.config, key):
+                raise KvbenchError(
+                    f"--resume: {self.file.path} was made with {key}={before!r}, not"
+                    f" {getattr(self.config, key)!r}; use the same settings or a new --output"
+                )
+        # Timings from two machines are not one experiment, whatever the device setting says ("auto").
+        for key in ("device", "device_name"):
+            before, now = previous.environment.get(key), self.result.environment.get(key)
+            if before != now:
+                raise KvbenchError(
+                    f"--resume: {self.file.path} was measured with {key} {before!r}, this run has {now!r};"
+                    " resume on the same hardware or use a new --output"
+                )
+        kept = {cell.id: cell for cell in previous.cells if CellState(cell.status).finished}
+        self.result.cells = [kept.get(cell.id, cell) for cell in self.result.cells]
+        self.result.runs = [run for run in previous.runs if run.cell in kept]
+        self.result.started_at = previous.started_at
+        self.result.notes = list(previous.notes)
+
+    def save(self, final: bool = False, closing: bool = False) -> None:
+        """The JSON after every generation; the CSV of runs too at the end of each cell (`final`) and of the
+        run (`closing`). Only the closing save adds the summary and explanation, so a save mid-run computes
+        nothing."""
+        self.result.updated_at = _now()
+        if self.file is not None:
+            derived = derived_sections(self.result) if closing else None
+            self.file.save(self.result, with_csv=final or closing, derived=derived)
+
+    def advice(self) -> list[str]:
+        notes = planning.advice(self.config, self.device)
+        estimate = self.estimate()
+        if estimate is not None:
+            notes.append(estimate.text())
+        return notes
+
+    def planned(self) -> dict[Planned, int]:
+        """Each generation the cells still to measure plan, with how many times it runs at the most."""
+        return planning.planned(self.config, self._pending())
+
+    def plan(self) -> planning.Plan:
+        """The work this run would do, without doing it."""
+        return planning.plan(self.config, self.result.cells, self.unsupported_reason, self.estimate())
+
+    def estimate(self) -> planning.Estimate | None:
+        """How long the generations would take, from runs of the same models and modes on this machine's
+        device in earlier results files: the output itself (--resume) and the newest beside it."""
+        measurable = [cell for cell in self._pending() if self.unsupported_reason(cell.settings) is None]
+        folder = self.file.path.parent if self.file is not None else Path("results")
+        first = self.file.path if self.file is not None else None
+        device_name = self.result.environment.get("device_name")
+        return planning.estimate(planning.planned(self.config, measurable), folder, device_name, first)
+
+    def _device_peaks(self) -> None:
+        """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
+        the copy buffers compete with nothing), and a known GPU's datasheet figures beside them. Timed
+        where the cells are: beside fresh measuring processes in one of their own, so this process holds no
+        CUDA context or cached memory on the measured GPU for the whole sweep; not at all for cells
+        measured on other machines."""
+        from kvbench.hardware.peaks import device_peaks_in_fresh_process, measure_device_peaks
+        from kvbench.model.costs import datasheet_peaks
+
+        environment, unmeasured = self.result.environment, self.result.unmeasured
+        sheet = datasheet_peaks(environment.get("gpu_name"))
+        if sheet is not None:
+            environment["datasheet_peaks"] = asdict(sheet)
+        measured_in = self.launcher.measures_in
+        if not self.config.device_peaks:
+            unmeasured["device_peaks"] = "not measured (--no-device-peaks): no roofline bound from them"
+        elif measured_in == MeasuredIn.OTHER_MACHINES:
+            unmeasured["device_peaks"] = (
+                "not measured: the cells ran on other machines (--launcher ray), whose devices this process"
+                " cannot time; no roofline bound from them"
+            )
+        elif measured_in == MeasuredIn.FRESH_PROCESSES:
+            peaks, problem = device_peaks_in_fresh_process(self.device)
+            if problem is not None:
+                unmeasured["device_peaks"] = problem
+            else:
+                environment["device_peaks"] = peaks
+        else:
+            environment["device_peaks"] = asdict(measure_device_peaks(self.device))
+
+    def _save_what_was_measured(self) -> None:
+        # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
+        # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
+        # one stands and the original error is the one reported.
+        try:
+            self.save(closing=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _measured_nothing(self) -> bool:
+        unstarted = (CellState.PENDING, CellState.INCOMPLETE)
+        return not self.result.runs and all(cell.status in unstarted for cell in self.result.cells)
+
+    def _pending(self) -> list[CellResult]:
+        return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
+
+    def _measure(self, pending: list[CellResult]) -> None:
+        """Every pending cell through the launcher, its events assembled into the result."""
+        assembly = Assembly(self.result, pending, self.observer, lambda final: self.save(final=final), self.launcher.name)
+        work = [
+            CellWork(key, cell_jobs(self.config, cell_result.settings, sweep=self.sweep))
+            for key, cell_result in enumerate(pending)
+        ]
+        self.launcher.measure(work, assembly.deliver)
+
+    def run(self) -> BenchmarkResult:
+        if self.file is not None:
+            self.file.open()
+        pending = self._pending()
+        self.observer.planned(self.planned())
+        try:
+            if pending:
+                self._device_peaks()
+            self.save()
+            self._measure(pending)
+        except Exception:
+            if self._measured_nothing():
+                # Failed before any cell was measured (Ray unreachable, the model not loading): a file of
+                # pending cells would only stand in the way of the retry.
+                if self.file is not None:
+                    self.file.discard()
+            else:
+                self._save_what_was_measured()
+            raise
+        except BaseException:
+            self._save_what_was_measured()
+            raise
+        else:
+            self.result.complete = True
+            self.save(closing=True)
+        finally:
+            self.measurer.close()
+            if self.file is not None:
+                self.file.close()
+        only = None if self.sweep else self.result.cells[0]
+        if only is not None and only.status == CellState.OOM:
+            # Recorded in the file first; for the user one line, not a traceback.
+            raise KvbenchError(f"{only.settings.model}: {only.reason}; try a smaller --batch-size or --max-new-tokens")
+        return self.result
+
+
+def run_benchmark(
+    config: BenchConfig,
+    output: str | Path | None = None,
+    *,
+    observer: Observer | None = None,
+    resume: bool = False,
+    force: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BenchmarkResult:
+    """Measure cached against uncached generation as `config` says and return the whole result (runs,
+    cells, and summaries computed from the runs). The results file, `output` or else `config.output`
+    if either is given, is rewritten after every generation and marked complete at the end. An existing
+    file is replaced only with `force`, or continued with `resume`. `clock` times the generations."""
+    return Benchmark(config, output=output, observer=observer, resume=resume, force=force, clock=clock).run()

@@ -1,0 +1,530 @@
+"""The CI gate: measure a base and a head checkout with one config, alternating, and judge head against base.
+
+`kvbench gate` runs it, the same on a laptop as in the GitHub action (`action.yml`):
+
+    kvbench gate --base origin/main --head . --config configs/ci-gpu.toml
+
+Each side is a directory or a git revision (checked out as a detached worktree). The config and the
+regression threshold are read from the base checkout, so a change cannot edit its own gate. Each side
+runs the config twice, in the order base, head, head, base, so a machine that drifts steadily (warming,
+throttling) slows both sides alike; each side's two halves are then one results file. The verdict is one
+`kvbench compare base.json head.json --format markdown --fail-on-regression PCT` call, run with base's
+kvbench: its markdown is the summary, its exit code the gate's.
+
+It only drives the kvbench command line of the two checkouts (never importing their code), so it imports
+nothing beyond the standard library and kvbench's error type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kvbench.compare.judging import EXIT_CODES
+from kvbench.core.errors import KvbenchError
+from kvbench.core.jsontext import json_text
+from kvbench.core.untrusted import printable
+
+GATE_FILE = ".github/kvbench-gate.env"
+THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
+DEFAULT_THRESHOLD_PCT = 10.0
+DEFAULT_CONFIG = "configs/ci-gpu.toml"
+INSTALL_MODES = ("venv", "pythonpath")
+# Where the gate works unless --out says otherwise: this folder in the system's temporary directory.
+OUT_FOLDER = "kvbench-gate"
+# A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
+NULL_SHA = "0" * 40
+# The gate's own exit code when it could not run; its verdicts' codes are compare's (EXIT_CODES).
+EXIT_PASS, EXIT_ERROR = EXIT_CODES["pass"], 2
+# The order the two sides are measured in: each side's mean time sits at the same point of the session,
+# so a steady drift of the machine adds the same to both.
+ORDER = ("base", "head", "head", "base")
+# What the summary's header shows from each results file's environment block.
+ENVIRONMENT_ROWS = (
+    ("device", "device_name"),
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("CUDA", "cuda_version"),
+    ("driver", "gpu_driver"),
+    ("kvbench", "kvbench"),
+)
+
+
+class GateError(Exception):
+    """Something that keeps the gate from judging; its message names the problem and, where it can, the fix.
+    Unlike a KvbenchError it still ends in a summary (verdict `error`, exit 2)."""
+
+
+def default_out() -> Path:
+    return Path(tempfile.gettempdir()) / OUT_FOLDER
+
+
+def _option(default: Any, metavar: str, help: str, *, shown: str | None = None, factory: Any = None) -> Any:
+    """A GateOptions field with what `kvbench gate --help` says of it: its value's name, its help, and, for a
+    default that stands for something (empty: none; None: read from a file), the words shown for it."""
+    metadata = {"metavar": metavar, "help": help, "shown": shown}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class GateOptions:
+    """What `kvbench gate` was asked to do: each option declared once, with its help and the default --help
+    shows (see shown_default); the command line's options are made from these fields."""
+
+    base: str = _option(
+        "", "REV|DIR", "Base checkout: a git revision of --repo or a directory.", shown="none, compare with --baseline-file"
+    )
+    head: str = _option(".", "REV|DIR", "Head checkout: a git revision of --repo or a directory.")
+    repo: Path = _option(Path("."), "DIR", "The git repository revisions are taken from.")
+    config: str = _option(DEFAULT_CONFIG, "TOML", "kvbench config, a path in the base checkout.")
+    threshold_pct: float | None = _option(
+        None,
+        "PCT",
+        "The slowdown the gate must rule out: it passes a measurement whose interval lies wholly below +PCT%,"
+        " and fails one wholly above (regression) or across it (inconclusive).",
+        shown=f"{THRESHOLD_KEY} in the base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}",
+    )
+    gate_file: str = _option(GATE_FILE, "FILE", "File in the base checkout holding KVBENCH_REGRESSION_PCT=PCT.")
+    baseline_file: str = _option(
+        "", "FILE", "Results file in the head checkout to compare with when there is no --base.", shown="none"
+    )
+    install: str = _option(
+        INSTALL_MODES[0],
+        "MODE",
+        "venv: a fresh venv per side that sees --python's packages and keeps its torch; pythonpath: run"
+        " `python -m kvbench` with the checkout on PYTHONPATH, installing nothing.",
+    )
+    python: str = _option(sys.executable, "PYTHON", "Interpreter for the venvs (or pythonpath runs).", shown="this one")
+    torch: str = _option(
+        "",
+        "REQUIREMENT",
+        "pip arguments installing torch into each venv first, e.g. 'torch==2.6.0 --index-url URL'"
+        " (the CUDA build your driver runs).",
+        shown="reuse --python's torch, never replaced",
+    )
+    pip_install: str = _option("-e .", "ARGS", "pip install arguments, run inside each checkout (venv mode).")
+    kvbench_spec: str = _option(
+        "",
+        "SPEC",
+        "Where kvbench comes from, installed into both venvs after --pip-install: a kvbench directory"
+        " (installed editable) or pip arguments.",
+        shown="the checkout is kvbench",
+    )
+    run_args: str = _option("", "ARGS", "Extra `kvbench run` arguments for both sides, as one string.", shown="none")
+    out: Path = _option(
+        None,
+        "DIR",
+        "Where checkouts, venvs, results, summary.md and benchmark-action.json go, outside the head checkout.",
+        shown=f"<temp>/{OUT_FOLDER}",
+        factory=default_out,
+    )
+
+    def check(self) -> None:
+        if self.threshold_pct is not None and not 0 <= self.threshold_pct < float("inf"):
+            raise KvbenchError("--threshold-pct takes a non-negative percentage, such as 10")
+        if self.install not in INSTALL_MODES:
+            raise KvbenchError(f"--install is {self.install!r}; give {' or '.join(INSTALL_MODES)}")
+
+
+def shown_default(name: str) -> str:
+    """The default `kvbench gate --help` shows for an option: the words for what its GateOptions field's
+    value stands for, where the field has them, else the value."""
+    item = next(item for item in fields(GateOptions) if item.name == name)
+    if item.metadata["shown"] is not None:
+        return item.metadata["shown"]
+    assert item.default is not MISSING  # a default made by a factory stands for something: it is described
+    return str(item.default)
+
+
+@dataclass
+class GateOutcome:
+    """The verdict, the exit code, the summary's markdown and the step outputs the action publishes."""
+
+    verdict: str
+    exit_code: int
+    summary: str
+    outputs: dict[str, str]
+
+
+@dataclass
+class Side:
+    """One checkout being measured, and how to run the kvbench that belongs to it."""
+
+    name: str  # "base" or "head"
+    checkout: Path
+    commit: str  # short sha and subject, or a note when the checkout is not a git repository
+    kvbench: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+        # kvbench's own output goes to the log on stderr; stdout is kept for the summary.
+        return subprocess.run(
+            [*self.kvbench, *args],
+            cwd=self.checkout,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE if capture else sys.stderr,
+            stderr=subprocess.PIPE if capture else None,
+            text=True,
+        )
+
+
+def log(message: str) -> None:
+    print(f"kvbench-gate: {message}", file=sys.stderr, flush=True)
+
+
+def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    completed = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    if check and completed.returncode != 0:
+        raise GateError(f"git {' '.join(args)} failed in {repo}: {completed.stderr.strip()}")
+    return completed
+
+
+def describe_commit(checkout: Path) -> str:
+    completed = git(checkout, "log", "-1", "--format=%h %s", check=False)
+    return completed.stdout.strip() if completed.returncode == 0 else "(not a git checkout)"
+
+
+def resolve_checkout(spec: str, repo: Path, destination: Path) -> tuple[Path, bool]:
+    """A directory as it is, or a revision of `repo` as a detached worktree at `destination`. The bool
+    says whether a worktree was made (and must be removed)."""
+    if Path(spec).is_dir():
+        return Path(spec).resolve(), False
+    found = git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
+    if found.returncode != 0:
+        # A shallow CI checkout lacks the base commit; GitHub serves a commit by its sha.
+        log(f"{spec} is not in the local clone; fetching it from origin")
+        git(repo, "fetch", "--no-tags", "--depth=1", "origin", spec, check=False)
+        found = git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
+        if found.returncode != 0:
+            raise GateError(f"{spec} is neither a directory nor a commit of {repo}; give a checkout or a revision")
+    # What an interrupted earlier run left behind.
+    if destination.exists():
+        git(repo, "worktree", "remove", "--force", str(destination), check=False)
+        shutil.rmtree(destination, ignore_errors=True)
+    git(repo, "worktree", "prune", check=False)
+    git(repo, "worktree", "add", "--detach", str(destination), found.stdout.strip())
+    return destination.resolve(), True
+
+
+def read_threshold(side: Side, gate_file: str) -> tuple[float, str]:
+    """The regression threshold from `KVBENCH_REGRESSION_PCT=...` in the side's gate file, and where it
+    came from; the default when the file or the key is missing (a base that predates the gate file)."""
+    path = side.checkout / gate_file
+    if not path.is_file():
+        return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name} has no `{gate_file}`"
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == THRESHOLD_KEY:
+            raw = value.split("#", 1)[0].strip().strip("\"'")
+            try:
+                threshold = float(raw)
+            except ValueError:
+                threshold = math.nan
+            if not 0 <= threshold < math.inf:
+                raise GateError(f"{path}: {THRESHOLD_KEY}={raw!r} is not a non-negative percentage; write one, such as 10")
+            return threshold, f"{THRESHOLD_KEY} in {side.name}'s `{gate_file}`"
+    return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name}'s `{gate_file}` has no {THRESHOLD_KEY}"
+
+
+def torch_version(python: Path) -> str | None:
+    """The version of the torch `python` would import, without importing it (seconds, and no CUDA)."""
+    probe = "import importlib.metadata as m\ntry: print(m.version('torch'))\nexcept m.PackageNotFoundError: pass"
+    completed = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    return completed.stdout.strip() or None
+
+
+def prepare(side: Side, options: GateOptions, work: Path) -> None:
+    """Make `side.kvbench` run that checkout's kvbench: a fresh venv that reuses the system's packages
+    (the runner's CUDA torch, which pip is then not allowed to replace), or, for quick local runs and
+    tests, the checkout on PYTHONPATH."""
+    if options.install == "pythonpath":
+        side.kvbench = [options.python, "-m", "kvbench"]
+        paths = [str(side.checkout), os.environ.get("PYTHONPATH")]
+        side.env = {"PYTHONPATH": os.pathsep.join(filter(None, paths))}
+        return
+    venv = work / f"{side.name}-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    log(f"{side.name}: creating {venv}")
+    created = subprocess.run([options.python, "-m", "venv", "--system-site-packages", str(venv)], stdout=sys.stderr)
+    if created.returncode != 0:
+        raise GateError(f"{options.python} -m venv failed; give --python an interpreter with the venv module")
+    venv_python = venv / "bin" / "python"
+
+    def pip_install(what: str, env: dict[str, str]) -> None:
+        log(f"{side.name}: pip install {what}")
+        command = [str(venv_python), "-m", "pip", "install", "--quiet", *shlex.split(what)]
+        if subprocess.run(command, cwd=side.checkout, env={**os.environ, **env}, stdout=sys.stderr).returncode != 0:
+            raise GateError(f"{side.name}: pip install {what} failed in {side.checkout} (see the log above)")
+
+    if options.torch:
+        pip_install(options.torch, {})
+    torch = torch_version(venv_python)
+    if torch is None:
+        # Left to itself pip would fetch the newest CUDA torch into each venv: gigabytes, minutes, and a
+        # build the runner's driver may not run.
+        raise GateError(
+            f"{options.python} has no torch the venvs can reuse; install a CUDA build of torch for it on the"
+            " runner, or give --torch (the action's `torch` input) a pip requirement such as"
+            " 'torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124'"
+        )
+    pinned = work / f"{side.name}-torch-constraint.txt"
+    pinned.write_text(f"torch=={torch}\n")
+    log(f"{side.name}: torch {torch}, kept as it is")
+    # A kvbench directory is installed editable, so the checkout's own kvbench is the one measured.
+    kvbench_spec = options.kvbench_spec
+    if kvbench_spec and Path(kvbench_spec).is_dir():
+        kvbench_spec = f"-e {shlex.quote(kvbench_spec)}"
+    for what in filter(None, [options.pip_install, kvbench_spec]):
+        pip_install(what, {"PIP_CONSTRAINT": str(pinned)})
+    if not (venv / "bin" / "kvbench").exists():
+        raise GateError(f"{side.name}: no kvbench in {venv} after pip install; give --kvbench-spec where kvbench comes from")
+    side.kvbench = [str(venv / "bin" / "kvbench")]
+
+
+def measure(side: Side, config: Path, run_args: list[str], output: Path) -> None:
+    log(f"{side.name}: kvbench run --config {config} {shlex.join(run_args)} --output {output}".replace("  ", " "))
+    output.unlink(missing_ok=True)
+    completed = side.run(["run", "--config", str(config), *run_args, "--output", str(output)])
+    if completed.returncode != 0 or not output.is_file():
+        raise GateError(f"{side.name}: kvbench run exited {completed.returncode} (see the log above)")
+
+
+def merge_halves(first: Path, second: Path, merged: Path) -> None:
+    """One results file holding both halves' runs, the second's numbered on from the first's. The summary
+    and explanation blocks are derived from the runs, so they are left out and compare derives them."""
+    try:
+        document, later = json.loads(first.read_bytes()), json.loads(second.read_bytes())
+        last_run: dict[tuple[str, str], int] = {}
+        for run in document["runs"]:
+            key = (run["cell"], run["mode"])
+            last_run[key] = max(last_run.get(key, -1), run["run"])
+        for run in later["runs"]:
+            run["run"] += last_run.get((run["cell"], run["mode"]), -1) + 1
+        document["runs"] += later["runs"]
+        known = {cell["id"] for cell in document["cells"]}
+        document["cells"] += [cell for cell in later["cells"] if cell["id"] not in known]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GateError(f"cannot join {first.name} and {second.name} into {merged.name}: {error!r}") from None
+    document["complete"] = bool(document.get("complete")) and bool(later.get("complete"))
+    document["updated_at"] = later.get("updated_at", document.get("updated_at"))
+    document.pop("summary", None)
+    document.pop("explained", None)
+    merged.write_text(json_text(document), encoding="utf-8")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_untouched(digests: dict[Path, str]) -> None:
+    """Base's results, as base wrote them: head's code ran after them, as the same user, and must not be
+    able to make its own reference faster or slower."""
+    for path, digest in digests.items():
+        now = sha256_of(path) if path.is_file() else "(gone)"
+        if now != digest:
+            raise GateError(
+                f"{path} changed after base wrote it (sha256 {digest[:12]}…, now {now[:12]}…), while head's code"
+                " ran; the gate does not judge against results it cannot trust"
+            )
+
+
+def environment_of(path: Path) -> dict:
+    """A results file's environment block, with the kvbench version that wrote it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("environment"), dict):
+        return {}  # not a results file: the summary says "—" rather than stop
+    return {**data["environment"], "kvbench": data.get("kvbench_version")}
+
+
+def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]], notes: list[str]) -> str:
+    """The summary's head: the verdict, then each side's commit, device and versions side by side."""
+    titles = {
+        "pass": f"kvbench gate: passed (no significant slowdown of more than {threshold:g}%)",
+        "regression": f"kvbench gate: REGRESSION (significantly slower by more than {threshold:g}%)",
+        "no-baseline": "kvbench gate: nothing to compare with yet (measured, not judged)",
+        "error": "kvbench gate: could not judge",
+        "unjudged": "kvbench gate: could not judge every measurement (fails closed)",
+        "inconclusive": f"kvbench gate: INCONCLUSIVE (the data cannot rule out a slowdown of more than {threshold:g}%)",
+    }
+    lines = [f"### {titles[verdict]}", ""]
+    if not columns:  # it stopped before it knew either side
+        return "\n".join(lines + [f"{note}  " for note in notes]) + "\n"
+    lines.append("| | " + " | ".join(title for title, _, _ in columns) + " |")
+    lines.append("|---" * (len(columns) + 1) + "|")
+    lines.append("| commit | " + " | ".join(_cell(commit) for _, commit, _ in columns) + " |")
+    for label, key in ENVIRONMENT_ROWS:
+        values = [_cell(str(environment.get(key) or "—")) for _, _, environment in columns]
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    lines.append("")
+    lines += [f"{note}  " for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A table cell from a commit subject or a results file that head wrote: one line, its controls
+    written out, no `|` to break the table."""
+    return printable(text, one_line=True).replace("|", "\\|")
+
+
+def write_github_files(outputs: dict[str, str], summary: str) -> None:
+    """In GitHub Actions: the step's outputs, and the summary on the job's page."""
+    if os.environ.get("GITHUB_OUTPUT"):
+        with open(os.environ["GITHUB_OUTPUT"], "a") as handle:
+            handle.writelines(f"{key}={value}\n" for key, value in outputs.items())
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as handle:
+            handle.write(summary)
+
+
+# kvbench compare's exit codes under --fail-on-regression, and the gate's verdict for each; the gate exits
+# with the same code, so a workflow reads one set of numbers.
+COMPARE_VERDICTS = {code: outcome for outcome, code in EXIT_CODES.items()}
+
+
+def judge(
+    judge_side: Side, head: Side, reference: Path | None, head_json: Path, threshold: float, notes: list[str]
+) -> tuple[str, int, str]:
+    """The verdict, the exit code and the summary's body: one `kvbench compare` call decides, its markdown
+    is the body and its exit code the gate's. With nothing to compare with, head's table, unjudged."""
+    if reference is None:
+        notes.append("No base commit and no committed baseline: head was measured, nothing was judged.")
+        shown = head.run(["show", str(head_json)], capture=True).stdout.rstrip()
+        return "no-baseline", EXIT_PASS, f"```\n{shown}\n```\n" if shown else ""
+    compared = judge_side.run(
+        ["compare", str(reference), str(head_json), "--format", "markdown", "--fail-on-regression", f"{threshold:g}"],
+        capture=True,
+    )
+    sys.stderr.write(compared.stderr)
+    notes.append(
+        f"Judged by {judge_side.name}'s kvbench: `kvbench compare --fail-on-regression {threshold:g}`"
+        f" exited {compared.returncode}."
+    )
+    if compared.returncode in COMPARE_VERDICTS:
+        return COMPARE_VERDICTS[compared.returncode], compared.returncode, compared.stdout
+    return "error", EXIT_ERROR, f"{compared.stdout}\n```\n{compared.stderr.strip()}\n```\n"
+
+
+def run_gate(options: GateOptions) -> GateOutcome:
+    """Measure, judge and write the summary (to `out/summary.md` and, in GitHub Actions, the job's page)."""
+    options.check()
+    repo = Path(options.repo).resolve()
+    out = Path(options.out).expanduser().resolve()
+    # Refused before anything is made or removed there: head's code must not be able to reach base's
+    # results, and a folder the user did not mean is not emptied of its results files.
+    if Path(options.head).is_dir() and out.is_relative_to(Path(options.head).resolve()):
+        raise KvbenchError(f"--out {out} is inside the head checkout; give a directory outside it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KvbenchError(f"--out {out} cannot be made ({error.strerror}); give a directory you can write") from None
+    base_spec = options.base.strip()
+    if base_spec == NULL_SHA:
+        base_spec = ""
+    worktrees: list[Path] = []
+    notes: list[str] = []
+    verdict, code, judged = "error", EXIT_ERROR, ""
+    threshold = options.threshold_pct if options.threshold_pct is not None else DEFAULT_THRESHOLD_PCT
+    head_json, base_json, exported_json = out / "head.json", out / "base.json", out / "benchmark-action.json"
+    halves = {side: (out / f"{side}-1.json", out / f"{side}-2.json") for side in ("base", "head")}
+    # A previous run's files must not pass for this one's.
+    for stale in (head_json, base_json, exported_json, *halves["base"], *halves["head"]):
+        stale.unlink(missing_ok=True)
+    base = head = None
+    stored_column: tuple[str, str, dict] | None = None  # the committed baseline, when it stands in for base
+    try:
+        head_dir, made = resolve_checkout(options.head, repo, out / "head-src")
+        worktrees += [head_dir] if made else []
+        head = Side("head", head_dir, describe_commit(head_dir))
+        if base_spec:
+            base_dir, made = resolve_checkout(base_spec, repo, out / "base-src")
+            worktrees += [base_dir] if made else []
+            base = Side("base", base_dir, describe_commit(base_dir))
+        # The gate's settings come from the base: the code under review does not choose its own judge.
+        trusted = base or head
+        if options.threshold_pct is None:
+            threshold, source = read_threshold(trusted, options.gate_file)
+            notes.append(f"Threshold {threshold:g}%: {source}.")
+        else:
+            notes.append(f"Threshold {threshold:g}%: given to the gate (--threshold-pct).")
+        config = trusted.checkout / options.config
+        if not config.is_file():
+            raise GateError(f"{options.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
+        notes.append(f"Config `{options.config}` from {trusted.name}.")
+        run_args = shlex.split(options.run_args or "")
+        if run_args:
+            notes.append(f"Extra `kvbench run` arguments: `{shlex.join(run_args)}`.")
+
+        # Install everything first, so base and head are measured minutes apart with nothing in between.
+        for side in filter(None, [base, head]):
+            prepare(side, options, out)
+        base_digests: dict[Path, str] = {}
+        if base is not None:
+            sides, waiting = {"base": base, "head": head}, {"base": list(halves["base"]), "head": list(halves["head"])}
+            for name in ORDER:
+                output = waiting[name].pop(0)
+                measure(sides[name], config, run_args, output)
+                if name == "base":
+                    base_digests[output] = sha256_of(output)
+            merge_halves(*halves["base"], base_json)
+            merge_halves(*halves["head"], head_json)
+            base_digests[base_json] = sha256_of(base_json)
+            notes.append("Measured base, head, head, base on this machine; each side's two halves judged as one.")
+            reference = base_json
+        else:
+            measure(head, config, run_args, head_json)
+            if options.baseline_file and (head.checkout / options.baseline_file).is_file():
+                reference = head.checkout / options.baseline_file
+                stored = environment_of(reference)
+                commit = (stored.get("kvbench_git_commit") or "")[:7] or "(unknown)"
+                stored_column = (f"baseline `{options.baseline_file}`", f"{commit} (committed results)", stored)
+                notes.append(f"No base commit given: compared with the committed `{options.baseline_file}`.")
+            else:
+                reference = None
+
+        # The history export: github-action-benchmark's JSON of head's measurements, by head's kvbench
+        # (the export is a record, not the verdict, so the base need not make it).
+        exported = head.run(["compare", str(head_json), "--format", "benchmark-action"], True)
+        if exported.returncode == 0:
+            exported_json.write_text(exported.stdout)
+
+        check_untouched(base_digests)
+        verdict, code, judged = judge(trusted, head, reference, head_json, threshold, notes)
+    except GateError as error:
+        log(f"error: {error}")
+        verdict, code = "error", EXIT_ERROR
+        notes.append(f"**Error:** {error}")
+    finally:
+        for worktree in worktrees:
+            git(repo, "worktree", "remove", "--force", str(worktree), check=False)
+
+    columns = [("base", base.commit, environment_of(base_json))] if base is not None else []
+    columns += [stored_column] if stored_column is not None else []
+    columns += [("head", head.commit, environment_of(head_json))] if head is not None else []
+    summary = header(verdict, threshold, columns, notes) + ("\n" + judged if judged else "")
+    summary_path = out / "summary.md"
+    summary_path.write_text(summary)
+    outputs = {
+        "verdict": verdict,
+        "exit-code": str(code),
+        "summary": str(summary_path),
+        "base-results": str(base_json) if base_json.is_file() else "",
+        "head-results": str(head_json) if head_json.is_file() else "",
+        "benchmark-action": str(exported_json) if exported_json.is_file() else "",
+    }
+    write_github_files(outputs, summary)
+    return GateOutcome(verdict, code, summary, outputs)

@@ -1,0 +1,164 @@
+"""The results file's document: the dictionary a result is written as, and read back from, checked.
+
+Schema history (the reader accepts every version listed):
+  1 - first version: environment, config, cells, runs, summary. The summary and explained blocks are
+      derived from the runs; a save in the middle of a run leaves them out, and the reader recomputes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kvbench.core.errors import KvbenchError
+from kvbench.core.untrusted import printable, read_bounded_text
+from kvbench.model.cells import PARTIAL_AXES, Cell
+from kvbench.model.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
+from kvbench.model.settings import QUANTIZED_NBITS, default_of
+from kvbench.storage.validation import check_fields, check_run_times
+
+FORMAT_NAME = "kvbench-results"
+# Far above any sweep's results (a thousand-token run takes kilobytes), far below what parsing as JSON
+# would need more memory for than a laptop has.
+MOST_RESULTS_BYTES = 256 * 2**20
+
+
+# Sections a document may end with, figures computed from its runs for readers that do not recompute them
+# (kvbench itself always does): the reader ignores them.
+DERIVED_SECTIONS = ("summary", "explained")
+
+
+def to_dict(result: BenchmarkResult, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The results file's document: what was measured, then the `derived` sections as given (summary,
+    explained: kvbench.analysis.derived computes them). A run leaves them out of the saves it makes while
+    measuring, so that saving stays a copy of what was measured."""
+    data = asdict(result)
+    # Each cell's id first, as the runs refer to it.
+    data["cells"] = [{"id": cell.id, **stored} for cell, stored in zip(result.cells, data["cells"])]
+    # An axis that does not apply to a cell (the bits of a cache other than the quantized one) is left out
+    # of its settings, which then read as they did before the axis existed.
+    for cell in data["cells"]:
+        for axis in PARTIAL_AXES:
+            if cell["settings"].get(axis, 0) is None:
+                del cell["settings"][axis]
+    for name, section in (derived or {}).items():
+        if name not in DERIVED_SECTIONS:
+            raise ValueError(f"{name!r} is not a derived section of a results file ({', '.join(DERIVED_SECTIONS)})")
+        data[name] = section
+    # Readers find the format and version first when they open the file.
+    head = {"format": FORMAT_NAME, "schema_version": data.pop("schema_version")}
+    return {**head, **data}
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def _cell_from_dict(data: dict[str, Any]) -> CellResult:
+    cell = _build(CellResult, data)
+    cell.settings = _build(Cell, data["settings"])
+    cell.status = CellState(cell.status)
+    return cell
+
+
+def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise KvbenchError(
+            f'{origin} is not a kvbench results file (no "format": "{FORMAT_NAME}"); pass a file written by kvbench run'
+        )
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise KvbenchError(f"{origin} has no valid schema_version; it is not a kvbench results file")
+    if version > SCHEMA_VERSION:
+        raise KvbenchError(
+            f"{origin} uses results schema {version}, newer than this kvbench reads ({SCHEMA_VERSION}); upgrade kvbench"
+        )
+    data = _single_bits_as_a_list(data)
+    check_fields(data, origin)
+    try:
+        result = _build(BenchmarkResult, data)
+        result.cells = [_cell_from_dict(cell) for cell in data["cells"]]
+        result.runs = [_build(RunRecord, run) for run in data["runs"]]
+        if not isinstance(result.config, dict) or not isinstance(result.environment, dict):
+            raise TypeError("config and environment must be objects")
+    except (KeyError, TypeError) as error:
+        raise KvbenchError(f"{origin} is a damaged kvbench results file ({error}); rerun kvbench run to replace it") from None
+    _name_the_bits_of_quantized_cells(result)
+    _refuse_repeated_cells(result.cells, origin)
+    check_run_times(result.runs, origin)
+    _refuse_repeated_runs(result.runs, origin)
+    return result
+
+
+def _single_bits_as_a_list(data: dict[str, Any]) -> dict[str, Any]:
+    """A file written before quantized_nbits was a sweep axis holds its one value as a number."""
+    config = data.get("config")
+    if not isinstance(config, dict) or type(config.get("quantized_nbits")) is not int:
+        return data
+    return {**data, "config": {**config, "quantized_nbits": [config["quantized_nbits"]]}}
+
+
+def _name_the_bits_of_quantized_cells(result: BenchmarkResult) -> None:
+    """A quantized cell of a file written before the bits were an axis ran with the file's one value: it is
+    given those bits, and its runs its new id, so it resumes and compares as the same cell measured now."""
+    backend = result.config.get("quantized_backend", default_of("quantized_backend"))
+    bits = result.config.get("quantized_nbits", default_of("quantized_nbits"))
+    if backend not in QUANTIZED_NBITS or len(bits) != 1:
+        return
+    renamed = {}
+    for cell in result.cells:
+        if cell.settings.cache_implementation == "quantized" and cell.settings.quantized_nbits is None:
+            old_id = cell.id
+            cell.settings = replace(cell.settings, quantized_nbits=bits[0])
+            renamed[old_id] = cell.id
+    if renamed:
+        result.runs = [replace(run, cell=renamed.get(run.cell, run.cell)) for run in result.runs]
+
+
+def _refuse_repeated_cells(cells: list[CellResult], origin: str) -> None:
+    """Two cells of one id would both claim its runs (a quantized cell without bits beside one with them)."""
+    seen = set()
+    for cell in cells:
+        if cell.id in seen:
+            raise KvbenchError(
+                f"{origin} is a damaged kvbench results file: cell {printable(cell.id, one_line=True)!r} appears"
+                " twice; rerun kvbench run to replace it"
+            )
+        seen.add(cell.id)
+
+
+def _refuse_repeated_runs(runs: list[RunRecord], origin: str) -> None:
+    """A run recorded twice would count twice: the statistics would claim a precision nobody measured."""
+    seen = set()
+    for run in runs:
+        key = (run.cell, run.mode, run.run)
+        if key in seen:
+            raise KvbenchError(
+                f"{origin}: run {run.run} of {run.mode} in cell {run.cell!r} is recorded twice; the file is"
+                " damaged (edited or merged by hand), rerun kvbench run"
+            )
+        seen.add(key)
+
+
+def read_result(path: str | Path) -> BenchmarkResult:
+    path = Path(path).expanduser()
+    text = read_bounded_text(path, MOST_RESULTS_BYTES, "results file")
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        raise KvbenchError(
+            f"{path} is not JSON ({error.msg} at line {error.lineno}); pass a kvbench results .json file"
+        ) from None
+    except (ValueError, RecursionError) as error:  # NaN, an integer of thousands of digits, deep nesting
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise KvbenchError(f"{path} is not a results file kvbench wrote ({reason}); rerun kvbench run") from None
+    return from_dict(data, str(path))
+
+
+def _no_constant(name: str) -> None:
+    """Python's JSON reader takes NaN and Infinity, which are not JSON and which kvbench never writes."""
+    raise ValueError(f"{name} is not a JSON number")
