@@ -146,10 +146,10 @@ def make_sweep(parts: list[BenchmarkResult]) -> BenchmarkResult:
 def quanto_planned(monkeypatch):
     """kvbench plans a quanto cell as where optimum-quanto is installed (the test extra leaves it out); a test
     using this must not run quanto itself."""
-    import kvbench.measure.support
+    from kvbench.core import packages
 
-    installed = kvbench.measure.support._installed
-    monkeypatch.setattr(kvbench.measure.support, "_installed", lambda name: name == "optimum.quanto" or installed(name))
+    installed = packages.installed
+    monkeypatch.setattr(packages, "installed", lambda name: name == "optimum.quanto" or installed(name))
 
 
 @pytest.fixture

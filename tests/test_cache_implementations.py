@@ -257,7 +257,7 @@ def test_the_installed_transformers_builds_the_named_cache_for_each_older_name(s
     """What the refusals say, checked against the transformers installed: on a model of full attention
     layers and on one of sliding-window layers (Mistral's), each older name builds the same cache object,
     with the same layers, as the choice it names. The offloaded names need CUDA to run; transformers takes
-    them down the same path, offloading on (kvbench/config.py SAME_CACHE_AS)."""
+    them down the same path, offloading on (kvbench/model/caches/__init__.py SAME_CACHE_AS)."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
     config = MistralConfig(
@@ -304,8 +304,8 @@ def test_an_fp8_cache_on_a_transformers_without_one_is_skipped_with_the_fix(monk
     from kvbench.measure.support import unsupported_reason
 
     cell = Cell("tiny-llama", 4, 1, "auto", "quantized", "auto")
-    assert unsupported_reason(cell, "cpu", quantized_backend="fp8") is None
+    assert unsupported_reason(cell, "cpu", settings=BenchConfig(quantized_backend="fp8")) is None
     monkeypatch.delattr(cache_utils, "Fp8QuantizedLayer")
-    reason = unsupported_reason(cell, "cpu", quantized_backend="fp8")
+    reason = unsupported_reason(cell, "cpu", settings=BenchConfig(quantized_backend="fp8"))
     assert reason is not None and "fp8 quantized cache" in reason and "pip install -U transformers" in reason
-    assert "fp8" not in (unsupported_reason(cell, "cpu", quantized_backend="quanto") or "")
+    assert "fp8" not in (unsupported_reason(cell, "cpu", settings=BenchConfig(quantized_backend="quanto")) or "")

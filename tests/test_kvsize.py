@@ -134,7 +134,7 @@ def test_legacy_tuples_count_each_storage_once():
 
 
 def test_quanto_cache_theory_worked_by_hand():
-    from kvbench.core.kvsize import quantized_cache_bytes
+    from kvbench.model.caches.quantized import quantized_cache_bytes
 
     # 2 layers, 2 KV heads of 16: 32 values per position. 8 + 24 tokens hold 31 positions; of the 23 decode
     # steps, 23 % 2 = 1 waits at full precision, 30 positions are quantized: 960 values at 4 bits (480 bytes)

@@ -414,7 +414,7 @@ def test_a_quanto_cache_is_measured_with_its_settings_and_its_output_compared(nb
     assert (stored.config["quantized_backend"], stored.config["quantized_nbits"]) == ("quanto", [nbits])
     # Lossy: the next-token distributions move, however little; the greedy tokens may still all agree.
     assert cell.agreement_kl_mean_nats > 0
-    # Its own theory (kvbench.core.kvsize.quantized_cache_bytes), a fraction of what a dynamic cache holds.
+    # Its own theory (kvbench.model.caches.quantized.quantized_cache_bytes), a fraction of what a dynamic cache holds.
     assert cell.kv_cache_measured_bytes == pytest.approx(cell.kv_cache_theory_bytes, rel=0.05)
     assert cell.kv_cache_measured_bytes < cell.kv_cache_bytes / 2
     assert cell.kv_cache_note.startswith("theory for the quanto quantized cache:")

@@ -9,10 +9,11 @@ from typing import TypeVar
 
 from kvbench.analysis.explain import model_cost_of
 from kvbench.core.stats import RatioTest, compare_means, process_aware_samples
+from kvbench.model.caches import IMPLEMENTATIONS, REFERENCE
 from kvbench.model.cells import Cell
+from kvbench.model.modes import CACHED
 from kvbench.model.records import BenchmarkResult, CellResult, CellState
 
-REFERENCE = "dynamic"
 # GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory (an
 # H200's 143,771 MiB is just over 140 GiB).
 DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
@@ -126,7 +127,7 @@ def verdict_against(result: BenchmarkResult, cell: CellResult, reference: CellRe
 
 def _cached_samples(result: BenchmarkResult, cell: CellResult) -> list[float]:
     # As compare takes them: one per run, or one per process's mean with runs from 3 or more processes.
-    runs = result.runs_of(cell.id, "cached")
+    runs = result.runs_of(cell.id, CACHED.name)
     return process_aware_samples([run.latency_s for run in runs], [(run.host, run.pid) for run in runs])
 
 
@@ -241,16 +242,14 @@ def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_
 
 def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> list[str]:
     """What the what-fits figures leave out, said plainly; more for the quantized and offloaded caches."""
-    caches = {verdict.cell.settings.cache_implementation for verdict in group.verdicts}
     notes = [
         "what fits counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA"
         " context; a real run fits less"
     ]
-    if "quantized" in caches:
-        notes.append(
-            "quantized: its residual window (the newest positions, up to quantized_residual_length) stays at full"
-            " precision, so bytes per position are this length's average and fall at longer contexts"
-        )
+    # Each implementation's own, once however many cells share it, in the registry's order.
+    present = {verdict.cell.settings.cache_implementation for verdict in group.verdicts}
+    own = dict.fromkeys(cache.what_fits_note for name, cache in IMPLEMENTATIONS.items() if name in present)
+    notes += [note for note in own if note is not None]
     limits = {
         fitted.position_limit
         for v in group.verdicts
@@ -263,10 +262,5 @@ def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEF
         notes.append(
             f"longest context stops at the model's own position limit ({shown} positions) where memory would allow"
             " more: beyond it the model cannot run at all"
-        )
-    if caches & {"offloaded", "offloaded_static"}:
-        notes.append(
-            "offloaded caches keep most layers in CPU memory between uses: counting them all on the GPU, as"
-            " here, understates what fits"
         )
     return notes

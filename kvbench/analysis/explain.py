@@ -12,13 +12,13 @@ from kvbench.analysis.roofline import RooflineBound, roofline_bound, step_bound_
 from kvbench.core.errors import KvbenchError
 from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, Cell
 from kvbench.model.costs import ModelCost
+from kvbench.model.modes import CACHED, MODES, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellResult
-from kvbench.model.settings import MODES
 
 
 def varying_axes(result: BenchmarkResult) -> list[str]:
     """The sweep axes that take more than one value among the cells with runs."""
-    cells = [cell for cell in result.cells if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached")]
+    cells = [cell for cell in result.cells if any(result.runs_of(cell.id, mode) for mode in MODES)]
     return [axis for axis in SWEEP_AXES if len(_values_on(axis, cells)) > 1]
 
 
@@ -172,7 +172,7 @@ class LengthFit:
 def _length_groups(result: BenchmarkResult) -> dict[tuple, list[CellResult]]:
     groups: dict[tuple, list[CellResult]] = {}
     for cell in result.cells:
-        if result.runs_of(cell.id, "cached") and result.runs_of(cell.id, "uncached"):
+        if all(result.runs_of(cell.id, mode) for mode in MODES):
             key = tuple(getattr(cell.settings, axis) for axis in SWEEP_AXES if axis != "max_new_tokens")
             groups.setdefault(key, []).append(cell)
     return groups
@@ -192,7 +192,7 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
         name = named_settings(cells[0].settings, axes) or cells[0].settings.model
         ids = [cell.id for cell in cells]
         try:
-            fits.append(LengthFit(name, ids, extrapolate(points["cached"], points["uncached"])))
+            fits.append(LengthFit(name, ids, extrapolate(points[CACHED.name], points[UNCACHED.name])))
         except KvbenchError as error:
             fits.append(LengthFit(name, ids, None, str(error)))
     return fits

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvbench.model.costs import ModelCost
-from kvbench.model.settings import MODES
+from kvbench.model.modes import MODES, MODES_BY_NAME
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,10 @@ def _full_forward(model: ModelCost, tokens: int, batch: int) -> StepCost:
 
 def step_cost(model: ModelCost, mode: str, step: int, prompt_tokens: int, batch: int) -> StepCost:
     """The cost of producing new token `step` (0-based): see the module docstring for the model."""
-    if mode not in MODES:
+    if mode not in MODES_BY_NAME:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     positions = prompt_tokens + step
-    if mode == "uncached" or step == 0:
+    if not MODES_BY_NAME[mode].use_cache or step == 0:
         return _full_forward(model, positions, batch)
     return StepCost(
         bytes_moved=model.weight_bytes + model.kv_bytes(positions, batch),

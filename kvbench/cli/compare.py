@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from kvbench.cli.app import stderr, stdout, user_errors
+from kvbench.compare.formats import formats_help
 from kvbench.render.text import labelled
 
 
@@ -30,8 +31,7 @@ def compare(
         "--format",
         "-f",
         metavar="FORMAT",
-        help="table, markdown (for a pull request), csv, json, or benchmark-action"
-        " (github-action-benchmark's customSmallerIsBetter JSON, from the last file; one file is enough).",
+        help=formats_help(),
     ),
     fail_on_regression: Optional[float] = typer.Option(
         None,

@@ -21,6 +21,7 @@ from kvbench.core.stats import (
     runs_to_settle,
 )
 from kvbench.model.cells import Cell
+from kvbench.model.modes import CACHED, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellState, ModeSummary, RunRecord
 from kvbench.storage.document import read_result
 
@@ -559,8 +560,8 @@ def _speedup(result: BenchmarkResult, entry: Entry | None) -> RatioTest | None:
     if entry is None:
         return None
     cell = entry.summary.cell
-    uncached = [run.latency_s for run in result.runs_of(cell, "uncached")]
-    cached = [run.latency_s for run in result.runs_of(cell, "cached")]
+    uncached = [run.latency_s for run in result.runs_of(cell, UNCACHED.name)]
+    cached = [run.latency_s for run in result.runs_of(cell, CACHED.name)]
     if not uncached or not cached:
         return None
     return cached_speedup(uncached, cached)

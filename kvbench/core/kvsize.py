@@ -44,54 +44,6 @@ def cache_bytes_for(config: Any, tokens: int, batch: int, dtype: str) -> int | N
     return kv_cache_bytes(geometry.layers, geometry.kv_heads, geometry.head_dim, tokens, batch, BYTES_PER_ELEMENT[dtype])
 
 
-@dataclass(frozen=True)
-class QuantizedTheory:
-    """A quantized cache's bytes in theory, and how its positions are held."""
-
-    kv_bytes: int
-    quantized_positions: int
-    full_precision_positions: int  # the residual window, not yet quantized
-
-
-def quantized_cache_bytes(
-    config: Any, prompt_tokens: int, new_tokens: int, batch: int, dtype: str, cache_settings: dict[str, Any]
-) -> QuantizedTheory | None:
-    """transformers' QuantizedCache after a generation, with generate()'s cache_config. quanto: `nbits` per
-    value packed into bytes, and a scale and a zero point in the states' dtype for each group of
-    `q_group_size` values; the prompt is quantized at prefill, then new positions wait at full precision
-    until `residual_length` of them have gathered and everything is quantized again. fp8: one byte per
-    value (its one scale per tensor is bookkeeping). None for a backend not worked out here (hqq)."""
-    geometry = kv_geometry(config)
-    if geometry is None:
-        return None
-    positions = cached_positions(prompt_tokens, new_tokens)
-    values_per_position = geometry.kv_heads * geometry.head_dim * batch
-    backend = cache_settings.get("backend")
-    if backend == "fp8":
-        return QuantizedTheory(2 * geometry.layers * values_per_position * positions, positions, 0)
-    if backend != "quanto":
-        return None
-    decode_steps = max(new_tokens, 1) - 1
-    residual = decode_steps % cache_settings["residual_length"]
-    quantized_values = (positions - residual) * values_per_position
-    groups = -(-quantized_values // cache_settings["q_group_size"])
-    quantized_bytes = quantized_values * cache_settings["nbits"] // 8 + 2 * groups * BYTES_PER_ELEMENT[dtype]
-    residual_bytes = residual * values_per_position * BYTES_PER_ELEMENT[dtype]
-    return QuantizedTheory(2 * geometry.layers * (quantized_bytes + residual_bytes), positions - residual, residual)
-
-
-def quantized_theory_text(theory: QuantizedTheory, cache_settings: dict[str, Any], dtype: str) -> str:
-    """What a quantized cache's theory counts, for the results file and `show`."""
-    if cache_settings.get("backend") == "fp8":
-        return f"theory for the fp8 quantized cache: {theory.quantized_positions} positions at 1 byte per value"
-    return (
-        f"theory for the {cache_settings['backend']} quantized cache: {theory.quantized_positions} positions at"
-        f" {cache_settings['nbits']} bits per value, with a {dtype} scale and zero point per"
-        f" {cache_settings['q_group_size']} values, and the newest {theory.full_precision_positions} (its residual"
-        f" window of up to {cache_settings['residual_length'] - 1}) at full precision"
-    )
-
-
 def cached_positions(prompt_tokens: int, new_tokens: int) -> int:
     """Positions a cache holds after generating `new_tokens`: the last token is returned, never fed back,
     so its keys and values are never computed."""

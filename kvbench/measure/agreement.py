@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvbench.measure.generation import Generation
+from kvbench.model.caches import REFERENCE
 from kvbench.model.records import CellResult
 
 
@@ -51,7 +52,7 @@ def record_output_agreement(cell_result: CellResult, generate: Generation, measu
     """The cell's cache against the dynamic cache on the same model and prompt, in untimed passes: the
     dynamic cache's greedy tokens and logits, then this cache fed those tokens for its logits at the same
     positions; `measured_ids` are this cache's own greedy tokens from the first timed run."""
-    reference_ids, reference_logits = generate.untimed_pass("dynamic")
+    reference_ids, reference_logits = generate.untimed_pass(REFERENCE)
     _, logits = generate.untimed_pass(generate.cell.cache_implementation, fed_ids=reference_ids)
     agreement = output_agreement(reference_ids, measured_ids, reference_logits, logits)
     cell_result.agreement_token_share = agreement.token_share

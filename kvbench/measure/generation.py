@@ -14,7 +14,9 @@ from kvbench.core.devices import Devices
 from kvbench.core.metrics import time_per_output_token_s
 from kvbench.hardware.energy import CounterReader
 from kvbench.hardware.memory import MemoryProbe, downsample, free_memory
+from kvbench.model.caches import REFERENCE
 from kvbench.model.cells import Cell
+from kvbench.model.modes import MODES_BY_NAME
 from kvbench.model.records import RunRecord
 
 _CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
@@ -92,14 +94,14 @@ class Generation:
 
     def __call__(self, mode: str) -> Any:
         self.clock.begin(self.cell.max_new_tokens)
-        cache = self.cell.cache_implementation if mode == "cached" else None
+        cache = self.cell.cache_implementation if MODES_BY_NAME[mode].use_cache else None
         # The output carries the cache object, whose bytes kvsize measures after the run.
         return self._generate(cache, streamer=self.clock)
 
     def _generate(self, cache_implementation: str | None, **extra: Any) -> Any:
         """generate() as every call of the cell makes it; `cache_implementation` None: without a cache."""
         kwargs: dict[str, Any] = {}
-        if cache_implementation not in (None, "dynamic"):
+        if cache_implementation not in (None, REFERENCE):  # the dynamic cache is what generate() builds by itself
             kwargs["cache_implementation"] = cache_implementation
         if cache_implementation == self.cell.cache_implementation and self.cache_config is not None:
             # A copy: some transformers versions (5.17) pop 'backend' from the dict they are given, which

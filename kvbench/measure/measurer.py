@@ -26,7 +26,7 @@ from kvbench.measure.generation import (
     prepare_generation,
 )
 from kvbench.measure.support import unsupported_reason
-from kvbench.model.caches import cache_config
+from kvbench.model.caches import cache_config, implementation
 from kvbench.model.cells import Cell
 from kvbench.model.events import (
     ONE_TOKEN,
@@ -40,6 +40,7 @@ from kvbench.model.events import (
     Unmeasured,
 )
 from kvbench.model.jobs import CellJob, planned_generation
+from kvbench.model.modes import CACHED, MODES, UNCACHED
 from kvbench.model.records import CellResult, CellState, RunRecord
 from kvbench.model.settings import RSE_CONFIDENCE, BenchConfig
 
@@ -115,9 +116,7 @@ class Measurer:
     def unsupported_reason(self, cell: Cell) -> str | None:
         """Why this process cannot measure `cell` here, known before trying; None when it can. Planning, the
         estimate and measuring all ask this one question."""
-        return unsupported_reason(
-            cell, self.device, self.capability, self.config.quantized_backend, capability_known=self.gpu_here
-        )
+        return unsupported_reason(cell, self.device, self.capability, self.config, capability_known=self.gpu_here)
 
     def devices_in_use(self) -> Devices:
         """The devices of the model loaded last (all of them with --device-map), else the run's device."""
@@ -201,7 +200,7 @@ class Measurer:
             for mode in config.modes:
                 generation = planned_generation(cell, mode)
                 emit(GenerationStarted(f"{mode} {run + 1}/{most}", generation))
-                measure_cache = mode == "cached" and "cached" not in first_outputs
+                measure_cache = mode == CACHED.name and CACHED.name not in first_outputs
                 record, new_ids = measure_generation(
                     generate,
                     mode,
@@ -230,14 +229,14 @@ class Measurer:
             cell_result.generated_text = {
                 mode: tokenizer.decode(ids[0], skip_special_tokens=True) for mode, ids in first_outputs.items()
             }
-        if len(first_outputs) == 2:
-            divergence = first_divergence(first_outputs["cached"], first_outputs["uncached"])
+        if all(mode in first_outputs for mode in MODES):
+            divergence = first_divergence(first_outputs[CACHED.name], first_outputs[UNCACHED.name])
             cell_result.outputs_match = divergence is None
             cell_result.first_divergence = divergence
         # After every timed run, so it costs no measurement anything but time.
-        if cell.cache_implementation != "dynamic" and "cached" in first_outputs:
+        if not implementation(cell.cache_implementation).reference and CACHED.name in first_outputs:
             try:
-                record_output_agreement(cell_result, generate, first_outputs["cached"])
+                record_output_agreement(cell_result, generate, first_outputs[CACHED.name])
             except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 cell_result.agreement_note = (

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from kvbench.model.settings import QUANTIZED_NBITS, BenchConfig
+from kvbench.model.caches import REFERENCE, implementation
+from kvbench.model.settings import BenchConfig
 
 
 def axis(short: str, label: str, *, numeric: bool = False, **default: Any) -> Any:
@@ -56,7 +57,7 @@ class Cell:
     def label(self, dtype: str | None = None) -> str:
         """A short human name; `dtype` replaces "auto" with what it resolved to."""
         extras = [dtype or self.dtype]
-        if self.cache_implementation != "dynamic":
+        if self.cache_implementation != REFERENCE:
             extras.append(f"cache {self.cache_name}")
         if self.attn_implementation != "auto":
             extras.append(f"attn {self.attn_implementation}")
@@ -79,9 +80,7 @@ def shown_value(settings: Cell, axis: str) -> str:
 def nbits_of(config: BenchConfig, cache_implementation: str) -> list[int | None]:
     """The bits a cache implementation's cells take: each swept value for the quantized cache with an
     integer backend, [None] for the others (the bits do not apply, so they do not multiply the cells)."""
-    if cache_implementation != "quantized" or config.quantized_backend not in QUANTIZED_NBITS:
-        return [None]
-    return list(config.quantized_nbits)
+    return implementation(cache_implementation).bits(config)
 
 
 def expand(config: BenchConfig) -> list[Cell]:

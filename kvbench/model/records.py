@@ -12,6 +12,7 @@ from kvbench.core.metrics import joules_per_token, mode_metrics, run_metrics
 from kvbench.core.stats import median_gap_ms, outlier_indices, summarize
 from kvbench.model.cells import SWEEP_AXES, Cell
 from kvbench.model.memory_figures import MemoryFigures
+from kvbench.model.modes import CACHED, UNCACHED
 
 Derived = TypeVar("Derived")
 
@@ -304,7 +305,7 @@ class BenchmarkResult:
 
     def speedup(self, cell_id: str) -> float | None:
         """How many times faster cached generation was than uncached in a cell, by mean latency."""
-        cached, uncached = self.summary_of(cell_id, "cached"), self.summary_of(cell_id, "uncached")
+        cached, uncached = self.summary_of(cell_id, CACHED.name), self.summary_of(cell_id, UNCACHED.name)
         if cached is None or uncached is None:
             return None
         return uncached.mean_s / cached.mean_s

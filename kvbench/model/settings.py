@@ -13,6 +13,9 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from kvbench.core.errors import KvbenchError
+from kvbench.model.caches import CACHE_IMPLEMENTATIONS, REFERENCE
+from kvbench.model.caches.quantized import QUANTIZED_BACKENDS
+from kvbench.model.modes import MODES
 
 # --target-rse stops a cell once an upper confidence bound, at this confidence, on each mode's RSE is within
 # the target: the point estimate from five noisy runs is often low by chance, and stopping on it stopped
@@ -23,30 +26,13 @@ from kvbench.core.errors import KvbenchError
 RSE_CONFIDENCE = 0.98
 
 REFERENCE_PROMPT = "What is KV caching?"
-MODES = ("cached", "uncached")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # Other names people use for the same types (PyTorch's own, and the usual short forms).
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 WEIGHTS = ("auto", "pretrained", "random")
-CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
-# The other names transformers' generate() takes (4.56 to 5.24), kept there for older code: each builds a cache
-# above, whose layers follow the model's own (sliding-window layers where it has them, full otherwise), so a
-# cell of one would measure that cache under another name. Refused, naming the one to use.
-SAME_CACHE_AS = {
-    "sliding_window": ("static", "it builds a StaticCache, like static"),
-    "hybrid_chunked": ("static", "it builds a StaticCache, like static"),
-    "offloaded_hybrid": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
-    "offloaded_hybrid_chunked": ("offloaded_static", "it builds a StaticCache offloaded to the CPU, like offloaded_static"),
-    # generate() unsets "hybrid" since transformers dropped it as a default for sliding-window models.
-    "hybrid": ("static or dynamic", "transformers 4.56 builds a StaticCache for it, 5.24 ignores it for a DynamicCache"),
-}
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-# QuantizedCache's backends in transformers: quanto (optimum-quanto) and hqq group-wise integers, fp8
-# per-tensor float8 (torch alone). The bits each integer backend can store.
-QUANTIZED_BACKENDS = ("quanto", "hqq", "fp8")
-QUANTIZED_NBITS = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8)}
 ISOLATIONS = ("none", "process")
 LAUNCHERS = ("local", "ray")
 
@@ -157,7 +143,7 @@ class BenchConfig:
         must_match=True,
     )
     cache_implementation: list[str] = setting(
-        ["dynamic"],
+        [REFERENCE],
         "The cached mode's cache class: dynamic, static (preallocated), offloaded and offloaded_static (layers"
         " kept on the CPU between steps; a CUDA device only), quantized (see --quantized-backend). Each follows"
         " the model's layers, sliding-window ones included; transformers' older names sliding_window,"

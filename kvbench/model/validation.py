@@ -9,8 +9,9 @@ from typing import Any
 
 from kvbench.core.devices import valid_device_name
 from kvbench.core.errors import KvbenchError
+from kvbench.model.caches import IMPLEMENTATIONS, SAME_CACHE_AS
 from kvbench.model.cells import SWEEP_AXES, cell_count
-from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, QUANTIZED_NBITS, SAME_CACHE_AS, BenchConfig
+from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, BenchConfig
 
 
 def bound_problem(item: Field, value: Any) -> str | None:
@@ -60,7 +61,10 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
             f" the bits for quantized cells only), more than the {MOST_CELLS:,} one run may hold; sweep fewer"
             " values, or split it into several runs"
         )
-    _validate_quantized(config, source)
+    # Each implementation's own settings, whichever the sweep measures: a typo shows before it is swept.
+    for cache in IMPLEMENTATIONS.values():
+        if (problem := cache.settings_problem(config)) is not None:
+            raise KvbenchError(f"{source}: {problem}")
     if config.target_rse is not None and not 0 < config.target_rse < 1:
         raise KvbenchError(f"{source}: 'target_rse' is a fraction such as 0.02 (2%), got {config.target_rse}")
     if config.max_runs is not None and config.max_runs < config.min_runs:
@@ -79,22 +83,6 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
     _validate_launch(config, source)
     if not valid_device_name(config.device):
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
-
-
-def _validate_quantized(config: BenchConfig, source: str) -> None:
-    """Bits each integer backend can store; the fp8 backend's width is fixed, so it has nothing to sweep."""
-    bits = QUANTIZED_NBITS.get(config.quantized_backend)
-    for nbits in config.quantized_nbits:
-        if bits is not None and nbits not in bits:
-            raise KvbenchError(
-                f"{source}: 'quantized_nbits' cannot be {nbits} with the {config.quantized_backend}"
-                f" backend; choose one of {', '.join(map(str, bits))}"
-            )
-    if bits is None and len(config.quantized_nbits) > 1:
-        raise KvbenchError(
-            f"{source}: 'quantized_nbits' lists several values, but the {config.quantized_backend} backend stores"
-            " 8-bit floats whatever the bits; give one value, or use --quantized-backend quanto or hqq to sweep them"
-        )
 
 
 def _validate_launch(config: BenchConfig, source: str) -> None:

@@ -7,8 +7,9 @@ from rich.text import Text
 
 from kvbench.core.stats import cached_speedup, noise_warning, speedup_words
 from kvbench.core.units import format_bytes, format_ms, seconds_as_ms
+from kvbench.model.caches import REFERENCE, implementation
+from kvbench.model.modes import CACHED, MODES, MODES_BY_NAME, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellResult, CellState, ModeSummary
-from kvbench.model.settings import MODES
 from kvbench.render.tables import Column, FittedTable
 from kvbench.render.text import plain
 
@@ -50,7 +51,7 @@ def memory_difference(result: BenchmarkResult, cell_id: str) -> tuple[int, str] 
     None where that figure is missing: reserved and NVML figures include the allocator's cache, the CUDA
     context and other processes, and a CPU's RSS the whole process, so their difference is not the
     cache's cost."""
-    cached, uncached = result.summary_of(cell_id, "cached"), result.summary_of(cell_id, "uncached")
+    cached, uncached = result.summary_of(cell_id, CACHED.name), result.summary_of(cell_id, UNCACHED.name)
     if cached is None or uncached is None:
         return None
     with_cache, without = cached.torch_peak_allocated_bytes, uncached.torch_peak_allocated_bytes
@@ -68,7 +69,7 @@ def cell_table(result: BenchmarkResult, cell: CellResult) -> FittedTable:
         f"{model.get('dtype', settings.dtype)} · batch {settings.batch_size} · "
         f"{cell.prompt_tokens} prompt ({cell.prompt_source}) + {settings.max_new_tokens} new tokens"
     )
-    if settings.cache_implementation != "dynamic" or settings.attn_implementation != "auto":
+    if settings.cache_implementation != REFERENCE or settings.attn_implementation != "auto":
         title += f" · cache {settings.cache_name} · attn {model.get('attn_implementation')}"
     summaries = [s for mode in result.modes if (s := result.summary_of(cell.id, mode))]
     columns = [
@@ -115,11 +116,11 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         if noisy:
             lines.append(plain(f"{mode}: {noisy}", style="yellow"))
     # The reference experiment printed these two lines; keep them so results read side by side.
-    for mode, words in (("cached", "with KV caching"), ("uncached", "without KV caching")):
-        summary = result.summary_of(cell.id, mode)
+    for described in MODES_BY_NAME.values():
+        summary = result.summary_of(cell.id, described.name)
         if summary is not None:
             std = summary.std_s if summary.std_s is not None else 0.0
-            lines.append(plain(f"{words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
+            lines.append(plain(f"{described.words}: {round(summary.mean_s, 3)} +- {round(std, 3)} seconds"))
     lines.extend(kv_cache_lines(result, cell))
     lines.extend(metric_lines(result, cell))
     if cell.stop_reason:
@@ -186,9 +187,7 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
         agrees = cell.kv_cache_agrees
         relation = "=" if agrees else "≠"
         excess = cell.kv_cache_measured_bytes / cell.kv_cache_theory_bytes - 1
-        formula = "2 × layers × kv_heads × head_dim × positions × batch × bytes"
-        if cell.settings.cache_implementation == "quantized":
-            formula = "the quantized layout below"
+        formula = implementation(cell.settings.cache_implementation).formula
         text = (
             f"KV cache measured: {format_bytes(cell.kv_cache_measured_bytes)} ({cell.kv_cache_class},"
             f" {cell.kv_cache_positions} positions) {relation} theory {format_bytes(cell.kv_cache_theory_bytes)}"

@@ -13,13 +13,19 @@ from kvbench.analysis.explain import Explanation, explain_result, named_settings
 from kvbench.core.errors import KvbenchError
 from kvbench.core.stats import per_token_curve_ms
 from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, shown_value
+from kvbench.model.modes import CACHED, MODES, MODES_BY_NAME
 from kvbench.model.records import BenchmarkResult, CellResult
 
 # One colour per mode in every figure.
-MODE_COLOURS = {"cached": "tab:blue", "uncached": "tab:red"}
 # Panels per figure: beyond this a sweep's groups go on to further figures (name-2.png, ...), so each
 # panel stays large enough to read.
 MAX_PANELS = 6
+
+
+def _colour(mode: str) -> str | None:
+    """A mode's colour in every figure; None (matplotlib's next) for a mode this version does not know."""
+    known = MODES_BY_NAME.get(mode)
+    return known.colour if known is not None else None
 
 
 def _pyplot():
@@ -48,7 +54,7 @@ def _title(result: BenchmarkResult, what: str) -> str:
 
 
 def _measured(result: BenchmarkResult, cell: CellResult) -> bool:
-    return bool(result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"))
+    return any(result.runs_of(cell.id, mode) for mode in MODES)
 
 
 def _groups(result: BenchmarkResult, axis: str) -> dict[tuple, list[CellResult]]:
@@ -136,7 +142,7 @@ def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explan
             curve = per_token_curve_ms([run.token_times_s for run in result.runs_of(cell.id, mode)])
             if not curve:
                 continue
-            colour = MODE_COLOURS.get(mode)
+            colour = _colour(mode)
             # Position 0 is the prefill (the whole prompt), the rest one decode step each.
             axis.plot(range(len(curve)), curve, label=f"{mode}, measured", color=colour)
             bound = step_bounds_ms(cell, mode, explanation.peaks)
@@ -180,7 +186,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
             rows = [(cell, s) for cell, s in zip(cells, summaries) if s is not None]
             if not rows:
                 continue
-            colour = MODE_COLOURS.get(mode)
+            colour = _colour(mode)
             if numeric:
                 xs = [getattr(cell.settings, axis) for cell, _ in rows]
                 runs = [
@@ -220,7 +226,7 @@ def plot_latency(result: BenchmarkResult, axis: str, directory: Path, explanatio
                 ax.plot(
                     lengths,
                     [power.predict_s(n) for n in lengths],
-                    color=MODE_COLOURS.get(power.mode),
+                    color=_colour(power.mode),
                     linestyle=":",
                     label=f"{power.mode} fit: a + b·n^{power.exponent:.2f}{error}",
                 )
@@ -302,7 +308,7 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
                     ax.plot(
                         [t for t, _ in run.memory_timeline],
                         [b / 2**20 for _, b in run.memory_timeline],
-                        color=MODE_COLOURS.get(mode),
+                        color=_colour(mode),
                         alpha=0.7,
                         linewidth=1,
                         label=mode if index == 0 else None,
@@ -311,7 +317,7 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
         ax.set_ylabel(f"{source or 'memory'} (MiB)")
         ax.set_title(_group_name(result, cell, "max_new_tokens") + f", new={cell.settings.max_new_tokens}", fontsize=9)
     drawn = _save(plt, pages, directory, "memory-over-time", _title(result, f"Memory over time ({source})"))
-    allocated = [cell for cell in cells if any(run.allocated_by_position for run in result.runs_of(cell.id, "cached"))]
+    allocated = [cell for cell in cells if any(run.allocated_by_position for run in result.runs_of(cell.id, CACHED.name))]
     if allocated:
         pages = _panels(plt, len(allocated))
         for ax, cell in zip([ax for _, axes in pages for ax in axes], allocated):
@@ -319,7 +325,7 @@ def plot_memory_over_time(result: BenchmarkResult, directory: Path) -> list[Draw
                 runs = [run for run in result.runs_of(cell.id, mode) if run.allocated_by_position]
                 if runs:
                     points = runs[0].allocated_by_position or []
-                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=MODE_COLOURS.get(mode), label=mode)
+                    ax.plot([p for p, _ in points], [b / 2**20 for _, b in points], color=_colour(mode), label=mode)
             ax.set_xlabel("new token position")
             ax.set_ylabel("torch allocated (MiB)")
             ax.set_title(_group_name(result, cell, "max_new_tokens"), fontsize=9)

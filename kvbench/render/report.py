@@ -8,6 +8,7 @@ from dataclasses import asdict
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
+from kvbench.model.modes import MODES
 from kvbench.model.records import BenchmarkResult, CellState
 from kvbench.render.cells import cell_lines, cell_table, speedup_of
 from kvbench.render.text import add_row, output_console, plain
@@ -29,7 +30,7 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
     for cell in result.cells:
         if cell.status == CellState.PENDING:
             continue
-        if result.runs_of(cell.id, "cached") or result.runs_of(cell.id, "uncached"):
+        if any(result.runs_of(cell.id, mode) for mode in MODES):
             parts.append(cell_table(result, cell))
         else:
             parts.append(plain(cell.id, style="bold"))

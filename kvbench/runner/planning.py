@@ -13,6 +13,7 @@ from kvbench.core.errors import KvbenchError
 from kvbench.core.eta import Planned, clock_text, predicted_s
 from kvbench.model.cells import Cell
 from kvbench.model.jobs import planned_generation
+from kvbench.model.modes import UNCACHED
 from kvbench.model.records import CellResult, CellState
 from kvbench.model.settings import BenchConfig, run_limits
 from kvbench.storage.document import read_result
@@ -56,7 +57,7 @@ def _file_name_of(model: str) -> str:
 def advice(config: BenchConfig, device: str) -> list[str]:
     """What the user should know before a long wait."""
     notes = []
-    if device == "cpu" and "uncached" in config.modes and max(config.max_new_tokens) >= SLOW_ON_CPU_TOKENS:
+    if device == "cpu" and UNCACHED.name in config.modes and max(config.max_new_tokens) >= SLOW_ON_CPU_TOKENS:
         notes.append(
             "uncached generation of hundreds of tokens takes minutes per run on a CPU;"
             " for a quick look use --max-new-tokens 200 --runs 3"

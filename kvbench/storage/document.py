@@ -15,9 +15,10 @@ from typing import Any
 
 from kvbench.core.errors import KvbenchError
 from kvbench.core.untrusted import printable, read_bounded_text
+from kvbench.model.caches.quantized import QUANTIZED, QUANTIZED_NBITS
 from kvbench.model.cells import PARTIAL_AXES, Cell
 from kvbench.model.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
-from kvbench.model.settings import QUANTIZED_NBITS, default_of
+from kvbench.model.settings import default_of
 from kvbench.storage.validation import check_fields, check_run_times
 
 FORMAT_NAME = "kvbench-results"
@@ -111,7 +112,7 @@ def _name_the_bits_of_quantized_cells(result: BenchmarkResult) -> None:
         return
     renamed = {}
     for cell in result.cells:
-        if cell.settings.cache_implementation == "quantized" and cell.settings.quantized_nbits is None:
+        if cell.settings.cache_implementation == QUANTIZED.name and cell.settings.quantized_nbits is None:
             old_id = cell.id
             cell.settings = replace(cell.settings, quantized_nbits=bits[0])
             renamed[old_id] = cell.id

@@ -17,8 +17,9 @@ from typing import Any
 from kvbench.core.errors import KvbenchError
 from kvbench.model.cells import Cell
 from kvbench.model.costs import DatasheetPeaks, MeasuredPeaks, ModelCost
+from kvbench.model.modes import MODES
 from kvbench.model.records import BenchmarkResult, RunRecord
-from kvbench.model.settings import LARGEST_INTEGER, MODES, BenchConfig, config_fields
+from kvbench.model.settings import LARGEST_INTEGER, BenchConfig, config_fields
 from kvbench.model.validation import bound_problem
 
 # Seconds a generate() can take: beyond these the statistics overflow or divide by zero.

@@ -12,6 +12,7 @@ from kvbench.compare.judging import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FRO
 from kvbench.core.metrics import JUDGED_METRICS
 from kvbench.core.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
 from kvbench.core.units import format_bytes
+from kvbench.model.modes import CACHED
 from kvbench.model.records import SERVING_FIELDS
 from kvbench.render.cells import serving_parts
 from kvbench.render.verdicts import VERDICT_COLUMNS, verdict_row
@@ -212,7 +213,7 @@ def speedup_grid(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     headers = ["cell", *(f"{loaded.label} cached speedup" for loaded in comparison.files)]
     rows = []
     for row in comparison.rows:
-        if row.key.mode != "cached" or not any(s is not None for s in row.speedup_tests):
+        if row.key.mode != CACHED.name or not any(s is not None for s in row.speedup_tests):
             continue
         label = row.key.cell.label()
         rows.append([label, *(speedup_cell(test) for test in row.speedup_tests)])
