@@ -214,17 +214,30 @@ def test_help_and_compare_do_not_import_torch(command):
     assert completed.stdout.strip().endswith("LIGHT"), completed.stdout[-500:] + completed.stderr[-500:]
 
 
-def test_compare_itself_does_not_import_torch(tmp_path):
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    write_result(make_result(), a)
-    write_result(make_result(), b)
+def heavy_modules_imported_by(arguments: list[str]) -> list[str]:
+    """The heavy packages a command imports, run in a fresh interpreter as a user would."""
     code = (
         "import sys\nfrom kvbench.cli import app\n"
-        f"try:\n    app(['compare', {str(a)!r}, {str(b)!r}])\nexcept SystemExit:\n    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'LIGHT')\n"
+        f"try:\n    app({arguments!r})\nexcept SystemExit:\n    pass\n"
+        "print('IMPORTED', *sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'scipy', 'pandas'}))\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert completed.stdout.strip().endswith("LIGHT")
+    last = completed.stdout.strip().splitlines()[-1]
+    assert last.startswith("IMPORTED"), completed.stdout[-500:] + completed.stderr[-500:]
+    return last.split()[1:]
+
+
+def test_compare_itself_imports_no_torch_and_no_scipy(tmp_path):
+    """compare and show judge and fit with kvbench's own t distribution and fits: scipy's import alone would
+    cost them half a second (benchmarks/startup.py)."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    write_result(make_result(), a)
+    write_result(make_result({"cached": [1.1, 1.2, 1.0, 1.15]}), b)
+    assert heavy_modules_imported_by(["compare", str(a), str(b), "--fail-on-regression", "5"]) == []
+
+
+def test_show_of_a_sweep_with_length_fits_imports_no_torch_and_no_scipy():
+    assert heavy_modules_imported_by(["show", str(Path(__file__).parent.parent / "results" / "explain-cpu-long.json")]) == []
 
 
 def test_show_flags_outliers(tmp_path):

@@ -123,3 +123,26 @@ def test_the_exponent_gap_claims_a_difference_rarely_when_there_is_none():
         for _ in range(50)
     )
     assert found >= 45
+
+
+def test_the_fit_finds_what_scipys_curve_fit_finds():
+    """kvbench fits in pure Python (scipy's optimiser would cost `show` its import): on noisy runs of several
+    shapes, the same exponent and intercept as curve_fit's bounded least squares, and a standard error that
+    agrees with its covariance."""
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(7)
+    for a_true, b_true, k_true, noise in [(0.5, 0.01, 1.0, 0.02), (0.05, 0.001, 2.0, 0.05), (1.0, 0.2, 1.4, 0.01)]:
+        lengths = [n for n in (8, 16, 32, 64, 128) for _ in range(3)]
+        points = [(n, (a_true + b_true * n**k_true) * float(np.exp(rng.normal(0, noise)))) for n in lengths]
+        ours = fit_latency(points)
+        n, y = np.array(lengths, dtype=float), np.array([latency for _, latency in points])
+        (a, b, k), covariance = curve_fit(
+            lambda n, a, b, k: a + b * n**k, n, y, p0=(a_true, b_true, k_true), sigma=y,
+            bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, 5.0]),
+        )  # fmt: skip
+        assert ours.exponent == pytest.approx(k, rel=1e-5)
+        assert ours.intercept_s == pytest.approx(a, rel=1e-4, abs=1e-9)
+        # curve_fit's Jacobian is a finite difference: its standard error is good to a few digits.
+        assert ours.exponent_stderr == pytest.approx(float(np.sqrt(covariance[2, 2])), rel=1e-3)

@@ -13,6 +13,9 @@ repeats give the fit its residual degrees of freedom):
   and unweighted least squares would let the longest length alone decide the fit.
 - The exponent's uncertainty is its standard error from the fit's covariance (scaled by the residual
   variance) and a 95% interval from Student's t with points - 3 degrees of freedom.
+- The fit is pure Python: for a fixed k the best a and b are a weighted least-squares line, so only k is
+  searched (a grid, then golden-section search). `show` draws these fits, and scipy's optimiser would cost it
+  a fifth of a second to import; tests/test_fit.py holds the result to scipy's curve_fit.
 
 Fitting three parameters needs at least three distinct lengths and four points.
 """
@@ -23,8 +26,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvbench.core.distributions import t_quantile
 from kvbench.core.errors import KvbenchError
 from kvbench.core.stats import welch_df
+from kvbench.model.modes import CACHED, UNCACHED
 
 MIN_LENGTHS = 3
 MIN_POINTS = 4
@@ -53,67 +58,103 @@ class PowerFit:
         return self.intercept_s + self.scale_s * new_tokens**self.exponent
 
 
-def _model(n, a, b, k):
-    return a + b * n**k
+def _line(lengths: Sequence[float], latencies: Sequence[float], k: float) -> tuple[float, float, float]:
+    """For a fixed k the model is linear in a and b: the a and b >= 0 that minimise the relative residuals
+    sum(((a + b n**k - latency) / latency)**2), and that sum, by weighted least squares."""
+    weights = [1.0 / latency**2 for latency in latencies]
+    powers = [n**k for n in lengths]
+    s = math.fsum(weights)
+    sx = math.fsum(w * x for w, x in zip(weights, powers))
+    sy = math.fsum(w * y for w, y in zip(weights, latencies))
+    sxx = math.fsum(w * x * x for w, x in zip(weights, powers))
+    sxy = math.fsum(w * x * y for w, x, y in zip(weights, powers, latencies))
+    determinant = s * sxx - sx * sx
+    b = (s * sxy - sx * sy) / determinant if determinant > 1e-12 * s * sxx else 0.0
+    if b < 0:  # bounded at 0: latency does not fall with length
+        b = 0.0
+    a = (sy - b * sx) / s
+    error = math.fsum(((a + b * x - y) / y) ** 2 for x, y in zip(powers, latencies))
+    return a, b, error
 
 
-def _start(lengths, latencies):
-    """For a fixed k the model is linear in a and b: solve those by least squares over a grid of k and
-    start the non-linear fit from the best, so it cannot wander off from a poor guess."""
-    import numpy as np
+def _best_exponent(lengths: Sequence[float], latencies: Sequence[float]) -> tuple[float, float, float] | None:
+    """(a, b, k) of the least relative residuals, k in [0, MAX_EXPONENT]: a grid of k for the best start, so
+    that the search cannot wander off from a poor guess, then golden-section search between its neighbours
+    (the residual of the best a and b is smooth in k). None where no k gives latency rising with length."""
+    grid = [0.25 + i * (MAX_EXPONENT - 0.5) / 38 for i in range(39)]
+    fitted = [(k, *_line(lengths, latencies, k)) for k in grid]
+    rising = [(error, index) for index, (_, _, b, error) in enumerate(fitted) if b > 0]
+    if not rising:
+        return None
+    _, best = min(rising)
+    low = grid[best - 1] if best > 0 else 0.0
+    high = grid[best + 1] if best < len(grid) - 1 else MAX_EXPONENT
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    inner_low, inner_high = high - ratio * (high - low), low + ratio * (high - low)
+    error_low, error_high = _line(lengths, latencies, inner_low)[2], _line(lengths, latencies, inner_high)[2]
+    while high - low > 1e-12 * max(1.0, high):
+        if error_low <= error_high:
+            high, inner_high, error_high = inner_high, inner_low, error_low
+            inner_low = high - ratio * (high - low)
+            error_low = _line(lengths, latencies, inner_low)[2]
+        else:
+            low, inner_low, error_low = inner_low, inner_high, error_high
+            inner_high = low + ratio * (high - low)
+            error_high = _line(lengths, latencies, inner_high)[2]
+    k = (low + high) / 2
+    a, b, _ = _line(lengths, latencies, k)
+    return a, b, k
 
-    best = None
-    weights = 1 / latencies
-    for k in np.linspace(0.25, MAX_EXPONENT - 0.25, 39):
-        design = np.column_stack([np.ones_like(lengths), lengths**k]) * weights[:, None]
-        (a, b), *_ = np.linalg.lstsq(design, latencies * weights, rcond=None)
-        if b <= 0:
-            continue
-        error = float(np.sum(((a + b * lengths**k - latencies) * weights) ** 2))
-        if best is None or error < best[0]:
-            best = (error, a, b, k)
-    if best is None:
-        return 0.0, float(latencies.max() / lengths.max()), 1.0
-    return best[1:]
+
+def _exponent_variance(lengths: Sequence[float], latencies: Sequence[float], a: float, b: float, k: float) -> float | None:
+    """The variance of k: the residual variance over what the k direction of the relative residuals' Jacobian
+    keeps once the a and b directions are taken out of it (the covariance's k diagonal). None where the
+    fit cannot estimate k at all: latency that does not depend on length leaves k free."""
+    rows = [(1.0 / y, n**k / y, b * n**k * math.log(n) / y) for n, y in zip(lengths, latencies)]
+    ja = [row[0] for row in rows]
+    jb = [row[1] for row in rows]
+    jk = [row[2] for row in rows]
+
+    def dot(u: Sequence[float], v: Sequence[float]) -> float:
+        return math.fsum(x * y for x, y in zip(u, v))
+
+    aa, ab, bb, ak, bk, kk = dot(ja, ja), dot(ja, jb), dot(jb, jb), dot(ja, jk), dot(jb, jk), dot(jk, jk)
+    determinant = aa * bb - ab * ab
+    if determinant > 1e-12 * aa * bb:
+        kept = kk - (bb * ak * ak - 2 * ab * ak * bk + aa * bk * bk) / determinant
+    else:  # a and b along one direction (k = 0): take out that one
+        kept = kk - ak * ak / aa
+    if not kept > 1e-12 * kk:
+        return None
+    residuals = math.fsum(((a + b * n**k - y) / y) ** 2 for n, y in zip(lengths, latencies))
+    return residuals / (len(lengths) - 3) / kept
 
 
 def fit_latency(points: Sequence[tuple[float, float]], mode: str = "") -> PowerFit:
     """Fit a + b n**k to (new tokens, latency in seconds) points, one per run."""
-    import numpy as np
-    from scipy.optimize import curve_fit
-    from scipy.special import stdtrit
-
     if any(latency <= 0 or not math.isfinite(latency) for _, latency in points):
         raise ValueError("latencies must be positive and finite")
-    lengths = np.array([float(n) for n, _ in points])
-    latencies = np.array([float(latency) for _, latency in points])
-    distinct = len(set(lengths.tolist()))
+    lengths = [float(n) for n, _ in points]
+    latencies = [float(latency) for _, latency in points]
+    distinct = len(set(lengths))
     if distinct < MIN_LENGTHS or len(points) < MIN_POINTS:
         raise KvbenchError(
             f"fitting latency against length{f' ({mode})' if mode else ''} needs at least {MIN_LENGTHS} lengths"
             f" and {MIN_POINTS} runs, not {distinct} and {len(points)}; sweep more max_new_tokens values"
         )
-    start = _start(lengths, latencies)
-    try:
-        (a, b, k), covariance = curve_fit(
-            _model,
-            lengths,
-            latencies,
-            p0=start,
-            sigma=latencies,
-            bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, MAX_EXPONENT]),
-            maxfev=20_000,
-        )
-    except RuntimeError:  # did not converge: keep the grid's answer, say nothing of its uncertainty
-        (a, b, k), covariance = start, None
+    best = _best_exponent(lengths, latencies)
     stderr = low = high = None
-    # A variance of exactly 0 is not certainty: the fit could not estimate the exponent at all (latency that
-    # does not depend on length leaves k free), and the pseudo-inverse gives such a direction no variance.
-    if covariance is not None and np.isfinite(covariance[2, 2]) and covariance[2, 2] > 0:
-        stderr = float(math.sqrt(covariance[2, 2]))
-        t = float(stdtrit(len(points) - 3, 0.975))
-        low, high = float(k) - t * stderr, float(k) + t * stderr
-    residuals = (latencies - _model(lengths, a, b, k)) / latencies
+    if best is None:  # latency falls, or stays, as length grows: no exponent to estimate
+        a, b, k = _line(lengths, latencies, 1.0)[0], 0.0, 1.0
+    else:
+        a, b, k = best
+        variance = _exponent_variance(lengths, latencies, a, b, k)
+        # A variance of 0 is not certainty: the fit could not estimate the exponent at all.
+        if variance is not None and math.isfinite(variance) and variance > 0:
+            stderr = math.sqrt(variance)
+            t = t_quantile(0.975, len(points) - 3)
+            low, high = k - t * stderr, k + t * stderr
+    residuals = [(latency - (a + b * n**k)) / latency for n, latency in zip(lengths, latencies)]
     return PowerFit(
         mode=mode,
         intercept_s=float(a),
@@ -124,9 +165,9 @@ def fit_latency(points: Sequence[tuple[float, float]], mode: str = "") -> PowerF
         exponent_ci95_high=high,
         points=len(points),
         lengths=distinct,
-        min_new_tokens=int(lengths.min()),
-        max_new_tokens=int(lengths.max()),
-        rms_relative_residual=float(np.sqrt(np.mean(residuals**2))),
+        min_new_tokens=int(min(lengths)),
+        max_new_tokens=int(max(lengths)),
+        rms_relative_residual=math.sqrt(math.fsum(r * r for r in residuals) / len(residuals)),
     )
 
 
@@ -153,8 +194,6 @@ def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | N
     """How much faster uncached latency grows with length than cached: the difference of the fitted
     exponents, with a 95% interval from their standard errors (Welch–Satterthwaite degrees of freedom,
     each fit having points - 3), and the verdict that interval supports."""
-    from scipy.special import stdtrit
-
     gap = uncached.exponent - cached.exponent
     if cached.exponent_stderr is None or uncached.exponent_stderr is None:
         return gap, None, None, f"exponents differ by {gap:+.2f}; a fit's uncertainty could not be estimated"
@@ -163,7 +202,7 @@ def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | N
         low = high = gap
     else:
         df = welch_df(se2_cached, max(cached.points - 3, 1), se2_uncached, max(uncached.points - 3, 1))
-        half = float(stdtrit(df, 0.975)) * math.sqrt(se2_cached + se2_uncached)
+        half = t_quantile(0.975, df) * math.sqrt(se2_cached + se2_uncached)
         low, high = gap - half, gap + half
     shown = f"{gap:+.2f} [{low:+.2f}, {high:+.2f}]"
     if low > 0:
@@ -185,26 +224,29 @@ def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | N
 def crossover(cached: PowerFit, uncached: PowerFit, up_to: float) -> tuple[float | None, str]:
     """The length where the fitted curves cross, searched from 1 token to `up_to`: below it the cache
     does not pay. Beyond 10x the lengths run the fits say nothing worth reporting."""
-    import numpy as np
-    from scipy.optimize import brentq
 
     def gain(n: float) -> float:  # positive where the cache pays
         return uncached.predict_s(n) - cached.predict_s(n)
 
-    grid = np.unique(np.geomspace(1, up_to, 512))
-    gains = np.array([gain(n) for n in grid])
-    if np.all(gains > 0):
+    # 512 lengths spaced evenly on a log scale (whole duplicates dropped where up_to is small).
+    grid = sorted({math.exp(math.log(up_to) * i / 511) for i in range(512)} | {1.0, float(up_to)})
+    gains = [gain(n) for n in grid]
+    if all(g > 0 for g in gains):
         return None, f"the cache pays at every length from 1 to {up_to:g} new tokens (the fits never cross)"
-    if np.all(gains <= 0):
+    if all(g <= 0 for g in gains):
         return None, f"the cache does not pay at any length from 1 to {up_to:g} new tokens"
     # The last change from "does not pay" to "pays": beyond it the cache pays up to `up_to`.
-    last = int(np.nonzero(gains <= 0)[0][-1])
+    last = max(index for index, g in enumerate(gains) if g <= 0)
     if last == len(grid) - 1:
         return None, (
             f"the fitted cached curve overtakes the uncached one again by {up_to:g} new tokens, which the cost"
             " of the two modes does not explain: check the sweep for noisy lengths"
         )
-    root = float(brentq(gain, grid[last], grid[last + 1]))
+    low, high = grid[last], grid[last + 1]  # gain(low) <= 0 < gain(high): bisect to the crossing
+    while high - low > 1e-12 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if gain(middle) <= 0 else (low, middle)
+    root = (low + high) / 2
     measured = cached.min_new_tokens <= root <= cached.max_new_tokens
     where = "inside" if measured else "outside (extrapolated)"
     return root, f"below {root:.1f} new tokens the cache does not pay; {where} the lengths run"
@@ -214,8 +256,8 @@ def extrapolate(
     cached_points: Sequence[tuple[float, float]], uncached_points: Sequence[tuple[float, float]]
 ) -> LengthExtrapolation:
     """Fit each mode's (new tokens, latency s) runs, find the crossover, predict speedups at 2x and 10x."""
-    cached = fit_latency(cached_points, "cached")
-    uncached = fit_latency(uncached_points, "uncached")
+    cached = fit_latency(cached_points, CACHED.name)
+    uncached = fit_latency(uncached_points, UNCACHED.name)
     longest = max(cached.max_new_tokens, uncached.max_new_tokens)
     at_2x, at_10x = (uncached.predict_s(f * longest) / cached.predict_s(f * longest) for f in EXTRAPOLATION_FACTORS)
     point, reason = crossover(cached, uncached, up_to=EXTRAPOLATION_FACTORS[-1] * longest)

@@ -8,6 +8,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from kvbench.core.distributions import normal_quantile, t_cdf, t_quantile
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -195,14 +197,12 @@ class RatioTest:
     def p_value_against(self, null_ratio: float) -> float | None:
         """The two-sided p-value of the hypothesis that the true ratio is `null_ratio` (1: no change; the
         gate's 1 + PCT / 100), from the same t statistic as the interval."""
-        from scipy.special import stdtr
-
         if self.log_se is None or self.df is None:
             return None
         distance = math.log(self.ratio) - math.log(null_ratio)
         if self.log_se == 0:
             return 1.0 if distance == 0 else 0.0
-        return float(2 * stdtr(self.df, -abs(distance) / self.log_se))
+        return 2 * t_cdf(-abs(distance) / self.log_se, self.df)
 
     def at(self, confidence: float) -> RatioTest:
         """The same test with its interval at another confidence (a wider one for a family of tests)."""
@@ -220,21 +220,15 @@ def welch_df(se2_a: float, df_a: float, se2_b: float, df_b: float) -> float:
 
 
 def _interval(ratio: float, log_se: float, df: float, confidence: float) -> tuple[float, float]:
-    # scipy.special's t distribution, not scipy.stats: the latter takes most of a second to import,
-    # which `kvbench compare` would pay on every call.
-    from scipy.special import stdtrit
-
     if log_se == 0:
         return ratio, ratio
-    half_width = float(stdtrit(df, 0.5 + confidence / 2)) * log_se
+    half_width = t_quantile(0.5 + confidence / 2, df) * log_se
     return ratio * math.exp(-half_width), ratio * math.exp(half_width)
 
 
 def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> RatioTest:
     """The ratio of means a / b, its interval and p-value from the log-scale t statistic (see RatioTest).
     Values must be finite and positive."""
-    from scipy.special import stdtr
-
     if any(not math.isfinite(v) or v <= 0 for v in (*a, *b)):
         raise ValueError("compare_means needs finite, positive values")
     mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
@@ -248,7 +242,7 @@ def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     if log_se == 0:
         p_value = 1.0 if ratio == 1 else 0.0
     else:
-        p_value = float(2 * stdtr(df, -abs(math.log(ratio)) / log_se))
+        p_value = 2 * t_cdf(-abs(math.log(ratio)) / log_se, df)
     low, high = _interval(ratio, log_se, df, confidence)
     return RatioTest(ratio, low, high, p_value, confidence, log_se, df)
 
@@ -260,18 +254,16 @@ def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) 
     sqrt(k). "Likely" is `power`: the usual sample-size rule, (t + z_power) * se / sqrt(k) = distance,
     with the t quantile at k times the degrees of freedom. None when the test has no spread or the
     estimate sits on the threshold, where no number of runs is likely to settle it."""
-    from scipy.special import ndtri, stdtrit
-
     log_se, df = test.log_se, test.df
     if not log_se or df is None:
         return None
     distance = abs(math.log(test.ratio) - math.log(threshold_ratio))
     if distance == 0:
         return None
-    z_power = float(ndtri(power))
+    z_power = normal_quantile(power)
 
     def needed(factor: float) -> float:
-        t = float(stdtrit(factor * df, 0.5 + test.confidence / 2))
+        t = t_quantile(0.5 + test.confidence / 2, factor * df)
         return ((t + z_power) * log_se / distance) ** 2
 
     # needed() falls as the factor grows (more degrees of freedom, a smaller t): bisect for the factor
@@ -279,7 +271,8 @@ def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) 
     low, high = 1e-6, 1e9
     if needed(high) > high:
         return math.inf
-    for _ in range(200):
+    # 80 halvings shrink the bracket to neighbouring floats; the rest would repeat them.
+    for _ in range(80):
         middle = math.sqrt(low * high)
         low, high = (middle, high) if needed(middle) > middle else (low, middle)
     return high
