@@ -84,9 +84,9 @@ class Pairing(Observer):
         self.log_ratios: dict[str, list[float]] = {mode: [] for mode in MODES}
         self._bare_s: float | None = None
 
-    def planned(self, generations: Any) -> None:
+    def planned(self, generations: Any, starting: Any = None) -> None:
         if self.display is not None:
-            self.display.planned(generations)
+            self.display.planned(generations, starting)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         if self.display is not None:

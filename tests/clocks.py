@@ -60,9 +60,9 @@ class Both(Observer):
     def __init__(self, first: Observer, second: Observer) -> None:
         self._observers = (first, second)
 
-    def planned(self, generations):
+    def planned(self, generations, starting=None):
         for observer in self._observers:
-            observer.planned(generations)
+            observer.planned(generations, starting)
 
     def cell_started(self, cell, index, count):
         for observer in self._observers:

@@ -41,6 +41,15 @@ def _save_model(config, directory: Path) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test its own kvbench cache (the device peaks a run keeps for the next): no test reads what
+    another, or a developer's own runs, left there. Child processes inherit it."""
+    directory = tmp_path_factory.mktemp("kvbench-cache")
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     """A GPT-2 architecture with random weights and a word-level tokenizer, saved like a real checkpoint."""

@@ -75,7 +75,8 @@ def test_cells_in_this_process_still_have_their_peaks_timed_here(tiny_gpt2_dir, 
     timed = []
     monkeypatch.setattr("kvbench.hardware.peaks.measure_device_peaks", lambda device: timed.append(device) or PEAKS)
     result = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, device_peaks=True))
-    assert timed == ["cpu"] and result.environment["device_peaks"] == asdict(PEAKS)
+    kept = result.environment["device_peaks"]
+    assert timed == ["cpu"] and kept == {**asdict(PEAKS), "measured_at": kept["measured_at"]} and kept["measured_at"]
 
 
 def ray_config(model_dir, device):

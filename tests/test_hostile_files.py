@@ -191,17 +191,15 @@ def test_resume_still_rewrites_its_own_csv(measured, tmp_path):
 
 
 def test_a_killed_process_keeps_the_runs_of_the_processes_that_finished(tiny_gpt2_dir, tmp_path, monkeypatch):
-    import kvbench.launch.processes as launchers
+    from kvbench.launch import workers
 
-    real_start = launchers.start_worker
+    class SecondIsKilled(workers.WorkerProcess):
+        def measure(self, job, *args):
+            if job.first_run == 1:
+                self.process.kill()  # as the out-of-memory killer would
+            return super().measure(job, *args)
 
-    def second_is_killed(job):
-        process, events = real_start(job)
-        if job.first_run == 1:
-            process.kill()  # as the out-of-memory killer would
-        return process, events
-
-    monkeypatch.setattr(launchers, "start_worker", second_is_killed)
+    monkeypatch.setattr(workers, "WorkerProcess", SecondIsKilled)
     config = tiny_config(tiny_gpt2_dir, max_new_tokens=[4], runs=3, processes=3, memory_sampling=False)
     benchmark = Benchmark(config, output=tmp_path / "r.json")
     benchmark.launcher = LocalProcesses(config, "cpu", slots=["cpu"])

@@ -176,7 +176,7 @@ def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_g
     import huggingface_hub.constants
     import torch
 
-    import kvbench.launch.processes
+    from kvbench.launch.workers import WorkerProcess
 
     snapshot = _cached_hub_model(tiny_gpt2_dir, tmp_path / "hub", "kvtest/unsafe")
     (snapshot / "model.safetensors").unlink()
@@ -184,14 +184,16 @@ def test_a_cached_hub_models_unsafe_weights_are_one_line_before_launching(tiny_g
     torch.save({"transformer.wte.weight": _RunsCode()}, snapshot / "pytorch_model.bin")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = []
-    monkeypatch.setattr(kvbench.launch.processes, "start_worker", lambda job: started.append(job) or pytest.fail("launched"))
+    given = []
+    # A measuring process may start early, importing torch while the run checks its model: it must never be
+    # given the job that would load these weights.
+    monkeypatch.setattr(WorkerProcess, "measure", lambda self, job, *args: given.append(job) or pytest.fail("given a job"))
     work = tmp_path / "work"
     work.mkdir()
     quick_in_processes = [word for word in QUICK if word not in ("--isolation", "none")]
     result = invoke("run", "-m", "kvtest/unsafe", *quick_in_processes, "-o", work / "r.json")
     assert_one_line(result, 2, "kvtest/unsafe", "pytorch_model.bin cannot be loaded safely")
-    assert started == [] and not (tmp_path / "pwned").exists()
+    assert given == [] and not (tmp_path / "pwned").exists()
 
 
 # --- Failures of a one-cell run in a measuring process --------------------------------------------

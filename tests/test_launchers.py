@@ -148,10 +148,10 @@ def test_launcher_follows_the_settings():
     [
         ({"processes": 4, "runs": 3}, "every process needs a run"),
         ({"processes": 2, "target_rse": 0.02}, "cannot be combined"),
-        ({"cell_timeout": 10, "isolation": "none"}, "add --isolation process"),
+        ({"cell_timeout": 10, "isolation": "none"}, "add --isolation model"),
         ({"cell_timeout": 0}, "must be positive"),
         ({"ray_address": "auto"}, "only with --launcher ray"),
-        ({"isolation": "thread"}, "choose one of none, process"),
+        ({"isolation": "thread"}, "choose one of model, cell, none"),
     ],
 )
 def test_launch_settings_that_cannot_work_are_refused(settings, fragment):

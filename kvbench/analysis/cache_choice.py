@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 from kvbench.analysis.explain import model_cost_of
 from kvbench.core.stats import RatioTest, compare_means, process_aware_samples
 from kvbench.model.caches import IMPLEMENTATIONS, REFERENCE
-from kvbench.model.cells import Cell
+from kvbench.model.cells import Cell, reference_of
 from kvbench.model.modes import CACHED
 from kvbench.model.records import BenchmarkResult, CellResult, CellState
 
@@ -95,7 +95,7 @@ def cache_verdicts(result: BenchmarkResult) -> list[VerdictGroup]:
     groups: dict[Cell, list[CellResult]] = {}
     for cell in result.cells:
         if cell.status != CellState.PENDING:
-            group = replace(cell.settings, cache_implementation=REFERENCE, quantized_nbits=None)
+            group = reference_of(cell.settings)
             groups.setdefault(group, []).append(cell)
     verdicts = []
     for settings, cells in groups.items():

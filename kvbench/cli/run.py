@@ -115,7 +115,9 @@ def _run_and_report(
 
             quiet_transformers()
             display = progress_for(stderr)
-            benchmark = Benchmark(config, output=path, observer=display, command=command, resume=resume, force=force)
+            benchmark = Benchmark(
+                config, output=path, observer=display, command=command, resume=resume, force=force, start_early=True
+            )
     except KeyboardInterrupt:
         stderr.print(
             labelled("Interrupted", "yellow", "while loading, before anything was measured; nothing was written."),

@@ -9,17 +9,20 @@ fraction of the time the long ones take. Instead each model's and mode's latency
 
 with a, b ≥ 0, and the time left is the predicted latency of every generation left plus, for every cell
 not started, the time a finished cell took beyond its generations (starting a process, loading the model,
-saving), shared among the cells running at once. With one length measured, a and b cannot be told
-apart and latency is taken as proportional to n: the estimate is low until a second length has run. A
-model not reached yet is guessed from the models measured so far, which can be far off (a tiny model
-after GPT-2) until it has run.
+saving), shared among the cells running at once. A cell that starts a measuring process (or loads another
+model) pays a start-up that a cell measured in the process before it does not: the two kinds are averaged
+apart, and until a cell of the second kind has finished, its cost is taken as nothing beyond its runs.
+
+With one length measured, a and b cannot be told apart and latency is taken as proportional to n: the
+estimate is low until a second length has run. A model not reached yet is guessed from the models measured
+so far, which can be far off (a tiny model after GPT-2) until it has run.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -75,9 +78,15 @@ class TimeLeft:
     """Planned generations, the cells and generations finished with their latencies, and the estimate of
     the time left."""
 
-    def __init__(self, planned: Mapping[Planned, int] | Iterable[Planned], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        planned: Mapping[Planned, int] | Iterable[Planned],
+        clock: Callable[[], float] = time.monotonic,
+        starting: Collection[str] | None = None,
+    ) -> None:
         """`planned`: each generation with how many times it will run (a sweep with --max-runs in the
-        millions plans that many, which a list would hold one by one), or the generations one by one."""
+        millions plans that many, which a list would hold one by one), or the generations one by one.
+        `starting`: the cells that start a measuring process or load their model; None: every cell."""
         self._clock = clock
         self.started = clock()
         self._left = Counter(dict(planned) if isinstance(planned, Mapping) else planned)
@@ -87,7 +96,9 @@ class TimeLeft:
         self._cells_started: dict[str, float] = {}  # cell id: when it started
         self._cells_finished: set[str] = set()
         self._generations_of: dict[str, list[tuple[Planned, float | None]]] = defaultdict(list)
-        self._beyond_generations_s: list[float] = []  # per finished cell: its time beyond its generations
+        self._starting = None if starting is None else set(starting)
+        # Per finished cell, its time beyond its generations, by whether it started a process.
+        self._beyond_generations_s: dict[bool, list[float]] = {True: [], False: []}
 
     def elapsed_s(self) -> float:
         return self._clock() - self.started
@@ -107,7 +118,7 @@ class TimeLeft:
         if cell in self._cells_started and cell not in self._cells_finished:
             self._cells_finished.add(cell)
             if self._generations_of[cell]:
-                self._beyond_generations_s.append(max(self._beyond_so_far_s(cell, {}), 0.0))
+                self._beyond_generations_s[self._starts(cell)].append(max(self._beyond_so_far_s(cell, {}), 0.0))
 
     def finished(self, generation: Planned | None, latency_s: float | None) -> None:
         """A generation ended (latency None for a warmup)."""
@@ -151,19 +162,31 @@ class TimeLeft:
             return self.elapsed_s() / self.done * self.planned_left
         models: dict[tuple[str, str], _LatencyModel | None] = {}
         generations_left = sum(count * self._predicted_s(g, models) for g, count in self._left.items())
-        if self._beyond_generations_s:
-            per_cell_s = sum(self._beyond_generations_s) / len(self._beyond_generations_s)
-        else:  # no cell finished yet: what the cells running have cost beyond their generations so far
-            first = min(self._cells_started.values(), default=self.started)
-            spent = sum(self._spent_s(g, t, models) for runs in self._generations_of.values() for g, t in runs)
-            per_cell_s = max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
+        per_cell_s = {kind: self._per_cell_s(kind, models) for kind in (True, False)}
         cells_to_start = {g.cell for g, count in self._left.items() if count} - set(self._cells_started)
         running = set(self._cells_started) - self._cells_finished
         # A running cell still has the rest of a cell's cost beyond its generations to pay: with
         # --processes N, the start-up of its later processes.
-        still_to_pay = sum(max(per_cell_s - self._beyond_so_far_s(cell, models), 0.0) for cell in running)
+        still_to_pay = sum(max(per_cell_s[self._starts(cell)] - self._beyond_so_far_s(cell, models), 0.0) for cell in running)
+        cells_s = sum(per_cell_s[self._starts(cell)] for cell in cells_to_start)
         # Cells measured at once (one per GPU, or on Ray) share the time left.
-        return (generations_left + per_cell_s * len(cells_to_start) + still_to_pay) / max(len(running), 1)
+        return (generations_left + cells_s + still_to_pay) / max(len(running), 1)
+
+    def _starts(self, cell: str) -> bool:
+        return self._starting is None or cell in self._starting
+
+    def _per_cell_s(self, starting: bool, models: dict) -> float:
+        """What a cell of one kind costs beyond its generations: the mean over the finished cells of that
+        kind; for cells that start a process, before any finished, what the ones running have cost so far;
+        for cells measured in a process already started, nothing until one has finished."""
+        finished = self._beyond_generations_s[starting]
+        if finished:
+            return sum(finished) / len(finished)
+        if not starting:
+            return 0.0
+        first = min(self._cells_started.values(), default=self.started)
+        spent = sum(self._spent_s(g, t, models) for runs in self._generations_of.values() for g, t in runs)
+        return max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
 
     def _beyond_so_far_s(self, cell: str, models: dict) -> float:
         """The time a started cell has taken beyond its generations: starting, loading, saving."""

@@ -332,6 +332,29 @@ def frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_between_cells(devices: Devices) -> None:
+    """Before a cell measured in a process that measured another: what the last cell freed goes back to the
+    system, the heap glibc keeps included (otherwise the resident set, and so the peak RSS, of every run
+    after a larger cell reads its leftovers), and the CUDA allocator's blocks. Between a cell's own runs the
+    heap stays, warm, as in a process of its own (trimmed, each run would fault its pages in again)."""
+    free_memory(devices)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def free_memory(devices: Devices) -> None:
     """Give back what earlier runs left before the next is measured: unreachable objects, and on a GPU
     the blocks torch's caching allocator keeps (once queued work has finished). Otherwise a run's NVML

@@ -1,12 +1,16 @@
 """A device's reachable peaks, measured: copy bandwidth and matrix-multiply throughput from torch, in this
-process or in a fresh one (so the measuring process keeps no CUDA context or cached memory from them)."""
+process or in a fresh one (so the measuring process keeps no CUDA context or cached memory from them), and
+kept in a cache file for the next run on the same machine, device, type and software."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from kvbench.core.child import child_environment
@@ -82,3 +86,69 @@ def device_peaks_in_fresh_process(device: str) -> tuple[dict[str, Any] | None, s
         lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
         return None, f"not measured: the process timing them failed ({lines[-1]})"
     return json.loads(completed.stdout.strip().splitlines()[-1]), None
+
+
+# Where kvbench keeps what it measured once per machine: $KVBENCH_CACHE_DIR, else $XDG_CACHE_HOME/kvbench,
+# else ~/.cache/kvbench.
+CACHE_FILE = "device-peaks.json"
+
+
+def cache_directory() -> Path:
+    chosen = os.environ.get("KVBENCH_CACHE_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "kvbench"
+
+
+def peaks_key(environment: dict[str, Any], device: str) -> str:
+    """What peaks measured once hold for: this machine, the device and its name, the matrix type measured
+    there, and the software that times them."""
+    from kvbench.core.version import __version__
+
+    parts = {
+        "host": platform.node(),
+        "cpu": environment.get("cpu"),
+        "device": device,
+        "device_name": environment.get("device_name"),
+        "matmul_dtype": "float16" if is_gpu(device) else "float32",
+        "torch": environment.get("torch"),
+        "kvbench": __version__,
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries; an unreadable or damaged file is no cache (it is written anew)."""
+    from kvbench.storage.validation import measured_peaks_problem
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: value for key, value in data.items() if isinstance(key, str) and measured_peaks_problem(value) is None}
+
+
+def cached_peaks(key: str) -> dict[str, Any] | None:
+    """The peaks measured before for `key`, marked with the file they came from; None if there are none."""
+    path = cache_directory() / CACHE_FILE
+    found = _read_cache(path).get(key)
+    return {**found, "cached_in": str(path)} if found is not None else None
+
+
+def remember_peaks(key: str, peaks: dict[str, Any]) -> str | None:
+    """Keep `peaks` for the next run; written beside and renamed over, so a reader never sees half a file.
+    Returns why they could not be kept (a read-only home), or None."""
+    directory = cache_directory()
+    path = directory / CACHE_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        entries = {**_read_cache(path), key: {**peaks, "cached_in": None}}
+        temporary = path.with_name(f".{CACHE_FILE}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        return f"the peaks could not be kept in {path} ({error.strerror or error}): the next run measures them again"
+    return None

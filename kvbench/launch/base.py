@@ -40,12 +40,20 @@ class CellWork:
 Deliver = Callable[[int, Event], None]
 
 
-def cell_jobs(config: BenchConfig, cell: Cell, *, sweep: bool, device: str | None = None) -> list[CellJob]:
+def model_changes(cells: Sequence[Cell]) -> set[str]:
+    """The cells whose model is not the one before them (the first among them): where a process that serves
+    one model's consecutive cells starts, or one process loads another model."""
+    return {cell.id for before, cell in zip([None, *cells], cells) if before is None or before.model != cell.model}
+
+
+def cell_jobs(
+    config: BenchConfig, cell: Cell, *, sweep: bool, device: str | None = None, keep_reference: bool = False
+) -> list[CellJob]:
     """A cell's measuring processes: with --processes N, its runs split over N of them."""
     from kvbench.launch.scheduling import split_runs
 
     return [
-        CellJob(config, cell, runs=count, first_run=first, device=device, sweep=sweep)
+        CellJob(config, cell, runs=count, first_run=first, device=device, sweep=sweep, keep_reference=keep_reference)
         for first, count in split_runs(config.runs, config.processes)
     ]
 
@@ -68,3 +76,22 @@ class Launcher(ABC):
 
     @abstractmethod
     def measure(self, work: Sequence[CellWork], deliver: Deliver) -> None: ...
+
+    def starting(self, cells: Sequence[Cell]) -> set[str]:
+        """The cells, of `cells` in the order they are measured, that will start a measuring process or load
+        their model: the others pay no start-up. By default, every cell."""
+        return {cell.id for cell in cells}
+
+    def begin(self) -> None:
+        """Start what measuring will need (a measuring process, importing torch) while the run is still
+        checking its cells: the run's start-up and the process's overlap. By default, nothing to start."""
+        return None
+
+    def quiet(self) -> None:
+        """Wait until what begin() started has finished starting, so that the device's peaks are timed on a
+        quiet machine."""
+        return None
+
+    def close(self) -> None:
+        """End whatever was started and not used (a run that failed its checks, or ended early)."""
+        return None

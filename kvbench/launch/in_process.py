@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvbench.launch.base import CellWork, Deliver, Launcher, MeasuredIn
+from kvbench.launch.base import CellWork, Deliver, Launcher, MeasuredIn, model_changes
+from kvbench.model.cells import Cell
 from kvbench.model.events import CellEnded, CellStarted, Event
 
 
 class InProcess(Launcher):
     name = "in-process"
     measures_in = MeasuredIn.THIS_PROCESS
+
+    def starting(self, cells: Sequence[Cell]) -> set[str]:
+        return model_changes(cells)
 
     def measure(self, work: Sequence[CellWork], deliver: Deliver) -> None:
         here = self.here

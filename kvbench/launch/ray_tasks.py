@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvbench.core.errors import KvbenchError
 from kvbench.launch.base import CellWork, Deliver, Launcher, MeasuredIn
-from kvbench.launch.processes import cell_events
+from kvbench.launch.workers import WorkerProcess, jobs_in_fresh_processes
 from kvbench.model.events import CellChanged, CellEnded, Event, Failed
 from kvbench.model.jobs import CellJob
 from kvbench.model.records import CellState
@@ -58,16 +58,16 @@ def cell_task(jobs: list[CellJob], timeout_s: float | None) -> Iterator[Event]:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    live: set = set()
+    live: set[WorkerProcess] = set()
     try:
-        for event in cell_events(jobs, timeout_s, live):
+        for event in jobs_in_fresh_processes(jobs, timeout_s, live):
             if isinstance(event, CellChanged) and event.cell.ran_on:
                 event = CellChanged(replace(event.cell, ran_on={**event.cell.ran_on, "ray_node_id": node}))
             yield event
     finally:
         # Cancelled (Ctrl-C in the parent): the measuring process must not outlive its task.
-        for process in list(live):
-            process.kill()
+        for worker in list(live):
+            worker.kill()
 
 
 class RayLauncher(Launcher):

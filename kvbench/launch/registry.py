@@ -12,7 +12,7 @@ from kvbench.model.settings import BenchConfig
 
 
 def _local(config: BenchConfig) -> type[Launcher]:
-    if config.isolation == "process" or config.processes > 1:
+    if config.isolation != "none" or config.processes > 1:
         return LocalProcesses
     return InProcess
 

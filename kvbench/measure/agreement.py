@@ -1,4 +1,7 @@
-"""A cache implementation's output against the dynamic cache's, from untimed passes after the timed runs."""
+"""A cache implementation's output against the dynamic cache's: the dynamic cache's greedy tokens and logits
+(the reference, shared by a group's cells in one process), and this cache fed those tokens for its logits at
+the same positions. Each is taken from an untimed warmup where there is one to take it from, else from an
+untimed pass after the timed runs."""
 
 from __future__ import annotations
 
@@ -48,14 +51,34 @@ def output_agreement(reference_ids: Any, ids: Any, reference_logits: Any, logits
     )
 
 
-def record_output_agreement(cell_result: CellResult, generate: Generation, measured_ids: Any) -> None:
-    """The cell's cache against the dynamic cache on the same model and prompt, in untimed passes: the
-    dynamic cache's greedy tokens and logits, then this cache fed those tokens for its logits at the same
-    positions; `measured_ids` are this cache's own greedy tokens from the first timed run."""
-    reference_ids, reference_logits = generate.untimed_pass(REFERENCE)
-    _, logits = generate.untimed_pass(generate.cell.cache_implementation, fed_ids=reference_ids)
-    agreement = output_agreement(reference_ids, measured_ids, reference_logits, logits)
-    cell_result.agreement_token_share = agreement.token_share
-    cell_result.agreement_first_divergence = agreement.first_divergence
-    cell_result.agreement_top1_share = agreement.top1_share
-    cell_result.agreement_kl_mean_nats = agreement.kl_mean_nats
+@dataclass
+class Reference:
+    """The dynamic cache's greedy new tokens (batch, new tokens) and logits (batch, new tokens, vocabulary)."""
+
+    ids: Any
+    logits: Any
+
+
+@dataclass
+class Comparison:
+    """What a cell needs to compare its cache with the dynamic cache, gathered as the cell is measured."""
+
+    reference: Reference | None = None
+    fed_logits: Any = None  # this cache's logits with the reference's tokens fed
+    problem: Exception | None = None  # why a warmup could not gather its part
+
+    def record(self, cell_result: CellResult, generate: Generation, measured_ids: Any) -> Reference:
+        """The agreement into `cell_result`, with an untimed pass for any part not gathered yet;
+        `measured_ids` are this cache's own greedy tokens from the first timed run. Returns the reference."""
+        if self.problem is not None:
+            raise self.problem
+        if self.reference is None:
+            self.reference = Reference(*generate.untimed_pass(REFERENCE))
+        if self.fed_logits is None:
+            _, self.fed_logits = generate.untimed_pass(generate.cell.cache_implementation, fed_ids=self.reference.ids)
+        agreement = output_agreement(self.reference.ids, measured_ids, self.reference.logits, self.fed_logits)
+        cell_result.agreement_token_share = agreement.token_share
+        cell_result.agreement_first_divergence = agreement.first_divergence
+        cell_result.agreement_top1_share = agreement.top1_share
+        cell_result.agreement_kl_mean_nats = agreement.kl_mean_nats
+        return self.reference

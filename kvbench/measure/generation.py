@@ -92,11 +92,19 @@ class Generation:
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
-    def __call__(self, mode: str) -> Any:
+    def __call__(self, mode: str, *, logits: bool = False, fed_ids: Any = None) -> Any:
+        """One generation in `mode`. Untimed (a warmup), it may also return each step's logits, and make the
+        model generate `fed_ids` (batch, new tokens) rather than its own choice: the same work, so the same
+        warmup, with what comparing outputs needs kept."""
         self.clock.begin(self.cell.max_new_tokens)
         cache = self.cell.cache_implementation if MODES_BY_NAME[mode].use_cache else None
+        extra: dict[str, Any] = {"streamer": self.clock}
+        if logits or fed_ids is not None:
+            extra["output_logits"] = True
+        if fed_ids is not None:
+            extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
         # The output carries the cache object, whose bytes kvsize measures after the run.
-        return self._generate(cache, streamer=self.clock)
+        return self._generate(cache, **extra)
 
     def _generate(self, cache_implementation: str | None, **extra: Any) -> Any:
         """generate() as every call of the cell makes it; `cache_implementation` None: without a cache."""
@@ -127,15 +135,18 @@ class Generation:
         """A cached greedy generation outside any timed run: its new token ids and its raw next-token logits
         (batch, new tokens, vocabulary). With `fed_ids` (batch, new tokens) those tokens are generated instead of
         the model's own choice, so the logits are the model's at exactly that sequence's positions."""
-        import torch
 
         extra: dict[str, Any] = {"output_logits": True}
         if fed_ids is not None:
             extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
-        output = self._generate(cache_implementation, **extra)
-        # Held on the host: a long generation's logits over a large vocabulary would crowd a GPU.
-        logits = torch.stack([step.cpu() for step in output.logits], dim=1)
-        return output.sequences[:, self.prompt_tokens :].cpu(), logits
+        return self.ids_and_logits(self._generate(cache_implementation, **extra))
+
+    def ids_and_logits(self, output: Any) -> tuple[Any, Any]:
+        """A generation's new token ids (batch, new tokens) and its raw logits (batch, new tokens, vocabulary),
+        held on the host: a long generation's logits over a large vocabulary would crowd a GPU."""
+        import torch
+
+        return output.sequences[:, self.prompt_tokens :].cpu(), torch.stack([step.cpu() for step in output.logits], dim=1)
 
 
 def _feeding(ids: Any, prompt_tokens: int) -> Any:

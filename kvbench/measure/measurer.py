@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import gc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from kvbench.core.devices import Devices, compute_capability, is_gpu
@@ -14,8 +15,8 @@ from kvbench.core.errors import KvbenchError
 from kvbench.core.kvsize import cache_bytes_for
 from kvbench.core.stats import precise_enough
 from kvbench.hardware.energy import CounterReader, energy_reader
-from kvbench.hardware.memory import MemoryProbe, frozen_heap
-from kvbench.measure.agreement import first_divergence, record_output_agreement
+from kvbench.hardware.memory import MemoryProbe, frozen_heap, release_between_cells
+from kvbench.measure.agreement import Comparison, Reference, first_divergence
 from kvbench.measure.cache_bytes import model_cost_of, record_cache_size
 from kvbench.measure.generation import (
     Generation,
@@ -26,8 +27,8 @@ from kvbench.measure.generation import (
     prepare_generation,
 )
 from kvbench.measure.support import unsupported_reason
-from kvbench.model.caches import cache_config, implementation
-from kvbench.model.cells import Cell
+from kvbench.model.caches import REFERENCE, cache_config, implementation
+from kvbench.model.cells import Cell, reference_of
 from kvbench.model.events import (
     ONE_TOKEN,
     CellChanged,
@@ -36,13 +37,26 @@ from kvbench.model.events import (
     Failed,
     GenerationFinished,
     GenerationStarted,
+    PhaseTimed,
     RunsMeasured,
     Unmeasured,
 )
 from kvbench.model.jobs import CellJob, planned_generation
 from kvbench.model.modes import CACHED, MODES, UNCACHED
+from kvbench.model.phases import TIMED_RUNS
 from kvbench.model.records import CellResult, CellState, RunRecord
 from kvbench.model.settings import RSE_CONFIDENCE, BenchConfig
+
+
+@contextmanager
+def timed_phase(phase: str, emit: Emit) -> Iterator[None]:
+    """A phase of measuring a cell (kvbench.model.phases), timed on the wall clock and emitted when it ends,
+    however it ends."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        emit(PhaseTimed(phase, time.perf_counter() - started))
 
 
 class _LoadFailure(Exception):
@@ -77,6 +91,9 @@ class Measurer:
         self.probe: MemoryProbe | None = None
         self.energy: CounterReader | None = None
         self._unmeasured_sent: dict[str, str] = {}
+        # The dynamic cache's tokens and logits for the last group of cells compared with it, on the model
+        # loaded now (kvbench.measure.agreement).
+        self._references: dict[Cell, Reference] = {}
 
     # --- before measuring ---------------------------------------------------------------------------
 
@@ -133,10 +150,13 @@ class Measurer:
         if reason is not None:
             emit(Failed(CellState.SKIPPED, reason))
             return
-        self.prepare([cell])
         failure: tuple[CellState, str] | None = None
+        # A cell after another in this process starts from what a fresh process would: nothing the last left.
+        release_between_cells(self.devices_in_use())
         try:
-            loaded = self._load_for(job, emit)
+            with timed_phase("model_load", emit):
+                self.prepare([cell])
+                loaded = self._load_for(job, emit)
             ids, how = self.prompts[cell.model, cell.prompt_tokens]
             cell_result.model = loaded.info()
             # How the model was run: let compile (a static cache on a GPU) or held to eager code.
@@ -167,7 +187,7 @@ class Measurer:
                 raise
         if failure is not None:
             # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
-            self._loaded = None
+            self._loaded, self._references = None, {}
             self._free_memory()
             emit(Failed(*failure))
             return
@@ -183,14 +203,75 @@ class Measurer:
         config, cell = self.config, job.cell
         assert self.probe is not None
         timed = make_timer(loaded.devices, self.clock)
-        for warmup in range(config.warmup):
-            for mode in config.modes:
-                generation = planned_generation(cell, mode)
-                emit(GenerationStarted(f"warmup {mode} {warmup + 1}/{config.warmup}", generation))
-                generate(mode)
-                emit(GenerationFinished(None, generation))
-
+        comparison = self._comparison_for(cell, generate, emit)
+        with timed_phase("warmup", emit) if config.warmup else nullcontext():
+            for warmup in range(config.warmup):
+                for mode in config.modes:
+                    generation = planned_generation(cell, mode)
+                    emit(GenerationStarted(f"warmup {mode} {warmup + 1}/{config.warmup}", generation))
+                    if warmup == 0 and mode == CACHED.name:
+                        self._cached_warmup(job, generate, comparison)
+                    else:
+                        generate(mode)
+                    emit(GenerationFinished(None, generation))
         first_outputs: dict[str, Any] = {}
+        with timed_phase(TIMED_RUNS, emit):
+            self._timed_runs(job, cell_result, generate, loaded, timed, first_outputs, emit)
+        with timed_phase("output_comparison", emit):
+            self._compare_outputs(cell, cell_result, generate, first_outputs, comparison)
+        cell_result.ran_on = placement(self.devices_in_use())
+
+    def _comparison_for(self, cell: Cell, generate: Generation, emit: Emit) -> Comparison | None:
+        """For a cache compared with the dynamic cache: the reference its group already has in this process,
+        or, where a warmup follows, made now so that the warmup can be the fed pass. None for the dynamic
+        cache, or with no cached mode to compare."""
+        if implementation(cell.cache_implementation).reference or CACHED.name not in self.config.modes:
+            return None
+        comparison = Comparison(self._references.get(reference_of(cell)))
+        if comparison.reference is None and self.config.warmup:
+            with timed_phase("output_comparison", emit):
+                try:
+                    comparison.reference = self._keep_reference(cell, Reference(*generate.untimed_pass(REFERENCE)))
+                except Exception as error:  # noqa: BLE001 - the comparison is lost, not the cell
+                    comparison.problem = error
+        return comparison
+
+    def _cached_warmup(self, job: CellJob, generate: Generation, comparison: Comparison | None) -> None:
+        """The cached mode's first warmup, which also gathers what comparing outputs needs, untimed: for the
+        dynamic cell its greedy tokens and logits, kept for its group's other caches; for another cache, the
+        reference's tokens fed to it for its logits. A warmup that cannot gather them is a plain warmup."""
+        cell = job.cell
+        if comparison is None and job.keep_reference:
+            ids, logits = generate.ids_and_logits(generate(CACHED.name, logits=True))
+            self._keep_reference(cell, Reference(ids, logits))
+        elif comparison is not None and comparison.reference is not None and comparison.problem is None:
+            try:
+                _, comparison.fed_logits = generate.ids_and_logits(generate(CACHED.name, fed_ids=comparison.reference.ids))
+            except Exception as error:  # noqa: BLE001 - a plain warmup says whether the cache itself fails
+                comparison.problem = error
+                generate(CACHED.name)
+        else:
+            generate(CACHED.name)
+
+    def _keep_reference(self, cell: Cell, reference: Reference) -> Reference:
+        """The reference of `cell`'s group, kept for the group's next cells; only the last group's, as a long
+        generation's logits over a large vocabulary take gigabytes."""
+        self._references = {reference_of(cell): reference}
+        return reference
+
+    def _timed_runs(
+        self,
+        job: CellJob,
+        cell_result: CellResult,
+        generate: Generation,
+        loaded: Any,
+        timed: Callable,
+        first_outputs: dict[str, Any],
+        emit: Emit,
+    ) -> None:
+        """Measured runs with the modes interleaved, until enough runs; each mode's first new tokens kept."""
+        config, cell = self.config, job.cell
+        assert self.probe is not None
         measured: dict[str, list[RunRecord]] = {mode: [] for mode in config.modes}
         fewest, most = job.run_limits()
         # Interleaved (cached, uncached, cached, ...) so drift in the machine's speed hits both modes alike.
@@ -224,6 +305,17 @@ class Measurer:
         else:
             if config.target_rse is not None and not self._precise_enough(cell_result, measured):
                 cell_result.stop_reason = f"stopped at the most runs ({most}) before every mode reached the target RSE"
+
+    def _compare_outputs(
+        self,
+        cell: Cell,
+        cell_result: CellResult,
+        generate: Generation,
+        first_outputs: dict[str, Any],
+        comparison: Comparison | None,
+    ) -> None:
+        """After every timed run, so it costs no measurement anything but time: the text each mode generated,
+        whether the modes' tokens match, and a cache against the dynamic cache."""
         tokenizer = self.prepared[cell.model].tokenizer
         if tokenizer is not None:
             cell_result.generated_text = {
@@ -233,16 +325,14 @@ class Measurer:
             divergence = first_divergence(first_outputs[CACHED.name], first_outputs[UNCACHED.name])
             cell_result.outputs_match = divergence is None
             cell_result.first_divergence = divergence
-        # After every timed run, so it costs no measurement anything but time.
-        if not implementation(cell.cache_implementation).reference and CACHED.name in first_outputs:
+        if comparison is not None and CACHED.name in first_outputs:
             try:
-                record_output_agreement(cell_result, generate, first_outputs[CACHED.name])
+                self._keep_reference(cell, comparison.record(cell_result, generate, first_outputs[CACHED.name]))
             except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 cell_result.agreement_note = (
                     f"not measured: the untimed comparison with the dynamic cache failed ({type(error).__name__}: {first_line})"
                 )
-        cell_result.ran_on = placement(self.devices_in_use())
 
     def _precise_enough(self, cell_result: CellResult, measured: dict[str, list[RunRecord]]) -> bool:
         """With --target-rse: whether every mode's mean is already known closely enough."""
@@ -271,13 +361,14 @@ class Measurer:
 
     # --- the model ----------------------------------------------------------------------------------
 
-    def _model_for(self, job: CellJob) -> Any:
+    def _model_for(self, job: CellJob, emit: Emit) -> Any:
         from kvbench.measure import loading
 
         cell = job.cell
         key = (cell.model, cell.dtype, cell.attn_implementation)
         if self._loaded is None or self._loaded[0] != key:
-            self._loaded = None
+            # A reference is the loaded model's: another model, or the same reloaded, makes its own.
+            self._loaded, self._references = None, {}
             self._free_memory()
             loaded = loading.build_model(
                 self.prepared[cell.model],
@@ -290,10 +381,11 @@ class Measurer:
             )
             self._loaded = (key, loaded)
             # Memory is measured on every device the model occupies, known only once it is loaded.
-            if self.probe is not None:
-                self.probe.close()
-            self.probe = MemoryProbe(loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling)
-            self.energy = energy_reader(list(loaded.devices.names))
+            with timed_phase("device_setup", emit):
+                if self.probe is not None:
+                    self.probe.close()
+                self.probe = MemoryProbe(loaded.devices, self.config.sample_interval_ms / 1000, self.config.memory_sampling)
+                self.energy = energy_reader(list(loaded.devices.names))
         return self._loaded[1]
 
     def _load_for(self, job: CellJob, emit: Emit) -> Any:
@@ -302,7 +394,7 @@ class Measurer:
         recorded and the sweep goes on, for a single cell it is one line."""
         cell = job.cell
         try:
-            loaded = self._model_for(job)
+            loaded = self._model_for(job, emit)
         except KvbenchError as error:
             if not job.sweep:
                 raise

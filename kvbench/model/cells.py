@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from kvbench.model.caches import REFERENCE, implementation
@@ -75,6 +75,12 @@ def shown_value(settings: Cell, axis: str) -> str:
     """A cell's value on an axis as a legend or a figure's axis shows it: the cache implementation with its
     bits ("quantized int4"), so the quantized cells of a sweep of bits stand apart beside the others."""
     return settings.cache_name if axis == "cache_implementation" else str(getattr(settings, axis))
+
+
+def reference_of(cell: Cell) -> Cell:
+    """The cell of `cell`'s group whose cache every other is compared with: the same settings with the
+    dynamic cache (the group's cells differ only in their cache implementation and its bits)."""
+    return replace(cell, cache_implementation=REFERENCE, quantized_nbits=None)
 
 
 def nbits_of(config: BenchConfig, cache_implementation: str) -> list[int | None]:

@@ -80,3 +80,7 @@ class MeasuredPeaks:
     matmul_dtype: str
     matmul_size: int  # n
     seconds_spent_s: float
+    # When they were measured, and the cache file they were read from where a later run reused them (the
+    # same machine, device, type and software: kvbench.hardware.peaks).
+    measured_at: str | None = None
+    cached_in: str | None = None

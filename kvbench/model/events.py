@@ -8,7 +8,7 @@ assembler (kvbench.runner.assembly) applies them to the run's result and passes 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from kvbench.core.eta import Planned
@@ -87,6 +87,21 @@ class UserError:
 
 
 @dataclass(frozen=True)
+class PhaseTimed:
+    """A phase of measuring the cell (kvbench.model.phases) took `seconds`; a phase met twice adds up."""
+
+    phase: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A measuring process has imported what it measures with and waits for its first job."""
+
+    imports_s: float
+
+
+@dataclass(frozen=True)
 class CellEnded:
     """A launcher has delivered every event of a cell."""
 
@@ -103,6 +118,8 @@ Event = (
     | Done
     | Failed
     | UserError
+    | PhaseTimed
+    | Ready
     | CellEnded
 )
 # The one token event a timed generate() emits, made once: nothing is allocated per token.
@@ -116,8 +133,9 @@ class Observer:
     """Progress hooks for a display. Every hook but `output` does nothing by default, so library callers
     need none; `output` passes a measuring process's lines on to stderr, where they would have gone."""
 
-    def planned(self, generations: dict[Planned, int]) -> None:
-        """Each generation the run will do, with how many times."""
+    def planned(self, generations: dict[Planned, int], starting: Collection[str] | None = None) -> None:
+        """Each generation the run will do, with how many times; `starting`, the cells that will start a
+        measuring process or load their model (None: every cell)."""
 
     def cell_started(self, cell: CellResult, index: int, count: int) -> None: ...
 

@@ -14,7 +14,8 @@ class CellJob:
     """`runs` runs per mode of `cell`, numbered from `first_run`, on `device` (None: the configured device).
     `config` gives every setting that is not a sweep axis (warmup, modes, seed, the quantized cache's...):
     the cell's own values come from `cell`. `sweep`: the cell is one of several, so a failure of its own is
-    recorded and the sweep goes on; the one cell of a run reports it as the run's error."""
+    recorded and the sweep goes on; the one cell of a run reports it as the run's error. `keep_reference`: see
+    its field."""
 
     config: BenchConfig
     cell: Cell
@@ -22,6 +23,9 @@ class CellJob:
     first_run: int = 0
     device: str | None = None
     sweep: bool = True
+    # The dynamic cell of a group whose other caches are compared with it: its warmup keeps its greedy tokens
+    # and logits for them, in the process that measures them next.
+    keep_reference: bool = False
 
     def run_limits(self) -> tuple[int, int]:
         """(fewest, most) measured runs per mode in this job: its share of the runs, or with --target-rse

@@ -120,6 +120,9 @@ class CellResult:
     agreement_top1_share: float | None = None
     agreement_kl_mean_nats: float | None = None
     agreement_note: str | None = None  # why the agreement was not measured
+    # Seconds each phase of measuring the cell took (kvbench.model.phases); a phase another cell paid for it
+    # (a measuring process it reused) is absent.
+    phases_s: dict[str, float] | None = None
 
     @property
     def id(self) -> str:

@@ -33,7 +33,9 @@ WEIGHTS = ("auto", "pretrained", "random")
 # "auto" leaves the attention backend to transformers (the model's default).
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-ISOLATIONS = ("none", "process")
+# Where cells are measured on this machine: processes serving one model's consecutive cells, a process per
+# cell, or this process. "process" is the name "cell" had before processes served several cells.
+ISOLATIONS = ("model", "cell", "none")
 LAUNCHERS = ("local", "ray")
 
 
@@ -222,14 +224,24 @@ class BenchConfig:
     )
     device_peaks: bool = setting(
         True,
-        "Measure the device's memory bandwidth and matrix-multiply throughput first (a few seconds), for"
-        " the roofline bound each mode is measured against.",
+        "Measure the device's memory bandwidth and matrix-multiply throughput first (a few seconds, once per"
+        " machine, device and software: later runs read them from kvbench's cache), for the roofline bound"
+        " each mode is measured against.",
+    )
+    remeasure_peaks: bool = setting(
+        False,
+        "Measure the device's peaks again rather than read them from kvbench's cache ($KVBENCH_CACHE_DIR, else"
+        " ~/.cache/kvbench), and keep the new ones there.",
     )
     isolation: str = setting(
-        "process",
-        "process: measure each cell in a fresh Python process, so a crash, hang or leftover memory of one"
-        " cell cannot touch the next; none: every cell in this process (no start-up cost per cell).",
+        "model",
+        "model: measure a model's consecutive cells in one fresh Python process, which loads it once (memory"
+        " freed and peaks reset between cells; a fresh process after a cell that fails, times out or runs out"
+        " of memory), so another model's crash, hang or leftover memory cannot touch them; cell: a fresh"
+        " process for every cell (each pays its own start-up and load: seconds a cell); none: every cell in"
+        " this process (no start-up cost at all).",
         choices=ISOLATIONS,
+        aliases={"process": "cell"},
     )
     processes: int = setting(
         1,
@@ -239,7 +251,7 @@ class BenchConfig:
         must_match=True,
     )
     cell_timeout: float | None = setting(
-        None, "Record a cell as timed out when it takes longer than this many seconds (with --isolation process)."
+        None, "Record a cell as timed out when it takes longer than this many seconds (its process is stopped)."
     )
     launcher: str = setting(
         "local",

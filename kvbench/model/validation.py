@@ -101,7 +101,7 @@ def _validate_launch(config: BenchConfig, source: str) -> None:
             raise KvbenchError(f"{source}: 'cell_timeout' must be positive seconds, got {config.cell_timeout}")
         if config.isolation == "none" and config.processes == 1 and config.launcher == "local":
             raise KvbenchError(
-                f"{source}: 'cell_timeout' needs cells in their own processes to stop one; add --isolation process"
+                f"{source}: 'cell_timeout' needs cells in their own processes to stop one; add --isolation model"
             )
     if config.launcher != "ray":
         for name in ("ray_address", "accelerator_type", "gpus_per_cell"):

@@ -10,7 +10,7 @@ under process isolation the display draws in the parent, beside the measuring pr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from rich.console import Console
@@ -44,8 +44,8 @@ class LineProgress(Observer):
         # Cell ids hold model names, and worker output is whatever the model's code printed.
         self.console.print(printable(text, one_line=True), highlight=False, markup=False, soft_wrap=True)
 
-    def planned(self, generations: dict[Planned, int]) -> None:
-        self.time_left = TimeLeft(generations, self._clock)
+    def planned(self, generations: dict[Planned, int], starting: Collection[str] | None = None) -> None:
+        self.time_left = TimeLeft(generations, self._clock, starting)
 
     def cell_started(self, cell: Any, index: int, count: int) -> None:
         self.time_left.cell_started(cell.id)
@@ -129,8 +129,8 @@ class LiveProgress(Observer):
             return self.time_left.text()
         return f"about {clock_text(max(seconds - (self._clock() - at), 0.0))} left"
 
-    def planned(self, generations: dict[Planned, int]) -> None:
-        self.time_left = TimeLeft(generations, self._clock)
+    def planned(self, generations: dict[Planned, int], starting: Collection[str] | None = None) -> None:
+        self.time_left = TimeLeft(generations, self._clock, starting)
         self._overall = self.progress.add_task("all generations", total=self.time_left.total, left=self.time_left.text())
         self.progress.refresh()
 

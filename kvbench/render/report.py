@@ -8,7 +8,9 @@ from dataclasses import asdict
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
+from kvbench.core.eta import clock_text
 from kvbench.model.modes import MODES
+from kvbench.model.phases import time_spent
 from kvbench.model.records import BenchmarkResult, CellState
 from kvbench.render.cells import cell_lines, cell_table, speedup_of
 from kvbench.render.text import add_row, output_console, plain
@@ -44,6 +46,9 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
     peaks = peaks_of(result.environment)
     if peaks is not None:
         parts.append(plain(f"roofline peaks: {peaks.source}", style="dim"))
+    spent = phases_line(result)
+    if spent is not None:
+        parts.append(plain(spent, style="dim"))
     pending = [cell.id for cell in result.cells if cell.status == CellState.PENDING]
     if pending:
         parts.append(plain(f"not run: {len(pending)} cell(s)", style="yellow"))
@@ -52,6 +57,19 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
     for what, why in result.unmeasured.items():
         parts.append(plain(f"not measured: {what.replace('_', ' ')}: {why}", style="dim"))
     return Group(*parts)
+
+
+def phases_line(result: BenchmarkResult) -> str | None:
+    """Where the measuring time went, phase by phase, as shares of it: one line for the whole sweep."""
+    spent = time_spent(cell.phases_s for cell in result.cells)
+    total = sum(spent.values())
+    if not total > 0:
+        return None
+    shares = [(phase, seconds / total) for phase, seconds in spent.items()]
+    shown = ", ".join(
+        f"{phase.replace('_', ' ')} {share:.0%}" for phase, share in sorted(shares, key=lambda s: -s[1]) if share >= 0.005
+    )
+    return f"time: {clock_text(total)} measuring: {shown}"
 
 
 def one_line_summary(result: BenchmarkResult) -> list[str]:

@@ -3,6 +3,7 @@ launcher, applied as they arrive, so the file is the same wherever the cells wer
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
@@ -19,6 +20,7 @@ from kvbench.model.events import (
     GenerationStarted,
     Observer,
     Output,
+    PhaseTimed,
     RunsMeasured,
     TokensGenerated,
     Unmeasured,
@@ -27,7 +29,7 @@ from kvbench.model.events import (
 from kvbench.model.records import BenchmarkResult, CellResult, CellState, RunRecord
 
 # CellResult fields combined over a cell's measuring processes rather than taken from the first.
-COMBINED_STATE = ("settings", "status", "reason", "ran_on", "outputs_match", "first_divergence")
+COMBINED_STATE = ("settings", "status", "reason", "ran_on", "outputs_match", "first_divergence", "phases_s")
 
 
 class Assembly:
@@ -46,6 +48,7 @@ class Assembly:
         self.launcher = launcher
         self._order = {cell.id: index for index, cell in enumerate(result.cells)}
         self._assemblies: dict[int, _CellAssembly] = {}
+        self._carried: dict[int, dict[str, float]] = {}
 
     def deliver(self, key: int, event: Event) -> None:
         """One event of the cell `cells[key]`; a cell's first event starts it, whatever its type (a Ray task
@@ -55,16 +58,29 @@ class Assembly:
             slot = event.slot if isinstance(event, CellStarted) else ""
             assembly = self._assemblies[key] = _CellAssembly(self, self.cells[key], slot)
             assembly.begin(key, len(self.cells))
+            for phase, seconds in self._carried.pop(key, {}).items():
+                assembly.add_phase(phase, seconds)
         if isinstance(event, CellEnded):
             assembly.finish()
         elif not isinstance(event, CellStarted):
             assembly.apply(event)
 
-    def add_runs(self, runs: list[RunRecord]) -> None:
+    def carry(self, key: int, phase: str, seconds: float) -> None:
+        """A phase paid for the cell `cells[key]` before any launcher starts it (the device peaks timed
+        before the first cell): counted in its phases when it begins."""
+        self._carried.setdefault(key, {})[phase] = seconds
+
+    def add_runs(self, runs: list[RunRecord], cell: _CellAssembly) -> None:
         self.result.add_runs(runs)
         # Stable: each cell's runs keep their order, cells measured at once do not interleave.
         self.result.runs.sort(key=lambda run: self._order[run.cell])
-        self._save(False)
+        self.save(False, cell)
+
+    def save(self, final: bool, cell: _CellAssembly) -> None:
+        """The results file now, its time counted to the cell whose event asked for it."""
+        started = time.perf_counter()
+        self._save(final)
+        cell.add_phase("save", time.perf_counter() - started)
 
 
 class _CellAssembly:
@@ -105,7 +121,7 @@ class _CellAssembly:
                 observer.generation_finished(latency_s, generation)
             case RunsMeasured(runs=runs):
                 if not self._failed:
-                    self.run.add_runs(runs)
+                    self.run.add_runs(runs, self)
             case CellChanged(cell=cell):
                 self._merge(cell)
             case Unmeasured(figures=figures):
@@ -118,8 +134,15 @@ class _CellAssembly:
                     self._finished_runs = [run for run in self.run.result.runs if run.cell == cell_id]
             case Failed(status=status, reason=reason):
                 self.fail(status, reason)
+            case PhaseTimed(phase=phase, seconds=seconds):
+                self.add_phase(phase, seconds)
             case UserError(message=message):
                 raise KvbenchError(message)
+
+    def add_phase(self, phase: str, seconds: float) -> None:
+        phases = self.cell_result.phases_s or {}
+        phases[phase] = phases.get(phase, 0.0) + seconds
+        self.cell_result.phases_s = phases
 
     def _merge(self, cell: CellResult) -> None:
         cell_result = self.cell_result
@@ -165,5 +188,5 @@ class _CellAssembly:
     def finish(self) -> None:
         if self.cell_result.status == CellState.INCOMPLETE:
             self.cell_result.status = CellState.MEASURED
-        self.run._save(True)
+        self.run.save(True, self)
         self.run.observer.cell_finished(self.cell_result)

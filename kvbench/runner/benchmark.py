@@ -16,7 +16,8 @@ from kvbench.core.eta import Planned
 from kvbench.core.version import __version__
 from kvbench.launch.base import CellWork, MeasuredIn, cell_jobs
 from kvbench.measure.measurer import Measurer
-from kvbench.model.cells import Cell, expand
+from kvbench.model.caches import implementation
+from kvbench.model.cells import Cell, expand, reference_of
 from kvbench.model.events import Observer
 from kvbench.model.records import BenchmarkResult, CellResult, CellState
 from kvbench.model.settings import BenchConfig, config_to_dict, default_of, resume_must_match
@@ -45,11 +46,13 @@ class Benchmark:
         resume: bool = False,
         force: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        start_early: bool = False,
     ) -> None:
         """`clock` times every generation and its tokens: perf_counter, or a scripted clock that makes each
-        latency a chosen number (how the tests drive stopping rules and displays without real noise)."""
+        latency a chosen number (how the tests drive stopping rules and displays without real noise).
+        `start_early`: for a run about to measure, its first measuring process starts now, importing torch
+        while this process checks the cells (a dry run, which measures nothing, starts none)."""
         # Imported here: `import kvbench` must not import kvbench.launch.worker, which `python -m` then runs again.
-        from kvbench.hardware import environment
         from kvbench.launch.registry import launcher_for
 
         validate(config)
@@ -68,6 +71,19 @@ class Benchmark:
         # itself where the launcher measures in this process.
         self.measurer = Measurer(config, self.device, clock=clock, gpu_here=gpu_here)
         self.launcher = launcher(config, self.device, self.measurer)
+        if start_early:
+            self.launcher.begin()
+        try:
+            self._check(command, resume)
+        except BaseException:
+            self.launcher.close()
+            raise
+
+    def _check(self, command: str | None, resume: bool) -> None:
+        """The result this run fills, every cell checked before anything is measured."""
+        from kvbench.hardware import environment
+
+        config, gpu_here = self.config, self.measurer.gpu_here
         cells = expand(config)
         # In a sweep a failing cell is recorded and the sweep goes on; a run of one cell reports it as the
         # run's own error.
@@ -152,15 +168,17 @@ class Benchmark:
         folder = self.file.path.parent if self.file is not None else Path("results")
         first = self.file.path if self.file is not None else None
         device_name = self.result.environment.get("device_name")
-        return planning.estimate(planning.planned(self.config, measurable), folder, device_name, first)
+        starting = self.launcher.starting([cell.settings for cell in measurable])
+        return planning.estimate(planning.planned(self.config, measurable), folder, device_name, first, starting)
 
     def _device_peaks(self) -> None:
         """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so
         the copy buffers compete with nothing), and a known GPU's datasheet figures beside them. Timed
         where the cells are: beside fresh measuring processes in one of their own, so this process holds no
         CUDA context or cached memory on the measured GPU for the whole sweep; not at all for cells
-        measured on other machines."""
-        from kvbench.hardware.peaks import device_peaks_in_fresh_process, measure_device_peaks
+        measured on other machines. Peaks measured once are kept for the next run on the same machine,
+        device, type and software (kvbench.hardware.peaks), unless --remeasure-peaks."""
+        from kvbench.hardware import peaks as device_peaks
         from kvbench.model.costs import datasheet_peaks
 
         environment, unmeasured = self.result.environment, self.result.unmeasured
@@ -175,14 +193,26 @@ class Benchmark:
                 "not measured: the cells ran on other machines (--launcher ray), whose devices this process"
                 " cannot time; no roofline bound from them"
             )
-        elif measured_in == MeasuredIn.FRESH_PROCESSES:
-            peaks, problem = device_peaks_in_fresh_process(self.device)
-            if problem is not None:
-                unmeasured["device_peaks"] = problem
-            else:
-                environment["device_peaks"] = peaks
         else:
-            environment["device_peaks"] = asdict(measure_device_peaks(self.device))
+            key = device_peaks.peaks_key(environment, self.device)
+            found = None if self.config.remeasure_peaks else device_peaks.cached_peaks(key)
+            if found is not None:
+                environment["device_peaks"] = found
+                return
+            # A measuring process started early is left to finish its imports first: timed beside them, the
+            # peaks would be the machine's under load.
+            self.launcher.quiet()
+            if measured_in == MeasuredIn.FRESH_PROCESSES:
+                measured, problem = device_peaks.device_peaks_in_fresh_process(self.device)
+            else:
+                measured, problem = asdict(device_peaks.measure_device_peaks(self.device)), None
+            if problem is not None or measured is None:
+                unmeasured["device_peaks"] = problem or "not measured"
+                return
+            environment["device_peaks"] = measured = {**measured, "measured_at": _now()}
+            kept = device_peaks.remember_peaks(key, measured)
+            if kept is not None:
+                self.result.notes.append(kept)
 
     def _save_what_was_measured(self) -> None:
         # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
@@ -200,12 +230,19 @@ class Benchmark:
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
 
-    def _measure(self, pending: list[CellResult]) -> None:
-        """Every pending cell through the launcher, its events assembled into the result."""
+    def _measure(self, pending: list[CellResult], peaks_s: float) -> None:
+        """Every pending cell through the launcher, its events assembled into the result; the time the device
+        peaks took is the first cell's, which waited for them."""
         assembly = Assembly(self.result, pending, self.observer, lambda final: self.save(final=final), self.launcher.name)
+        if peaks_s:
+            assembly.carry(0, "device_peaks", peaks_s)
+        # The dynamic cells other caches are compared with keep their greedy output for them.
+        compared = {
+            reference_of(cell.settings) for cell in pending if not implementation(cell.settings.cache_implementation).reference
+        }
         work = [
-            CellWork(key, cell_jobs(self.config, cell_result.settings, sweep=self.sweep))
-            for key, cell_result in enumerate(pending)
+            CellWork(key, cell_jobs(self.config, cell.settings, sweep=self.sweep, keep_reference=cell.settings in compared))
+            for key, cell in enumerate(pending)
         ]
         self.launcher.measure(work, assembly.deliver)
 
@@ -213,12 +250,15 @@ class Benchmark:
         if self.file is not None:
             self.file.open()
         pending = self._pending()
-        self.observer.planned(self.planned())
+        self.observer.planned(self.planned(), self.launcher.starting([cell.settings for cell in pending]))
         try:
+            peaks_s = 0.0
             if pending:
+                started = time.perf_counter()
                 self._device_peaks()
+                peaks_s = time.perf_counter() - started
             self.save()
-            self._measure(pending)
+            self._measure(pending, peaks_s)
         except Exception:
             if self._measured_nothing():
                 # Failed before any cell was measured (Ray unreachable, the model not loading): a file of
@@ -236,6 +276,7 @@ class Benchmark:
             self.save(closing=True)
         finally:
             self.measurer.close()
+            self.launcher.close()
             if self.file is not None:
                 self.file.close()
         only = None if self.sweep else self.result.cells[0]
@@ -258,4 +299,5 @@ def run_benchmark(
     cells, and summaries computed from the runs). The results file, `output` or else `config.output`
     if either is given, is rewritten after every generation and marked complete at the end. An existing
     file is replaced only with `force`, or continued with `resume`. `clock` times the generations."""
-    return Benchmark(config, output=output, observer=observer, resume=resume, force=force, clock=clock).run()
+    benchmark = Benchmark(config, output=output, observer=observer, resume=resume, force=force, clock=clock, start_early=True)
+    return benchmark.run()

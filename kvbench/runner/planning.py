@@ -78,25 +78,47 @@ class Estimate:
 
     seconds: float
     sources: list[str]
+    # Of `seconds`, what the cells cost beyond their generations (starting processes, loading models,
+    # saving), from the phases earlier runs recorded; None where they recorded none.
+    beyond_generations_s: float | None = None
 
     def text(self) -> str:
         named = ", ".join(self.sources[:2]) + (f" and {len(self.sources) - 2} more" if len(self.sources) > 2 else "")
-        return (
-            f"about {clock_text(self.seconds)} of generations at the most, plus loading, predicted from"
-            f" earlier runs of these models on this machine ({named})"
-        )
+        if self.beyond_generations_s is None:
+            what = f"about {clock_text(self.seconds)} of generations at the most, plus loading"
+        else:
+            what = (
+                f"about {clock_text(self.seconds)} at the most: {clock_text(self.seconds - self.beyond_generations_s)}"
+                f" of generations and {clock_text(self.beyond_generations_s)} starting, loading and saving"
+            )
+        return f"{what}, predicted from earlier runs of these models on this machine ({named})"
 
 
-def estimate(planned: dict[Planned, int], folder: Path, device_name: str | None, first: Path | None = None) -> Estimate | None:
+# The phases (kvbench.model.phases) a cell pays when it starts a measuring process or loads its model, and
+# those every cell pays beyond its generations.
+_START_UP = ("process_start", "imports", "model_load", "device_setup")
+_EVERY_CELL = ("output_comparison", "save")
+
+
+def estimate(
+    planned: dict[Planned, int],
+    folder: Path,
+    device_name: str | None,
+    first: Path | None = None,
+    starting: set[str] | None = None,
+) -> Estimate | None:
     """How long the `planned` generations would take, from runs of the same models and modes on this
     machine's device in earlier results files: `first` (the file --resume continues), then the newest in
-    `folder`."""
+    `folder`. Where those files recorded their phases, the cells' start-ups (`starting`: the cells that
+    start a process or load a model; None, every cell) and saves are counted too."""
     if not planned:
         return None
     candidates = sorted(folder.glob("*.json"), key=_modified, reverse=True)[:ESTIMATE_FROM_FILES]
     if first is not None and first.is_file():
         candidates = [first, *[path for path in candidates if path != first]]
     measured, sources = [], []
+    start_ups: list[float] = []
+    every_cell: list[float] = []
     for path in candidates:
         if _size(path) > ESTIMATE_FROM_BYTES:  # a big sweep's file would cost more to read than it tells
             continue
@@ -113,10 +135,25 @@ def estimate(planned: dict[Planned, int], folder: Path, device_name: str | None,
         if points:
             measured += points
             sources.append(str(path))
+        for cell in earlier.cells:
+            phases = cell.phases_s or {}
+            if any(phases.get(phase) for phase in ("imports", "model_load")):
+                start_ups.append(sum(phases.get(phase, 0.0) for phase in _START_UP))
+            if phases:
+                every_cell.append(sum(phases.get(phase, 0.0) for phase in _EVERY_CELL))
         seconds = predicted_s(planned, measured)
         if seconds is not None:
-            return Estimate(seconds, sources)
+            if not every_cell:
+                return Estimate(seconds, sources)
+            cells = {generation.cell for generation in planned}
+            starts = len(cells if starting is None else cells & starting)
+            beyond = starts * _mean(start_ups) + len(cells) * _mean(every_cell)
+            return Estimate(seconds + beyond, sources, beyond)
     return None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _modified(path: Path) -> float:

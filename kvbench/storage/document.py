@@ -25,6 +25,8 @@ FORMAT_NAME = "kvbench-results"
 # Far above any sweep's results (a thousand-token run takes kilobytes), far below what parsing as JSON
 # would need more memory for than a laptop has.
 MOST_RESULTS_BYTES = 256 * 2**20
+# Cell fields added since files of this schema were first written, written only where they hold something.
+LATER_CELL_FIELDS = ("phases_s",)
 
 
 # Sections a document may end with, figures computed from its runs for readers that do not recompute them
@@ -45,6 +47,11 @@ def to_dict(result: BenchmarkResult, derived: Mapping[str, Any] | None = None) -
         for axis in PARTIAL_AXES:
             if cell["settings"].get(axis, 0) is None:
                 del cell["settings"][axis]
+        # Added after files were first written: left out where it holds nothing, so such a file reads back as
+        # it was written.
+        for later in LATER_CELL_FIELDS:
+            if cell.get(later, 0) is None:
+                del cell[later]
     for name, section in (derived or {}).items():
         if name not in DERIVED_SECTIONS:
             raise ValueError(f"{name!r} is not a derived section of a results file ({', '.join(DERIVED_SECTIONS)})")

@@ -281,3 +281,8 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         if run["cell"] not in ids:
             return f"runs[{index}].cell {_shown(run['cell'])} names no cell of the file"
     return None
+
+
+def measured_peaks_problem(value: Any) -> str | None:
+    """What is wrong with stored device peaks (a results file's, or the peaks cache's), or None."""
+    return _explained_problem(value, MeasuredPeaks, "device_peaks")
