@@ -89,6 +89,20 @@ elif check == "oom-then-measured":
     print("cells:", [(cell["settings"]["batch_size"], cell["status"], cell["reason"]) for cell in cells])
     assert states == ["oom", "measured"], states
     assert runs and all(r["batch_size"] == 1 for r in runs), "the failed cell kept runs"
+elif check == "between-cells":
+    # From one cell's last timed run to the next cell's first warmup: the first's output comparison and
+    # saves, then whatever the second had to start (a process, imports, a model load, the samplers).
+    after, before = ("output_comparison", "save"), ("process_start", "imports", "model_load", "device_setup")
+    gaps = [
+        sum((first.get("phases_s") or {}).get(p, 0) for p in after) + sum((second.get("phases_s") or {}).get(p, 0) for p in before)
+        for first, second in zip(cells, cells[1:])
+    ]
+    print("seconds between cells:", [round(gap, 2) for gap in gaps], "processes:", [cell["ran_on"]["pids"] for cell in cells])
+    assert all(cell["status"] == "measured" for cell in cells), [cell["status"] for cell in cells]
+    assert len({pid for cell in cells for pid in cell["ran_on"]["pids"]}) == 1, "the model's cells did not share a process"
+    # The GPU's target; on a CPU the figures are read, not judged (a shared machine's seconds are noise).
+    limit = os.environ.get("BETWEEN_CELLS_LIMIT_S")
+    assert limit is None or max(gaps) <= float(limit), f"more than {limit} s between cells"
 elif check == "static-compiled":
     cell = cells[0]
     print(cell["status"], cell["reason"], cell["kv_cache_class"])
@@ -187,7 +201,15 @@ else
 fi
 grep -s "^kvbench" "$out/overhead.log" | sed 's/^/    overhead: /' | tee -a "$summary"
 
-# 6. The static cache, compiled.
+# 6. A sweep's time between cells (one process serves the model's cells): at most 3 s on GPT-2.
+if [ "$gpu" = 1 ] || [ "$quick" = 0 ]; then model=gpt2 runs=3; else model=tiny-gpt2 runs=2; fi
+step sweep-run 150 "$python" -m kvbench run -m "$model" --weights random -n 32 -n 64 -n 128 -r "$runs" --device "$device" \
+    --output "$out/sweep.json"
+if [ "$gpu" = 1 ]; then export BETWEEN_CELLS_LIMIT_S=3; fi
+checked sweep-between-cells "$out/sweep.json" between-cells
+grep -s "^seconds between cells" "$out/sweep-between-cells.log" | sed 's/^/    /' | tee -a "$summary"
+
+# 7. The static cache, compiled.
 if [ "$gpu" = 1 ]; then
     step static-compile-run 90 "$python" -m kvbench run -m gpt2 --weights random -n 64 -r 3 --cache-implementation static \
         --compile --device cuda --output "$out/static.json"

@@ -18,6 +18,8 @@ ON_THE_CPU = [
     "oom-sweep",
     "oom-then-measured",
     "overhead",
+    "sweep-run",
+    "sweep-between-cells",
 ]
 GPU_ONLY = [
     "identify",
@@ -59,3 +61,5 @@ def test_the_quick_cpu_run_passes_what_needs_no_gpu_and_names_what_it_skipped(tm
     assert (out / "gpt2.json").is_file() and (out / "oom.json").is_file()
     # The overhead step's verdicts reach the summary, one per way and mode, for a person to read.
     assert sum(line.startswith("    overhead: kvbench") for line in lines) == 6
+    # The sweep's seconds between cells too, read and not judged on a CPU.
+    assert sum(line.startswith("    seconds between cells:") for line in lines) == 1
