@@ -8,7 +8,17 @@ from kvbench.measure.models import check_causal_lm, locate, prepare_model, resol
 
 def test_shipped_configs_include_gpt2_and_a_llama_architecture():
     shipped = shipped_configs()
-    assert {"gpt2", "tinyllama-1.1b", "tiny-gpt2", "tiny-llama"} <= set(shipped)
+    assert {"gpt2", "tinyllama-1.1b", "tiny-gpt2", "tiny-llama", "tiny-gqa-32k"} <= set(shipped)
+
+
+def test_the_long_context_model_takes_32768_positions_and_not_one_more():
+    from kvbench.measure.loading import check_context
+
+    prepared = prepare_model("tiny-gqa-32k", "random")
+    assert prepared.resolved.config.num_key_value_heads == 1 < prepared.resolved.config.num_attention_heads
+    check_context(prepared, 32768 - 32, 32)
+    with pytest.raises(KvbenchError, match="exceeds its context of 32768 tokens"):
+        check_context(prepared, 32768 - 32, 33)
 
 
 def test_real_bert_checkpoint_is_refused_as_an_encoder(bert_dir):
