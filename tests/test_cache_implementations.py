@@ -12,6 +12,7 @@ from kvbench.compare.judging import compare_results
 from kvbench.core.errors import KvbenchError
 from kvbench.measure.generation import Generation, TokenClock
 from kvbench.measure.measurer import Measurer
+from kvbench.measure.prompts import PromptBatch
 from kvbench.model.caches import cache_config
 from kvbench.model.cells import Cell, cell_count, expand, shown_value
 from kvbench.model.experiment import build_config
@@ -42,7 +43,8 @@ def test_every_call_gets_the_whole_cache_config_even_when_generate_pops_from_it(
     settings = cache_config(BenchConfig(quantized_backend="hqq", quantized_nbits=[2]), cell)
     model = PoppingModel()
     ids = torch.ones(1, 3, dtype=torch.long)
-    generation = Generation(model, cell, ids, torch.ones_like(ids), 0, TokenClock(lambda: None), False, settings)
+    batch = PromptBatch(ids, torch.ones_like(ids), [3])
+    generation = Generation(model, cell, batch, 0, TokenClock(lambda: None), False, settings)
     for _ in range(3):
         generation("cached")
     assert [call["backend"] for call in model.received] == ["hqq"] * 3
@@ -108,8 +110,8 @@ def recording_generate(monkeypatch) -> list[RecordingGenerate]:
     recorders: list[RecordingGenerate] = []
     original = Measurer._model_for
 
-    def model_for(self, job):
-        loaded = original(self, job)
+    def model_for(self, job, *rest):
+        loaded = original(self, job, *rest)
         if not isinstance(loaded.model.generate, RecordingGenerate):
             loaded.model.generate = RecordingGenerate(loaded.model)
             recorders.append(loaded.model.generate)

@@ -13,6 +13,7 @@ from kvbench.hardware.memory import MemoryProbe, MemoryReading
 from kvbench.measure.generation import TokenClock, measure_generation, prepare_generation
 from kvbench.measure.loading import build_model, prompt_ids
 from kvbench.measure.models import bfloat16_note, prepare_model, resolve_dtype
+from kvbench.measure.prompts import build_batch
 from kvbench.measure.support import unsupported_reason
 from kvbench.model.cells import Cell
 from kvbench.model.memory_figures import MemoryFigures
@@ -75,8 +76,9 @@ def test_memory_is_freed_before_every_measured_run_outside_the_timed_span(tiny_g
     prepared = prepare_model(str(tiny_gpt2_dir), "auto")
     loaded = build_model(prepared, dtype="auto", attn_implementation="auto", device="cpu", seed=0)
     ids, _ = prompt_ids(prepared, "what is kv caching ?", None, 0)
+    batch = build_batch([ids], prefix_tokens=None, ragged=False, pad_token_id=0)
     generation = prepare_generation(
-        loaded, Cell(str(tiny_gpt2_dir), 4, 1, "auto", "dynamic", "auto"), ids, TokenClock(lambda: None)
+        loaded, Cell(str(tiny_gpt2_dir), 4, 1, "auto", "dynamic", "auto"), batch, TokenClock(lambda: None)
     )
     gc.callbacks.append(full_collection)
     try:
@@ -242,8 +244,8 @@ def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_sett
     cell = cell_result.settings
     prepared = prepare_model(str(tiny_llama_dir), "auto")
     loaded = build_model(prepared, dtype="auto", attn_implementation="auto", device="cpu", seed=0)
-    ids, _ = benchmark.measurer.prompts[cell.model, None]
-    generation = prepare_generation(loaded, cell, ids, TokenClock(lambda: None), False, cache_config(config, cell))
+    batch = benchmark.measurer.batch_of(cell, pad_token_id=0)
+    generation = prepare_generation(loaded, cell, batch, TokenClock(lambda: None), False, cache_config(config, cell))
     loaded.model.generate = captured = CapturedGenerate()
     generation("cached")
     generation("uncached")

@@ -40,7 +40,8 @@ def test_every_cache_implementation_is_a_choice_and_declares_what_readers_need()
 
 def test_every_mode_is_a_choice_with_its_words_and_colour():
     assert config_fields()["modes"].metadata["choices"] == MODES == tuple(MODES_BY_NAME)
-    assert [mode.use_cache for mode in MODES_BY_NAME.values()] == [True, False]
+    kinds = [(mode.use_cache, mode.reuses_prefix) for mode in MODES_BY_NAME.values()]
+    assert kinds == [(True, False), (False, False), (True, True)]
     assert len({mode.colour for mode in MODES_BY_NAME.values()}) == len(MODES)
 
 

@@ -17,7 +17,7 @@ from kvbench.compare.formats import FORMATS
 from kvbench.compare.formats.markdown import GITHUB_COMMENT_LIMIT, to_markdown
 from kvbench.compare.judging import compare_results
 from kvbench.core.errors import KvbenchError
-from kvbench.core.units import parse_bytes
+from kvbench.core.units import parse_bytes, seconds_as_ms
 from kvbench.model.cells import Cell
 from kvbench.model.records import BenchmarkResult, CellResult, RunRecord
 from kvbench.model.settings import BenchConfig, config_to_dict
@@ -204,6 +204,14 @@ def test_gpu_memory_sizes_parse(text, size):
 def test_a_bad_gpu_memory_size_names_the_option_and_the_forms(text):
     with pytest.raises(KvbenchError, match=r"--gpu-memory cannot be .*such as 80GiB, 24GB or 16G"):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(0.0123, "12.3"), (0.09996, "100"), (0.9996, "1000"), (40.3, "40300"), (None, "—")]
+)
+def test_milliseconds_never_turn_into_an_exponent(seconds, shown):
+    """A long prompt's first token takes seconds: 40300 ms, not 4.03e+04."""
+    assert seconds_as_ms(seconds) == shown
 
 
 def test_show_prints_the_verdict_and_what_fits(tmp_path):

@@ -117,6 +117,7 @@ def _bound(cell: CellResult, mode: str, peaks: Peaks) -> RooflineBound | None:
         settings.batch_size,
         peaks.bandwidth_bytes_per_s,
         peaks.flops_per_s,
+        settings.prefix_tokens or 0,
     )
 
 
@@ -150,7 +151,7 @@ def step_bounds_ms(cell: CellResult, mode: str, peaks: Peaks | None) -> list[flo
     settings = cell.settings
     return [
         step_bound_s(
-            step_cost(model, mode, step, cell.prompt_tokens, settings.batch_size),
+            step_cost(model, mode, step, cell.prompt_tokens, settings.batch_size, settings.prefix_tokens or 0),
             peaks.bandwidth_bytes_per_s,
             peaks.flops_per_s,
         )
@@ -172,7 +173,7 @@ class LengthFit:
 def _length_groups(result: BenchmarkResult) -> dict[tuple, list[CellResult]]:
     groups: dict[tuple, list[CellResult]] = {}
     for cell in result.cells:
-        if all(result.runs_of(cell.id, mode) for mode in MODES):
+        if all(result.runs_of(cell.id, mode.name) for mode in (CACHED, UNCACHED)):
             key = tuple(getattr(cell.settings, axis) for axis in SWEEP_AXES if axis != "max_new_tokens")
             groups.setdefault(key, []).append(cell)
     return groups
@@ -187,7 +188,8 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
         if len(lengths) < 2:
             continue  # not a length sweep at all: nothing to say
         points = {
-            mode: [(run.new_tokens, run.latency_s) for cell in cells for run in result.runs_of(cell.id, mode)] for mode in MODES
+            mode.name: [(run.new_tokens, run.latency_s) for cell in cells for run in result.runs_of(cell.id, mode.name)]
+            for mode in (CACHED, UNCACHED)
         }
         name = named_settings(cells[0].settings, axes) or cells[0].settings.model
         ids = [cell.id for cell in cells]

@@ -15,6 +15,10 @@ as the head. W = (parameters - lookup tables) x e: the weights a forward pass mu
   bytes = W + KV(n) + 2 x L x n x hidden x B x e (each layer's hidden states read in and written out once);
   FLOPs = 2 x body x n x B + 2 x head x B + 4 x L x A x n^2 x B (the full n x n score square: eager and SDPA
   attention compute it and mask, they do not skip the upper triangle).
+- Prefix (the first S prompt tokens' cache reused). Step 0 copies the prefix's cache (2 x KV(S): read, then
+  written) and computes the other P - S tokens, each attending over the P positions: bytes = W + KV(P) +
+  2 x L x (P - S) x hidden x B x e + 2 x KV(S); FLOPs = 2 x body x (P - S) x B + 2 x head x B +
+  4 x L x A x (P - S) x P x B. Steps t >= 1 are the cached mode's.
 
 Bytes count only traffic that cannot be avoided (no score matrices, no re-reads when activations spill from
 cache), and FLOPs only matrix products, so time >= max(bytes / bandwidth, FLOPs / throughput) per step is
@@ -39,22 +43,30 @@ class StepCost:
     flops: int
 
 
-def _full_forward(model: ModelCost, tokens: int, batch: int) -> StepCost:
-    activations = 2 * model.layers * tokens * model.hidden * batch * model.bytes_per_element
+def _forward(model: ModelCost, computed: int, positions: int, batch: int) -> StepCost:
+    """A forward pass over the last `computed` of `positions` tokens, each attending to every position
+    before it (all of them: a prompt's prefill, or an uncached step)."""
+    activations = 2 * model.layers * computed * model.hidden * batch * model.bytes_per_element
     return StepCost(
-        bytes_moved=model.weight_bytes + model.kv_bytes(tokens, batch) + activations,
-        flops=2 * (model.body_parameters * tokens + model.head_parameters) * batch
-        + 4 * model.layers * model.attention_width * tokens**2 * batch,
+        bytes_moved=model.weight_bytes + model.kv_bytes(positions, batch) + activations,
+        flops=2 * (model.body_parameters * computed + model.head_parameters) * batch
+        + 4 * model.layers * model.attention_width * computed * positions * batch,
     )
 
 
-def step_cost(model: ModelCost, mode: str, step: int, prompt_tokens: int, batch: int) -> StepCost:
-    """The cost of producing new token `step` (0-based): see the module docstring for the model."""
+def step_cost(model: ModelCost, mode: str, step: int, prompt_tokens: int, batch: int, prefix_tokens: int = 0) -> StepCost:
+    """The cost of producing new token `step` (0-based): see the module docstring for the model. In the prefix
+    mode, the first step computes only the tokens after the `prefix_tokens` whose cache it copied (read and
+    written once more)."""
     if mode not in MODES_BY_NAME:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     positions = prompt_tokens + step
+    if step == 0 and MODES_BY_NAME[mode].reuses_prefix and prefix_tokens:
+        forward = _forward(model, positions - prefix_tokens, positions, batch)
+        copy = 2 * model.kv_bytes(prefix_tokens, batch)
+        return StepCost(bytes_moved=forward.bytes_moved + copy, flops=forward.flops)
     if not MODES_BY_NAME[mode].use_cache or step == 0:
-        return _full_forward(model, positions, batch)
+        return _forward(model, positions, positions, batch)
     return StepCost(
         bytes_moved=model.weight_bytes + model.kv_bytes(positions, batch),
         flops=2 * (model.body_parameters + model.head_parameters) * batch
@@ -90,6 +102,7 @@ def roofline_bound(
     batch: int,
     bandwidth_bytes_per_s: float,
     flops_per_s: float,
+    prefix_tokens: int = 0,
 ) -> RooflineBound:
     """Bounded step by step (a generation switches from memory- to compute-bound as it grows uncached)."""
     if new_tokens < 1 or bandwidth_bytes_per_s <= 0 or flops_per_s <= 0:
@@ -98,7 +111,7 @@ def roofline_bound(
     bound_s = memory_s = 0.0
     memory_steps = 0
     for step in range(new_tokens):
-        cost = step_cost(model, mode, step, prompt_tokens, batch)
+        cost = step_cost(model, mode, step, prompt_tokens, batch, prefix_tokens)
         total_bytes += cost.bytes_moved
         total_flops += cost.flops
         memory_time = cost.bytes_moved / bandwidth_bytes_per_s

@@ -70,12 +70,22 @@ class RunMetrics:
     tpot_s: float | None  # None with a single new token: there is no decode step to time
     itl_s: tuple[float, ...]  # new tokens - 1 gaps
     e2e_s: float
-    prefill_tokens_per_s: float  # prompt tokens x batch / TTFT (TTFT also holds the first decode step)
+    # Prompt tokens x batch (the real ones, those not read from a reused prefix's cache) / TTFT; TTFT also
+    # holds the first decode step.
+    prefill_tokens_per_s: float
     decode_tokens_per_s: float | None  # (new tokens - 1) x batch / (e2e - TTFT), = batch / TPOT
 
 
-def run_metrics(token_times_s: Sequence[float], latency_s: float, prompt_tokens: int, batch_size: int) -> RunMetrics:
-    """From each new token's arrival time since generate() began, and the call's end-to-end latency."""
+def run_metrics(
+    token_times_s: Sequence[float],
+    latency_s: float,
+    prompt_tokens: int,
+    batch_size: int,
+    prefill_tokens: int | None = None,
+) -> RunMetrics:
+    """From each new token's arrival time since generate() began, and the call's end-to-end latency.
+    `prefill_tokens`: the prompt tokens the first step computed over the whole batch, where that is not
+    prompt tokens x batch (padding, which is not counted; a prefix whose cache was reused)."""
     if not token_times_s:
         raise ValueError("no token times: the run streamed no new tokens")
     if any(later < earlier for earlier, later in zip(token_times_s, token_times_s[1:])):
@@ -92,7 +102,7 @@ def run_metrics(token_times_s: Sequence[float], latency_s: float, prompt_tokens:
         tpot_s=tpot_s,
         itl_s=itl_s,
         e2e_s=latency_s,
-        prefill_tokens_per_s=prompt_tokens * batch_size / ttft_s,
+        prefill_tokens_per_s=(prompt_tokens * batch_size if prefill_tokens is None else prefill_tokens) / ttft_s,
         decode_tokens_per_s=(tokens - 1) * batch_size / decode_s if tokens > 1 and decode_s > 0 else None,
     )
 

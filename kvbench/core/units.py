@@ -18,8 +18,13 @@ def format_ms(value_ms: float | None) -> str:
 
 
 def seconds_as_ms(value_s: float | None) -> str:
-    """Seconds shown as milliseconds to three significant figures, for a line of serving metrics."""
-    return f"{value_s * 1000:.3g}" if value_s is not None else "—"
+    """Seconds shown as milliseconds to three significant figures, for a line of serving metrics; whole
+    milliseconds from 100 up, where three figures would turn into an exponent (a 40-second first token is
+    40300, not 4.03e+04)."""
+    if value_s is None:
+        return "—"
+    value_ms = value_s * 1000
+    return f"{value_ms:.0f}" if abs(value_ms) >= 99.95 else f"{value_ms:.3g}"
 
 
 # Byte units as people write them: binary with an "i" (GiB), decimal without (GB, as the unit says); a

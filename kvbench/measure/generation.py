@@ -3,6 +3,8 @@ tokens' arrival noted, memory probed and energy counted around it, its length ch
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 import platform
 import time
@@ -14,6 +16,7 @@ from kvbench.core.devices import Devices
 from kvbench.core.metrics import time_per_output_token_s
 from kvbench.hardware.energy import CounterReader
 from kvbench.hardware.memory import MemoryProbe, downsample, free_memory
+from kvbench.measure.prompts import PromptBatch
 from kvbench.model.caches import REFERENCE
 from kvbench.model.cells import Cell
 from kvbench.model.modes import MODES_BY_NAME
@@ -51,6 +54,9 @@ class TokenClock:
         self._start = 0.0
         self._prompt_seen = False
 
+    def now(self) -> float:
+        return self._clock()
+
     def begin(self, new_tokens: int = 0) -> None:
         self.times_s = []
         self.allocated_by_position = []
@@ -74,40 +80,88 @@ class TokenClock:
 
 @dataclass
 class Generation:
-    """One cell's generate() call, ready to repeat in either mode: the model, its inputs and the settings
-    every call of the cell shares."""
+    """One cell's generate() call, ready to repeat in any mode: the model, its batch of prompts and the
+    settings every call of the cell shares."""
 
     model: Any
     cell: Cell
-    input_ids: Any
-    attention_mask: Any
+    batch: PromptBatch
     pad_token_id: int
     clock: TokenClock
     # False: generate() must not compile a static cache's forward pass, as it would by itself on a GPU.
     compile: bool = False
     # The cache implementation's own settings (kvbench.model.caches.cache_config); None where it takes none.
     cache_config: dict[str, Any] | None = None
+    # Waits for the GPUs' queued work (kvbench.hardware.timing.synchronizer), so a prefix's copy is timed
+    # whole; nothing on a CPU.
+    synchronize: Callable[[], None] = lambda: None
+    # The shared prefix's cache, one row's, computed once by prefill_prefix(); the prefix mode's generations
+    # each start from a copy of it.
+    prefix_cache: Any = None
+    # Seconds the last generation spent copying the prefix's cache (the prefix mode), else None.
+    last_copy_s: float | None = None
+
+    @property
+    def input_ids(self) -> Any:
+        return self.batch.input_ids
+
+    @property
+    def attention_mask(self) -> Any:
+        return self.batch.attention_mask
 
     @property
     def prompt_tokens(self) -> int:
-        return int(self.input_ids.shape[1])
+        return self.batch.positions
+
+    def prefill_tokens(self, mode: str) -> int | None:
+        """The prompt tokens a generation in `mode` computes over the batch, where not prompt x batch: the
+        real tokens of a padded batch, those after a reused prefix. None: prompt x batch."""
+        if MODES_BY_NAME[mode].reuses_prefix and self.cell.prefix_tokens is not None:
+            return self.batch.real_tokens - self.cell.prefix_tokens * len(self.batch.lengths)
+        return self.batch.real_tokens if self.batch.padded else None
+
+    def prefill_prefix(self) -> Any:
+        """The cache of the shared prefix (the first row's first prefix_tokens ids), computed once, outside
+        any timed span. Returns it."""
+        import torch
+
+        assert self.cell.prefix_tokens is not None
+        with torch.no_grad():  # deepcopy takes only tensors outside autograd's graph
+            output = self.model(self.input_ids[:1, : self.cell.prefix_tokens], use_cache=True)
+        from kvbench.core.kvsize import cache_of
+
+        self.prefix_cache = cache_of(output)
+        return self.prefix_cache
 
     def __call__(self, mode: str, *, logits: bool = False, fed_ids: Any = None) -> Any:
         """One generation in `mode`. Untimed (a warmup), it may also return each step's logits, and make the
         model generate `fed_ids` (batch, new tokens) rather than its own choice: the same work, so the same
         warmup, with what comparing outputs needs kept."""
         self.clock.begin(self.cell.max_new_tokens)
-        cache = self.cell.cache_implementation if MODES_BY_NAME[mode].use_cache else None
+        described = MODES_BY_NAME[mode]
+        cache = self.cell.cache_implementation if described.use_cache else None
         extra: dict[str, Any] = {"streamer": self.clock}
         if logits or fed_ids is not None:
             extra["output_logits"] = True
         if fed_ids is not None:
             extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
+        self.last_copy_s = None
+        if described.reuses_prefix:
+            # Within the timed span, after the clock began: a request served from a shared prefix pays for
+            # its own copy before its first token.
+            started = self.clock.now()
+            reused = copy.deepcopy(self.prefix_cache)
+            if len(self.batch.lengths) > 1:
+                reused.batch_repeat_interleave(len(self.batch.lengths))
+            self.synchronize()
+            self.last_copy_s = self.clock.now() - started
+            extra[_cache_argument(self.model)] = reused
         # The output carries the cache object, whose bytes kvsize measures after the run.
         return self._generate(cache, **extra)
 
-    def _generate(self, cache_implementation: str | None, **extra: Any) -> Any:
-        """generate() as every call of the cell makes it; `cache_implementation` None: without a cache."""
+    def _generate(self, cache_implementation: str | None, *, forced_length: bool = True, **extra: Any) -> Any:
+        """generate() as every call of the cell makes it; `cache_implementation` None: without a cache. Without
+        `forced_length`, the caller's logits processor keeps the end of sequence from being chosen early."""
         kwargs: dict[str, Any] = {}
         if cache_implementation not in (None, REFERENCE):  # the dynamic cache is what generate() builds by itself
             kwargs["cache_implementation"] = cache_implementation
@@ -122,7 +176,7 @@ class Generation:
             attention_mask=self.attention_mask,
             max_new_tokens=self.cell.max_new_tokens,
             # Greedy and forced to full length: an early end-of-sequence would shorten one mode only.
-            min_new_tokens=self.cell.max_new_tokens,
+            min_new_tokens=self.cell.max_new_tokens if forced_length else None,
             do_sample=False,
             use_cache=cache_implementation is not None,
             pad_token_id=self.pad_token_id,
@@ -141,12 +195,23 @@ class Generation:
             extra["logits_processor"] = [_feeding(fed_ids, self.prompt_tokens)]
         return self.ids_and_logits(self._generate(cache_implementation, **extra))
 
+    def plain_pass(self, cache_implementation: str, processor: Any) -> Any:
+        """An untimed generation whose every token `processor` (a transformers LogitsProcessor) chooses: it
+        sees each step's raw logits, as no rule of generate()'s own runs before it."""
+        return self._generate(cache_implementation, forced_length=False, logits_processor=[processor])
+
     def ids_and_logits(self, output: Any) -> tuple[Any, Any]:
         """A generation's new token ids (batch, new tokens) and its raw logits (batch, new tokens, vocabulary),
         held on the host: a long generation's logits over a large vocabulary would crowd a GPU."""
         import torch
 
         return output.sequences[:, self.prompt_tokens :].cpu(), torch.stack([step.cpu() for step in output.logits], dim=1)
+
+
+def _cache_argument(model: Any) -> str:
+    """The name generate() takes a starting cache by: `cache` in newer transformers (which warn about the
+    older name), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _feeding(ids: Any, prompt_tokens: int) -> Any:
@@ -166,24 +231,25 @@ def _feeding(ids: Any, prompt_tokens: int) -> Any:
 def prepare_generation(
     loaded: Any,
     cell: Cell,
-    ids: Any,
+    batch: PromptBatch,
     clock: TokenClock,
     compile: bool = False,
     cache_settings: dict[str, Any] | None = None,
 ) -> Generation:
     """A cell's batch of prompts on the model's input device."""
-    import torch
+    from kvbench.hardware.timing import synchronizer
 
-    input_ids = ids.unsqueeze(0).repeat(cell.batch_size, 1).to(loaded.devices.primary)
+    device = loaded.devices.primary
+    on_device = PromptBatch(batch.input_ids.to(device), batch.attention_mask.to(device), batch.lengths)
     return Generation(
         loaded.model,
         cell,
-        input_ids,
-        torch.ones_like(input_ids),
-        _pad_token_id(loaded.model),
+        on_device,
+        pad_token_id(loaded.model),
         clock,
         compile,
         cache_settings,
+        synchronizer(loaded.devices),
     )
 
 
@@ -231,6 +297,8 @@ def measure_generation(
         batch_size=cell.batch_size,
         tokens_per_s=cell.max_new_tokens * cell.batch_size / latency_s,
         time_to_first_token_s=times[0] if times else None,
+        prefill_tokens=generate.prefill_tokens(mode),
+        prefix_copy_s=generate.last_copy_s,
         token_times_s=[round(t, 6) for t in times],
         per_device={device: asdict(figures) for device, figures in per_device.items()} if per_device else None,
         host=platform.node(),
@@ -254,7 +322,7 @@ def allocated_reader(devices: Devices) -> Callable[[], int] | None:
     return lambda: sum(torch.cuda.memory_allocated(device) for device in devices.gpus)
 
 
-def _pad_token_id(model: Any) -> int:
+def pad_token_id(model: Any) -> int:
     generation = model.generation_config
     for candidate in (generation.pad_token_id, generation.eos_token_id):
         if isinstance(candidate, list):

@@ -12,11 +12,12 @@ from typing import Any
 
 from kvbench.core.devices import Devices, compute_capability, is_gpu
 from kvbench.core.errors import KvbenchError
-from kvbench.core.kvsize import cache_bytes_for
+from kvbench.core.kvsize import cache_bytes_for, measured_cache_bytes
 from kvbench.core.stats import precise_enough
 from kvbench.hardware.energy import CounterReader, energy_reader
 from kvbench.hardware.memory import MemoryProbe, frozen_heap, release_between_cells
-from kvbench.measure.agreement import Comparison, Reference, first_divergence
+from kvbench.measure import agreement
+from kvbench.measure.agreement import Comparison, Reference, first_divergence, logits_bytes
 from kvbench.measure.cache_bytes import model_cost_of, record_cache_size
 from kvbench.measure.generation import (
     Generation,
@@ -24,8 +25,10 @@ from kvbench.measure.generation import (
     allocated_reader,
     is_out_of_memory,
     measure_generation,
+    pad_token_id,
     prepare_generation,
 )
+from kvbench.measure.prompts import PromptBatch, build_batch, distinct_rows, read_prompt_lines
 from kvbench.measure.support import unsupported_reason
 from kvbench.model.caches import REFERENCE, cache_config, implementation
 from kvbench.model.cells import Cell, reference_of
@@ -42,7 +45,7 @@ from kvbench.model.events import (
     Unmeasured,
 )
 from kvbench.model.jobs import CellJob, planned_generation
-from kvbench.model.modes import CACHED, MODES, UNCACHED
+from kvbench.model.modes import CACHED, MODES_BY_NAME, PREFIX, UNCACHED
 from kvbench.model.phases import TIMED_RUNS
 from kvbench.model.records import CellResult, CellState, RunRecord
 from kvbench.model.settings import RSE_CONFIDENCE, BenchConfig
@@ -87,6 +90,8 @@ class Measurer:
         self.capability = compute_capability(device) if gpu_here else None
         self.prepared: dict[str, Any] = {}
         self.prompts: dict[tuple[str, int | None], tuple[Any, str]] = {}
+        # With --prompts: each model's rows, tokenized, at each prompt length.
+        self.prompt_lines: dict[tuple[str, int | None], list[Any]] = {}
         self._loaded: tuple[tuple[str, str, str], Any] | None = None
         self.probe: MemoryProbe | None = None
         self.energy: CounterReader | None = None
@@ -113,22 +118,68 @@ class Measurer:
                 notes += self.prepared[cell.model].notes
             key = (cell.model, cell.prompt_tokens)
             if key not in self.prompts:
-                self.prompts[key] = loading.prompt_ids(
-                    self.prepared[cell.model], config.prompt, cell.prompt_tokens, config.seed
-                )
-                ids, how = self.prompts[key]
-                if how == "synthetic" and cell.prompt_tokens is None:
-                    notes.append(
-                        f"{cell.model} has no tokenizer, so the prompt text is not used: {len(ids)} seeded synthetic"
-                        " token ids stand in for it"
-                    )
+                notes += self._prepare_prompts(cell, max(config.batch_size))
         note = models.bfloat16_note(sorted({cell.dtype for cell in cells}), self.capability)
         if note is not None:
             notes.append(note)
         for cell in cells:
-            ids, _ = self.prompts[cell.model, cell.prompt_tokens]
-            loading.check_context(self.prepared[cell.model], len(ids), cell.max_new_tokens)
+            rows = self._rows(cell)
+            loading.check_context(self.prepared[cell.model], max(len(row) for row in rows), cell.max_new_tokens)
+            shortest = min(len(row) for row in rows)
+            if cell.prefix_tokens is not None and cell.prefix_tokens >= shortest:
+                raise KvbenchError(
+                    f"{cell.model}: the shared prefix of {cell.prefix_tokens} tokens is not shorter than the"
+                    f" {shortest}-token prompt; give --prompt-tokens above {cell.prefix_tokens} or a shorter"
+                    " --prefix-tokens"
+                )
         return list(dict.fromkeys(notes))
+
+    def _prepare_prompts(self, cell: Cell, rows: int) -> list[str]:
+        """The first prompt of `cell`'s model at its length (and the prompts file's rows, tokenized), made
+        once; the notes a results file keeps about them."""
+        from kvbench.measure import loading
+
+        config, key, prepared = self.config, (cell.model, cell.prompt_tokens), self.prepared[cell.model]
+        if config.prompts is not None:
+            if prepared.tokenizer is None:
+                raise KvbenchError(
+                    f"{cell.model} has no tokenizer to read --prompts with (random weights from a shipped config);"
+                    " drop --prompts, or use a model with a tokenizer"
+                )
+            lines = read_prompt_lines(config.prompts, rows)
+            tokenized = [prepared.tokenizer(line, return_tensors="pt").input_ids[0] for line in lines]
+            if any(ids.numel() == 0 for ids in tokenized):
+                raise KvbenchError(f"{config.prompts}: a line tokenizes to no tokens; remove it")
+            if cell.prompt_tokens is not None:
+                tokenized = [loading.fit_to_length(ids, cell.prompt_tokens) for ids in tokenized]
+            self.prompt_lines[key] = tokenized
+            self.prompts[key] = (tokenized[0], "file")
+            return []
+        self.prompts[key] = loading.prompt_ids(prepared, config.prompt, cell.prompt_tokens, config.seed)
+        ids, how = self.prompts[key]
+        if how == "synthetic" and cell.prompt_tokens is None:
+            return [
+                f"{cell.model} has no tokenizer, so the prompt text is not used: {len(ids)} seeded synthetic"
+                " token ids stand in for it"
+            ]
+        return []
+
+    def _rows(self, cell: Cell) -> list[Any]:
+        """The cell's prompts, one per row, before padding: the prompts file's lines, or the prompt made
+        different per row."""
+        key = (cell.model, cell.prompt_tokens)
+        if key in self.prompt_lines:
+            return self.prompt_lines[key][: cell.batch_size]
+        first, how = self.prompts[key]
+        vocab = self.prepared[cell.model].resolved.config.get_text_config().vocab_size
+        return distinct_rows(first, cell.batch_size, how == "synthetic", vocab, self.config.seed)
+
+    def batch_of(self, cell: Cell, pad_token_id: int) -> PromptBatch:
+        """The cell's batch of prompts: left-padded (ragged, or lines of different lengths), every row
+        starting with the shared prefix where there is one."""
+        return build_batch(
+            self._rows(cell), prefix_tokens=cell.prefix_tokens, ragged=self.config.ragged, pad_token_id=pad_token_id
+        )
 
     def unsupported_reason(self, cell: Cell) -> str | None:
         """Why this process cannot measure `cell` here, known before trying; None when it can. Planning, the
@@ -157,19 +208,27 @@ class Measurer:
             with timed_phase("model_load", emit):
                 self.prepare([cell])
                 loaded = self._load_for(job, emit)
-            ids, how = self.prompts[cell.model, cell.prompt_tokens]
+            _, how = self.prompts[cell.model, cell.prompt_tokens]
+            batch = self.batch_of(cell, pad_token_id(loaded.model))
             cell_result.model = loaded.info()
             # How the model was run: let compile (a static cache on a GPU) or held to eager code.
             cell_result.model["compile"] = self.config.compile
-            cell_result.prompt_tokens, cell_result.prompt_source = len(ids), how
+            cell_result.prompt_tokens, cell_result.prompt_source = batch.positions, how
+            if batch.padded or how == "file":
+                cell_result.prompt_tokens_by_row, cell_result.padding_share = batch.lengths, batch.padding_share
+            # Padded positions are cached as any other: the theory counts the batch's full width.
             cell_result.kv_cache_bytes = cache_bytes_for(
-                loaded.model.config, len(ids) + cell.max_new_tokens, cell.batch_size, loaded.dtype
+                loaded.model.config, batch.positions + cell.max_new_tokens, cell.batch_size, loaded.dtype
             )
             cell_result.model["cost"] = model_cost_of(loaded)
             cell_result.status = CellState.INCOMPLETE
             emit(CellChanged(copy.copy(cell_result)))
             clock = TokenClock(lambda: emit(ONE_TOKEN), self.clock, allocated=allocated_reader(loaded.devices))
-            generation = prepare_generation(loaded, cell, ids, clock, self.config.compile, cache_config(self.config, cell))
+            generation = prepare_generation(loaded, cell, batch, clock, self.config.compile, cache_config(self.config, cell))
+            if any(MODES_BY_NAME[mode].reuses_prefix for mode in self.config.modes):
+                with timed_phase("prefix_prefill", emit):
+                    prefix = generation.prefill_prefix()
+                cell_result.prefix_cache_bytes = measured_cache_bytes(prefix).kv_bytes
             with frozen_heap():
                 self._measure(job, cell_result, generation, loaded, emit)
         except KvbenchError:
@@ -223,10 +282,13 @@ class Measurer:
 
     def _comparison_for(self, cell: Cell, generate: Generation, emit: Emit) -> Comparison | None:
         """For a cache compared with the dynamic cache: the reference its group already has in this process,
-        or, where a warmup follows, made now so that the warmup can be the fed pass. None for the dynamic
-        cache, or with no cached mode to compare."""
+        or, where a warmup follows, made now so that the warmup can be the fed pass; where every step's logits
+        would take too much memory to keep, a comparison made step by step after the timed runs. None for the
+        dynamic cache, or with no cached mode to compare."""
         if implementation(cell.cache_implementation).reference or CACHED.name not in self.config.modes:
             return None
+        if self._logits_too_large(cell, generate):
+            return Comparison(streamed=True)
         comparison = Comparison(self._references.get(reference_of(cell)))
         if comparison.reference is None and self.config.warmup:
             with timed_phase("output_comparison", emit):
@@ -236,12 +298,18 @@ class Measurer:
                     comparison.problem = error
         return comparison
 
+    @staticmethod
+    def _logits_too_large(cell: Cell, generate: Generation) -> bool:
+        vocab = generate.model.config.get_text_config().vocab_size
+        return logits_bytes(cell.batch_size, cell.max_new_tokens, vocab) > agreement.MOST_KEPT_LOGITS_BYTES
+
     def _cached_warmup(self, job: CellJob, generate: Generation, comparison: Comparison | None) -> None:
         """The cached mode's first warmup, which also gathers what comparing outputs needs, untimed: for the
         dynamic cell its greedy tokens and logits, kept for its group's other caches; for another cache, the
-        reference's tokens fed to it for its logits. A warmup that cannot gather them is a plain warmup."""
+        reference's tokens fed to it for its logits. A warmup that cannot gather them is a plain warmup, as
+        is one whose logits would be too large to keep (compared step by step later)."""
         cell = job.cell
-        if comparison is None and job.keep_reference:
+        if comparison is None and job.keep_reference and not self._logits_too_large(cell, generate):
             ids, logits = generate.ids_and_logits(generate(CACHED.name, logits=True))
             self._keep_reference(cell, Reference(ids, logits))
         elif comparison is not None and comparison.reference is not None and comparison.problem is None:
@@ -321,13 +389,19 @@ class Measurer:
             cell_result.generated_text = {
                 mode: tokenizer.decode(ids[0], skip_special_tokens=True) for mode, ids in first_outputs.items()
             }
-        if all(mode in first_outputs for mode in MODES):
+        if CACHED.name in first_outputs and UNCACHED.name in first_outputs:
             divergence = first_divergence(first_outputs[CACHED.name], first_outputs[UNCACHED.name])
             cell_result.outputs_match = divergence is None
             cell_result.first_divergence = divergence
+        if CACHED.name in first_outputs and PREFIX.name in first_outputs:
+            divergence = first_divergence(first_outputs[CACHED.name], first_outputs[PREFIX.name])
+            cell_result.prefix_outputs_match = divergence is None
+            cell_result.prefix_first_divergence = divergence
         if comparison is not None and CACHED.name in first_outputs:
             try:
-                self._keep_reference(cell, comparison.record(cell_result, generate, first_outputs[CACHED.name]))
+                reference = comparison.record(cell_result, generate, first_outputs[CACHED.name])
+                if not comparison.streamed:
+                    self._keep_reference(cell, reference)
             except Exception as error:  # noqa: BLE001 - the timed runs stand; only the comparison is lost
                 first_line = (str(error).strip().splitlines() or [""])[0]
                 cell_result.agreement_note = (

@@ -31,6 +31,8 @@ class Cell:
     attn_implementation: str = axis("attn", "attention implementation")
     # None: the prompt text as tokenized.
     prompt_tokens: int | None = axis("prompt", "prompt tokens", numeric=True, default=None)
+    # None: no prefix shared by the batch's prompts (and no prefix mode).
+    prefix_tokens: int | None = axis("prefix", "shared prefix tokens", numeric=True, default=None)
     # A quantized cell's bits per stored value; None for every other cache implementation (and the fp8
     # backend, whose width is fixed), which the bits do not apply to.
     quantized_nbits: int | None = axis("nbits", "quantized cache bits", numeric=True, default=None)
@@ -48,10 +50,11 @@ class Cell:
         quantized cell names its bits ("cache=quantized nbits=4"), and one read from a file written before
         they were an axis is given them (kvbench.storage.document)."""
         prompt = f" prompt={self.prompt_tokens}" if self.prompt_tokens is not None else ""
+        prefix = f" prefix={self.prefix_tokens}" if self.prefix_tokens is not None else ""
         bits = f" nbits={self.quantized_nbits}" if self.quantized_nbits is not None else ""
         return (
             f"{self.model} new={self.max_new_tokens} batch={self.batch_size} {self.dtype}"
-            f" cache={self.cache_implementation}{bits} attn={self.attn_implementation}{prompt}"
+            f" cache={self.cache_implementation}{bits} attn={self.attn_implementation}{prompt}{prefix}"
         )
 
     def label(self, dtype: str | None = None) -> str:
@@ -62,13 +65,15 @@ class Cell:
         if self.attn_implementation != "auto":
             extras.append(f"attn {self.attn_implementation}")
         prompt = f"{self.prompt_tokens}-token prompt · " if self.prompt_tokens is not None else ""
+        if self.prefix_tokens is not None:
+            prompt += f"{self.prefix_tokens} shared · "
         return f"{self.model} · {prompt}{self.max_new_tokens} tok · batch {self.batch_size} · {' · '.join(extras)}"
 
 
 SWEEP_AXES = tuple(item.name for item in fields(Cell))
 AXES = {item.name: item.metadata for item in fields(Cell)}
 # Axes that apply to some cells only: None there means "does not apply", not a value of its own.
-PARTIAL_AXES = ("quantized_nbits",)
+PARTIAL_AXES = ("quantized_nbits", "prefix_tokens")
 
 
 def shown_value(settings: Cell, axis: str) -> str:
@@ -89,13 +94,23 @@ def nbits_of(config: BenchConfig, cache_implementation: str) -> list[int | None]
     return implementation(cache_implementation).bits(config)
 
 
+def prefix_fits(prompt_tokens: int | None, prefix_tokens: int | None) -> bool:
+    """Whether a prefix leaves its prompt at least one token of its own to compute. A prompt of the text's
+    own length is known only once it is tokenized (kvbench.measure checks it then)."""
+    return prompt_tokens is None or prefix_tokens is None or prefix_tokens < prompt_tokens
+
+
 def expand(config: BenchConfig) -> list[Cell]:
-    """The sweep's cells in a stable order (models outermost, so each model loads once per dtype)."""
+    """The sweep's cells in a stable order (models outermost, so each model loads once per dtype). A prefix
+    not shorter than a prompt makes no cell with it: a sweep of lengths may pair each prompt with its own
+    prefix (prompt_tokens [2048, 8192], prefix_tokens [2000, 8000] is three cells)."""
     # An optional axis left unset (prompt_tokens = None) is one cell with that axis None.
     others = [axis for axis in SWEEP_AXES if axis != "quantized_nbits"]
     cells = []
     for combo in itertools.product(*(getattr(config, axis) or [None] for axis in others)):
         settings = dict(zip(others, combo))
+        if not prefix_fits(settings["prompt_tokens"], settings["prefix_tokens"]):
+            continue
         for nbits in nbits_of(config, settings["cache_implementation"]):
             cells.append(Cell(**settings, quantized_nbits=nbits))
     return cells
@@ -104,5 +119,9 @@ def expand(config: BenchConfig) -> list[Cell]:
 def cell_count(config: BenchConfig) -> int:
     """How many cells `expand` makes, without making them."""
     caches = sum(len(nbits_of(config, cache)) for cache in config.cache_implementation)
-    others = (axis for axis in SWEEP_AXES if axis not in ("cache_implementation", "quantized_nbits"))
-    return caches * math.prod(len(getattr(config, axis) or [None]) for axis in others)
+    unset: list[int | None] = [None]
+    prompts, prefixes = config.prompt_tokens or unset, config.prefix_tokens or unset
+    lengths = sum(prefix_fits(prompt, prefix) for prompt in prompts for prefix in prefixes)
+    paired = ("cache_implementation", "quantized_nbits", "prompt_tokens", "prefix_tokens")
+    others = (axis for axis in SWEEP_AXES if axis not in paired)
+    return caches * lengths * math.prod(len(getattr(config, axis) or [None]) for axis in others)

@@ -13,6 +13,7 @@ PHASES = {
     "imports": "importing torch, transformers and kvbench's measuring code",
     "model_load": "resolving the model and loading its weights",
     "device_setup": "starting the memory sampler and the energy counters",
+    "prefix_prefill": "computing the shared prefix's cache the prefix mode copies (once per cell)",
     "warmup": "the warmup generations",
     "timed_runs": "the timed runs and what lies between them (memory freed, each run sent and saved)",
     "output_comparison": "comparing the modes' outputs and the cache's with the dynamic cache's",

@@ -80,6 +80,12 @@ class RunRecord(MemoryFigures):
     memory_timeline_source: str | None = None
     # [new token position, bytes torch had allocated] every few tokens, on a CUDA device only.
     allocated_by_position: list[list[int]] | None = None
+    # The prompt tokens the first step computed, over the batch, where not prompt_tokens x batch_size: the
+    # real tokens of a ragged batch (not its padding), the tokens after a reused prefix.
+    prefill_tokens: int | None = None
+    # The prefix mode: seconds copying the shared prefix's cache for this generation, within latency_s and
+    # time_to_first_token_s (a request's copy is part of what it costs).
+    prefix_copy_s: float | None = None
 
 
 @dataclass
@@ -123,6 +129,15 @@ class CellResult:
     # Seconds each phase of measuring the cell took (kvbench.model.phases); a phase another cell paid for it
     # (a measuring process it reused) is absent.
     phases_s: dict[str, float] | None = None
+    # Each row's prompt length in real tokens, and the share of the padded batch's prompt positions that are
+    # padding: a ragged batch (--ragged, --prompts) only.
+    prompt_tokens_by_row: list[int] | None = None
+    padding_share: float | None = None
+    # The prefix mode: the bytes of the shared prefix's cache held between generations (computed once, one
+    # row's, widened to the batch by each copy), and its first measured output against the cached mode's.
+    prefix_cache_bytes: int | None = None
+    prefix_outputs_match: bool | None = None
+    prefix_first_divergence: int | None = None
 
     @property
     def id(self) -> str:
@@ -227,7 +242,13 @@ def serving_metrics(runs: Sequence[RunRecord]) -> dict[str, float | None]:
         metrics = mode_metrics(
             [
                 # Token times are stored rounded to the microsecond: the last may read a hair past the end.
-                run_metrics(run.token_times_s, max([run.latency_s, *run.token_times_s[-1:]]), run.prompt_tokens, run.batch_size)
+                run_metrics(
+                    run.token_times_s,
+                    max([run.latency_s, *run.token_times_s[-1:]]),
+                    run.prompt_tokens,
+                    run.batch_size,
+                    run.prefill_tokens,
+                )
                 for run in runs
             ]
         )

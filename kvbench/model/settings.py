@@ -15,7 +15,7 @@ from typing import Any
 from kvbench.core.errors import KvbenchError
 from kvbench.model.caches import CACHE_IMPLEMENTATIONS, REFERENCE
 from kvbench.model.caches.quantized import QUANTIZED_BACKENDS
-from kvbench.model.modes import MODES
+from kvbench.model.modes import DEFAULT_MODES, MODES
 
 # --target-rse stops a cell once an upper confidence bound, at this confidence, on each mode's RSE is within
 # the target: the point estimate from five noisy runs is often low by chance, and stopping on it stopped
@@ -96,7 +96,7 @@ class BenchConfig:
     model: list[str] = setting(
         ["gpt2"],
         "Hub id, local model directory, a config shipped with kvbench (gpt2, tinyllama-1.1b, tiny-gpt2,"
-        " tiny-llama; random weights offline) or its trained tiny-milton. Repeat to sweep.",
+        " tiny-llama, tiny-gqa-32k; random weights offline) or its trained tiny-milton. Repeat to sweep.",
         short="-m",
         must_match=True,
     )
@@ -124,6 +124,28 @@ class BenchConfig:
         maximum=MOST_TOKENS,
         shown_default="the prompt text, tokenized",
     )
+    prefix_tokens: list[int] | None = setting(
+        None,
+        "Tokens every prompt of a batch starts with, shared as a system prompt or a document is; the rest of"
+        " each prompt differs. With --modes prefix, their KV cache is computed once and each timed generation"
+        " starts from a copy of it. A value not shorter than a swept prompt makes no cell with it. Repeat to sweep.",
+        minimum=1,
+        maximum=MOST_TOKENS,
+        must_match=True,
+        shown_default="no shared prefix",
+    )
+    prompts: str | None = setting(
+        None,
+        "A text file of prompts, one a line: row r of a batch is line r (the file needs a line per row).",
+        must_match=True,
+        shown_default="--prompt, made different per row of a batch",
+    )
+    ragged: bool = setting(
+        False,
+        "Give a batch's prompts different lengths, left-padded with an attention mask, as real requests are:"
+        " row r is shorter than the longest by r steps of --prompt-tokens / (2 x batch).",
+        must_match=True,
+    )
     max_new_tokens: list[int] = setting(
         [1000],
         "New tokens per generation, always generated in full. Repeat to sweep.",
@@ -133,7 +155,12 @@ class BenchConfig:
         must_match=True,
     )
     batch_size: list[int] = setting(
-        [1], "Prompts per generate(). Repeat to sweep.", short="-b", minimum=1, maximum=2**16, must_match=True
+        [1],
+        "Prompts per generate(), each different (see --prompts, --ragged). Repeat to sweep.",
+        short="-b",
+        minimum=1,
+        maximum=2**16,
+        must_match=True,
     )
     dtype: list[str] = setting(
         ["auto"],
@@ -187,7 +214,12 @@ class BenchConfig:
         must_match=True,
     )
     modes: list[str] = setting(
-        list(MODES), "Modes to measure, comma-separated.", choices=MODES, must_match=True, comma_separated=True
+        list(DEFAULT_MODES),
+        "Modes to measure, comma-separated: cached, uncached, and prefix (each generation starts from a copy of"
+        " the --prefix-tokens prefix's cache).",
+        choices=MODES,
+        must_match=True,
+        comma_separated=True,
     )
     runs: int = setting(10, "Measured generations per mode.", short="-r", minimum=1, must_match=True)
     target_rse: float | None = setting(

@@ -9,8 +9,9 @@ from typing import Any
 
 from kvbench.core.devices import valid_device_name
 from kvbench.core.errors import KvbenchError
-from kvbench.model.caches import IMPLEMENTATIONS, SAME_CACHE_AS
+from kvbench.model.caches import IMPLEMENTATIONS, REFERENCE, SAME_CACHE_AS
 from kvbench.model.cells import SWEEP_AXES, cell_count
+from kvbench.model.modes import MODES_BY_NAME
 from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, BenchConfig
 
 
@@ -53,6 +54,7 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
+    _validate_workload(config, source)
     cells = cell_count(config)
     if cells > MOST_CELLS:
         sizes = " × ".join(str(len(getattr(config, axis) or [None])) for axis in SWEEP_AXES)
@@ -83,6 +85,33 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
     _validate_launch(config, source)
     if not valid_device_name(config.device):
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def _validate_workload(config: BenchConfig, source: str) -> None:
+    """The rules that tie the prompts, the shared prefix and the prefix mode together."""
+    reusing = [mode for mode in config.modes if MODES_BY_NAME[mode].reuses_prefix]
+    if reusing and config.prefix_tokens is None:
+        raise KvbenchError(
+            f"{source}: the {reusing[0]} mode reuses a shared prefix's cache, and there is none; add"
+            " --prefix-tokens N (fewer than the prompt's tokens)"
+        )
+    others = [cache for cache in config.cache_implementation if cache != REFERENCE]
+    if reusing and others:
+        raise KvbenchError(
+            f"{source}: the {reusing[0]} mode copies a {REFERENCE} cache, and the sweep also has"
+            f" {', '.join(others)}; measure those in a run without the {reusing[0]} mode"
+        )
+    if config.ragged and config.prefix_tokens is not None:
+        raise KvbenchError(
+            f"{source}: --ragged left-pads the shorter prompts, so their rows would no longer start with the"
+            " shared prefix; drop --ragged or --prefix-tokens"
+        )
+    if config.prompt_tokens is not None and config.prefix_tokens is not None and cell_count(config) == 0:
+        raise KvbenchError(
+            f"{source}: no prefix ({', '.join(map(str, config.prefix_tokens))} tokens) is shorter than a prompt"
+            f" ({', '.join(map(str, config.prompt_tokens))} tokens), so there is nothing to measure; give"
+            " --prefix-tokens below --prompt-tokens"
+        )
 
 
 def _validate_launch(config: BenchConfig, source: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from kvbench.core.stats import cached_speedup, noise_warning, speedup_words
+from kvbench.analysis.prefix import prefix_saving
+from kvbench.core.stats import RatioTest, cached_speedup, noise_warning, speedup_words
 from kvbench.core.units import format_bytes, format_ms, seconds_as_ms
 from kvbench.model.caches import REFERENCE, implementation
-from kvbench.model.modes import CACHED, MODES, MODES_BY_NAME, UNCACHED
+from kvbench.model.modes import CACHED, MODES_BY_NAME, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellResult, CellState, ModeSummary
 from kvbench.render.tables import Column, FittedTable
 from kvbench.render.text import plain
@@ -111,6 +112,9 @@ def cell_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     speedup = speedup_of(result, cell)
     if speedup is not None:
         lines.append(plain(f"by mean latency, {speedup}", style="bold"))
+    reuse = prefix_words(result, cell)
+    if reuse is not None:
+        lines.append(plain(reuse, style="bold"))
     for mode in result.modes:
         noisy = noise_warning([run.latency_s for run in result.runs_of(cell.id, mode)])
         if noisy:
@@ -241,9 +245,43 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
     return lines
 
 
+def prefix_words(result: BenchmarkResult, cell: CellResult) -> str | None:
+    """What reusing the shared prefix's cache saved against computing the whole prompt (the cached mode),
+    in one line; None without both modes."""
+    saving = prefix_saving(result, cell)
+    if saving is None:
+        return None
+    shared = f"{saving.prefix_tokens} of {saving.prompt_tokens or '?'} prompt tokens"
+    held = f"; {format_bytes(saving.cache_bytes)} of cache held" if saving.cache_bytes is not None else ""
+    copy = f"; its copy {seconds_as_ms(saving.copy_s)} ms a generation, included" if saving.copy_s is not None else ""
+    if saving.outputs_match is None:
+        outputs = ""
+    elif saving.outputs_match:
+        outputs = "; outputs token-identical to cached"
+    else:
+        outputs = f"; outputs differ from cached from new token {saving.first_divergence}"
+    return (
+        f"prefix reuse ({shared}{held}): first token {seconds_as_ms(saving.ttft_cached_s)} →"
+        f" {seconds_as_ms(saving.ttft_prefix_s)} ms ({_ratio_words(saving.ttft_ratio, 'sooner', 'later')}),"
+        f" end to end {saving.e2e_cached_s:.3f} → {saving.e2e_prefix_s:.3f} s"
+        f" ({_ratio_words(saving.e2e_ratio, 'faster', 'slower')}){copy}{outputs}"
+    )
+
+
+def _ratio_words(test: RatioTest, better: str, worse: str) -> str:
+    """ "5.20× sooner, 95% interval 4.1×–6.6×": a ratio of means above 1 in the better direction, below 1 as
+    its inverse in the worse one, never "0.45× sooner"."""
+    up = test.ratio >= 1
+    text = f"{test.ratio if up else 1 / test.ratio:.2f}× {better if up else worse}"
+    if test.low is None or test.high is None:
+        return text + ", too few runs for an interval"
+    low, high = (test.low, test.high) if up else (1 / test.high, 1 / test.low)
+    return text + f", {test.confidence:.0%} interval {low:.2f}×–{high:.2f}×" + ("" if test.significant() else ", within noise")
+
+
 def speedup_of(result: BenchmarkResult, cell: CellResult) -> str | None:
     """What the cache bought in a cell, in words, with its 95% interval; None without both modes."""
-    cached, uncached = ([run.latency_s for run in result.runs_of(cell.id, mode)] for mode in MODES)
+    cached, uncached = ([run.latency_s for run in result.runs_of(cell.id, mode.name)] for mode in (CACHED, UNCACHED))
     if not cached or not uncached:
         return None
     return speedup_words(cached_speedup(uncached, cached))

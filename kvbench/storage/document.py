@@ -26,12 +26,20 @@ FORMAT_NAME = "kvbench-results"
 # would need more memory for than a laptop has.
 MOST_RESULTS_BYTES = 256 * 2**20
 # Cell fields added since files of this schema were first written, written only where they hold something.
-LATER_CELL_FIELDS = ("phases_s",)
+LATER_CELL_FIELDS = (
+    "phases_s",
+    "prompt_tokens_by_row",
+    "padding_share",
+    "prefix_cache_bytes",
+    "prefix_outputs_match",
+    "prefix_first_divergence",
+)
+LATER_RUN_FIELDS = ("prefill_tokens", "prefix_copy_s")
 
 
 # Sections a document may end with, figures computed from its runs for readers that do not recompute them
 # (kvbench itself always does): the reader ignores them.
-DERIVED_SECTIONS = ("summary", "explained")
+DERIVED_SECTIONS = ("summary", "explained", "prefix_reuse")
 
 
 def to_dict(result: BenchmarkResult, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -52,6 +60,10 @@ def to_dict(result: BenchmarkResult, derived: Mapping[str, Any] | None = None) -
         for later in LATER_CELL_FIELDS:
             if cell.get(later, 0) is None:
                 del cell[later]
+    for run in data["runs"]:
+        for later in LATER_RUN_FIELDS:
+            if run.get(later, 0) is None:
+                del run[later]
     for name, section in (derived or {}).items():
         if name not in DERIVED_SECTIONS:
             raise ValueError(f"{name!r} is not a derived section of a results file ({', '.join(DERIVED_SECTIONS)})")

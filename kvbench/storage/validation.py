@@ -277,7 +277,7 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         ids.add(Cell(**{item.name: settings[item.name] for item in fields(Cell) if item.name in settings}).id)
     for index, run in enumerate(data["runs"]):
         if run["mode"] not in MODES:
-            return f"runs[{index}].mode {_shown(run['mode'])} is not cached or uncached"
+            return f"runs[{index}].mode {_shown(run['mode'])} is not one of {', '.join(MODES)}"
         if run["cell"] not in ids:
             return f"runs[{index}].cell {_shown(run['cell'])} names no cell of the file"
     return None
