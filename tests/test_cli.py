@@ -201,7 +201,8 @@ def test_compare_bad_input(tmp_path, args, fragment):
 
 
 @pytest.mark.parametrize(
-    "command", [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"], ["gate", "--help"]]
+    "command",
+    [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"], ["gate", "--help"], ["capacity", "--help"]],
 )
 def test_help_and_compare_do_not_import_torch(command):
     code = (
