@@ -2,6 +2,7 @@
 peaks and faked out-of-memory errors (never by this machine's real memory), one structural run of real probes,
 and the one-line refusals of what cannot be searched."""
 
+import io
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from kvbench.cli import app
 from kvbench.launch.probes import Measured
-from kvbench.model.capacity import Probe, Search
+from kvbench.model.capacity import CapacityReport, Probe, Search
 from kvbench.runner.capacity import CapacityRequest, CapacityRun, MemoryLimit
 from kvbench.runner.capacity_search import search
 from tests.faults import fake_cuda_out_of_memory
@@ -72,6 +73,24 @@ def test_the_search_doubles_then_bisects_to_the_resolution():
     whole = search(Search("dynamic", "batch", None, 64, 1, 100, "--most-batch 100"), lambda v: Probe(v, True))
     assert (whole.largest, whole.first_failure) == (100, None) and [p.value for p in whole.probes][-1] == 100
     assert "fits at the most allowed" in whole.stopped
+
+
+def test_a_search_that_fits_at_its_most_is_a_lower_bound_with_no_ratio():
+    from rich.console import Console
+
+    from kvbench.render.capacity import capacity_table
+
+    capped = search(Search("dynamic", "batch", None, 64, 1, 4, "--most-batch 4"), lambda v: Probe(v, True, 2**20))
+    capped.estimate = 1000
+    bounded = search(Search("static", "batch", None, 64, 1, 4096, "--most-batch"), lambda v: Probe(v, v <= 100, 2**20))
+    bounded.estimate = 1000
+    assert capped.ratio is None and bounded.ratio == pytest.approx(0.1)
+    report = CapacityReport("m", "cpu", "float32", 8, 2**30, "--memory-budget 1.0 GiB", 2**30, False, 1, 1, None)
+    report.searches = [capped, bounded]
+    console = Console(width=200, record=True, color_system=None, file=io.StringIO())
+    console.print(capacity_table(report))
+    table = console.export_text()
+    assert "≥ 4 (1.0 MiB)" in table and "100 (1.0 MiB)" in table and "0.10×" in table
 
 
 def test_a_failure_other_than_memory_ends_the_search():

@@ -56,8 +56,10 @@ class Search:
 
     @property
     def ratio(self) -> float | None:
-        """The measured figure over the extrapolated one: below 1, less fits than the extrapolation says."""
-        if self.largest is None or not self.estimate:
+        """The measured figure over the extrapolated one: below 1, less fits than the extrapolation says. None
+        where the search stopped at its most with everything fitting: that is where the probing stopped, not
+        what the memory holds."""
+        if self.largest is None or self.first_failure is None or not self.estimate:
             return None
         return self.largest / self.estimate
 

@@ -67,7 +67,9 @@ def _fit_text(search: Search) -> str:
     probe = search.probe_of(search.largest)
     if search.largest is None or probe is None:
         return "none"
-    return f"{search.largest:,} ({peak_text(probe)})"
+    # Everything probed fit: the capacity is at least this.
+    at_least = "≥ " if search.first_failure is None else ""
+    return f"{at_least}{search.largest:,} ({peak_text(probe)})"
 
 
 def _failure_text(search: Search) -> str:
