@@ -207,3 +207,11 @@ def test_an_existing_report_is_kept_without_force(tmp_path):
     result = invoke("capacity", "-m", "tiny-gqa-32k", "-d", "cpu", "--memory-budget", "1GiB", "-o", existing)
     assert_user_error(result, "exists", "--force")
     assert existing.read_text() == "{}"
+
+
+def test_show_names_a_capacity_report_for_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr("kvbench.runner.capacity.ProcessProber", ScriptedProber)
+    output = tmp_path / "capacity.json"
+    args = ["-m", "tiny-gqa-32k", "-d", "cpu", "--memory-budget", "1GiB", "--find", "batch", "--most-batch", 2]
+    assert invoke("capacity", *args, "-o", output).exit_code == 0
+    assert_user_error(invoke("show", output), "is a kvbench capacity report, not a results file")
