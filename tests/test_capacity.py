@@ -75,7 +75,7 @@ def test_the_search_doubles_then_bisects_to_the_resolution():
     assert "fits at the most allowed" in whole.stopped
 
 
-def test_a_search_that_fits_at_its_most_is_a_lower_bound_with_no_ratio():
+def test_lower_bounds_are_shown_as_such():
     from rich.console import Console
 
     from kvbench.render.capacity import capacity_table
@@ -86,11 +86,15 @@ def test_a_search_that_fits_at_its_most_is_a_lower_bound_with_no_ratio():
     bounded.estimate = 1000
     assert capped.ratio is None and bounded.ratio == pytest.approx(0.1)
     report = CapacityReport("m", "cpu", "float32", 8, 2**30, "--memory-budget 1.0 GiB", 2**30, False, 1, 1, None)
-    report.searches = [capped, bounded]
+    # An extrapolated context at the model's limit is a lower bound, and the ratio to it an upper one.
+    at_limit = search(Search("dynamic", "context", 1, None, 256, 32_760, "limit"), lambda v: Probe(v, v <= 13_568, 2**20))
+    at_limit.estimate, at_limit.estimate_at_limit = 32_760, True
+    report.searches = [capped, bounded, at_limit]
     console = Console(width=200, record=True, color_system=None, file=io.StringIO())
     console.print(capacity_table(report))
     table = console.export_text()
     assert "≥ 4 (1.0 MiB)" in table and "100 (1.0 MiB)" in table and "0.10×" in table
+    assert "≥ 32,760" in table and "≤ 0.41×" in table
 
 
 def test_a_failure_other_than_memory_ends_the_search():
@@ -130,6 +134,18 @@ def test_an_interrupted_search_leaves_what_it_measured_written(tmp_path, monkeyp
     assert [probe["value"] for probe in report["searches"][0]["probes"]] == [256, 512, 1024]
 
 
+def test_on_a_cpu_the_extrapolation_leaves_out_what_the_process_held_before_the_model():
+    prober = ScriptedProber()
+    prober.baseline_bytes = 300 * MiB
+    request = CapacityRequest("tiny-gqa-32k", device="cpu", memory_budget=BUDGET)
+    assert CapacityRun(request, measure=prober)._extrapolation_memory() == BUDGET - 300 * MiB
+    # On a GPU the process's host memory is not the device's: the extrapolation is for all of it.
+    on_gpu = CapacityRun(request, measure=prober, limit=MemoryLimit(None, device_bytes=80 * 2**30))
+    assert on_gpu._extrapolation_memory() == 80 * 2**30
+    # Without a reading, the budget.
+    assert CapacityRun(request, measure=ScriptedProber())._extrapolation_memory() == BUDGET
+
+
 def test_real_probes_fit_exactly_when_their_measured_peak_is_within_the_budget(tmp_path):
     """Structure only: each probe a real generation in one measuring process, its peak RSS read back."""
     request = CapacityRequest(
@@ -146,7 +162,13 @@ def test_real_probes_fit_exactly_when_their_measured_peak_is_within_the_budget(t
     # The cache grows with the prompt, and the extrapolation for the same budget is solved from the last fit.
     sizes = [probe.kv_cache_bytes for probe in context.probes]
     assert sizes == sorted(sizes) and sizes[0] > 0
-    assert context.estimate is not None and batch.estimate is not None and batch.estimate > 4
+    assert batch.estimate is not None and batch.estimate > 4
+    # 64 GiB holds far more than tiny-gqa-32k's 32,768 positions: the extrapolation stops at the limit.
+    assert context.estimate == 32_760 and context.estimate_at_limit
+    # Solved for the budget less what the process held before it loaded the model, which no peak is below.
+    baseline = report.process_baseline_bytes
+    assert baseline is not None and 0 < baseline < min(probe.peak_bytes for probe in probes)
+    assert report.extrapolated_for_bytes == request.memory_budget - baseline
 
 
 def test_on_a_faked_gpu_the_bisection_finds_the_boundary_in_a_fresh_process_after_each_out_of_memory(

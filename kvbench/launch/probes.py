@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from kvbench.core.errors import KvbenchError
+from kvbench.hardware.memory import resident_bytes
 from kvbench.launch.workers import WorkerProcess
 from kvbench.model.events import CellChanged, Failed, Output, RunsMeasured, UserError
 from kvbench.model.jobs import CellJob
@@ -33,11 +34,14 @@ class Measured:
 class ProcessProber:
     """Measures capacity probes, one after another, in a measuring process that loads the model once and serves
     every probe while they succeed; a probe that runs out of memory, fails or kills its process is followed by a
-    fresh one. `started` counts the processes it started."""
+    fresh one. `started` counts the processes it started; `baseline_bytes` is the least resident memory one
+    of them held once it had imported torch and transformers, before it loaded a model: what a peak RSS holds
+    besides the model and its generation."""
 
     def __init__(self) -> None:
         self._worker: WorkerProcess | None = None
         self.started = 0
+        self.baseline_bytes: int | None = None
 
     def __call__(self, job: CellJob) -> Measured:
         began = time.monotonic()
@@ -46,6 +50,10 @@ class ProcessProber:
                 self._worker.close(grace_s=0)
             self._worker = WorkerProcess()
             self.started += 1
+            self._worker.wait_ready()
+            resident = resident_bytes(self._worker.pid) if self._worker.ready_at is not None else None
+            if resident is not None:
+                self.baseline_bytes = min(resident, self.baseline_bytes or resident)
         worker = self._worker
         cell: CellResult | None = None
         record = None

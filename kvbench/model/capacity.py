@@ -49,6 +49,9 @@ class Search:
     # The extrapolated what-fits figure for the same memory (kvbench.analysis.footprint), and why none.
     estimate: int | None = None
     estimate_missing: str | None = None
+    # The extrapolated context reached the model's position limit: the count would allow more, so the estimate is
+    # a lower bound and the ratio an upper one.
+    estimate_at_limit: bool = False
 
     def probe_of(self, value: int | None) -> Probe | None:
         """The last probe at `value`."""
@@ -90,6 +93,10 @@ class CapacityReport:
     processes_started: int = 0
     searches: list[Search] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # On a CPU: the resident memory of a measuring process that has imported torch and transformers and not yet
+    # loaded the model, which the what-fits count leaves out; the extrapolation is for the budget less it.
+    process_baseline_bytes: int | None = None
+    extrapolated_for_bytes: int | None = None  # the memory the extrapolation was solved against
 
     def document(self) -> dict[str, Any]:
         """The JSON document written to --output."""

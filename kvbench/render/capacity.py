@@ -80,12 +80,16 @@ def _failure_text(search: Search) -> str:
 
 
 def _estimate_text(search: Search) -> str:
-    return f"{search.estimate:,}" if search.estimate is not None else "—"
+    if search.estimate is None:
+        return "—"
+    return f"{'≥ ' if search.estimate_at_limit else ''}{search.estimate:,}"
 
 
 def _ratio_text(search: Search) -> str:
     ratio = search.ratio
-    return f"{ratio:.2f}×" if ratio is not None else "—"
+    if ratio is None:
+        return "—"
+    return f"{'≤ ' if search.estimate_at_limit else ''}{ratio:.2f}×"
 
 
 def capacity_table(report: CapacityReport) -> FittedTable:
@@ -123,13 +127,25 @@ def capacity_notes(report: CapacityReport) -> list[str]:
     ]
     for search in report.searches:
         notes.append(f"{search.cache}, {what_is_searched(search)}: {search.stopped}")
+        if search.estimate_at_limit:
+            notes.append(
+                f"{search.cache}, {what_is_searched(search)}: the extrapolation stops at the model's position limit"
+                f" ({search.estimate:,} prompt tokens before the new ones); its count allows more, so that figure is"
+                " a lower bound and the ratio an upper one"
+            )
         if search.estimate_missing is not None:
             notes.append(f"{search.cache}, {what_is_searched(search)}: no extrapolation: {search.estimate_missing}")
-    notes.append(
-        f"extrapolated: the what-fits figure for {format_bytes(report.memory_bytes)} from the largest probe that fit;"
-        f" {WHAT_FITS_COUNTS}"
-    )
-    if not report.out_of_memory_decides:
+    baseline = report.process_baseline_bytes
+    if baseline is not None:
+        memory = (
+            f"{memory_text(report.memory_bytes)} less the {memory_text(baseline)} a measuring process held before it"
+            f" loaded the model (the interpreter, torch and transformers, which a peak RSS includes),"
+            f" {memory_text(report.memory_bytes - baseline)},"
+        )
+    else:
+        memory = f"{memory_text(report.memory_bytes)}"
+    notes.append(f"extrapolated: the what-fits figure for {memory} from the largest probe that fit; {WHAT_FITS_COUNTS}")
+    if not report.out_of_memory_decides and baseline is None:
         notes.append(
             "a peak RSS holds the interpreter, torch and transformers too (several hundred MiB), which the"
             " extrapolation does not count"

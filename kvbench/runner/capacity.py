@@ -249,7 +249,7 @@ class CapacityRun:
         if cell is None:
             run.estimate_missing = "no probe fit, so the cache was never measured"
             return
-        fitted = what_fits(cell, (self.report.memory_bytes,), self.config.quantized_residual_length)
+        fitted = what_fits(cell, (self._extrapolation_memory(),), self.config.quantized_residual_length)
         if isinstance(fitted, Missing):
             run.estimate_missing = fitted.reason
             return
@@ -259,7 +259,22 @@ class CapacityRun:
             return
         # In prompt tokens, as the search counts them: the cache holds the prompt and all new tokens but the last.
         prompt = max(fit.longest_context - (new_tokens - 1), 0)
-        run.estimate = min(prompt, self.prompt_limit) if self.prompt_limit is not None else prompt
+        if self.prompt_limit is not None and (prompt >= self.prompt_limit or fitted.limited_by_model):
+            prompt, run.estimate_at_limit = self.prompt_limit, True
+        run.estimate = prompt
+
+    def _extrapolation_memory(self) -> int:
+        """The memory the what-fits count is solved against: a GPU's, or the budget; on a CPU the budget less
+        what the measuring process held before it loaded the model (the interpreter, torch and transformers),
+        which a peak RSS includes and the count does not."""
+        report = self.report
+        baseline = getattr(self.measure, "baseline_bytes", None)
+        memory = report.memory_bytes
+        if not report.out_of_memory_decides and isinstance(baseline, int) and 0 < baseline < memory:
+            report.process_baseline_bytes = baseline
+            memory -= baseline
+        report.extrapolated_for_bytes = memory
+        return memory
 
     def _save(self) -> None:
         if self.output is not None:
