@@ -237,3 +237,15 @@ def test_show_names_a_capacity_report_for_what_it_is(tmp_path, monkeypatch):
     args = ["-m", "tiny-gqa-32k", "-d", "cpu", "--memory-budget", "1GiB", "--find", "batch", "--most-batch", 2]
     assert invoke("capacity", *args, "-o", output).exit_code == 0
     assert_user_error(invoke("show", output), "is a kvbench capacity report, not a results file")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_probes_fit_by_not_running_out_of_its_memory_and_record_its_peak():
+    """Structure only (pytest -m gpu): the device's memory is the limit, each probe's peak a GPU figure."""
+    request = CapacityRequest("tiny-gqa-32k", device="cuda", most_context=1024, most_batch=4, context=64)
+    report = CapacityRun(request).run()
+    assert report.out_of_memory_decides and report.budget_bytes is None and report.memory_bytes > 2**30
+    probes = [probe for search in report.searches for probe in search.probes]
+    assert [search.largest for search in report.searches] == [1024, 4] and all(probe.fits for probe in probes)
+    assert all(probe.peak_source != "RSS" and probe.peak_bytes for probe in probes)
+    assert report.process_baseline_bytes is None and report.extrapolated_for_bytes == report.memory_bytes
