@@ -201,7 +201,8 @@ def test_compare_bad_input(tmp_path, args, fragment):
 
 
 @pytest.mark.parametrize(
-    "command", [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"], ["gate", "--help"]]
+    "command",
+    [["--help"], ["compare", "--help"], ["run", "--help"], ["show", "--help"], ["gate", "--help"], ["capacity", "--help"]],
 )
 def test_help_and_compare_do_not_import_torch(command):
     code = (
@@ -405,7 +406,7 @@ def test_a_slower_cache_is_called_slower_not_a_fraction_faster(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["compare"], ["show"], ["plot"], ["gate"]], ids=lambda c: " ".join(c) or "kvbench"
+    "command", [[], ["run"], ["compare"], ["show"], ["plot"], ["gate"], ["capacity"]], ids=lambda c: " ".join(c) or "kvbench"
 )
 def test_help_shows_no_python_type_names_and_keeps_brackets(command):
     """Typer's type labels (`<bool>`, `<str>`, `<list[Path]>`) are Python's, not the user's; and Rich markup

@@ -9,6 +9,50 @@ from kvbench.measure.models import check_causal_lm, locate, prepare_model, resol
 def test_shipped_configs_include_gpt2_and_a_llama_architecture():
     shipped = shipped_configs()
     assert {"gpt2", "tinyllama-1.1b", "tiny-gpt2", "tiny-llama", "tiny-gqa-32k"} <= set(shipped)
+    assert {"llama-3.1-8b", "qwen2.5-7b", "mistral-7b"} <= set(shipped)
+
+
+# The real-size shipped configs: (layers, KV heads, head size, attention heads, position limit), and their
+# bfloat16 cache bytes per token, 2 (K and V) x layers x KV heads x head size x 2 bytes.
+REAL_SIZE = {
+    "llama-3.1-8b": ((32, 8, 128, 32, 131072), 2 * 32 * 8 * 128 * 2),  # 131,072
+    "qwen2.5-7b": ((28, 4, 128, 28, 131072), 2 * 28 * 4 * 128 * 2),  # 57,344
+    "mistral-7b": ((32, 8, 128, 32, 32768), 2 * 32 * 8 * 128 * 2),  # 131,072
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SIZE))
+def test_real_size_configs_have_their_models_kv_head_layout(name, monkeypatch):
+    from kvbench.core.kvsize import cache_bytes_for, kv_geometry
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (layers, kv_heads, head_dim, heads, limit), per_token = REAL_SIZE[name]
+    prepared = prepare_model(name, "auto")  # offline: the shipped config, with random weights (not built here)
+    config = prepared.resolved.config
+    geometry = kv_geometry(config)
+    assert (geometry.layers, geometry.kv_heads, geometry.head_dim) == (layers, kv_heads, head_dim)
+    assert config.num_attention_heads == heads and prepared.max_positions == limit
+    assert cache_bytes_for(config, 1, 1, "bfloat16") == per_token
+    assert cache_bytes_for(config, 4096, 2, "bfloat16") == per_token * 4096 * 2
+    assert str(config.dtype).endswith("bfloat16") and not config.tie_word_embeddings
+
+
+def test_a_real_size_model_dry_runs_offline_without_building_its_weights(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from kvbench.cli import app
+    from kvbench.measure import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("a dry run must not build the model")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading, "build_model", never)
+    output = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["run", "-m", "llama-3.1-8b", "-n", "8", "-r", "1", "--dry-run", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing measured" in result.stdout and "llama-3.1-8b" in result.stdout
+    assert not output.exists()
 
 
 def test_the_long_context_model_takes_32768_positions_and_not_one_more():

@@ -41,6 +41,14 @@ def test_gqa_reads_fewer_cache_bytes_but_attends_with_every_head():
     assert model.kv_bytes(100, 1) == cache_bytes_for(config, 100, 1, "bfloat16")
 
 
+def test_the_cost_records_the_mlps_width_for_what_fits():
+    llama = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_hidden_layers=22)
+    assert model_cost(llama, 1_100_000_000, "bfloat16").intermediate_size == 5632
+    # GPT-2's n_inner is None: four times the hidden size.
+    assert model_cost(GPT2Config(), GPT2_SMALL_PARAMETERS, "float32").intermediate_size == 4 * 768
+    assert model_cost(GPT2Config(n_inner=1000), GPT2_SMALL_PARAMETERS, "float32").intermediate_size == 1000
+
+
 def test_step_costs_by_hand():
     # Cached step 2 after 3 prompt tokens: n = 5 positions.
     assert step_cost(TOY, "cached", 2, 3, 1) == StepCost(4000 + 64 * 5, 2 * 1000 + 4 * 2 * 8 * 5)

@@ -4,7 +4,6 @@ memory, and where they are shown (show, compare's exports, plot), from results b
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import pytest
@@ -180,16 +179,71 @@ def test_one_cache_implementation_gives_no_verdict():
 
 
 def test_what_fits_from_bytes_per_position_and_the_weights():
-    # 4,000,000 bytes over 100 positions at batch 2: 20,000 bytes per position. In 1 GiB (1,073,741,824
-    # bytes) beside 2,000,000 bytes of weights, 1,071,741,824 bytes are left: 53,587 positions at batch 1,
-    # or 535 sequences of 100 positions (2,000,000 bytes each). 1 MiB holds not even the weights.
+    # 4,000,000 bytes over 100 positions at batch 2: 20,000 bytes per position. This file records no output head
+    # and no intermediate size, so beside the cache only the residual stream is counted: 2 tensors x 32 wide x 2
+    # bytes = 128 bytes per prompt position. In 1 GiB beside 2,000,000 bytes of weights, 1,071,741,824 bytes are
+    # left: 53,246 positions of 20,128 bytes at batch 1, or 535 sequences of 100 positions after a 6-token
+    # prompt (2,000,000 + 6 x 128 = 2,000,768 bytes each). 1 MiB holds not even the weights.
     dynamic = by_cache(three_caches())["dynamic"]
     fits = what_fits(dynamic.cell, (2**30, 2**20))
     assert fits.bytes_per_position == 20_000 and fits.weight_bytes == 2_000_000 and fits.positions == 100
-    assert (fits.fits[0].longest_context, fits.fits[0].largest_batch) == (53_587, 535)
+    assert (fits.fits[0].longest_context, fits.fits[0].largest_batch) == (53_246, 535)
     assert (fits.fits[1].longest_context, fits.fits[1].largest_batch) == (0, 0)
+    # The quantized cell (no bits: no residual window) adds two full-precision copies of one layer's states per
+    # position, 2 x (2 x 2 x 16 x 2 bytes) = 256: 5,000 + 128 + 256 = 5,384 bytes per position.
     quantized = what_fits(by_cache(three_caches())["quantized"].cell, (2**30,))
-    assert quantized.bytes_per_position == 5_000 and quantized.fits[0].longest_context == 214_348
+    assert quantized.bytes_per_position == 5_000 and quantized.fits[0].longest_context == 199_060
+    (group,) = cache_verdicts(three_caches())
+    notes = what_fits_notes(group)
+    assert any(note.startswith("not counted, as the results file does not say enough: the logits") for note in notes)
+
+
+# A model whose cost says everything what-fits counts: 1,000,000 parameters of 2 bytes; 2 layers of 2 KV heads of
+# 16 (256 bytes of full-precision cache per position), 4 attention heads, 32 wide, an MLP 64 wide, and an output
+# head of 32,000 parameters (a vocabulary of 1,000).
+FULL_COST = {**COST, "attention_width": 64, "head_parameters": 32_000, "intermediate_size": 64}
+
+
+def footprint_cell(cache: str, measured: int, attention: str = "sdpa", nbits: int | None = None) -> CellResult:
+    """A cell of FULL_COST's model: a 93-token prompt and 8 new tokens at batch 1 (100 positions cached)."""
+    settings = Cell("tiny", 8, 1, "float16", cache, attention, quantized_nbits=nbits, prompt_tokens=93)
+    model = {"dtype": "float16", "cost": FULL_COST, "attn_implementation": attention}
+    return CellResult(
+        settings, "measured", model=model, prompt_tokens=93, kv_cache_measured_bytes=measured, kv_cache_positions=100
+    )
+
+
+def test_what_fits_counts_the_logits_the_activations_and_eager_attentions_scores():
+    # Per sequence: the logits, 1,000 x (2 + 4 + 4) = 10,000 bytes; per prompt position, the residual stream and
+    # three MLP tensors, (2 x 32 + 3 x 64) x 2 = 512 bytes; the cache, 25,600 / 100 = 256 bytes per position.
+    # 10,000,000 bytes of memory leave 8,000,000 beside the weights.
+    sdpa = what_fits(footprint_cell("dynamic", 25_600), (10_000_000,))
+    # At batch 1: 10,000 + 768 P <= 8,000,000, so P = 10,403.
+    assert sdpa.fits[0].longest_context == 10_403
+    # Eager attention adds its score matrix, 4 heads x (2 + 4) = 24 bytes per prompt position squared:
+    # 24 P^2 + 768 P <= 7,990,000 holds at P = 561 (7,984,152) and not at 562 (8,011,872): a division by the
+    # bytes per position would have said 31,250.
+    eager = what_fits(footprint_cell("dynamic", 25_600, "eager"), (10_000_000,))
+    assert eager.fits[0].longest_context == 561
+    # One sequence of 100 positions after 93 prompt tokens: 25,600 + 10,000 + 93 x 512 + 93^2 x 24 = 290,792 bytes,
+    # so 27 of them in 8,000,000 (sdpa: 83,216 bytes, 96 of them).
+    assert (eager.fits[0].largest_batch, sdpa.fits[0].largest_batch) == (27, 96)
+
+
+def test_what_fits_counts_the_quantized_caches_full_precision_window_and_dequantized_layer():
+    # int4 with a 32-position window after 8 new tokens: 7 decode steps leave 7 positions at full precision
+    # (256 bytes each) beside 93 quantized ones of 64 bytes: 93 x 64 + 7 x 256 = 7,744 bytes measured.
+    fits = what_fits(footprint_cell("quantized", 7_744, nbits=4), (10_000_000,), residual_length=32)
+    footprint = fits.footprint
+    assert footprint.cache_per_position == 64
+    # The window's 7 positions cost 256 - 64 = 192 bytes more each; each step dequantizes one of the 2 layers
+    # twice over: 2 x 256 / 2 = 256 bytes per position beside the 512 of activations.
+    assert footprint.window_per_sequence == 7 * 192 and footprint.activations_per_position == 512 + 256
+    # 10,000 + 1,344 + (64 + 768) P <= 8,000,000: P = 9,601.
+    assert fits.fits[0].longest_context == 9_601
+    # Without the run's window length the measured bytes are taken as an average: 77.44 bytes per position.
+    average = what_fits(footprint_cell("quantized", 7_744, nbits=4), (10_000_000,))
+    assert average.footprint.window_per_sequence == 0 and float(average.footprint.cache_per_position) == 77.44
 
 
 @pytest.mark.parametrize(
@@ -223,8 +277,9 @@ def test_show_prints_the_verdict_and_what_fits(tmp_path):
     assert "which KV cache: tiny · 100 tok · batch 2 · float16, against the dynamic cache" in text
     assert "0.50× [" in text and "2.00× [" in text
     assert "75.0%" in text and "2.9 MiB" in text and "90.0%" in text and "12" in text and "0.0123" in text
-    assert "1 GiB" in text and "54k" in text and "535" in text and "24 GiB" not in text
-    assert "weights and the KV cache only" in text and "residual window" in text
+    assert "1 GiB" in text and "53k" in text and "535" in text and "24 GiB" not in text
+    assert "what fits is an estimate: it counts the weights, the KV cache, the last position's logits" in text
+    assert "residual window" in text
     default = runner.invoke(app, ["show", str(path)]).output
     assert all(f"{size} GiB" in default for size in (24, 40, 80, 140))
 
@@ -285,7 +340,8 @@ def test_json_export_holds_the_verdict_records(tmp_path):
     assert quantized["kv_bytes_per_position"] == 5_000 and quantized["weight_bytes"] == 2_000_000
     first = quantized["what_fits"][0]
     assert first["gpu_memory_bytes"] == 24 * 2**30
-    assert first["longest_context_at_batch_1"] == math.floor((24 * 2**30 - 2_000_000) / 5_000)
+    # 5,000 bytes of cache, 128 of residual stream and 256 of dequantized layer per position (see above).
+    assert first["longest_context_at_batch_1"] == (24 * 2**30 - 2_000_000) // (5_000 + 128 + 256)
     assert records[("after", "dynamic")]["reference"] and records[("after", "dynamic")]["missing"] == {}
 
 
@@ -321,7 +377,8 @@ def test_a_quantized_cache_with_its_bits_gets_the_residual_window_note():
     result.cells[1].settings = replace(result.cells[1].settings, quantized_nbits=4)
     (group,) = cache_verdicts(result)
     assert [verdict.cache for verdict in group.verdicts] == ["dynamic", "quantized int4"]
-    assert any(note.startswith("quantized: its residual window") for note in what_fits_notes(group))
+    own = "quantized: counted as its quantized bytes per position, its residual window"
+    assert any(note.startswith(own) for note in what_fits_notes(group))
 
 
 def test_the_longest_context_stops_at_the_models_position_limit():

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kvbench.analysis.explain import model_cost_of
+from kvbench.analysis.footprint import Footprint, footprint_of
 from kvbench.core.stats import RatioTest, compare_means, process_aware_samples
 from kvbench.model.caches import IMPLEMENTATIONS, REFERENCE
 from kvbench.model.cells import Cell, reference_of
@@ -17,6 +17,15 @@ from kvbench.model.records import BenchmarkResult, CellResult, CellState
 # GPU memory sizes the what-fits figures are given for when none is asked for: common cards' memory (an
 # H200's 143,771 MiB is just over 140 GiB).
 DEFAULT_GPU_MEMORY_BYTES = tuple(size * 2**30 for size in (24, 40, 80, 140))
+
+
+# What every what-fits figure counts, said under them.
+WHAT_FITS_COUNTS = (
+    "what fits is an estimate: it counts the weights, the KV cache, the last position's logits (in the model's"
+    " dtype and two float32 copies) and the prefill's largest activations (the residual stream and three MLP"
+    " tensors per prompt position; eager attention's score matrix, quadratic in the prompt), not the"
+    " allocator's overhead or the CUDA context; a real run fits less"
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,12 @@ class VerdictGroup:
 
     settings: Cell  # the group's settings, its cache implementation set to the reference
     verdicts: list[CacheVerdict]
+    # The run's quantized_residual_length, which what fits counts at full precision; None where not recorded.
+    residual_length: int | None = None
+
+    def what_fits(self, verdict: CacheVerdict, gpu_memory_bytes: tuple[int, ...]) -> WhatFits | Missing:
+        """What fits for one of the group's caches, with the run's residual window."""
+        return what_fits(verdict.cell, gpu_memory_bytes, self.residual_length)
 
     def title(self) -> str:
         """The group's settings in words, without the cache implementation that varies within it, and the
@@ -97,13 +112,15 @@ def cache_verdicts(result: BenchmarkResult) -> list[VerdictGroup]:
         if cell.status != CellState.PENDING:
             group = reference_of(cell.settings)
             groups.setdefault(group, []).append(cell)
+    residual = result.config.get("quantized_residual_length")
+    residual = residual if isinstance(residual, int) and not isinstance(residual, bool) and residual > 0 else None
     verdicts = []
     for settings, cells in groups.items():
         if len({cell.settings.cache_name for cell in cells}) < 2:
             continue
         reference = next((cell for cell in cells if cell.settings.cache_implementation == REFERENCE), None)
         cells.sort(key=lambda cell: cell.settings.cache_implementation != REFERENCE)
-        verdicts.append(VerdictGroup(settings, [verdict_against(result, cell, reference) for cell in cells]))
+        verdicts.append(VerdictGroup(settings, [verdict_against(result, cell, reference) for cell in cells], residual))
     return verdicts
 
 
@@ -190,7 +207,8 @@ class Fit:
 
 @dataclass(frozen=True)
 class WhatFits:
-    """One cell's cache bytes per position and the model's weight bytes, and what fits in each GPU size."""
+    """One cell's cache bytes per position, the model's weight bytes, what else a generation holds (the
+    footprint), and what fits in each GPU size."""
 
     cell: CellResult
     bytes_per_position: float
@@ -198,6 +216,7 @@ class WhatFits:
     positions: int  # the context the cell ran at: the positions its cache held
     fits: list[Fit]
     position_limit: int | None = None  # the model's own (max_position_embeddings), where it has one
+    footprint: Footprint | None = None
 
     @property
     def limited_by_model(self) -> bool:
@@ -208,55 +227,48 @@ class WhatFits:
         return self.cell.settings.cache_name
 
 
-def what_fits(cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> WhatFits | Missing:
-    """The longest context at batch 1 and the largest batch at the cell's context whose cache fits beside
-    the model's weights in each GPU memory size: (memory - weights) / bytes per position, with bytes per
-    position = measured bytes / positions / batch. Weights and cache only: no activations, no allocator
-    overhead, no CUDA context; a real run fits less."""
+def what_fits(
+    cell: CellResult, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES, residual_length: int | None = None
+) -> WhatFits | Missing:
+    """The longest context at batch 1 and the largest batch at the cell's context whose generation fits in each
+    GPU memory size, by the cell's footprint (kvbench.analysis.footprint): the weights, the cache at its
+    measured bytes per position, a quantized cache's full-precision residual window (`residual_length`: the
+    run's quantized_residual_length), the last position's logits and the prefill's largest activations,
+    solved against the memory. An estimate: no allocator overhead, no CUDA context; a real run fits less."""
     if CellState(cell.status).failed:
         return Missing(f"{cell.status}: {cell.reason}")
+    footprint = footprint_of(cell, residual_length)
+    if isinstance(footprint, str):
+        return Missing(footprint)
     measured, positions = cell.kv_cache_measured_bytes, cell.kv_cache_positions
-    if measured is None or positions is None or measured <= 0 or positions <= 0:
-        return Missing("the cache object was not measured")
-    cost = model_cost_of(cell)
-    if cost is None:
-        return Missing("the model's parameter count was not recorded")
-    per_position = measured / positions / cell.settings.batch_size
-    # Every parameter occupies memory, embedding tables included (ModelCost.weight_bytes leaves them out: it
-    # counts what each step reads).
-    weights = cost.parameters * cost.bytes_per_element
+    assert measured is not None and positions is not None, "footprint_of measured them"
     limit = (cell.model or {}).get("max_positions")
     limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
-    fits = []
-    for memory in gpu_memory_bytes:
-        room = max(memory - weights, 0)
-        # In integers, so a figure on a whole number is not a float's rounding below it: room / per_position
-        # is room * positions * batch / measured.
-        batch = cell.settings.batch_size
-        context = room * positions * batch // measured
-        # Memory is not the only bound: past its position limit the model cannot attend at all.
-        context = min(context, limit) if limit is not None else context
-        fits.append(Fit(memory, context, room * batch // measured))
-    return WhatFits(cell, per_position, weights, positions, fits, limit)
+    fits = [
+        Fit(
+            memory,
+            # Memory is not the only bound: past its position limit the model cannot attend at all.
+            footprint.longest_context(memory, limit),
+            footprint.largest_batch(memory, positions, cell.prompt_tokens),
+        )
+        for memory in gpu_memory_bytes
+    ]
+    per_position = measured / positions / cell.settings.batch_size
+    return WhatFits(cell, per_position, footprint.weight_bytes, positions, fits, limit, footprint)
 
 
 def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEFAULT_GPU_MEMORY_BYTES) -> list[str]:
     """What the what-fits figures leave out, said plainly; more for the quantized and offloaded caches."""
-    notes = [
-        "what fits counts the weights and the KV cache only: no activations, no allocator overhead, no CUDA"
-        " context; a real run fits less"
-    ]
+    notes = [WHAT_FITS_COUNTS]
     # Each implementation's own, once however many cells share it, in the registry's order.
     present = {verdict.cell.settings.cache_implementation for verdict in group.verdicts}
     own = dict.fromkeys(cache.what_fits_note for name, cache in IMPLEMENTATIONS.items() if name in present)
     notes += [note for note in own if note is not None]
-    limits = {
-        fitted.position_limit
-        for v in group.verdicts
-        if isinstance(fitted := what_fits(v.cell, gpu_memory_bytes), WhatFits)
-        and fitted.limited_by_model
-        and fitted.position_limit is not None
-    }
+    fitted = [fits for v in group.verdicts if isinstance(fits := group.what_fits(v, gpu_memory_bytes), WhatFits)]
+    uncounted = dict.fromkeys(what for fits in fitted if fits.footprint for what in fits.footprint.uncounted)
+    if uncounted:
+        notes.append(f"not counted, as the results file does not say enough: {'; '.join(uncounted)}")
+    limits = {fits.position_limit for fits in fitted if fits.limited_by_model and fits.position_limit is not None}
     if limits:
         shown = ", ".join(f"{limit:,}" for limit in sorted(limits))
         notes.append(

@@ -65,6 +65,13 @@ def _gpu(device: str) -> dict[str, Any]:
     return info
 
 
+def device_memory_bytes(device: str) -> int:
+    """A GPU's total memory, as torch reports it (the figure `kvbench capacity` extrapolates against)."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(cuda_index(device)).total_memory)
+
+
 def placement(devices: Devices) -> dict[str, Any]:
     """Where a cell is being measured: this host and process, its devices, and each GPU's identity (the
     UUID tells two GPUs of the same model apart, across hosts too)."""

@@ -193,6 +193,14 @@ class RssSampler:
         return SamplerReading({}, {}, None, self.samples, None, None, list(self.timeline))
 
 
+def resident_bytes(pid: int) -> int | None:
+    """Another process's resident memory now (/proc/<pid>/statm); None where there is no /proc or it is gone."""
+    try:
+        return RssSampler(pid)._read()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def open_rss_sampler(pid: int) -> RssSampler:
     return RssSampler(pid)
 

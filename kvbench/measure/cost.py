@@ -31,7 +31,17 @@ def model_cost(config: Any, parameters: int, dtype: str, lookup_parameters: int 
         head_dim=geometry.head_dim,
         lookup_parameters=lookup_parameters,
         head_parameters=head_parameters,
+        intermediate_size=_intermediate_size(text, hidden),
     )
+
+
+def _intermediate_size(config: Any, hidden: int) -> int:
+    """The MLP's width: intermediate_size (Llama, Qwen, Mistral), GPT-2's n_inner, which None makes 4 x hidden;
+    0 where the config says neither."""
+    size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    if size is None and hasattr(config, "n_inner"):
+        size = 4 * hidden
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
 
 
 def parameter_roles(model: Any) -> tuple[int, int]:

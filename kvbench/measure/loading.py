@@ -38,6 +38,20 @@ class LoadedModel:
         }
 
 
+def parameter_count(prepared: PreparedModel) -> int:
+    """The parameters of a prepared model's architecture, counted on the meta device: no memory is taken and no
+    weights are read, so a model larger than this machine is counted before anything is loaded. Shared (tied)
+    weights count once, as they take memory once."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            prepared.resolved.config, trust_remote_code=prepared.resolved.trust_remote_code
+        )
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
 def check_context(prepared: PreparedModel, prompt_tokens: int, new_tokens: int) -> None:
     limit = prepared.max_positions
     if limit is not None and prompt_tokens >= limit:

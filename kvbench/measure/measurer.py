@@ -262,7 +262,7 @@ class Measurer:
         config, cell = self.config, job.cell
         assert self.probe is not None
         timed = make_timer(loaded.devices, self.clock)
-        comparison = self._comparison_for(cell, generate, emit)
+        comparison = self._comparison_for(cell, generate, emit) if job.compare_outputs else None
         with timed_phase("warmup", emit) if config.warmup else nullcontext():
             for warmup in range(config.warmup):
                 for mode in config.modes:

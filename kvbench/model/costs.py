@@ -22,6 +22,8 @@ class ModelCost:
     head_dim: int
     lookup_parameters: int = 0  # embedding tables only looked up (a row per position), not the head's
     head_parameters: int = 0  # the output head, applied to the last position of each step only
+    # The MLP's width (intermediate_size; GPT-2's 4 x hidden); 0 in a file written before it was recorded.
+    intermediate_size: int = 0
 
     @property
     def weight_bytes(self) -> int:

@@ -26,6 +26,9 @@ class CellJob:
     # The dynamic cell of a group whose other caches are compared with it: its warmup keeps its greedy tokens
     # and logits for them, in the process that measures them next.
     keep_reference: bool = False
+    # Whether a cache other than the dynamic one is compared with it (untimed passes after the timed runs); off
+    # for a capacity probe, which asks only whether one generation fits.
+    compare_outputs: bool = True
 
     def run_limits(self) -> tuple[int, int]:
         """(fewest, most) measured runs per mode in this job: its share of the runs, or with --target-rse

@@ -16,7 +16,6 @@ from kvbench.analysis.cache_choice import (
     VerdictGroup,
     WhatFits,
     cache_verdicts,
-    what_fits,
     what_fits_notes,
 )
 from kvbench.core.units import format_bytes
@@ -162,8 +161,8 @@ def _fit_count(index: int, figure: str) -> Callable[[WhatFits], str]:
 
 def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> list[RenderableType]:
     """Per cache implementation, the longest context at batch 1 and the largest batch at the group's context
-    that fit beside the weights in each GPU memory size, then what those figures leave out."""
-    fitted = [(verdict.cache, what_fits(verdict.cell, gpu_memory_bytes)) for verdict in group.verdicts]
+    that fit beside the weights in each GPU memory size, then what those figures count and leave out."""
+    fitted = [(verdict.cache, group.what_fits(verdict, gpu_memory_bytes)) for verdict in group.verdicts]
     measured = [fit for _, fit in fitted if not isinstance(fit, Missing)]
     lines: list[RenderableType] = []
     if measured:

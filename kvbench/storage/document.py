@@ -16,6 +16,7 @@ from typing import Any
 from kvbench.core.errors import KvbenchError
 from kvbench.core.untrusted import printable, read_bounded_text
 from kvbench.model.caches.quantized import QUANTIZED, QUANTIZED_NBITS
+from kvbench.model.capacity import DOCUMENT_KIND as CAPACITY_KIND
 from kvbench.model.cells import PARTIAL_AXES, Cell
 from kvbench.model.records import SCHEMA_VERSION, BenchmarkResult, CellResult, CellState, RunRecord
 from kvbench.model.settings import default_of
@@ -86,6 +87,11 @@ def _cell_from_dict(data: dict[str, Any]) -> CellResult:
 
 
 def from_dict(data: Any, origin: str = "results") -> BenchmarkResult:
+    if isinstance(data, dict) and data.get("kind") == CAPACITY_KIND:
+        raise KvbenchError(
+            f'{origin} is a kvbench capacity report, not a results file: its probes are in its "searches", and'
+            " show, compare and plot read the files kvbench run writes"
+        )
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise KvbenchError(
             f'{origin} is not a kvbench results file (no "format": "{FORMAT_NAME}"); pass a file written by kvbench run'

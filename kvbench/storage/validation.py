@@ -194,14 +194,15 @@ _PLAUSIBLE = {
 def _explained_problem(value: Any, cls: type, where: str) -> str | None:
     """The inputs `show` and `plot` compute the roofline from (stored peaks, a model's cost): the types
     their dataclass declares, and every number finite and positive (a zero would divide, a negative bound
-    would mean nothing); the two parameter counts of a cost may be 0."""
+    would mean nothing); the two parameter counts of a cost, and its
+    intermediate size (a file from before it was recorded), may be 0."""
     problem = _object_problem(value, cls, where)
     if problem is not None:
         return problem
     for item in fields(cls):
         number = value.get(item.name)
         if isinstance(number, (int, float)) and not isinstance(number, bool):
-            may_be_zero = item.name in ("lookup_parameters", "head_parameters") and number == 0
+            may_be_zero = item.name in ("lookup_parameters", "head_parameters", "intermediate_size") and number == 0
             if not (may_be_zero or _finite_positive(number)):
                 return f"{where}.{item.name} must be a finite positive number, got {_shown(number)}"
             low, high = _PLAUSIBLE.get(item.name, (0, math.inf))

@@ -48,6 +48,15 @@ def write_result(result: BenchmarkResult, path: str | Path, derived: Mapping[str
     _write_atomically(Path(path), lambda handle: handle.write(text))
 
 
+def write_document(document: Mapping[str, Any], path: str | Path) -> None:
+    """Write a JSON document of kvbench's own (a capacity search's) atomically, making its folder: a reader,
+    or a Ctrl-C, sees the last whole version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json_text(document)
+    _write_atomically(path, lambda handle: handle.write(text))
+
+
 def write_runs_csv(result: BenchmarkResult, path: str | Path) -> None:
     """Write the CSV of runs beside a results file, atomically; text that a spreadsheet would run as a
     formula (a model named "=HYPERLINK(...)") is written as text."""

@@ -6,6 +6,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def fake_cuda_out_of_memory(monkeypatch, above: int) -> None:
+    """Measuring processes started from now on in this test run out of (faked) CUDA memory in every generation
+    whose prompt tokens x batch exceed `above` (sitecustomize.py), the error raised inside the measured run."""
+    monkeypatch.setenv("KVBENCH_TEST_CUDA_OOM_ABOVE", str(above))
+    path = [str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+
+
 def inject(monkeypatch, tmp_path, faults: str) -> None:
     """Measuring processes started from now on in this test strike `faults` (sitecustomize.py's syntax)."""
     struck = tmp_path / "faults-struck"

@@ -5,8 +5,10 @@ A fault strikes a measuring process (`python -m kvbench.launch.worker`) whose ce
 (every cell when there is none), right after its first measured run has been saved and sent: "kill"
 (SIGKILL, as the out-of-memory killer), "abort" (a crash), "hang", "exit" (what a native library does when
 it gives up: a line on each stream, then exit 3), "error" (a CUDA-like error), "oom". It strikes once per
-cell: with several processes measuring a cell, the first to get there. Python imports this file at start-up
-in every process; it does nothing until kvbench.measure.measurer is imported in a measuring process.
+cell: with several processes measuring a cell, the first to get there. KVBENCH_TEST_CUDA_OOM_ABOVE=N
+(tests.faults.fake_cuda_out_of_memory) fakes a small GPU instead: every generation of more than N prompt tokens x
+batch raises torch's CUDA out-of-memory error. Python imports this file at start-up in every process; it does
+nothing until kvbench.measure.measurer is imported in a measuring process.
 """
 
 import hashlib
@@ -19,6 +21,9 @@ import time
 
 SPEC = os.environ.get("KVBENCH_TEST_FAULT", "")
 STRUCK = os.environ.get("KVBENCH_TEST_FAULT_STRUCK", "")  # a folder: one file per cell struck
+# A faked GPU: every generation whose prompt tokens x batch exceed this raises torch's CUDA out-of-memory error
+# from inside the measured run, as a GPU too small for it would; the rest run as they are.
+CUDA_OOM_ABOVE = os.environ.get("KVBENCH_TEST_CUDA_OOM_ABOVE", "")
 
 
 def _fault_for(cell_id):
@@ -55,7 +60,25 @@ def _strike(fault):
         raise MemoryError("simulated")
 
 
+def _patch_cuda_oom(measurer):
+    original = measurer.measure_generation
+    above = int(CUDA_OOM_ABOVE)
+
+    def measure_generation(generate, *args, **kwargs):
+        if generate.prompt_tokens * generate.cell.batch_size > above:
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(generate, *args, **kwargs)
+
+    measurer.measure_generation = measure_generation
+
+
 def _patch(measurer):
+    if CUDA_OOM_ABOVE:
+        _patch_cuda_oom(measurer)
+    if not (SPEC and STRUCK):
+        return
     original = measurer.Measurer.measure
 
     def measure(self, job, emit):
@@ -90,5 +113,5 @@ class _PatchMeasureOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if SPEC and STRUCK:
+if SPEC and STRUCK or CUDA_OOM_ABOVE:
     sys.meta_path.insert(0, _PatchMeasureOnImport())

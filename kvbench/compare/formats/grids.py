@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from kvbench.analysis.cache_choice import Missing, cache_verdicts, present, what_fits
+from kvbench.analysis.cache_choice import DEFAULT_GPU_MEMORY_BYTES, Missing, cache_verdicts, present
 from kvbench.compare.judging import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.core.metrics import JUDGED_METRICS
 from kvbench.core.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
@@ -342,7 +342,7 @@ def verdict_records(comparison: Comparison) -> list[dict[str, Any]]:
             for verdict in group.verdicts:
                 test, saved = present(verdict.latency_ratio), present(verdict.memory_saved_bytes)
                 share, agreement = present(verdict.memory_saved_share), present(verdict.agreement)
-                fits = what_fits(verdict.cell)
+                fits = group.what_fits(verdict, DEFAULT_GPU_MEMORY_BYTES)
                 out.append(
                     {
                         "file": loaded.path,

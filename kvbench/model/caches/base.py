@@ -49,8 +49,11 @@ class CacheImplementation:
     reference = False
     # How `show` words the theory of its bytes.
     formula = FULL_PRECISION_FORMULA
-    # What the what-fits figures leave out for it, said under them; None: nothing of its own.
+    # What the what-fits figures leave out for it, or count of its own, said under them; None: nothing of its own.
     what_fits_note: str | None = None
+    # Copies of one layer's keys and values at full precision it makes at each step beside itself (a quantized
+    # cache dequantizes its states and concatenates the new position to them): what-fits counts them.
+    full_precision_layer_copies = 0
 
     def __init__(self, name: str, *, reference: bool = False) -> None:
         self.name = name
@@ -75,6 +78,11 @@ class CacheImplementation:
     def unsupported_reason(self, device: str, settings: CacheSettings) -> str | None:
         """Why `device`, in this installation, cannot build it, known before trying; None when it can."""
         return None
+
+    def full_precision_window(self, nbits: int | None, new_tokens: int, residual_length: int | None) -> tuple[int, int]:
+        """Positions it holds at full precision beside its own layout in a generation of `new_tokens`: when the
+        generation ends, and the most at any step (what-fits counts the most). None of them by default."""
+        return 0, 0
 
     def theory_bytes(self, generation: Generated, cache_config: dict[str, Any] | None) -> tuple[int | None, str | None]:
         """Its bytes after `generation`, in theory, and what that theory counts (None: the formula says it)."""

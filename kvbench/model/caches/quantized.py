@@ -86,9 +86,13 @@ def _fp8_cache_missing() -> str | None:
 class Quantized(CacheImplementation):
     formula = "the quantized layout below"
     what_fits_note = (
-        "quantized: its residual window (the newest positions, up to quantized_residual_length) stays at full"
-        " precision, so bytes per position are this length's average and fall at longer contexts"
+        "quantized: counted as its quantized bytes per position, its residual window (up to"
+        " quantized_residual_length - 1 of the newest positions) at full precision, and the full-precision copies"
+        " of one layer's states that each step dequantizes"
     )
+    # Each step dequantizes one layer's states and concatenates the new position to them (transformers'
+    # QuantizedLayer.update): two full-precision copies of that layer while its attention runs.
+    full_precision_layer_copies = 2
 
     def bits(self, settings: CacheSettings) -> list[int | None]:
         """Each swept value with an integer backend; fp8's width is fixed, so the bits do not apply."""
@@ -109,6 +113,15 @@ class Quantized(CacheImplementation):
                 " the bits; give one value, or use --quantized-backend quanto or hqq to sweep them"
             )
         return None
+
+    def full_precision_window(self, nbits: int | None, new_tokens: int, residual_length: int | None) -> tuple[int, int]:
+        """The integer backends' residual window: new positions wait at full precision until residual_length of
+        them would gather, then everything is quantized again, so after s decode steps it holds s mod
+        residual_length, at most residual_length - 1. fp8 (no bits) appends quantized positions: no window."""
+        if nbits is None or residual_length is None or residual_length < 1:
+            return 0, 0
+        steps = max(new_tokens, 1) - 1
+        return steps % residual_length, min(steps, residual_length - 1)
 
     def cache_config(self, settings: CacheSettings, nbits: int | None) -> dict[str, Any] | None:
         """The backend with the cell's bits, group size and residual window; fp8 alone (per-tensor:
