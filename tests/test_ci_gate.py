@@ -228,6 +228,15 @@ def test_gate_alternates_the_sides_so_a_steady_drift_favours_neither(same_speed_
     assert means[1] / means[0] == pytest.approx(1.0, rel=0.02)
 
 
+def test_a_second_gate_run_in_the_same_folder_replaces_the_first(same_speed_repo, tmp_path):
+    """The gate's folder is its own: the next run replaces every file the last one wrote there, the runs'
+    CSVs beside its results included (kvbench run refuses an output whose CSV is already there)."""
+    runs = [run_gate(tmp_path, "--repo", str(same_speed_repo), "--head", str(same_speed_repo)) for _ in range(2)]
+    for completed, outputs, _ in runs:
+        assert completed.returncode == 0 and outputs["verdict"] == "no-baseline", completed.stderr
+    assert (tmp_path / "out" / gate.OUT_MARK).is_file()
+
+
 def test_gate_refuses_base_results_that_head_rewrote(same_speed_repo, tmp_path):
     """Head's code runs after base's first half, as the same user: a base results file changed since base
     wrote it is not judged against."""

@@ -1,18 +1,20 @@
 """The Typer application every command registers on, the consoles, and the one funnel from a user's mistake
-to one red line and exit code 2."""
+(or a limit of the machine's, or an output that cannot be written) to one red line and exit code 2."""
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from kvbench.core.errors import KvbenchError
+from kvbench.core.limits import out_of_memory
 from kvbench.render.text import labelled, output_console
 
 EXIT_USER_ERROR = 2
@@ -34,6 +36,25 @@ class _Group(TyperGroup):
     def get_params(self, ctx):
         return _flags_without_a_metavar(super().get_params(ctx))
 
+    # Ctrl-C (or SIGTERM, kvbench.cli.main) that no command said anything about, while the options are read
+    # or a command loads what it needs: Typer would end it with 130 and not a word.
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _interruption_said():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _interruption_said():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _interruption_said() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        stderr.print(labelled("Interrupted.", "yellow", "Nothing more was done."), soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
 
 class Command(TyperCommand):
     def get_params(self, ctx):
@@ -52,12 +73,66 @@ stderr = output_console(stderr=True)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A user mistake becomes one red line and exit code 2; bugs still raise with a traceback."""
+    """A user mistake becomes one red line and exit code 2, and so does a failure the process's memory
+    limit caused (`ulimit -v` too low to load torch); bugs still raise with a traceback."""
     try:
         yield
     except KvbenchError as error:
-        stderr.print(labelled("Error:", "bold red", str(error)), soft_wrap=True)
-        raise typer.Exit(EXIT_USER_ERROR) from None
+        _fail(error)
+    except (MemoryError, ImportError, OSError) as error:
+        reason = out_of_memory(error)
+        if reason is None:
+            raise
+        _fail(reason)
+
+
+def _fail(error: KvbenchError) -> NoReturn:
+    _print_error(error)
+    raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _print_error(error: KvbenchError) -> None:
+    stderr.print(labelled("Error:", "bold red", str(error)), soft_wrap=True)
+
+
+class _Output:
+    """Standard output as every command writes to it (through the console, or directly as `--json` does):
+    a failure to write it (a full disk, /dev/full) is a KvbenchError, so one line on stderr. A closed pipe
+    (`| head`) stays what it was, which the command line ends quietly."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise self._failed(error) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise self._failed(error) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _failed(self, error: OSError) -> KvbenchError:
+        # What is still buffered would fail again as the interpreter exits: from here it goes nowhere.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # a stream with no descriptor
+            pass
+        return KvbenchError(
+            f"cannot write to standard output ({error.strerror or error}); free space where it goes, or send it elsewhere"
+        )
 
 
 def keyword(name: str, annotation: Any, option: Any) -> inspect.Parameter:
@@ -109,4 +184,17 @@ def _tolerant_output() -> None:
 
 def main() -> None:
     _tolerant_output()
-    app()
+    sys.stdout = _Output(sys.stdout)
+    try:
+        app()
+    except KvbenchError as error:  # standard output failing outside a command's funnel (--version, --help)
+        _print_error(error)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        # What a command left buffered is written here, inside the funnel: at exit, a failure would print
+        # Python's own message.
+        try:
+            sys.stdout.flush()
+        except KvbenchError as error:
+            _print_error(error)
+            raise SystemExit(EXIT_USER_ERROR) from None

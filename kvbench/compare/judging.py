@@ -191,11 +191,22 @@ def _refuse_repeated_files(paths: list[Path]) -> None:
     """The same file twice would compare it with itself and find nothing: almost surely a slip."""
     seen: dict[Path, Path] = {}
     for path in paths:
-        key = path.resolve()
+        key = _real_path(path)
+        if key is None:
+            raise KvbenchError(f"{path} cannot be read (a loop of symbolic links); pass the results file itself")
         if key in seen:
             also = "" if seen[key] == path else f" (also as {seen[key]})"
             raise KvbenchError(f"{path} is given twice{also}; compare different results files")
         seen[key] = path
+
+
+def _real_path(path: Path) -> Path | None:
+    """The file a path names, its links followed; None for a loop of links (which Python before 3.13
+    raises as a RuntimeError)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _named(paths: list[Path], names: Sequence[str]) -> list[str]:
@@ -570,8 +581,9 @@ def _speedup(result: BenchmarkResult, entry: Entry | None) -> RatioTest | None:
 def _baseline_index(files: list[LoadedFile], baseline: str | None) -> int:
     if baseline is None:
         return 0
+    named = _real_path(Path(baseline))
     for index, loaded in enumerate(files):
-        if baseline in (loaded.label, loaded.path) or Path(baseline).resolve() == Path(loaded.path).resolve():
+        if baseline in (loaded.label, loaded.path) or (named is not None and named == _real_path(Path(loaded.path))):
             return index
     raise KvbenchError(
         f"--baseline {baseline} is not among the files compared; give one of them ({', '.join(f.label for f in files)})"

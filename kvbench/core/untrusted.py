@@ -37,6 +37,10 @@ def spreadsheet_cell(value: Any) -> Any:
     return value
 
 
+# What read_bounded_text reads at a time.
+_PIECE_BYTES = 2**20
+
+
 def read_bounded_text(path: str | Path, most_bytes: int, what: str) -> str:
     """A regular file's UTF-8 text (a leading byte order mark dropped), refused in one line when it is not
     a regular file (a FIFO would block, a device never end) or is larger than `most_bytes`; `what` names
@@ -56,10 +60,19 @@ def read_bounded_text(path: str | Path, most_bytes: int, what: str) -> str:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise KvbenchError(f"{what} {path} is not a regular file; pass the file itself")
         # Read one byte past the limit rather than trust the size: it may grow, or (in /proc) read as 0.
+        # In pieces: one read of the limit would reserve all of it at once, for a file of a few kilobytes.
+        pieces: list[bytes] = []
+        left = most_bytes + 1
         try:
-            data = handle.read(most_bytes + 1)
+            while left > 0:
+                piece = handle.read(min(left, _PIECE_BYTES))
+                if not piece:
+                    break
+                pieces.append(piece)
+                left -= len(piece)
         except OSError as error:
             raise KvbenchError(f"{what} {path} cannot be read ({error.strerror})") from None
+        data = b"".join(pieces)
     if len(data) > most_bytes:
         raise KvbenchError(f"{what} {path} is larger than the {_size(most_bytes)} a {what} may be; is it the right file?")
     try:

@@ -180,7 +180,11 @@ class RssSampler:
     def begin(self) -> None:
         self._started = time.monotonic()
         self.samples = 0
-        self.timeline: list[tuple[float, int]] = [(0.0, self._read())]
+        self.timeline: list[tuple[float, int]] = []
+        try:
+            self.timeline.append((0.0, self._read()))
+        except (OSError, ValueError, IndexError):
+            pass  # the measured process is ending (a --cell-timeout stops it): there is nothing to sample
 
     def sample(self, final: bool = False) -> None:
         try:
@@ -230,7 +234,9 @@ Opener = Callable[[], Any]
 
 def _sampling_loop(conn: Any, opener: Opener, pid: int, interval_s: float) -> None:
     """The sampling process: on "start" take a baseline, sample every interval until "stop", reply. A
-    failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop."""
+    failing NVML reading is recorded in the reading (NvmlSampler catches it), never the end of the loop.
+    Whenever the measuring process has gone (killed at its --cell-timeout, perhaps while this one was still
+    starting), this one ends quietly: what it prints would reach the run's output as a traceback."""
     # Ctrl-C at a terminal reaches the whole process group: the measuring process alone handles it, and
     # stops this one (or this one ends when its pipe does).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -243,10 +249,13 @@ def _sampling_loop(conn: Any, opener: Opener, pid: int, interval_s: float) -> No
         else:
             sampler = opened
     except Exception as error:  # noqa: BLE001 - any failure to open is reported, not raised, over the pipe
-        conn.send(("error", f"{type(error).__name__}: {error}"))
+        try:
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+        except OSError:
+            pass  # no one is left to tell
         return
-    conn.send(("ready", None))
     try:
+        conn.send(("ready", None))
         while conn.recv() == "start":
             sampler.begin()
             conn.send("started")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kvbench.core.devices import resolve_device
 from kvbench.core.errors import KvbenchError
+from kvbench.core.limits import out_of_memory
 from kvbench.model.events import Event, Failed, GenerationFinished, Ready, TokensGenerated, UserError
 from kvbench.model.jobs import CellJob
 from kvbench.model.records import CellState
@@ -134,7 +135,16 @@ def main(job_fd: int, events_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     with Connection(events_fd, readable=False) as events, Connection(job_fd, writable=False) as jobs:
-        events.send(Ready(_import_what_measuring_needs()))
+        try:
+            imports_s = _import_what_measuring_needs()
+        except (MemoryError, ImportError) as error:
+            # An address space too small for torch (ulimit -v) is the run's one line, not this traceback.
+            reason = out_of_memory(error)
+            if reason is None:
+                raise
+            events.send(UserError(str(reason)))
+            return
+        events.send(Ready(imports_s))
         worker = Worker(events.send)
         try:
             while True:

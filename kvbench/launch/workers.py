@@ -86,6 +86,8 @@ class WorkerProcess:
         self.output = OutputTail(self.process.stdout)
         self.ready_at: float | None = None
         self.imports_s = 0.0
+        # Why it could not start, read while waiting for it to be ready: its first job ends with it.
+        self._start_failure: Failed | UserError | None = None
         # Whether it may measure another job: a job that failed, timed out or killed it leaves it unusable.
         self.usable = True
         self.model: str | None = None  # the model of the last job it was given
@@ -108,7 +110,7 @@ class WorkerProcess:
             self._jobs.send(job)
         except OSError:  # the process is already gone: what it said on the way out is read below
             pass
-        ending: Failed | UserError | None = None
+        ending: Failed | UserError | None = self._start_failure
         finished = False
         while ending is None and not finished:
             wait_s = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
@@ -142,7 +144,8 @@ class WorkerProcess:
             yield ending
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
-        """Until the process has imported what it measures with (or died, which its first job will say)."""
+        """Until the process has imported what it measures with (or could not, or died: its first job says
+        which)."""
         deadline = time.monotonic() + timeout_s
         while self.ready_at is None and self.usable and time.monotonic() < deadline:
             if not self._events.poll(min(1.0, max(deadline - time.monotonic(), 0.0))):
@@ -153,6 +156,9 @@ class WorkerProcess:
                 return
             if isinstance(event, Ready):
                 self.ready_at, self.imports_s = time.monotonic(), event.imports_s
+            elif isinstance(event, (Failed, UserError)):
+                self._start_failure = event
+                return
 
     def _start_up_waited_for(self, ready: Ready, job_sent_at: float) -> Iterator[Event]:
         """The part of the process's start-up the job waited for (none where the process was started ahead of

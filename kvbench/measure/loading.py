@@ -9,6 +9,7 @@ from typing import Any
 
 from kvbench.core.devices import Devices
 from kvbench.core.errors import KvbenchError
+from kvbench.core.limits import out_of_memory
 from kvbench.measure.models import SYNTHETIC_PROMPT_TOKENS, PreparedModel, resolve_dtype, unsafe_weights_message
 
 
@@ -112,8 +113,11 @@ def build_model(
             if device_map is not None:
                 model = _dispatch(model, device_map)
     except (ImportError, ValueError) as error:
-        # transformers raises these for an attention backend or dtype the setup lacks.
-        raise KvbenchError(f"{name}: cannot build the model with {dtype_name}/{attn_implementation}: {error}") from None
+        # An address space too small to map a library the model needs (ulimit -v) says so; transformers
+        # raises these too for an attention backend or dtype the setup lacks.
+        raise out_of_memory(error) or KvbenchError(
+            f"{name}: cannot build the model with {dtype_name}/{attn_implementation}: {error}"
+        ) from None
     except OSError as error:
         raise KvbenchError(f"{name}: cannot load weights ({error}); try --weights random") from None
     except pickle.UnpicklingError:

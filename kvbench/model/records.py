@@ -304,6 +304,11 @@ class BenchmarkResult:
             self._derived[key] = compute()
         return self._derived[key]
 
+    def measured_nothing(self) -> bool:
+        """No run recorded and no cell settled yet: what a run that stopped before measuring holds."""
+        unstarted = (CellState.PENDING, CellState.INCOMPLETE)
+        return not self.runs and all(cell.status in unstarted for cell in self.cells)
+
     def cells_to_retry(self) -> list[CellResult]:
         """The cells that errored or ran out of time: --resume measures them again."""
         return [cell for cell in self.cells if CellState(cell.status).to_retry]

@@ -15,6 +15,7 @@ from kvbench.core.stats import per_token_curve_ms
 from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, shown_value
 from kvbench.model.modes import CACHED, MODES, MODES_BY_NAME
 from kvbench.model.records import BenchmarkResult, CellResult
+from kvbench.storage.writer import remove_if_there
 
 # One colour per mode in every figure.
 # Panels per figure: beyond this a sweep's groups go on to further figures (name-2.png, ...), so each
@@ -122,7 +123,7 @@ def _write_figure(figure, path: Path) -> None:
         figure.savefig(temporary, dpi=110, format="png")
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        remove_if_there(temporary)
         raise KvbenchError(f"cannot write {path} ({error.strerror or error}); free space or choose another --out-dir") from None
 
 

@@ -24,7 +24,7 @@ from kvbench.model.settings import BenchConfig, config_to_dict, default_of, resu
 from kvbench.model.validation import validate
 from kvbench.runner import planning
 from kvbench.runner.assembly import Assembly
-from kvbench.storage.document import read_result
+from kvbench.storage.document import read_to_continue
 from kvbench.storage.writer import ResultsFile
 
 
@@ -114,7 +114,7 @@ class Benchmark:
             raise KvbenchError("--resume needs --output naming the results file to continue")
         if not self.file.path.exists():
             return
-        previous = read_result(self.file.path)
+        previous = read_to_continue(self.file.path)
         for key in resume_must_match():
             # A setting the file predates had its default value then.
             before = previous.config.get(key, default_of(key))
@@ -223,10 +223,6 @@ class Benchmark:
         except Exception:  # noqa: BLE001
             pass
 
-    def _measured_nothing(self) -> bool:
-        unstarted = (CellState.PENDING, CellState.INCOMPLETE)
-        return not self.result.runs and all(cell.status in unstarted for cell in self.result.cells)
-
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
 
@@ -260,7 +256,7 @@ class Benchmark:
             self.save()
             self._measure(pending, peaks_s)
         except Exception:
-            if self._measured_nothing():
+            if self.result.measured_nothing():
                 # Failed before any cell was measured (Ray unreachable, the model not loading): a file of
                 # pending cells would only stand in the way of the retry.
                 if self.file is not None:

@@ -42,6 +42,20 @@ DEFAULT_CONFIG = "configs/ci-gpu.toml"
 INSTALL_MODES = ("venv", "pythonpath")
 # Where the gate works unless --out says otherwise: this folder in the system's temporary directory.
 OUT_FOLDER = "kvbench-gate"
+# The file that marks a folder as the gate's: there, and only there, it removes and replaces its own files.
+OUT_MARK = ".kvbench-gate"
+# What the gate writes in its folder (and removes there before it runs): the results files with the runs' CSVs
+# beside them, the summary, the export, and each side's checkout, venv and torch pin.
+RESULTS_FILES = ("base.json", "head.json", "base-1.json", "base-2.json", "head-1.json", "head-2.json")
+OUT_FILES = (
+    *RESULTS_FILES,
+    *(name.replace(".json", ".csv") for name in RESULTS_FILES),
+    "summary.md",
+    "benchmark-action.json",
+    *(f"{side}{part}" for side in ("base", "head") for part in ("-src", "-venv", "-torch-constraint.txt")),
+)
+# How the summary the gate writes begins: a folder holding one is the gate's, from before the mark existed.
+SUMMARY_START = "### kvbench gate:"
 # A push that creates a branch reports this as its "before" commit: there is nothing to compare with.
 NULL_SHA = "0" * 40
 # The gate's own exit code when it could not run; its verdicts' codes are compare's (EXIT_CODES).
@@ -194,6 +208,36 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 def describe_commit(checkout: Path) -> str:
     completed = git(checkout, "log", "-1", "--format=%h %s", check=False)
     return completed.stdout.strip() if completed.returncode == 0 else "(not a git checkout)"
+
+
+def claim_out_folder(out: Path) -> None:
+    """Make `out` the gate's folder, marked as such, or refuse it, before anything there is removed or
+    replaced: a folder the gate did not make may hold a user's own head.json or summary.md, which the gate
+    would take for its own."""
+    mark = out / OUT_MARK
+    if mark.is_file():
+        return
+    if out.is_dir():
+        found = [name for name in OUT_FILES if (out / name).exists() or (out / name).is_symlink()]
+        if found and not _summary_by_the_gate(out / "summary.md"):
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise KvbenchError(
+                f"--out {out} holds files the gate would replace ({shown}) but did not write (it marks its"
+                f" folders with {OUT_MARK}); give an empty or new directory"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        mark.write_text("kvbench gate's folder: each run replaces its results, summary, checkouts and venvs here.\n")
+    except OSError as error:
+        raise KvbenchError(f"--out {out} cannot be made ({error.strerror}); give a directory you can write") from None
+
+
+def _summary_by_the_gate(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(len(SUMMARY_START)) == SUMMARY_START
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def resolve_checkout(spec: str, repo: Path, destination: Path) -> tuple[Path, bool]:
@@ -428,10 +472,7 @@ def run_gate(options: GateOptions) -> GateOutcome:
     # results, and a folder the user did not mean is not emptied of its results files.
     if Path(options.head).is_dir() and out.is_relative_to(Path(options.head).resolve()):
         raise KvbenchError(f"--out {out} is inside the head checkout; give a directory outside it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise KvbenchError(f"--out {out} cannot be made ({error.strerror}); give a directory you can write") from None
+    claim_out_folder(out)
     base_spec = options.base.strip()
     if base_spec == NULL_SHA:
         base_spec = ""
@@ -441,9 +482,10 @@ def run_gate(options: GateOptions) -> GateOutcome:
     threshold = options.threshold_pct if options.threshold_pct is not None else DEFAULT_THRESHOLD_PCT
     head_json, base_json, exported_json = out / "head.json", out / "base.json", out / "benchmark-action.json"
     halves = {side: (out / f"{side}-1.json", out / f"{side}-2.json") for side in ("base", "head")}
-    # A previous run's files must not pass for this one's.
-    for stale in (head_json, base_json, exported_json, *halves["base"], *halves["head"]):
-        stale.unlink(missing_ok=True)
+    # A previous run's files must not pass for this one's, nor stand in the way of its runs (a results
+    # file's CSV is refused as one that is there already).
+    for name in (*RESULTS_FILES, *(name.replace(".json", ".csv") for name in RESULTS_FILES), exported_json.name):
+        (out / name).unlink(missing_ok=True)
     base = head = None
     stored_column: tuple[str, str, dict] | None = None  # the committed baseline, when it stands in for base
     try:

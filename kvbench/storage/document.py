@@ -15,6 +15,7 @@ from typing import Any
 
 from kvbench.core.errors import KvbenchError
 from kvbench.core.untrusted import printable, read_bounded_text
+from kvbench.core.version import __version__, newer_than_this
 from kvbench.model.caches.quantized import QUANTIZED, QUANTIZED_NBITS
 from kvbench.model.capacity import DOCUMENT_KIND as CAPACITY_KIND
 from kvbench.model.cells import PARTIAL_AXES, Cell
@@ -172,6 +173,62 @@ def _refuse_repeated_runs(runs: list[RunRecord], origin: str) -> None:
 
 def read_result(path: str | Path) -> BenchmarkResult:
     path = Path(path).expanduser()
+    return from_dict(_read_document(path), str(path))
+
+
+def read_to_continue(path: str | Path) -> BenchmarkResult:
+    """A results file that --resume is to continue, and so to rewrite: refused where the rewrite would lose
+    part of it, a file a later kvbench wrote (its version, and whatever it records that this one does not
+    know) or one holding fields this kvbench would drop."""
+    path = Path(path).expanduser()
+    data = _read_document(path)
+    result = from_dict(data, str(path))
+    written_by = data.get("kvbench_version")
+    if newer_than_this(written_by):
+        raise KvbenchError(
+            f"--resume: {path} was written by kvbench {_shown(str(written_by))}, newer than this"
+            f" one ({__version__}), and rewriting it here would lose what that version records; continue it with"
+            " that kvbench, or use a new --output"
+        )
+    unknown = unknown_fields(data)
+    if unknown:
+        shown = ", ".join(_shown(name) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise KvbenchError(
+            f"--resume: {path} holds fields this kvbench does not know ({shown}{more}), which rewriting it would"
+            " drop; continue it with the kvbench that wrote it, or use a new --output"
+        )
+    return result
+
+
+def unknown_fields(data: dict[str, Any]) -> list[str]:
+    """The fields of a read document that its result does not keep (so a rewrite would drop them), each
+    once: `name` at the top, `cells[].name`, `cells[].settings.name`, `runs[].name`."""
+    found: dict[str, None] = {}
+
+    def note(where: str, item: Any, known: set[str]) -> None:
+        if isinstance(item, dict):
+            found.update(dict.fromkeys(f"{where}{key}" for key in item if key not in known))
+
+    note("", data, _names(BenchmarkResult) | {"format", *DERIVED_SECTIONS})
+    for cell in data.get("cells") or []:
+        note("cells[].", cell, _names(CellResult) | {"id"})
+        note("cells[].settings.", cell.get("settings") if isinstance(cell, dict) else None, _names(Cell))
+    for run in data.get("runs") or []:
+        note("runs[].", run, _names(RunRecord))
+    return list(found)
+
+
+def _shown(text: str, longest: int = 60) -> str:
+    """Text from the file, one line and short enough to read in a message."""
+    return printable(text if len(text) <= longest else text[: longest - 1] + "…", one_line=True)
+
+
+def _names(cls: type) -> set[str]:
+    return {item.name for item in fields(cls)}
+
+
+def _read_document(path: Path) -> Any:
     text = read_bounded_text(path, MOST_RESULTS_BYTES, "results file")
     try:
         data = json.loads(text, parse_constant=_no_constant)
@@ -182,7 +239,7 @@ def read_result(path: str | Path) -> BenchmarkResult:
     except (ValueError, RecursionError) as error:  # NaN, an integer of thousands of digits, deep nesting
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
         raise KvbenchError(f"{path} is not a results file kvbench wrote ({reason}); rerun kvbench run") from None
-    return from_dict(data, str(path))
+    return data
 
 
 def _no_constant(name: str) -> None:

@@ -3,6 +3,7 @@ be written and holds nothing a run would destroy. It writes what it is given."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -29,8 +30,18 @@ def _write_atomically(path: Path, write: Any) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        remove_if_there(temporary)
         raise
+
+
+def remove_if_there(path: Path) -> None:
+    """Remove a file this process made, if it is there and can be: on a folder that refuses it (a read-only
+    file system answers even a missing file's removal with an error), the failure that led here is the one
+    to report."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def csv_path_for(path: Path) -> Path:
@@ -70,7 +81,8 @@ class ResultsFile:
     """Where one run keeps its results. Made before measuring, it only checks: the path can be written,
     and it holds nothing this run would destroy (a file is replaced only with `replace`, or continued with
     `resume`), and no other run is writing it. `open` then takes the lock and makes the directory; `save`
-    writes; `close` lets go, removing the directories it made if nothing was written."""
+    writes; `close` lets go, removing the directories it made if nothing was written. A file `replace`
+    replaces stays as it was until the run has measured something to put in its place."""
 
     def __init__(self, path: str | Path, *, replace: bool = False, resume: bool = False) -> None:
         self.path = check_writable(path)
@@ -83,10 +95,14 @@ class ResultsFile:
         self._seen = _identity(self.path)  # what --resume read, so a change before the lock is caught
         self._made_directories: list[Path] = []
         self._continued = False
+        self._replacing = False
+        self._wrote: set[Path] = set()
         self.written = False
 
     def _refuse_foreign_files(self) -> None:
         if self.replace:
+            for path in (self.path, csv_path_for(self.path)):
+                _refuse_unreplaceable(path)
             return
         ours: tuple[Path, ...] = ()
         if self.resume and self.path.exists():
@@ -130,15 +146,18 @@ class ResultsFile:
             raise
         # What --resume continues was there before this run, and stays whatever happens to it.
         self._continued = self.resume and self.path.exists()
+        self._replacing = self.replace and any(path.exists() for path in (self.path, csv_path_for(self.path)))
         remove_stale_temporaries(self.path)
 
     def discard(self) -> None:
         """Remove the files this run wrote, for a run that failed before measuring anything: they would
-        hold nothing, and block the retry (a file continued with --resume stays)."""
+        hold nothing, and block the retry. Only those: a file continued with --resume stays, and so does one
+        --force was to replace (see `save`)."""
         if not self.is_open or self._continued:
             return
-        for path in (self.path, csv_path_for(self.path)):
+        for path in sorted(self._wrote):
             path.unlink(missing_ok=True)
+        self._wrote.clear()
         self.written = False
 
     def close(self) -> None:
@@ -153,15 +172,21 @@ class ResultsFile:
 
     def save(self, result: BenchmarkResult, with_csv: bool = False, derived: Mapping[str, Any] | None = None) -> None:
         """Write the JSON (and the CSV; `derived`: the sections to end it with); a failure to
-        write is one line, and leaves the previous save whole."""
+        write is one line, and leaves the previous save whole. While the run has measured nothing, the files
+        it replaces are left as they are: a run that then fails (a model that does not load) has lost the
+        user nothing."""
         one_off = not self.is_open
         if one_off:
             self.open()
         try:
+            if self._replacing and not self.written and result.measured_nothing():
+                return
             write_result(result, self.path, derived)
             self.written = True
+            self._wrote.add(self.path)
             if with_csv:
                 write_runs_csv(result, self.path)
+                self._wrote.add(csv_path_for(self.path))
         except OSError as error:
             raise KvbenchError(
                 f"cannot write results to {self.path} ({error.strerror or error}); what was saved before is"
@@ -186,6 +211,25 @@ def _written_by_kvbench(csv: Path) -> bool:
             return handle.read(len(_CSV_HEADER_START)) == _CSV_HEADER_START
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def _refuse_unreplaceable(path: Path) -> None:
+    """Refuse, before measuring, a file no save could replace: an immutable or append-only file (chattr +i,
+    +a) refuses the rename every save makes. Asked by opening it for writing, never truncating it: the
+    kernel refuses that with EPERM for such files alone (a file merely read-only says EACCES, and a rename in
+    a writable folder still replaces it)."""
+    if path.is_symlink() or not path.is_file():
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if error.errno == errno.EPERM:
+            raise KvbenchError(
+                f"output {path} cannot be replaced ({error.strerror}: it is marked immutable or append-only);"
+                " clear the mark (chattr -i) or choose another --output"
+            ) from None
+        return
+    os.close(descriptor)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -217,6 +261,13 @@ def check_writable(path: str | Path) -> Path:
     """Fail before measuring, not after, when the results cannot be saved; writes nothing. Returns the
     path with `~` expanded to the user's home."""
     path = Path(path).expanduser()
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise KvbenchError(
+            f"output {path} is not a UTF-8 name, and a results file records its output's name as UTF-8 text;"
+            " choose a UTF-8 name"
+        ) from None
     try:
         problem = _unwritable(path)
     except OSError as error:  # a folder's name too long, a loop of links...
