@@ -11,7 +11,7 @@ from kvbench.core.devices import valid_device_name
 from kvbench.core.errors import KvbenchError
 from kvbench.model.caches import IMPLEMENTATIONS, SAME_CACHE_AS
 from kvbench.model.cells import SWEEP_AXES, cell_count
-from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, BenchConfig
+from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, MOST_NAME_CHARACTERS, BenchConfig
 
 
 def bound_problem(item: Field, value: Any) -> str | None:
@@ -27,6 +27,17 @@ def bound_problem(item: Field, value: Any) -> str | None:
         return f"must be at least {minimum:g}, got {value}"
     if maximum is not None and value > maximum:
         return f"must be at most {maximum}, got {value}"
+    return None
+
+
+def _name_problem(setting: str, value: str) -> str | None:
+    """What is wrong with a setting's text, or None. Every one but the prompt is a name (a model, a device, an
+    address, a path), held to MOST_NAME_CHARACTERS: a results file holding a longer one is refused as damaged."""
+    if setting != "prompt" and len(value) > MOST_NAME_CHARACTERS:
+        return (
+            f"'{setting}' has a value {len(value):,} characters long, more than the {MOST_NAME_CHARACTERS:,} a name"
+            " may have (no hub id or path is that long); check what was passed"
+        )
     return None
 
 
@@ -50,6 +61,8 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
                 raise KvbenchError(f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}")
             if (problem := bound_problem(item, one)) is not None:
                 raise KvbenchError(f"{source}: '{item.name}' {problem}")
+            if isinstance(one, str) and (problem := _name_problem(item.name, one)) is not None:
+                raise KvbenchError(f"{source}: {problem}")
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")
