@@ -38,6 +38,21 @@ def _name_problem(setting: str, value: str) -> str | None:
             f"'{setting}' has a value {len(value):,} characters long, more than the {MOST_NAME_CHARACTERS:,} a name"
             " may have (no hub id or path is that long); check what was passed"
         )
+    if setting == "model" and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes the file system's encoding could not decode (a folder named in Latin-1 on a UTF-8 system)
+            # reach Python as surrogates: shown as the bytes they stand for.
+            try:
+                raw = value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a surrogate no undecodable byte stands for
+                raw = value.encode("utf-8", "backslashreplace")
+            shown = raw.decode("utf-8", "backslashreplace")
+            return (
+                f"the model path {shown} is not valid UTF-8; safetensors and the results file take UTF-8 names"
+                " only: rename the folder"
+            )
     return None
 
 
