@@ -4,6 +4,8 @@ through the library, with its progress on stderr and its report on stdout."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -75,7 +77,7 @@ def _dry_run(config: Any, path: Optional[Path], json_output: bool) -> None:
     """Every check a run makes before measuring, then the plan (as JSON with --json); nothing is written."""
     from kvbench.render.report import plan_document, render_plan
 
-    with stderr.status("loading torch, transformers and checking the models…"):
+    with stderr.status("loading torch, transformers and checking the models…"), _document_alone_on_stdout(json_output):
         from kvbench.measure.models import quiet_transformers
         from kvbench.runner.benchmark import Benchmark
 
@@ -93,6 +95,17 @@ def _dry_run(config: Any, path: Optional[Path], json_output: bool) -> None:
         stdout.print(render_plan(benchmark.plan(), path))
 
 
+@contextmanager
+def _document_alone_on_stdout(json_output: bool) -> Iterator[None]:
+    """With --json, stdout carries the document alone: what a model's own code prints while kvbench loads or
+    measures it in this process (--isolation none, a config's code, a tokenizer's) goes to stderr."""
+    if not json_output:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
+
+
 def _run_and_report(
     config: Any,
     path: Optional[Path],
@@ -103,13 +116,14 @@ def _run_and_report(
     json_output: bool,
     show_output: bool,
 ) -> None:
+    from kvbench.core.errors import KvbenchError, MeasuringStopped
     from kvbench.render.progress import progress_for
     from kvbench.render.report import one_line_summary
 
     command, resume_command = commands
     try:
         # A transient spinner: start-up (imports, model checks) takes seconds and should not look hung.
-        with stderr.status("loading torch, transformers and the model…"):
+        with stderr.status("loading torch, transformers and the model…"), _document_alone_on_stdout(json_output):
             from kvbench.measure.models import quiet_transformers
             from kvbench.runner.benchmark import Benchmark
 
@@ -129,7 +143,7 @@ def _run_and_report(
     # With --json, stdout carries the document alone.
     tables = stderr if json_output else stdout
     try:
-        with display:
+        with display, _document_alone_on_stdout(json_output):
             result = benchmark.run()
     except KeyboardInterrupt:
         if path is None:
@@ -140,6 +154,17 @@ def _run_and_report(
         stderr.print(labelled("Interrupted.", "yellow", f"Finished runs are {where}"), soft_wrap=True)
         _report(benchmark.result, tables, json_output, show_output)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except MeasuringStopped as error:
+        # A run that measured nothing leaves no file behind (kvbench.runner.benchmark): the same command starts
+        # it again.
+        if path is not None and not path.exists():
+            raise KvbenchError(f"{error}; nothing was measured or written; to start again: {command}") from None
+        _report(benchmark.result, tables, json_output, show_output)
+        if path is None:
+            raise KvbenchError(f"{error}; the finished runs are printed (marked incomplete)") from None
+        raise KvbenchError(
+            f"{error}; the finished runs are saved in {path} (marked incomplete); to measure the rest: {resume_command}"
+        ) from None
     _report(result, tables, json_output, show_output)
     if path is not None:
         tables.print(f"results: {path} and {path.with_suffix('.csv')}", highlight=False)

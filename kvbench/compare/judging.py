@@ -20,6 +20,7 @@ from kvbench.core.stats import (
     process_aware_samples,
     runs_to_settle,
 )
+from kvbench.core.untrusted import shortened
 from kvbench.model.cells import Cell
 from kvbench.model.modes import CACHED, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellState, ModeSummary, RunRecord
@@ -31,6 +32,8 @@ ALPHA = 0.05
 # Settings that, when they differ between files, make a comparison less like-for-like: say so.
 CONFIG_CHECKS = ("prompt", "prompt_tokens", "weights", "warmup", "seed")
 ENVIRONMENT_CHECKS = ("device_name", "torch", "transformers", "gpu_driver", "cuda_version")
+# How much of each differing value a warning shows.
+SHOWN_SETTING_CHARACTERS = 200
 # The gate's three verdicts on a measurement, from the Holm-adjusted interval of its change against
 # +PCT: wholly below (a regression of more than PCT is ruled out), wholly above, or neither.
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
@@ -325,7 +328,8 @@ def _differences(files: list[LoadedFile]) -> list[str]:
         for key in keys:
             values = [getattr(f.result, section).get(key) for f in files]
             if len({repr(v) for v in values}) > 1:
-                shown = ", ".join(f"{f.label}: {v!r}" for f, v in zip(files, values))
+                # A prompt may be a book: enough of each to tell them apart.
+                shown = ", ".join(f"{f.label}: {shortened(repr(v), SHOWN_SETTING_CHARACTERS)}" for f, v in zip(files, values))
                 warnings.append(f"{section} '{key}' differs ({shown})")
     for loaded in files:
         if not loaded.result.complete:

@@ -29,6 +29,14 @@ def printable(text: str, one_line: bool = False) -> str:
     return (_CONTROLS_IN_A_LINE if one_line else _CONTROLS).sub(_escaped, text)
 
 
+def shortened(text: str, most: int) -> str:
+    """`text` as it is when it has at most `most` characters, else its first `most` characters and how many
+    were left out: an error message or a value kept or shown whole could be megabytes."""
+    if len(text) <= most:
+        return text
+    return f"{text[:most]}… ({len(text) - most:,} more characters)"
+
+
 def spreadsheet_cell(value: Any) -> Any:
     """A CSV cell that a spreadsheet shows rather than runs: text starting like a formula gets a leading
     apostrophe, which spreadsheets read as "this is text"; numbers stay numbers."""

@@ -92,7 +92,9 @@ def build_model(
     try:
         if resolved.weights == "pretrained":
             assert resolved.files_from is not None, "pretrained weights come from a directory or a hub id"
-            model = AutoModelForCausalLM.from_pretrained(
+            # Weights whose shapes differ from the config's are loaded aside and named below: without this,
+            # transformers logs a report (which kvbench keeps quiet) and raises an error that points to it.
+            with_info: Any = AutoModelForCausalLM.from_pretrained(
                 resolved.files_from,
                 dtype=torch_dtype,
                 attn_implementation=attn,
@@ -100,7 +102,11 @@ def build_model(
                 device_map=device_map,
                 revision=resolved.revision,
                 trust_remote_code=resolved.trust_remote_code,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
             )
+            model, loading_info = with_info
+            _refuse_mismatched_shapes(loading_info.get("mismatched_keys") or (), name)
         else:
             # Seeded so two runs of the same config time the same random model.
             torch.manual_seed(seed)
@@ -138,6 +144,21 @@ def build_model(
         parameters=sum(p.numel() for p in model.parameters()),
         devices=devices,
         device_map={module: _device_name(where) for module, where in placement.items()} if placement else None,
+    )
+
+
+def _refuse_mismatched_shapes(mismatched: Any, name: str) -> None:
+    """Weights of another shape than the architecture's config gives (a config.json edited, or another
+    model's): the first named, in one line."""
+    shapes = sorted((str(key), list(stored), list(expected)) for key, stored, expected in mismatched)
+    if not shapes:
+        return
+    key, stored, expected = shapes[0]
+    more = f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""
+    raise KvbenchError(
+        f"{name}: cannot load the model: its weights do not fit the architecture its config gives: {key} is"
+        f" {stored} in the weights, {expected} in the model{more}; fix config.json to match its weights, or use"
+        " --weights random to time the architecture it gives"
     )
 
 

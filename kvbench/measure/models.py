@@ -88,7 +88,19 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
 def locate(name: str) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config = path / "config.json"
+        if not config.is_file():
+            if config.is_symlink():
+                # A link to a device (/dev/zero would never end), a FIFO, a folder, or nothing at all.
+                what = "nothing that exists" if not config.exists() else "no regular file"
+                raise KvbenchError(
+                    f"model directory {path}: its config.json is a link to {os.readlink(config)}, {what}; replace it"
+                    " with the model's config.json"
+                )
+            if config.exists():
+                raise KvbenchError(
+                    f"model directory {path}: its config.json is not a regular file; replace it with the model's config.json"
+                )
             raise KvbenchError(f"model directory {path} has no config.json; point --model at a saved Hugging Face model")
         return ModelSource(name, "local", str(path))
     if path.is_file() and path.suffix == ".json":

@@ -46,6 +46,9 @@ MOST_CONFIG_BYTES = 16 * 2**20
 MOST_CELLS = 10_000
 # A million positions is beyond every model's context: a larger length is a slip, not an experiment.
 MOST_TOKENS = 2**20
+# A hub id is at most 96 characters and a path at most 4,096 bytes (Linux's PATH_MAX): a longer name (a model,
+# a revision, an address) is a slip, and every table that shows it would wrap it over screens.
+MOST_NAME_CHARACTERS = 4096
 # JSON integers have no bound, and one beyond a float's comfortable range breaks any arithmetic on it: the
 # largest integer a setting, and anything in a results file, may be.
 LARGEST_INTEGER = 2**63

@@ -12,7 +12,7 @@ from kvbench.core.errors import KvbenchError
 from kvbench.model.caches import IMPLEMENTATIONS, REFERENCE, SAME_CACHE_AS
 from kvbench.model.cells import SWEEP_AXES, cell_count
 from kvbench.model.modes import MODES_BY_NAME
-from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, BenchConfig
+from kvbench.model.settings import LARGEST_INTEGER, MOST_CELLS, MOST_NAME_CHARACTERS, BenchConfig
 
 
 def bound_problem(item: Field, value: Any) -> str | None:
@@ -28,6 +28,32 @@ def bound_problem(item: Field, value: Any) -> str | None:
         return f"must be at least {minimum:g}, got {value}"
     if maximum is not None and value > maximum:
         return f"must be at most {maximum}, got {value}"
+    return None
+
+
+def _name_problem(setting: str, value: str) -> str | None:
+    """What is wrong with a setting's text, or None. Every one but the prompt is a name (a model, a device, an
+    address, a path), held to MOST_NAME_CHARACTERS: a results file holding a longer one is refused as damaged."""
+    if setting != "prompt" and len(value) > MOST_NAME_CHARACTERS:
+        return (
+            f"'{setting}' has a value {len(value):,} characters long, more than the {MOST_NAME_CHARACTERS:,} a name"
+            " may have (no hub id or path is that long); check what was passed"
+        )
+    if setting == "model" and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Bytes the file system's encoding could not decode (a folder named in Latin-1 on a UTF-8 system)
+            # reach Python as surrogates: shown as the bytes they stand for.
+            try:
+                raw = value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a surrogate no undecodable byte stands for
+                raw = value.encode("utf-8", "backslashreplace")
+            shown = raw.decode("utf-8", "backslashreplace")
+            return (
+                f"the model path {shown} is not valid UTF-8; safetensors and the results file take UTF-8 names"
+                " only: rename the folder"
+            )
     return None
 
 
@@ -51,6 +77,8 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
                 raise KvbenchError(f"{source}: '{item.name}' cannot be {one!r}; choose one of {', '.join(choices)}")
             if (problem := bound_problem(item, one)) is not None:
                 raise KvbenchError(f"{source}: '{item.name}' {problem}")
+            if isinstance(one, str) and (problem := _name_problem(item.name, one)) is not None:
+                raise KvbenchError(f"{source}: {problem}")
         if item.name in SWEEP_AXES or item.name == "modes":
             if len(set(values)) != len(values):
                 raise KvbenchError(f"{source}: '{item.name}' lists the same value twice; remove the repeat")

@@ -9,6 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 from kvbench.core.errors import KvbenchError
+from kvbench.core.untrusted import shortened
 from kvbench.model.events import (
     CellChanged,
     CellEnded,
@@ -28,6 +29,9 @@ from kvbench.model.events import (
 )
 from kvbench.model.records import BenchmarkResult, CellResult, CellState, RunRecord
 
+# A failure's reason is its error's message, which a library may make megabytes long: it is recorded cut to
+# this, well within the text a results file may hold (kvbench.storage.validation.MOST_TEXT_CHARACTERS).
+MOST_REASON_CHARACTERS = 10_000
 # CellResult fields combined over a cell's measuring processes rather than taken from the first.
 COMBINED_STATE = ("settings", "status", "reason", "ran_on", "outputs_match", "first_divergence", "phases_s")
 
@@ -177,6 +181,7 @@ class _CellAssembly:
         its measuring processes that finished before (--processes N): each of those is whole."""
         if self._failed:
             return
+        reason = shortened(reason, MOST_REASON_CHARACTERS)
         kept = {id(run) for run in self._finished_runs}
         if kept:
             reason += f"; the {len(kept)} runs of the processes that finished before are kept"

@@ -8,13 +8,14 @@ Schema history (the reader accepts every version listed):
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 from kvbench.core.errors import KvbenchError
-from kvbench.core.untrusted import printable, read_bounded_text
+from kvbench.core.untrusted import printable, read_bounded_text, shortened
 from kvbench.core.version import __version__, newer_than_this
 from kvbench.model.caches.quantized import QUANTIZED, QUANTIZED_NBITS
 from kvbench.model.capacity import DOCUMENT_KIND as CAPACITY_KIND
@@ -231,7 +232,7 @@ def _names(cls: type) -> set[str]:
 def _read_document(path: Path) -> Any:
     text = read_bounded_text(path, MOST_RESULTS_BYTES, "results file")
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_each_key_once)
     except json.JSONDecodeError as error:
         raise KvbenchError(
             f"{path} is not JSON ({error.msg} at line {error.lineno}); pass a kvbench results .json file"
@@ -239,6 +240,16 @@ def _read_document(path: Path) -> Any:
     except (ValueError, RecursionError) as error:  # NaN, an integer of thousands of digits, deep nesting
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
         raise KvbenchError(f"{path} is not a results file kvbench wrote ({reason}); rerun kvbench run") from None
+    return data
+
+
+def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the document; Python's JSON reader keeps the last of a key given twice, so of two values
+    one would be read and the other silently dropped, where kvbench writes each key once."""
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ValueError(f"the key {printable(shortened(twice, 40), one_line=True)!r} appears twice in one object")
     return data
 
 

@@ -19,13 +19,20 @@ from kvbench.model.cells import Cell
 from kvbench.model.costs import DatasheetPeaks, MeasuredPeaks, ModelCost
 from kvbench.model.modes import MODES
 from kvbench.model.records import BenchmarkResult, RunRecord
-from kvbench.model.settings import LARGEST_INTEGER, BenchConfig, config_fields
+from kvbench.model.settings import LARGEST_INTEGER, MOST_NAME_CHARACTERS, BenchConfig, config_fields
 from kvbench.model.validation import bound_problem
 
 # Seconds a generate() can take: beyond these the statistics overflow or divide by zero.
 SHORTEST_S, LONGEST_S = 1e-9, 1e7
 # Energy, within a float's comfortable range.
 MOST_JOULES = 1e12
+# Text shown to people (notes, a cell's reason, the environment's values, any key): far beyond what kvbench
+# writes (a failure's reason is recorded cut to a tenth of it), far below what drawing it in a table would take
+# minutes over. The model names in a file are held to MOST_NAME_CHARACTERS, as the command line holds them.
+MOST_TEXT_CHARACTERS = 100_000
+# Text as long as the user made it (the prompt, and the command that holds it) or the model generated: bounded
+# by the file's size alone, and shown cut short (compare) or only when asked for (show --show-output).
+_TEXT_OF_ANY_LENGTH = {("", "command"), ("config", "prompt")}
 
 
 def check_run_times(runs: list[RunRecord], origin: str) -> None:
@@ -216,8 +223,9 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
 
 
 def _oversized(document: Any, where: str) -> str | None:
-    """The first integer anywhere in the document too large to be a count of anything (walked without
-    recursion: the parser accepts nesting deeper than Python's call stack)."""
+    """The first integer anywhere in the document too large to be a count of anything, or text (a value or
+    a key) longer than MOST_TEXT_CHARACTERS where it is shown to people (walked without recursion: the
+    parser accepts nesting deeper than Python's call stack)."""
     # Each value with its container's path and its key: a path is spelled out only for a container, or for
     # the value named in the answer, not for each of a document's many thousand numbers.
     stack: list[tuple[str | None, Any, Any]] = [(None, where, document)]
@@ -225,11 +233,24 @@ def _oversized(document: Any, where: str) -> str | None:
         parent, key, value = stack.pop()
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INTEGER:
             return f"{_path(parent, key) or 'a value'} is an integer too large to be a count ({len(str(value))} digits)"
+        if type(value) is str and len(value) > MOST_TEXT_CHARACTERS and not _of_any_length(parent, key):
+            return f"{_path(parent, key)} is {_too_long(value, MOST_TEXT_CHARACTERS, 'text in a results file')}"
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         if items:
             path = _path(parent, key)
+            if isinstance(value, dict) and (long_key := next((k for k in value if len(k) > MOST_TEXT_CHARACTERS), None)):
+                return f"a key of {path or 'the document'} is {_too_long(long_key, MOST_TEXT_CHARACTERS, 'a key')}"
             stack.extend(reversed([(path, inner_key, item) for inner_key, item in items]))
     return None
+
+
+def _of_any_length(parent: str | None, key: Any) -> bool:
+    """Whether the text at `key` of the container at `parent` may be as long as the file holds."""
+    return (parent, key) in _TEXT_OF_ANY_LENGTH or (parent or "").endswith(".generated_text")
+
+
+def _too_long(text: str, most: int, what: str) -> str:
+    return f"{len(text):,} characters long, more than the {most:,} {what} may have"
 
 
 def _path(parent: str | None, key: Any) -> str:
@@ -259,6 +280,9 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         if data["environment"].get(key) is not None:
             if problem := _explained_problem(data["environment"][key], cls, f"environment.{key}"):
                 return problem
+    for index, model in enumerate(data["config"].get("model") or ()):
+        if len(model) > MOST_NAME_CHARACTERS:
+            return f"config.model[{index}] is {_too_long(model, MOST_NAME_CHARACTERS, 'a model name')}"
     ids = set()
     limits = config_fields()
     for index, cell in enumerate(data["cells"]):
@@ -266,6 +290,9 @@ def _meaning_problem(data: dict[str, Any]) -> str | None:
         for name, value in cell["settings"].items():
             if name in limits and isinstance(value, int) and (problem := bound_problem(limits[name], value)):
                 return f"cells[{index}].settings.{name} {problem}"
+        if len(cell["settings"]["model"]) > MOST_NAME_CHARACTERS:
+            shown = _too_long(cell["settings"]["model"], MOST_NAME_CHARACTERS, "a model name")
+            return f"cells[{index}].settings.model is {shown}"
         model = cell.get("model") or {}
         for key, annotation in _MODEL_INFO.items():
             if key in model and (problem := _type_problem(model[key], annotation, f"cells[{index}].model.{key}")):
