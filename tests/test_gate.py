@@ -338,7 +338,7 @@ def _benchmark_script(name: str):
 
 def test_the_calibration_script_drives_the_real_gate():
     """benchmarks/calibrate_gate.py at a tiny, seeded count: quiet runs with no change all pass, a 25%
-    slowdown is always caught (docs/gate.md's calibration table is this at 100 comparisons per cell)."""
+    slowdown is always caught (docs/gate.md's calibration table is this at 30 comparisons per cell)."""
     calibrate = _benchmark_script("calibrate_gate")
     unchanged = calibrate.grid_cell(("normal", "1%", 5, 1.0, 3, 5.0, 1))
     assert unchanged["shares"] == {REGRESSION: 0.0, INCONCLUSIVE: 0.0, PASS: 1.0}
