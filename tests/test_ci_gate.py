@@ -324,6 +324,12 @@ def test_gate_refuses_a_threshold_of_zero_unless_inconclusive_ones_pass(tmp_path
     )
     assert completed.returncode == 2 and "Error: --threshold-pct 0 can never pass unchanged code" in completed.stderr
     assert not (tmp_path / "out").exists()
+    # The flag reaches the gate's options: 0 is taken, and the gate goes on (to a config it lacks here).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    completed, _, summary = run_gate(tmp_path, "--head", str(bare), "--threshold-pct", "0", "--pass-inconclusive")
+    assert completed.returncode == 2 and "Inconclusive measurements pass (--pass-inconclusive)" in summary
+    assert "can never pass" not in summary and "bench.toml is not in the head checkout" in summary
     head = tmp_path / "head"
     (head / ".github").mkdir(parents=True)
     (head / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=0\n")
@@ -408,6 +414,7 @@ def test_gate_help_shows_each_options_real_default(tmp_path):
         f" else {gate.read_threshold(Side('base', tmp_path, 'no gate file'), real.gate_file)[0]:g}",
         "python": "this one",
         "out": f"<temp>/{real.out.relative_to(tempfile.gettempdir()).as_posix()}",
+        "pass_inconclusive": "off",  # a switch: off unless given
     }
     assert real.python == sys.executable and real.threshold_pct is None
     for name, text in shown.items():

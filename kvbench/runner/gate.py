@@ -102,6 +102,7 @@ class GateOptions:
         "",
         "Let inconclusive measurements pass (exit 0, not 4): the gate then fails only where the data show a"
         " slowdown of more than PCT; the summary still names them (compare's --pass-inconclusive).",
+        shown="off",
     )
     baseline_file: str = _option(
         "", "FILE", "Results file in the head checkout to compare with when there is no --base.", shown="none"
