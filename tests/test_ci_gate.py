@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kvbench.core.errors import KvbenchError
 from kvbench.runner import gate
 from kvbench.runner.gate import GateError, GateOptions, Side
 
@@ -298,6 +300,54 @@ def test_gate_maps_an_inconclusive_compare_to_its_own_verdict(tmp_path):
     assert gate.header(verdict, 10.0, [], []).startswith("### kvbench gate: INCONCLUSIVE")
 
 
+def test_gate_passes_inconclusive_ones_when_asked(tmp_path):
+    """compare's --pass-inconclusive, given to `kvbench gate` (and the action's pass-inconclusive input),
+    reaches the compare call that decides; without it the call is as before. The judging kvbench here
+    prints the arguments it was given."""
+    echo = [sys.executable, "-c", "import sys; print(' '.join(sys.argv[1:]))"]
+    side = Side("base", REPO, "this tree", echo)
+    notes: list[str] = []
+    _, code, summary = gate.judge(side, side, tmp_path / "a.json", tmp_path / "b.json", 10.0, notes, pass_inconclusive=True)
+    assert code == 0 and summary.strip().endswith("--fail-on-regression 10 --pass-inconclusive")
+    assert "`kvbench compare --fail-on-regression 10 --pass-inconclusive` exited 0" in notes[0]
+    _, _, summary = gate.judge(side, side, tmp_path / "a.json", tmp_path / "b.json", 10.0, [])
+    assert summary.strip().endswith("--fail-on-regression 10")
+    action = yaml.safe_load((REPO / "action.yml").read_text())
+    assert action["inputs"]["pass-inconclusive"]["default"] == "false"
+    script = action["runs"]["steps"][1]["run"]
+    assert "true) args+=(--pass-inconclusive) ;;" in script
+    assert action["runs"]["steps"][1]["env"]["GATE_PASS_INCONCLUSIVE"] == "${{ inputs.pass-inconclusive }}"
+
+
+def test_gate_refuses_a_threshold_of_zero_unless_inconclusive_ones_pass(tmp_path):
+    """As compare does: at 0% unchanged code can never pass. From the command line, one line before
+    anything is made; from the base's gate file, the gate's error with the reason."""
+    with pytest.raises(KvbenchError, match="--threshold-pct 0 can never pass unchanged code"):
+        GateOptions(threshold_pct=0).check()
+    GateOptions(threshold_pct=0, pass_inconclusive=True).check()
+    completed = subprocess.run(
+        [sys.executable, "-m", "kvbench", "gate", "--threshold-pct", "0", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert completed.returncode == 2 and "Error: --threshold-pct 0 can never pass unchanged code" in completed.stderr
+    assert not (tmp_path / "out").exists()
+    # The flag reaches the gate's options: 0 is taken, and the gate goes on (to a config it lacks here).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    completed, _, summary = run_gate(tmp_path, "--head", str(bare), "--threshold-pct", "0", "--pass-inconclusive")
+    assert completed.returncode == 2 and "Inconclusive measurements pass (--pass-inconclusive)" in summary
+    assert "can never pass" not in summary and "bench.toml is not in the head checkout" in summary
+    head = tmp_path / "head"
+    (head / ".github").mkdir(parents=True)
+    (head / ".github" / "kvbench-gate.env").write_text("KVBENCH_REGRESSION_PCT=0\n")
+    (head / "bench.toml").write_text(BENCH_TOML)
+    completed, outputs, summary = run_gate(tmp_path, "--head", str(head))
+    assert completed.returncode == 2 and outputs["verdict"] == "error"
+    assert "KVBENCH_REGRESSION_PCT=0 (KVBENCH_REGRESSION_PCT in head's" in summary and "can never pass" in summary
+
+
 def base_python_has_torch() -> bool:
     base_python = Path(sys.base_prefix) / "bin" / "python3"
     probe = subprocess.run(
@@ -373,6 +423,7 @@ def test_gate_help_shows_each_options_real_default(tmp_path):
         f" else {gate.read_threshold(Side('base', tmp_path, 'no gate file'), real.gate_file)[0]:g}",
         "python": "this one",
         "out": f"<temp>/{real.out.relative_to(tempfile.gettempdir()).as_posix()}",
+        "pass_inconclusive": "off",  # a switch: off unless given
     }
     assert real.python == sys.executable and real.threshold_pct is None
     for name, text in shown.items():

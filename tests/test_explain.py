@@ -1,9 +1,12 @@
 """The explanations wired into a run: prompt length as an axis, the cache object measured against theory,
 memory over time, energy, device peaks, serving metrics, roofline fractions and length fits."""
 
-import pytest
+import os
 
-from kvbench.analysis.explain import explain_result, named_settings, percent
+import pytest
+from rich.console import Console
+
+from kvbench.analysis.explain import ModeBound, explain_result, named_settings, percent
 from kvbench.hardware.memory import downsample
 from kvbench.model.cells import Cell, expand
 from kvbench.model.experiment import build_config
@@ -89,6 +92,49 @@ def test_length_fits_find_the_exponents_and_the_crossover():
     assert fitted.crossover_new_tokens == pytest.approx(10, rel=0.1)
     assert fitted.speedup_at_10x > fitted.speedup_at_2x > 1
     assert fit_table(result) is not None
+
+
+def test_an_extrapolation_the_fits_cannot_support_is_not_a_figure():
+    """Equal exponents in noisy runs over short lengths: the exponents' difference has an interval across
+    0 (+3.37 [-1.06, +7.80] in the issue), so a speedup at 2x or 10x the longest length could be anything.
+    It used to be printed ("46.55× at 128 / 6823.69× at 640") beside the line saying so; now the table
+    says "not extrapolated" and why, and the results file holds no figure for it."""
+    noise = (0.80, 1.0, 1.25)
+    parts = []
+    for length in (8, 16, 32, 64):
+        curves = {"cached": 0.3 + 0.05 * length, "uncached": 0.3 + 0.08 * length}
+        factors = {"cached": noise, "uncached": noise[::-1] if length % 16 else noise}
+        parts.append(
+            make_result({mode: [value * f for f in factors[mode]] for mode, value in curves.items()}, max_new_tokens=length)
+        )
+    result = make_sweep(parts)
+    (fit,) = explain_result(result).fits
+    fitted = fit.extrapolation
+    assert fitted.exponent_gap_ci95_low < 0 < fitted.exponent_gap_ci95_high
+    assert fitted.speedup_at_2x is None and fitted.speedup_at_10x is None
+    assert "no speedup is extrapolated beyond the lengths run" in fitted.speedup_reason
+    console = Console(width=200, record=True, color_system=None, file=open(os.devnull, "w"))
+    console.print(fit_table(result))
+    text = console.export_text()
+    assert "not extrapolated" in text and "× at 128" not in text and "× at 640" not in text
+    assert "cannot tell the exponents apart" in text and "no speedup is extrapolated" in text
+    assert explain_result(result).to_dict()["length_fits"][0]["extrapolation"]["speedup_at_10x"] is None
+
+
+def test_a_rate_above_its_roofline_bound_is_never_more_than_100_percent():
+    """A tiny GQA model at 8,192 prompt tokens, peaks measured under load: "cached at 101% of the compute
+    bound … uncached at 118%". A lower bound cannot be beaten: the words say the bound or the peaks are
+    wrong, and print no share of it."""
+    beaten = ModeBound("cell", "uncached", 0.00118, 0.001, 1.18, "compute", 0, 8)
+    words = beaten.words()
+    assert "118%" not in words and "%" not in words
+    assert words.startswith("uncached measured faster than its compute bound (1.18 ms/token bound, 1 measured)")
+    assert "the bound's cost model or the peaks it uses are wrong" in words
+    assert beaten.reached() == "measured faster than it: the bound or the peaks are wrong"
+    within = ModeBound("cell", "cached", 0.00071, 0.001, 0.71, "memory bandwidth", 8, 8)
+    assert within.words().startswith("cached at 71% of the memory-bandwidth bound") and within.reached() == "run at 71% of it"
+    at_the_bound = ModeBound("cell", "cached", 0.001, 0.001, 1.0, "compute", 0, 8)
+    assert at_the_bound.words().startswith("cached at 100% of the compute bound")
 
 
 def test_named_settings_percent_and_downsample():

@@ -1,20 +1,23 @@
 import math
+import statistics
 
 import pytest
 
 from kvbench.core.stats import (
+    CLOCK_TICK_S,
     coefficient_of_variation,
     compare_means,
-    holm_levels,
     median_gap_ms,
     noise_warning,
     outlier_indices,
+    outward,
     per_token_curve_ms,
     precise_enough,
     relative_standard_error,
     rse_upper_bound,
     speedup_words,
     summarize,
+    written_step,
 )
 
 
@@ -83,10 +86,30 @@ def test_identical_samples_are_not_significant():
     assert not test.significant()
 
 
-def test_constant_samples_differ_exactly():
+def test_constant_samples_are_known_to_a_clock_tick():
+    """Runs that all took the same time have a spread below one tick, not none: each side's standard
+    deviation is taken as one tick (CLOCK_TICK_S), so the interval is as narrow as the tick allows, never
+    a point."""
     test = compare_means([2.0, 2.0], [1.0, 1.0])
-    assert (test.low, test.high, test.p_value) == (2.0, 2.0, 0.0)
-    assert test.significant()
+    assert test.without_spread
+    assert test.log_se == pytest.approx(math.sqrt(CLOCK_TICK_S**2 / (2 * 2.0**2) + CLOCK_TICK_S**2 / (2 * 1.0**2)))
+    assert test.low < 2.0 < test.high and test.significant()
+    # Without the floor, the old certainty: a zero-width interval.
+    assert compare_means([2.0, 2.0], [1.0, 1.0], tick=0).low == 2.0
+
+
+def test_one_side_without_spread_is_not_taken_as_certain():
+    """The issue's case: a baseline of five identical 0.010 s runs against a noisy head. The baseline's
+    side adds a tick's standard error to the head's; it used to add nothing."""
+    base = [0.010] * 5
+    head = [0.0106, 0.0104, 0.0107, 0.0105, 0.0108]
+    test = compare_means(head, base)
+    head_se2 = statistics.variance(head) / (5 * statistics.fmean(head) ** 2)
+    assert test.log_se**2 == pytest.approx(head_se2 + CLOCK_TICK_S**2 / (5 * 0.010**2))
+    assert not test.without_spread
+    # A side with some spread below a tick is floored the same way.
+    nearly = compare_means(head, [0.010, 0.0100001, 0.010, 0.010, 0.010])
+    assert nearly.log_se**2 == pytest.approx(head_se2 + CLOCK_TICK_S**2 / (5 * 0.01000002**2), rel=1e-4)
 
 
 def test_too_few_runs_give_a_ratio_but_no_verdict():
@@ -100,33 +123,6 @@ def test_too_few_runs_give_a_ratio_but_no_verdict():
 def test_values_that_are_no_time_are_refused(bad):
     with pytest.raises(ValueError, match="finite, positive"):
         compare_means([1.0, bad], [1.0, 1.1])
-
-
-def test_holm_levels_by_hand():
-    # m = 3, alpha 0.05: the smallest p (0.001) is tested at 0.05/3 and rejected; the next (0.02) at
-    # 0.05/2 = 0.025 and rejected; the last (0.04) at 0.05 and rejected.
-    assert holm_levels([0.04, 0.001, 0.02]) == pytest.approx([0.05, 0.05 / 3, 0.025])
-    # 0.03 is above 0.05/2, so it and everything after it are kept, at that step's level.
-    assert holm_levels([0.001, 0.03, 0.04]) == pytest.approx([0.05 / 3, 0.025, 0.025])
-    assert holm_adjusted([0.001, 0.03, 0.04]) == pytest.approx([0.003, 0.06, 0.06])
-    assert holm_levels([]) == []
-
-
-def holm_adjusted(p_values):
-    """Holm-adjusted p-values, the textbook form: below alpha exactly where Holm's procedure rejects."""
-    m = len(p_values)
-    adjusted, running = [1.0] * m, 0.0
-    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
-        running = max(running, min(1.0, (m - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-def test_holm_levels_reject_exactly_where_adjusted_p_values_do():
-    p_values = [0.004, 0.2, 0.011, 0.013, 0.03, 0.0001]
-    levels = holm_levels(p_values)
-    adjusted = holm_adjusted(p_values)
-    assert [p < level for p, level in zip(p_values, levels)] == [a < 0.05 for a in adjusted]
 
 
 def test_outliers_by_modified_z_score():
@@ -151,6 +147,20 @@ def test_outliers_when_most_runs_are_equal():
     # One run a clock tick off otherwise identical runs is no stall.
     assert outlier_indices([1, 1, 1, 1, 1, 1, 1.001]) == []
     assert outlier_indices([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.55]) == [6]  # 10% off: beyond a tick
+    # Values written to whole units: 11 is one tick (a unit) off the 10s, 12 two.
+    assert outlier_indices([10, 10, 10, 10, 10, 10, 11]) == []
+    assert outlier_indices([10, 10, 10, 10, 10, 10, 12]) == [6]
+    # A step as coarse as the runs themselves says nothing: 2 among 1s is flagged.
+    assert outlier_indices([1, 1, 1, 1, 1, 1, 2]) == [6]
+
+
+def test_the_step_values_are_written_to():
+    assert written_step([10, 11]) == 1
+    assert written_step([0.010, 0.011]) == pytest.approx(0.001)
+    assert written_step([100, 200]) == 100
+    assert written_step([0.1 + 0.2]) == pytest.approx(0.1)  # a float's last bit is no step
+    assert written_step([0.123456789012345]) == 0.0  # finer than 1e-12 of the value: none
+    assert written_step([0.0]) == 0.0
 
 
 def test_outlier_flags_are_rare_on_clean_data():
@@ -184,6 +194,18 @@ def test_speedup_is_worded_by_direction():
     unclear = compare_means([1.0, 1.3, 0.8], [1.0, 1.2, 0.9])
     assert speedup_words(unclear).endswith("within noise)")
     assert speedup_words(compare_means([2.0], [1.0])).endswith("(too few runs for an interval)")
+
+
+def test_a_speedup_without_spread_claims_no_certainty():
+    """`show` printed "2.83× (95% interval 2.83×–2.83×)" for runs that all took the same time. Both modes
+    without spread: no interval. One without: an interval as wide as the tick allows, printed rounded
+    outward, so never as a point."""
+    both = speedup_words(compare_means([0.0283] * 5, [0.010] * 5))
+    assert both.startswith("cached is 2.83× faster") and "no interval" in both and "2.83×–2.83×" not in both
+    one = speedup_words(compare_means([0.0283] * 4 + [0.0283001], [0.010] * 5))
+    low, high = one.split("interval ")[1].rstrip("×)").split("×–")
+    assert float(low) < 2.83 < float(high), one
+    assert outward(2.8300001, 2.8300002) == ("2.83", "2.84") and outward(1.5, 2.0) == ("1.50", "2.00")
 
 
 def test_token_gaps_take_the_median_over_a_slice():

@@ -82,13 +82,30 @@ class ModeBound:
     memory_bound_steps: int
     steps: int
 
+    @property
+    def beyond_bound(self) -> bool:
+        """Measured faster than the bound allows: a lower bound cannot be beaten, so the bound (its cost
+        model) or the peaks it divides by are wrong, and no share of it means anything."""
+        return self.fraction_of_bound > 1
+
     def words(self) -> str:
-        """ "cached at 71% of the memory-bandwidth bound (bound 2.41 ms/token)" """
+        """ "cached at 71% of the memory-bandwidth bound (2.41 ms/token bound, 3.39 measured)"; never more than
+        100%: a mode measured faster than its bound says that the bound or the peaks are wrong."""
         limit = "memory-bandwidth" if self.limited_by == "memory bandwidth" else "compute"
-        return (
-            f"{self.mode} at {percent(self.fraction_of_bound)} of the {limit} bound"
-            f" ({self.bound_per_token_s * 1000:.3g} ms/token bound, {self.measured_per_token_s * 1000:.3g} measured)"
-        )
+        figures = f"{self.bound_per_token_s * 1000:.3g} ms/token bound, {self.measured_per_token_s * 1000:.3g} measured"
+        if self.beyond_bound:
+            return (
+                f"{self.mode} measured faster than its {limit} bound ({figures}), which no run can be: the bound's"
+                " cost model or the peaks it uses are wrong (peaks measured under load read low)"
+            )
+        return f"{self.mode} at {percent(self.fraction_of_bound)} of the {limit} bound ({figures})"
+
+    def reached(self) -> str:
+        """How the mean run stands against its bound, for the bound's legend: "run at 71% of it", or, past a
+        bound that is wrong, "measured faster than it: the bound or the peaks are wrong"."""
+        if self.beyond_bound:
+            return "measured faster than it: the bound or the peaks are wrong"
+        return f"run at {percent(self.fraction_of_bound)} of it"
 
 
 def percent(fraction: float) -> str:

@@ -180,14 +180,19 @@ class LengthExtrapolation:
     longest_new_tokens: int
     crossover_new_tokens: float | None  # below this length the cached mode is not faster
     crossover_reason: str  # what the crossover means, or why there is none
-    speedup_at_2x: float  # predicted uncached / cached latency at 2 x longest_new_tokens
-    speedup_at_10x: float  # ... and at 10 x
+    # Predicted uncached / cached latency at 2 x and 10 x longest_new_tokens; None where the fits cannot
+    # support a prediction (the exponents' difference is not known to be positive), and speedup_reason
+    # says why. A speedup beyond the lengths run rests on that difference: with an interval reaching
+    # below 0 the same data allow a speedup that shrinks as much as one that explodes.
+    speedup_at_2x: float | None
+    speedup_at_10x: float | None
     # Uncached exponent minus cached, with its 95% interval (None where a fit has no uncertainty), and
     # what it says: whether uncached latency grows faster with length, or that these lengths cannot tell.
     exponent_gap: float = math.nan
     exponent_gap_ci95_low: float | None = None
     exponent_gap_ci95_high: float | None = None
     exponent_gap_reason: str = ""
+    speedup_reason: str | None = None
 
 
 def exponent_gap(cached: PowerFit, uncached: PowerFit) -> tuple[float, float | None, float | None, str]:
@@ -259,9 +264,18 @@ def extrapolate(
     cached = fit_latency(cached_points, CACHED.name)
     uncached = fit_latency(uncached_points, UNCACHED.name)
     longest = max(cached.max_new_tokens, uncached.max_new_tokens)
-    at_2x, at_10x = (uncached.predict_s(f * longest) / cached.predict_s(f * longest) for f in EXTRAPOLATION_FACTORS)
     point, reason = crossover(cached, uncached, up_to=EXTRAPOLATION_FACTORS[-1] * longest)
     gap, gap_low, gap_high, gap_reason = exponent_gap(cached, uncached)
+    at_2x: float | None = None
+    at_10x: float | None = None
+    speedup_reason: str | None = None
+    if gap_low is not None and gap_low > 0:
+        at_2x, at_10x = (uncached.predict_s(f * longest) / cached.predict_s(f * longest) for f in EXTRAPOLATION_FACTORS)
+    else:
+        speedup_reason = (
+            "no speedup is extrapolated beyond the lengths run: it rests on how much faster uncached latency"
+            " grows, which these fits do not show"
+        )
     return LengthExtrapolation(
         cached=cached,
         uncached=uncached,
@@ -274,4 +288,5 @@ def extrapolate(
         exponent_gap_ci95_low=gap_low,
         exponent_gap_ci95_high=gap_high,
         exponent_gap_reason=gap_reason,
+        speedup_reason=speedup_reason,
     )

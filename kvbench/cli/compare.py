@@ -37,11 +37,12 @@ def compare(
         None,
         metavar="PCT",
         help="The gate, for CI. Each measurement's 95% confidence interval of its change (widened for the"
-        " number of measurements compared, by Holm's method) passes when wholly below +PCT%, is a"
+        " number of measurements compared, to 1 - 5%/their number) passes when wholly below +PCT%, is a"
         " regression when wholly above, else inconclusive. Exit 1: a regression; 3: a measurement it"
         " cannot judge (missing from a file, a failed baseline cell, other settings, fewer than 2 runs),"
         " one line each; 4: inconclusive, with the runs likely to settle it; 0: every measurement"
-        " passed; 2: a usage error. Keep PCT above the drift you see between reruns.",
+        " passed; 2: a usage error. Keep PCT above the drift you see between reruns; 0 only with"
+        " --pass-inconclusive (unchanged code cannot pass it).",
     ),
     pass_inconclusive: bool = typer.Option(
         False,

@@ -37,7 +37,9 @@ def _options() -> list:
         kind = hints[item.name]
         kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind)
         help_text = f"{item.metadata['help']} \\[default: {shown_default(item.name)}]"
-        option = typer.Option(None, metavar=item.metadata["metavar"], help=help_text)
+        # A switch is one flag, on when given: "--pass-inconclusive", never a "--no-" twin.
+        names = [f"--{item.name.replace('_', '-')}"] if kind is bool else []
+        option = typer.Option(None, *names, metavar=item.metadata["metavar"], help=help_text)
         parameters.append(keyword(item.name, Optional[kind], option))
     return parameters
 

@@ -102,15 +102,35 @@ OUTLIER_MIN_N = 6
 # The least spread the runs other than one are taken to have, as a share of the median, when they are all
 # equal (MAD = 0): a clock tick is not a stall.
 TICK_FLOOR = 0.01
+# The finest step the values' own digits are taken to show, at most this share of the median: a clock
+# whose tick is a tenth of a run or more could not have timed these runs at all.
+COARSEST_TICK = 0.1
+
+
+def written_step(values: Sequence[float]) -> float:
+    """The coarsest power of ten every value is a whole multiple of (to a float's precision): the step
+    the values were written or timed to, 1 for [10, 11], 0.001 for [0.010, 0.011]; 0 when there is none
+    down to 1e-12 of the largest value (a float's own rounding would hide a finer one)."""
+    largest = max((abs(v) for v in values), default=0.0)
+    if largest == 0:
+        return 0.0
+    exponent = math.floor(math.log10(largest))
+    for power in range(exponent, exponent - 13, -1):
+        step = 10.0**power
+        if all(math.isclose(v / step, round(v / step), rel_tol=1e-13, abs_tol=1e-9) for v in values):
+            return step
+    return 0.0
 
 
 def outlier_indices(values: Sequence[float], threshold: float = OUTLIER_Z) -> list[int]:
     """Indices of values whose modified z-score, 0.6745 |x - median| / MAD, exceeds the threshold.
     Median-based, so one wild value (a first-run compile, a stall) cannot hide itself by inflating the
     spread. None below OUTLIER_MIN_N values. When more than half the values are equal (MAD = 0, a coarse
-    clock), each value is measured against the standard deviation of the others instead (at least
-    TICK_FLOOR of the median), so [1, 1, 1, 1, 1, 1, 9] flags the 9, [1, 1, 1, 1, 2, 2, 2] flags nothing,
-    and neither does one run a clock tick off, [1, 1, 1, 1, 1, 1, 1.001]."""
+    clock), each value is measured against the standard deviation of the others instead, at least
+    TICK_FLOOR of the median and at least the spread of rounding to the step the values are written to
+    (written_step, up to COARSEST_TICK of the median): [1, 1, 1, 1, 1, 1, 9] flags the 9,
+    [1, 1, 1, 1, 2, 2, 2] flags nothing, and neither does one run a clock tick off,
+    [1, 1, 1, 1, 1, 1, 1.001] or [10, 10, 10, 10, 10, 10, 11]."""
     values = list(values)
     if len(values) < OUTLIER_MIN_N:
         return []
@@ -121,9 +141,11 @@ def outlier_indices(values: Sequence[float], threshold: float = OUTLIER_Z) -> li
         return [i for i, d in enumerate(deviations) if 0.6745 * d / mad > threshold]
     flagged = []
     # Runs that are all equal but one show a coarse clock, and the odd one out is as often one tick
-    # away as a stall: the spread of the others is floored at TICK_FLOOR of the median, so only a run
-    # far beyond a tick (threshold x 1% = 6% of the median) is flagged.
-    floor = TICK_FLOOR * abs(median)
+    # away as a stall: the spread of the others is floored at TICK_FLOOR of the median and at the spread
+    # that rounding to the values' step gives (a step q: off by up to q/2, a standard deviation of
+    # q/sqrt(12)), so one step is 3.5 of those and never flagged; two steps (6.9) are.
+    step = min(written_step(values), COARSEST_TICK * abs(median))
+    floor = max(TICK_FLOOR * abs(median), step / math.sqrt(12))
     for i, deviation in enumerate(deviations):
         if deviation == 0:
             continue
@@ -173,6 +195,9 @@ class RatioTest:
     confidence: float
     log_se: float | None = None
     df: float | None = None
+    # Every run on both sides took the same time: a coarse clock, or copied runs. The clock's tick still
+    # gives such a test an interval, but a comparison of two sides without spread is not judged.
+    without_spread: bool = False
 
     @property
     def judged(self) -> bool:
@@ -187,22 +212,6 @@ class RatioTest:
         if not self.significant():
             return "no significant change"
         return "slower" if self.low is not None and self.low > 1 else "faster"
-
-    @property
-    def without_spread(self) -> bool:
-        """Every run on both sides took the same time: the interval would have zero width and claim a
-        certainty no finite number of runs gives (a coarse clock, or copied runs)."""
-        return self.log_se == 0
-
-    def p_value_against(self, null_ratio: float) -> float | None:
-        """The two-sided p-value of the hypothesis that the true ratio is `null_ratio` (1: no change; the
-        gate's 1 + PCT / 100), from the same t statistic as the interval."""
-        if self.log_se is None or self.df is None:
-            return None
-        distance = math.log(self.ratio) - math.log(null_ratio)
-        if self.log_se == 0:
-            return 1.0 if distance == 0 else 0.0
-        return 2 * t_cdf(-abs(distance) / self.log_se, self.df)
 
     def at(self, confidence: float) -> RatioTest:
         """The same test with its interval at another confidence (a wider one for a family of tests)."""
@@ -226,17 +235,26 @@ def _interval(ratio: float, log_se: float, df: float, confidence: float) -> tupl
     return ratio * math.exp(-half_width), ratio * math.exp(half_width)
 
 
-def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> RatioTest:
-    """The ratio of means a / b, its interval and p-value from the log-scale t statistic (see RatioTest).
-    Values must be finite and positive."""
+# The least any time is known to, in seconds: token times are stored rounded to the microsecond (and
+# with them the time to first token), and perf_counter's own resolution is finer (1 ns on Linux). Runs
+# that all took the same time have a spread below one tick, not none: each side's standard deviation is
+# taken as at least this, so no side is ever taken as certain.
+CLOCK_TICK_S = 1e-6
+
+
+def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, tick: float = CLOCK_TICK_S) -> RatioTest:
+    """The ratio of means a / b, its interval and p-value from the log-scale t statistic (see RatioTest),
+    each side's standard deviation at least `tick` (the clock's: values in seconds). Values must be finite
+    and positive."""
     if any(not math.isfinite(v) or v <= 0 for v in (*a, *b)):
         raise ValueError("compare_means needs finite, positive values")
     mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
     ratio = mean_a / mean_b
     if len(a) < 2 or len(b) < 2:
         return RatioTest(ratio, None, None, None, confidence)
-    se2_a = statistics.variance(a) / (len(a) * mean_a**2)
-    se2_b = statistics.variance(b) / (len(b) * mean_b**2)
+    variance_a, variance_b = statistics.variance(a), statistics.variance(b)
+    se2_a = max(variance_a, tick**2) / (len(a) * mean_a**2)
+    se2_b = max(variance_b, tick**2) / (len(b) * mean_b**2)
     log_se = math.sqrt(se2_a + se2_b)
     df = welch_df(se2_a, len(a) - 1, se2_b, len(b) - 1)
     if log_se == 0:
@@ -244,7 +262,8 @@ def compare_means(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     else:
         p_value = 2 * t_cdf(-abs(math.log(ratio)) / log_se, df)
     low, high = _interval(ratio, log_se, df, confidence)
-    return RatioTest(ratio, low, high, p_value, confidence, log_se, df)
+    without_spread = variance_a == 0 and variance_b == 0
+    return RatioTest(ratio, low, high, p_value, confidence, log_se, df, without_spread)
 
 
 def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) -> float | None:
@@ -278,26 +297,6 @@ def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) 
     return high
 
 
-def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
-    """The level at which Holm's step-down procedure tests each p-value: alpha / m for the smallest,
-    alpha / (m - 1) for the next, and so on while it rejects; from the first p-value it keeps, every
-    remaining one gets that step's level. An interval at confidence 1 - level therefore excludes the
-    null exactly when Holm rejects it, and the family's false-alarm rate stays at most alpha."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    levels = [alpha] * m
-    kept_at: float | None = None
-    for rank, index in enumerate(order):
-        if kept_at is None:
-            step = alpha / (m - rank)
-            if p_values[index] < step:
-                levels[index] = step
-                continue
-            kept_at = step
-        levels[index] = kept_at
-    return levels
-
-
 def cached_speedup(uncached: Sequence[float], cached: Sequence[float], confidence: float = 0.95) -> RatioTest:
     """Uncached mean latency over cached mean latency (above 1: the cache is faster), with its interval."""
     return compare_means(uncached, cached, confidence)
@@ -312,9 +311,21 @@ def speedup_words(test: RatioTest) -> str:
     text = f"cached is {factor:.2f}× {'faster' if faster else 'slower'} than uncached"
     if test.low is None or test.high is None:
         return text + " (too few runs for an interval)"
+    if test.without_spread:
+        return text + " (every run of each mode took the same time: a copied or coarsely timed run, no interval)"
     low, high = (test.low, test.high) if faster else (1 / test.high, 1 / test.low)
     within = "" if test.significant() else ", within noise"
-    return text + f" ({test.confidence:.0%} interval {low:.2f}×–{high:.2f}×{within})"
+    shown_low, shown_high = outward(low, high)
+    return text + f" ({test.confidence:.0%} interval {shown_low}×–{shown_high}×{within})"
+
+
+def outward(low: float, high: float, decimals: int = 2) -> tuple[str, str]:
+    """An interval's bounds as printed, rounded outward (the lower down, the upper up) so the printed
+    interval holds the computed one: a narrow one around 2.83 is 2.82–2.84, never 2.83–2.83."""
+    scale = 10**decimals
+    # Rounded to 9 places first, so a float's last bit (2.83 * 100 = 282.99999999999997) is no step.
+    floor, ceiling = math.floor(round(low * scale, 9)) / scale, math.ceil(round(high * scale, 9)) / scale
+    return f"{floor:.{decimals}f}", f"{ceiling:.{decimals}f}"
 
 
 def process_aware_samples(latencies: Sequence[float], process_ids: Sequence[object]) -> list[float]:

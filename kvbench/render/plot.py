@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.analysis.cache_choice import Missing, cache_verdicts
-from kvbench.analysis.explain import Explanation, explain_result, named_settings, percent, step_bounds_ms, varying_axes
+from kvbench.analysis.explain import Explanation, explain_result, named_settings, step_bounds_ms, varying_axes
 from kvbench.core.errors import KvbenchError
 from kvbench.core.stats import per_token_curve_ms
 from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, shown_value
@@ -149,7 +149,7 @@ def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explan
             bound = step_bounds_ms(cell, mode, explanation.peaks)
             if bound:
                 reached = explanation.bound_of(cell.id, mode)
-                share = f" (run at {percent(reached.fraction_of_bound)} of it)" if reached else ""
+                share = f" ({reached.reached()})" if reached else ""
                 axis.plot(range(len(bound)), bound, linestyle="--", color=colour, label=f"{mode}, bound{share}")
         axis.set_yscale("log")
         axis.set_xlabel("new token position")

@@ -18,6 +18,7 @@ from kvbench.analysis.cache_choice import (
     cache_verdicts,
     what_fits_notes,
 )
+from kvbench.core.stats import outward
 from kvbench.core.units import format_bytes
 from kvbench.model.records import BenchmarkResult, CellState
 from kvbench.render.tables import Column, FittedTable
@@ -51,17 +52,15 @@ def fit_table(result: BenchmarkResult, explanation=None) -> Group | None:
 
         crossing = f"{fitted.crossover_new_tokens:.1f} tokens" if fitted.crossover_new_tokens is not None else "none"
         longest = fitted.longest_new_tokens
-        add_row(
-            table,
-            [
-                fit.group,
-                exponent(fitted.cached),
-                exponent(fitted.uncached),
-                crossing,
-                f"{fitted.speedup_at_2x:.2f}× at {2 * longest} / {fitted.speedup_at_10x:.2f}× at {10 * longest}",
-            ],
+        at_2x, at_10x = fitted.speedup_at_2x, fitted.speedup_at_10x
+        speedups = (
+            f"{at_2x:.2f}× at {2 * longest} / {at_10x:.2f}× at {10 * longest}"
+            if at_2x is not None and at_10x is not None
+            else "not extrapolated"
         )
-        notes.append(f"{fit.group}: {fitted.exponent_gap_reason}; {fitted.crossover_reason}")
+        add_row(table, [fit.group, exponent(fitted.cached), exponent(fitted.uncached), crossing, speedups])
+        why_not = f"; {fitted.speedup_reason}" if fitted.speedup_reason else ""
+        notes.append(f"{fit.group}: {fitted.exponent_gap_reason}{why_not}; {fitted.crossover_reason}")
     return Group(table, *(plain(note) for note in notes))
 
 
@@ -76,9 +75,10 @@ def latency_ratio_text(verdict: CacheVerdict) -> str:
     test = verdict.latency_ratio
     if isinstance(test, Missing):
         return "—"
-    if test.low is None or test.high is None:
+    if test.low is None or test.high is None or test.without_spread:
         return f"{test.ratio:.2f}× (no interval)"
-    return f"{test.ratio:.2f}× [{test.low:.2f}, {test.high:.2f}]"
+    low, high = outward(test.low, test.high)
+    return f"{test.ratio:.2f}× [{low}, {high}]"
 
 
 def memory_saved_texts(verdict: CacheVerdict) -> tuple[str, str]:

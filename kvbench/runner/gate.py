@@ -30,7 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from kvbench.compare.judging import EXIT_CODES
+from kvbench.compare.judging import EXIT_CODES, zero_threshold_problem
 from kvbench.core.errors import KvbenchError
 from kvbench.core.jsontext import json_text
 from kvbench.core.untrusted import printable
@@ -111,6 +111,13 @@ class GateOptions:
         shown=f"{THRESHOLD_KEY} in the base's --gate-file, else {DEFAULT_THRESHOLD_PCT:g}",
     )
     gate_file: str = _option(GATE_FILE, "FILE", "File in the base checkout holding KVBENCH_REGRESSION_PCT=PCT.")
+    pass_inconclusive: bool = _option(
+        False,
+        "",
+        "Let inconclusive measurements pass (exit 0, not 4): the gate then fails only where the data show a"
+        " slowdown of more than PCT; the summary still names them (compare's --pass-inconclusive).",
+        shown="off",
+    )
     baseline_file: str = _option(
         "", "FILE", "Results file in the head checkout to compare with when there is no --base.", shown="none"
     )
@@ -148,6 +155,8 @@ class GateOptions:
     def check(self) -> None:
         if self.threshold_pct is not None and not 0 <= self.threshold_pct < float("inf"):
             raise KvbenchError("--threshold-pct takes a non-negative percentage, such as 10")
+        if self.threshold_pct == 0 and not self.pass_inconclusive:
+            raise KvbenchError(zero_threshold_problem("--threshold-pct 0"))
         if self.install not in INSTALL_MODES:
             raise KvbenchError(f"--install is {self.install!r}; give {' or '.join(INSTALL_MODES)}")
 
@@ -441,7 +450,13 @@ COMPARE_VERDICTS = {code: outcome for outcome, code in EXIT_CODES.items()}
 
 
 def judge(
-    judge_side: Side, head: Side, reference: Path | None, head_json: Path, threshold: float, notes: list[str]
+    judge_side: Side,
+    head: Side,
+    reference: Path | None,
+    head_json: Path,
+    threshold: float,
+    notes: list[str],
+    pass_inconclusive: bool = False,
 ) -> tuple[str, int, str]:
     """The verdict, the exit code and the summary's body: one `kvbench compare` call decides, its markdown
     is the body and its exit code the gate's. With nothing to compare with, head's table, unjudged."""
@@ -449,14 +464,14 @@ def judge(
         notes.append("No base commit and no committed baseline: head was measured, nothing was judged.")
         shown = head.run(["show", str(head_json)], capture=True).stdout.rstrip()
         return "no-baseline", EXIT_PASS, f"```\n{shown}\n```\n" if shown else ""
+    gate_args = ["--fail-on-regression", f"{threshold:g}", *(["--pass-inconclusive"] if pass_inconclusive else [])]
     compared = judge_side.run(
-        ["compare", str(reference), str(head_json), "--format", "markdown", "--fail-on-regression", f"{threshold:g}"],
+        ["compare", str(reference), str(head_json), "--format", "markdown", *gate_args],
         capture=True,
     )
     sys.stderr.write(compared.stderr)
     notes.append(
-        f"Judged by {judge_side.name}'s kvbench: `kvbench compare --fail-on-regression {threshold:g}`"
-        f" exited {compared.returncode}."
+        f"Judged by {judge_side.name}'s kvbench: `kvbench compare {' '.join(gate_args)}` exited {compared.returncode}."
     )
     if compared.returncode in COMPARE_VERDICTS:
         return COMPARE_VERDICTS[compared.returncode], compared.returncode, compared.stdout
@@ -500,9 +515,16 @@ def run_gate(options: GateOptions) -> GateOutcome:
         trusted = base or head
         if options.threshold_pct is None:
             threshold, source = read_threshold(trusted, options.gate_file)
+            if threshold == 0 and not options.pass_inconclusive:
+                raise GateError(zero_threshold_problem(f"{THRESHOLD_KEY}=0 ({source})"))
             notes.append(f"Threshold {threshold:g}%: {source}.")
         else:
             notes.append(f"Threshold {threshold:g}%: given to the gate (--threshold-pct).")
+        if options.pass_inconclusive:
+            notes.append(
+                "Inconclusive measurements pass (--pass-inconclusive): the gate fails only where the data show a"
+                f" slowdown of more than {threshold:g}%."
+            )
         config = trusted.checkout / options.config
         if not config.is_file():
             raise GateError(f"{options.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
@@ -545,7 +567,7 @@ def run_gate(options: GateOptions) -> GateOutcome:
             exported_json.write_text(exported.stdout)
 
         check_untouched(base_digests)
-        verdict, code, judged = judge(trusted, head, reference, head_json, threshold, notes)
+        verdict, code, judged = judge(trusted, head, reference, head_json, threshold, notes, options.pass_inconclusive)
     except GateError as error:
         log(f"error: {error}")
         verdict, code = "error", EXIT_ERROR

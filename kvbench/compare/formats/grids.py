@@ -10,7 +10,15 @@ from typing import Any
 from kvbench.analysis.cache_choice import DEFAULT_GPU_MEMORY_BYTES, Missing, cache_verdicts, present
 from kvbench.compare.judging import ALPHA, INCONCLUSIVE, PASS, PROCESS_MEANS_FROM, REGRESSION, Comparison, Entry
 from kvbench.core.metrics import JUDGED_METRICS
-from kvbench.core.stats import OUTLIER_MIN_N, OUTLIER_Z, RatioTest, coefficient_of_variation, speedup_words
+from kvbench.core.stats import (
+    CLOCK_TICK_S,
+    OUTLIER_MIN_N,
+    OUTLIER_Z,
+    RatioTest,
+    coefficient_of_variation,
+    outward,
+    speedup_words,
+)
 from kvbench.core.units import format_bytes
 from kvbench.model.modes import CACHED
 from kvbench.model.records import SERVING_FIELDS
@@ -19,11 +27,10 @@ from kvbench.render.verdicts import VERDICT_COLUMNS, verdict_row
 
 # What the gate tests, in one sentence: the markdown's method note and the JSON export carry it.
 GATE_RULE = (
-    "judges each measurement by the 95% confidence interval of its change (widened for the number of"
-    " measurements compared, by Holm's method, which tests them against +PCT%): pass when it lies wholly"
-    " below +PCT%, regression (exit 1) when wholly above, inconclusive (exit 4, unless"
-    " --pass-inconclusive) when it straddles +PCT%; it fails closed (exit 3) when a measurement cannot"
-    " be judged"
+    "judges each measurement by the interval printed beside it, the 95% confidence interval of its change"
+    " widened for the number of measurements compared: pass when it lies wholly below +PCT%, regression"
+    " (exit 1) when wholly above, inconclusive (exit 4, unless --pass-inconclusive) when it straddles"
+    " +PCT%; it fails closed (exit 3) when a measurement cannot be judged"
 )
 
 
@@ -60,12 +67,16 @@ def _mean_cell(entry: Entry) -> str:
     notes = [f"n={summary.n}"]
     if summary.outlier_runs:
         notes.append("outlying run " + ", ".join(str(run + 1) for run in summary.outlier_runs))
-    if entry.tested_on_process_means:
+    tested_on = entry.tested_on()
+    if tested_on.startswith("process means"):
         # With unequal runs per process the mean of process means is not the mean shown: say which is tested.
         means = entry.samples["latency"]
         tested = sum(means) / len(means)
         differs = f", their mean {tested:.3f}" if f"{tested:.3f}" != f"{summary.mean_s:.3f}" else ""
-        notes.append(f"tested on {len(means)} process means{differs}")
+        notes.append(f"tested on {len(means)} process means{differs}{tested_on.removeprefix('process means')}")
+    elif entry.tested_on_process_means:
+        # Against a side from fewer processes both are tested run by run: the row's note says why.
+        notes.append(f"{entry.processes} processes, tested run by run")
     return f"{summary.mean_s:.3f}{std} ({'; '.join(notes)})"
 
 
@@ -225,8 +236,11 @@ def speedup_cell(test: RatioTest | None) -> str:
     if test is None:
         return "—"
     shown = f"{test.ratio:.2f}×"
-    if test.low is not None:
-        shown += f" [{test.low:.2f}×, {test.high:.2f}×]"
+    if test.without_spread:
+        shown += " (no spread: no interval)"
+    elif test.low is not None and test.high is not None:
+        low, high = outward(test.low, test.high)
+        shown += f" [{low}×, {high}×]"
     if test.ratio < 1:
         shown += f" ({speedup_words(test).split(' (')[0]})"
     return shown
@@ -250,9 +264,11 @@ def method_note(comparison: Comparison) -> str:
         f"Baseline: {base}. Change = other mean / baseline mean − 1, means over all runs (outlying runs"
         f" included; flagged from {OUTLIER_MIN_N} runs at a median-based z-score above {OUTLIER_Z:g}), with an"
         " interval from one t statistic on the log of the ratio (delta method, Welch–Satterthwaite df):"
-        " faster or slower exactly when the interval excludes 0%."
-        f" Holm's method across the {family} latency comparison(s) (each metric its own family) keeps the"
-        f" chance of any false call at {ALPHA:.0%}: each interval is widened to the level Holm tests it at."
+        " faster or slower exactly when the interval excludes 0%; each side's standard deviation is taken"
+        f" as at least {CLOCK_TICK_S * 1e6:g} µs, the resolution times are stored to."
+        f" The {family} latency comparison(s) are one family (each metric its own): each interval is at"
+        f" confidence 1 − {ALPHA:.0%}/{max(family, 1)} (Bonferroni), so all of them hold together at"
+        f" {1 - ALPHA:.0%} and the chance of any false call, a word or a gate verdict, is at most {ALPHA:.0%}."
         f" With {PROCESS_MEANS_FROM} or more processes a measurement is tested on its process means."
     )
     if comparison.threshold_pct is not None:
@@ -314,7 +330,7 @@ def records(comparison: Comparison) -> list[dict[str, Any]]:
             record["settle_runs"] = entry.settle_runs[0] if entry.settle_runs else None
             record["settle_runs_baseline"] = entry.settle_runs[1] if entry.settle_runs else None
             record["settings_differ"] = entry.settings_differ
-            record["tested_on"] = "process means" if entry.tested_on_process_means else "runs"
+            record["tested_on"] = entry.tested_on()
             record["unjudged"] = entry.unjudged
             out.append(record)
     return out

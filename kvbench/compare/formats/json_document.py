@@ -16,7 +16,7 @@ def to_json(comparison: Comparison) -> str:
         "gate_metric": comparison.gate_metric,
         "gate": GATE_RULE,
         "alpha": ALPHA,
-        "test": "log-ratio-t, holm",
+        "test": "log-ratio-t, bonferroni",
         "family_sizes": comparison.family_sizes,
         "measurements": records(comparison),
         # Where a file's cells differ only in their cache implementation: each against the dynamic cache.

@@ -45,6 +45,11 @@ def _cell_text(cell: str) -> str:
     return escaped.replace("<", "&lt;")  # no tag can open without it; ">" stays readable ("(> 25%)")
 
 
+def _line_text(line: str) -> str:
+    """A quoted line from text that may come from a results file: on one line and with no HTML tag."""
+    return printable(line, one_line=True).replace("<", "&lt;")
+
+
 def _markdown_table(title: str, headers: list[str], rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(_cell_text(cell) for cell in cells) + " |"
@@ -62,13 +67,15 @@ def _document(comparison: Comparison, tables: list[_Table], kept: set[int] | Non
         if rows:
             parts.append(_markdown_table(table.title, headers, rows))
     parts.append(method_note(comparison))
-    lines = [f"> not judged: {line}  " for line in comparison.unjudged]
-    lines += [f"> inconclusive: {line}  " for line in inconclusive_lines(comparison)]
-    lines += [f"> warning: {w}  " for w in comparison.warnings]
-    lines += [f"> {extra}  " for extra in extras]
+    lines = [f"> not judged: {line}" for line in comparison.unjudged]
+    lines += [f"> inconclusive: {line}" for line in inconclusive_lines(comparison)]
+    lines += [f"> warning: {w}" for w in comparison.warnings]
+    lines += [f"> {extra}" for extra in extras]
     summary = gate_summary(comparison)
     if summary:
-        lines.append(f"> {summary}  ")
+        lines.append(f"> {summary}")
+    # A line may quote a results file (a failed cell's reason): on one line, so it stays in the quote.
+    lines = [f"{_line_text(line)}  " for line in lines]
     if lines:
         parts.append("\n".join(lines))
     # For a pull request, and often read first on a terminal: the files' text with its controls written out.
