@@ -17,6 +17,7 @@ too, the prediction is set against the measurement; elsewhere it is printed mark
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -64,7 +65,7 @@ class Row:
     new_tokens: int
     cached_ttft_s: float | None
     cached_s: float | None
-    prefix_ttft_s: float | None
+    prefix_ttft_s: dict[int, float]  # by the shared prefix's tokens
     uncached_measured_s: float | None
     uncached_predicted_s: float
 
@@ -75,6 +76,12 @@ def _batch_one(runs: Iterable[RunRecord], mode: str) -> dict[tuple[int, int], li
         if run.mode == mode and run.batch_size == 1:
             grouped[(run.prompt_tokens, run.new_tokens)].append(run)
     return grouped
+
+
+def _shared_tokens(run: RunRecord) -> int:
+    """The prefix a prefix-mode run reused, from its cell's id (runs record the prompt, not the prefix)."""
+    found = re.search(r" prefix=(\d+)", run.cell)
+    return int(found.group(1)) if found else 0
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -99,12 +106,20 @@ def table_of(runs: Sequence[RunRecord]) -> tuple[Quadratic, list[Row]]:
                 new_tokens,
                 _mean(r.time_to_first_token_s for r in cached.get(key, [])),
                 _mean(r.latency_s for r in cached.get(key, [])),
-                _mean(r.time_to_first_token_s for r in prefix.get(key, [])),
+                _prefix_means(prefix.get(key, [])),
                 _mean(r.latency_s for r in uncached.get(key, [])),
                 fit.uncached_s(prompt_tokens, new_tokens),
             )
         )
     return fit, rows
+
+
+def _prefix_means(runs: Sequence[RunRecord]) -> dict[int, float]:
+    by_prefix: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.time_to_first_token_s is not None:
+            by_prefix[_shared_tokens(run)].append(run.time_to_first_token_s)
+    return {shared: statistics.fmean(values) for shared, values in sorted(by_prefix.items())}
 
 
 def _seconds(value: float | None) -> str:
@@ -127,8 +142,9 @@ def markdown(fit: Quadratic, rows: Sequence[Row]) -> str:
             uncached = f"{row.uncached_predicted_s:.3f} **predicted**"
             against = row.uncached_predicted_s
         ratio = "—" if row.cached_s is None else f"{against / row.cached_s:.1f}×"
+        prefix = "; ".join(f"{s:.3f} ({shared} shared)" for shared, s in row.prefix_ttft_s.items()) or "—"
         lines.append(
-            f"| {row.prompt_tokens} | {row.new_tokens} | {_seconds(row.cached_ttft_s)} | {_seconds(row.prefix_ttft_s)} "
+            f"| {row.prompt_tokens} | {row.new_tokens} | {_seconds(row.cached_ttft_s)} | {prefix} "
             f"| {_seconds(row.cached_s)} | {uncached} | {ratio} |"
         )
     return "\n".join(lines)
@@ -151,13 +167,15 @@ def plot(rows: Sequence[Row], out: Path) -> None:
     series(
         [(r.prompt_tokens, r.cached_ttft_s) for r in rows], marker=".", color="tab:blue", ls=":", label="cached, first token"
     )
-    series(
-        [(r.prompt_tokens, r.prefix_ttft_s) for r in rows],
-        marker=".",
-        color="tab:green",
-        ls=":",
-        label="prefix reused, first token",
-    )
+    prefixes = sorted({shared for r in rows for shared in r.prefix_ttft_s})
+    for shared, colour in zip(prefixes, ["tab:green", "tab:orange", "tab:purple", "tab:olive"], strict=False):
+        series(
+            [(r.prompt_tokens, r.prefix_ttft_s.get(shared)) for r in rows],
+            marker="^",
+            color=colour,
+            ls=":",
+            label=f"first token, a {shared}-token prefix reused",
+        )
     series(
         [(r.prompt_tokens, r.uncached_measured_s) for r in rows], marker="s", color="tab:red", ls="", label="uncached, measured"
     )
