@@ -241,7 +241,8 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
             lines.append(plain(f"{mode}: " + " · ".join(parts)))
     bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]
     if bounds:
-        lines.append(plain("roofline: " + "; ".join(bound.words() for bound in bounds)))
+        against = f" ({bounds[0].peaks_for})" if bounds[0].peaks_for else ""
+        lines.append(plain(f"roofline{against}: " + "; ".join(bound.words() for bound in bounds)))
     return lines
 
 
