@@ -130,7 +130,22 @@ class FakeNvml(types.ModuleType):
         return value
 
     def nvmlDeviceGetClockInfo(self, handle: str, clock_type: int) -> int:
+        gpu = self._gpu(handle)
+        if clock_type == NVML_CLOCK_SM and "sm_clocks_mhz" in gpu:
+            # A clock that changes under load: walks through the scripted readings, then stays on the last.
+            clocks = gpu["sm_clocks_mhz"]
+            gpu["sm_clock_reads"] = gpu.get("sm_clock_reads", 0) + 1
+            return clocks[min(gpu["sm_clock_reads"] - 1, len(clocks) - 1)]
         return self._reading(handle, "sm_clock_mhz" if clock_type == NVML_CLOCK_SM else "memory_clock_mhz")
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: str, clock_type: int) -> int:
+        return self._reading(handle, "max_sm_clock_mhz")
+
+    def nvmlDeviceGetApplicationsClock(self, handle: str, clock_type: int) -> int:
+        return self._reading(handle, "application_sm_clock_mhz")
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: str) -> int:
+        return self._reading(handle, "clock_event_reasons")
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: str) -> int:
         return self._reading(handle, "power_limit_mw")

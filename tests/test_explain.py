@@ -70,7 +70,7 @@ def test_device_peaks_give_each_mode_a_roofline_fraction(tiny_gpt2_dir):
         # A measurement can approach the bound, never beat it.
         assert 0 < bound.fraction_of_bound < 1
     lines = [line.plain for line in metric_lines(result, result.cells[0])]
-    assert any(line.startswith("roofline: cached at") for line in lines)
+    assert any(line.startswith("roofline (float32 peaks): cached at") for line in lines)
     assert any(line.startswith("cached: TTFT p50/90/99") for line in lines)
 
 

@@ -73,7 +73,7 @@ def test_cells_in_fresh_processes_have_their_device_peaks_timed_in_one_too(tiny_
 
 def test_cells_in_this_process_still_have_their_peaks_timed_here(tiny_gpt2_dir, monkeypatch):
     timed = []
-    monkeypatch.setattr("kvbench.hardware.peaks.measure_device_peaks", lambda device: timed.append(device) or PEAKS)
+    monkeypatch.setattr("kvbench.hardware.peaks.measure_device_peaks", lambda device, **_: timed.append(device) or PEAKS)
     result = run_benchmark(tiny_config(tiny_gpt2_dir, runs=1, device_peaks=True))
     kept = result.environment["device_peaks"]
     assert timed == ["cpu"] and kept == {**asdict(PEAKS), "measured_at": kept["measured_at"]} and kept["measured_at"]

@@ -453,7 +453,7 @@ def test_a_newer_files_extra_cost_fields_are_left_aside(tmp_path):
     path.write_text(json.dumps(data))
     result = invoke("show", path)
     assert result.exit_code == 0, result.output
-    assert "roofline: cached at" in result.stdout
+    assert "roofline (float32 peaks): cached at" in result.stdout
 
 
 @pytest.mark.parametrize(

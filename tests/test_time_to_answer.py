@@ -86,7 +86,9 @@ def test_device_peaks_are_measured_once_and_read_back_with_where_they_came_from(
     import kvbench.hardware.peaks as peaks
 
     real, timed = peaks.measure_device_peaks, []
-    monkeypatch.setattr(peaks, "measure_device_peaks", lambda device: timed.append(device) or real(device, seconds=0.05))
+    monkeypatch.setattr(
+        peaks, "measure_device_peaks", lambda device, **options: timed.append(device) or real(device, seconds=0.05, **options)
+    )
     config = tiny_config(tiny_gpt2_dir, device_peaks=True)
     first = run_benchmark(config).environment["device_peaks"]
     second = run_benchmark(config).environment["device_peaks"]

@@ -10,8 +10,9 @@ from typing import Any
 from kvbench.analysis.fit import LengthExtrapolation, extrapolate
 from kvbench.analysis.roofline import RooflineBound, roofline_bound, step_bound_s, step_cost
 from kvbench.core.errors import KvbenchError
+from kvbench.core.units import seconds_as_ms
 from kvbench.model.cells import AXES, PARTIAL_AXES, SWEEP_AXES, Cell
-from kvbench.model.costs import ModelCost
+from kvbench.model.costs import DatasheetPeaks, ModelCost, datasheet_flops
 from kvbench.model.modes import CACHED, MODES, UNCACHED
 from kvbench.model.records import BenchmarkResult, CellResult
 
@@ -44,29 +45,69 @@ def named_settings(settings: Cell, axes: list[str] | tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class Peaks:
-    """The memory bandwidth and arithmetic throughput the bound is computed from, and where they come from."""
+    """The memory bandwidth and arithmetic throughput the bound is computed from, and where they come from.
+    The throughput is for matrix products in `dtype` (a cell's arithmetic runs in its own type: float32 on
+    a GPU is an order of magnitude slower than float16), with float32's on TF32 tensor cores where `tf32`."""
 
     bandwidth_bytes_per_s: float
     flops_per_s: float
     source: str
+    dtype: str | None = None  # None: a file from before the type was chosen per cell
+    tf32: bool | None = None  # float32 only; None where the file does not say
+
+    def label(self) -> str:
+        """ "float16 peaks", "float32 peaks, TF32 off": the type whose throughput bounds a cell."""
+        if self.dtype is None:
+            return ""
+        if self.dtype != "float32" or self.tf32 is None:
+            return f"{self.dtype} peaks"
+        return f"float32 peaks, TF32 {'on' if self.tf32 else 'off'}"
 
 
-def peaks_of(environment: dict[str, Any]) -> Peaks | None:
-    """The device's measured peaks (what torch reached: the bound a run can actually approach), else a
-    known GPU's datasheet; None when there are neither."""
-    measured, sheet = environment.get("device_peaks"), environment.get("datasheet_peaks")
+def cell_dtype(cell: CellResult) -> str | None:
+    """The type the cell's model ran in (its "auto" resolved), else the one asked for; None if unknown."""
+    loaded = (cell.model or {}).get("dtype")
+    if isinstance(loaded, str):
+        return loaded
+    return cell.settings.dtype if cell.settings.dtype != "auto" else None
+
+
+def peaks_of(environment: dict[str, Any], dtype: str | None = None) -> Peaks | None:
+    """The device's peaks for products in `dtype` (the type measured first where None, as files before
+    types were told apart used): the measured ones (what torch reached: the bound a run can actually
+    approach), else a known GPU's datasheet, each part separately; None when there are neither for that
+    type. float32 on a GPU takes its datasheet figure with TF32 as the peaks were measured, else off
+    (torch's default, which kvbench leaves), and says so."""
+    measured, sheet_row = environment.get("device_peaks") or {}, environment.get("datasheet_peaks")
+    sheet = None
+    if sheet_row:
+        sheet = DatasheetPeaks(**{item.name: sheet_row[item.name] for item in fields(DatasheetPeaks) if item.name in sheet_row})
+    dtype = dtype or measured.get("matmul_dtype") or "float16"
     if measured:
-        bandwidth, flops = measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops_per_s"]
-        source = (
-            f"measured on {measured['device']}: copy {bandwidth / 1e9:.1f} GB/s,"
-            f" {measured['matmul_dtype']} matmul {flops / 1e9:.0f} GFLOP/s"
-        )
-    elif sheet:
-        bandwidth, flops = sheet["memory_bandwidth_bytes_per_s"], sheet["fp16_tensor_flops_per_s"]
-        source = f"{sheet['name']} datasheet: {bandwidth / 1e9:.0f} GB/s, FP16 {flops / 1e12:.0f} TFLOP/s"
+        bandwidth = measured["copy_bandwidth_bytes_per_s"]
+        copy = f"measured on {measured['device']}: copy {bandwidth / 1e9:.1f} GB/s"
+    elif sheet is not None:
+        bandwidth = sheet.memory_bandwidth_bytes_per_s
+        copy = f"{sheet.name} datasheet: {bandwidth / 1e9:.0f} GB/s"
     else:
         return None
-    return Peaks(bandwidth, flops, source)
+    by_dtype = measured.get("matmul_flops_by_dtype") or (
+        {measured["matmul_dtype"]: measured["matmul_flops_per_s"]} if measured else {}
+    )
+    tf32 = measured.get("tf32") if dtype == "float32" else None
+    if dtype in by_dtype:
+        flops = by_dtype[dtype]
+        tf32_words = "" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})"
+        return Peaks(bandwidth, flops, f"{copy}, {dtype} matmul {flops / 1e9:.0f} GFLOP/s{tf32_words}", dtype, tf32)
+    found = datasheet_flops(sheet, dtype, bool(tf32)) if sheet is not None else None
+    if sheet is None or found is None:
+        return None
+    flops, name = found
+    figure = f"{name} {flops / 1e12:.3g} TFLOP/s"
+    if dtype == "float32" and tf32 is None:
+        tf32, figure = False, f"{figure}, TF32 taken as off (torch's default; the file does not record it)"
+    source = f"{copy}, {figure}" if not measured else f"{copy}; {dtype} matmul not measured: {sheet.name} datasheet {figure}"
+    return Peaks(bandwidth, flops, source, dtype, tf32)
 
 
 @dataclass(frozen=True)
@@ -81,6 +122,7 @@ class ModeBound:
     limited_by: str  # "memory bandwidth" or "compute"
     memory_bound_steps: int
     steps: int
+    peaks_for: str = ""  # the type whose throughput bounds it (Peaks.label()); "" in a file from before
 
     @property
     def beyond_bound(self) -> bool:
@@ -92,7 +134,8 @@ class ModeBound:
         """ "cached at 71% of the memory-bandwidth bound (2.41 ms/token bound, 3.39 measured)"; never more than
         100%: a mode measured faster than its bound says that the bound or the peaks are wrong."""
         limit = "memory-bandwidth" if self.limited_by == "memory bandwidth" else "compute"
-        figures = f"{self.bound_per_token_s * 1000:.3g} ms/token bound, {self.measured_per_token_s * 1000:.3g} measured"
+        bound, measured = seconds_as_ms(self.bound_per_token_s), seconds_as_ms(self.measured_per_token_s)
+        figures = f"{bound} ms/token bound, {measured} measured"
         if self.beyond_bound:
             return (
                 f"{self.mode} measured faster than its {limit} bound ({figures}), which no run can be: the bound's"
@@ -157,6 +200,7 @@ def mode_bound(result: BenchmarkResult, cell: CellResult, mode: str, peaks: Peak
         limited_by=bound.limited_by,
         memory_bound_steps=bound.memory_bound_steps,
         steps=bound.steps,
+        peaks_for=peaks.label(),
     )
 
 
@@ -219,18 +263,23 @@ def length_fits(result: BenchmarkResult) -> list[LengthFit]:
 
 @dataclass
 class Explanation:
-    """Everything `show` and `plot` explain, and the results file's "explained" block."""
+    """Everything `show` and `plot` explain, and the results file's "explained" block: the peaks for each
+    type the cells ran in, and each cell's bounds against its own type's."""
 
-    peaks: Peaks | None
+    peaks: list[Peaks] = field(default_factory=list)
     bounds: list[ModeBound] = field(default_factory=list)
     fits: list[LengthFit] = field(default_factory=list)
 
     def bound_of(self, cell_id: str, mode: str) -> ModeBound | None:
         return next((b for b in self.bounds if b.cell == cell_id and b.mode == mode), None)
 
+    def peaks_for(self, cell: CellResult) -> Peaks | None:
+        dtype = cell_dtype(cell)
+        return next((peaks for peaks in self.peaks if peaks.dtype == dtype or dtype is None), None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "peaks": asdict(self.peaks) if self.peaks else None,
+            "peaks": [asdict(peaks) for peaks in self.peaks],
             "roofline": [asdict(bound) for bound in self.bounds],
             "length_fits": [asdict(fit) for fit in self.fits],
         }
@@ -242,8 +291,18 @@ def explain_result(result: BenchmarkResult) -> Explanation:
 
 
 def _explain(result: BenchmarkResult) -> Explanation:
-    peaks = peaks_of(result.environment)
+    by_dtype: dict[str | None, Peaks | None] = {}
+    for cell in result.cells:
+        dtype = cell_dtype(cell)
+        if dtype not in by_dtype:
+            by_dtype[dtype] = peaks_of(result.environment, dtype)
+    if not by_dtype:  # no cells: the peaks measured, as they were
+        by_dtype[None] = peaks_of(result.environment)
     bounds = [
-        bound for cell in result.cells for mode in result.modes if (bound := mode_bound(result, cell, mode, peaks)) is not None
+        bound
+        for cell in result.cells
+        for mode in result.modes
+        if (bound := mode_bound(result, cell, mode, by_dtype[cell_dtype(cell)])) is not None
     ]
+    peaks = list({p.dtype: p for p in by_dtype.values() if p is not None}.values())
     return Explanation(peaks, bounds, length_fits(result))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,3 +179,40 @@ def energy_reader(devices: list[str], rapl_root: str = RAPL_ROOT) -> CounterRead
         pynvml, handles = open_by_uuid(uuids)
         return NvmlEnergy(pynvml, handles)
     return RaplEnergy(rapl_root)
+
+
+@dataclass(frozen=True)
+class CounterResolution:
+    """How coarsely an energy counter moves: the median step between distinct readings, and the median
+    time between them. A difference of two readings (a run's energy) can be off by up to one step."""
+
+    step_j: float
+    period_s: float | None
+
+
+def counter_resolution(readings: list[tuple[float, float]] | None) -> CounterResolution | None:
+    """The resolution seen in (seconds, joules) readings taken much faster than the counter moves (the
+    sampler's 10 ms against NVML's ~100 ms on an H200); None with fewer than two changes to go by."""
+    changes = [(t, after - before) for (_, before), (t, after) in zip(readings or [], (readings or [])[1:]) if after > before]
+    if len(changes) < 2:
+        return None
+    times = [t for t, _ in changes]
+    periods = [later - earlier for earlier, later in zip(times, times[1:])]
+    return CounterResolution(statistics.median(step for _, step in changes), statistics.median(periods) if periods else None)
+
+
+# A run's energy known to within this share is shown as it is; coarser, with its uncertainty; coarser than
+# UNRESOLVED, not at all.
+RESOLVED = 0.1
+UNRESOLVED = 0.5
+
+
+def energy_uncertainty(runs: Iterable[Any]) -> tuple[float, float, float | None] | None:
+    """(the counter's step in joules, the share of a mean run's energy one step is, the counter's update
+    period) over runs that recorded both; None where no run did (a CPU's RAPL, an older file)."""
+    runs = [run for run in runs if run.energy_j and getattr(run, "energy_counter_step_j", None)]
+    if not runs:
+        return None
+    step = statistics.median(run.energy_counter_step_j for run in runs)
+    periods = [run.energy_counter_period_s for run in runs if run.energy_counter_period_s]
+    return step, step / statistics.fmean(run.energy_j for run in runs), statistics.median(periods) if periods else None

@@ -30,16 +30,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
-    """The commit of the kvbench checkout in use, so a result can be tied to the code that made it."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
+def _git(root: Path, *arguments: str) -> subprocess.CompletedProcess[str] | None:
     try:
-        completed = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return completed.stdout.strip() or None if completed.returncode == 0 else None
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """The commit of the kvbench checkout in use and whether its working tree differs from it (a changed or
+    new file not ignored), so a result can be tied to the code that made it, or said not to be: a run from
+    a dirty tree ran code no commit holds. Both None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
+    state: dict[str, Any] = {"kvbench_git_commit": None, "kvbench_git_dirty": None}
+    if not (root / ".git").exists():
+        return state
+    head = _git(root, "rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return state
+    state["kvbench_git_commit"] = head.stdout.strip()
+    status = _git(root, "status", "--porcelain")
+    if status is not None and status.returncode == 0:
+        state["kvbench_git_dirty"] = bool(status.stdout.strip())
+    return state
 
 
 def _gpu(device: str) -> dict[str, Any]:
@@ -93,7 +106,7 @@ def collect(devices: Devices, gpu_here: bool = True) -> dict[str, Any]:
 
     device = devices.primary
     environment: dict[str, Any] = {
-        "kvbench_git_commit": git_commit(),
+        **git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": _version("transformers"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvbench.core.devices import Devices
+from kvbench.hardware.gpu_clocks import ClockSamples
 from kvbench.hardware.nvml import gpu_uuids, open_by_uuid
 from kvbench.model.memory_figures import MemoryFigures
 
@@ -38,6 +39,8 @@ class MemoryReading:
     # CPU this process's RSS; None when nothing sampled.
     timeline: list[tuple[float, int]] | None = None
     timeline_source: str | None = None
+    gpu_clocks: dict[str, Any] | None = None  # the SM clock while the run was timed; None off a GPU
+    energy_samples_j: list[tuple[float, float]] | None = None  # NVML's energy counter at each sample
 
 
 class PeakRss:
@@ -81,6 +84,10 @@ class SamplerReading:
     # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
     device_unavailable: str | None = None
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
+    clocks: dict[str, Any] | None = None  # the SM clock during the run (ClockSamples.summary)
+    # (seconds since start, joules) of NVML's energy counter summed over the GPUs, at each sample: how
+    # coarsely it moves (kvbench.hardware.energy.counter_resolution).
+    energy_j: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def peak_device_bytes(self) -> int:
@@ -106,6 +113,18 @@ class NvmlSampler:
         self.samples = 0
         self._started = time.monotonic()
         self.timeline: list[tuple[float, int]] = [(0.0, sum(self.baseline.values()))]
+        self.clocks = ClockSamples()
+        self.clocks.begin(self._nvml, self._handles)
+        self.energy_j: list[tuple[float, float]] = []
+        self._read_energy()
+
+    def _read_energy(self) -> None:
+        """The energy counter over the GPUs, kept only when every GPU has one (Volta and newer)."""
+        try:
+            total_mj = sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle) for handle in self._handles.values())
+        except Exception:  # noqa: BLE001 - no counter: no resolution to estimate, never the sampler's end
+            return
+        self.energy_j.append((time.monotonic() - self._started, total_mj / 1000))
 
     def _used(self, handle: Any) -> int:
         """Device-wide VRAM in use; 0 once a reading has failed, which device_unavailable explains."""
@@ -148,6 +167,8 @@ class NvmlSampler:
                 process = self._process_bytes(handle)
                 process_total = None if process is None or process_total is None else process_total + process
             self.peak_process_bytes = process_total
+        self.clocks.sample(self._nvml, self._handles)
+        self._read_energy()
         self.samples += 1
         self.timeline.append((time.monotonic() - self._started, used_total))
 
@@ -160,6 +181,8 @@ class NvmlSampler:
             self.process_unavailable,
             self.device_unavailable,
             list(self.timeline),
+            self.clocks.summary(),
+            list(self.energy_j),
         )
 
 
@@ -480,7 +503,11 @@ class MemoryProbe:
         totals.vram_samples = samples
         totals.vram_process_peak_bytes = process_peak
         source = self.timeline_source if timeline else None
-        return MemoryReading(totals, per_device if len(per_device) > 1 else None, timeline or None, source)
+        clocks = sampled.clocks if sampled is not None else None
+        energy_samples = sampled.energy_j if sampled is not None else None
+        return MemoryReading(
+            totals, per_device if len(per_device) > 1 else None, timeline or None, source, clocks, energy_samples or None
+        )
 
     def close(self) -> None:
         """End the sampling process (it would also end with this one)."""

@@ -36,14 +36,41 @@ def _best_rate(work: Any, amount: float, budget_s: float, synchronize: Any) -> f
     return best
 
 
-def measure_device_peaks(device: str = "cpu", seconds: float = 2.0) -> MeasuredPeaks:
-    """Copy bandwidth and GEMM throughput reachable from torch on `device`, in about `seconds`: float32 on a
-    CPU, float16 on CUDA (the tensor cores' type). Copy buffers are far larger than any CPU cache."""
+def tf32_enabled() -> bool:
+    """Whether float32 matrix products in this process may run on TF32 tensor cores: torch's precision
+    setting below "highest", or NVIDIA's override variable, which turns them on whatever torch says.
+    torch's default is off; kvbench never turns it on, so cells run as the peaks were measured."""
+    import torch
+
+    return torch.get_float32_matmul_precision() != "highest" or os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1"
+
+
+def peak_dtypes(device: str, cell_dtypes: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The types whose matrix throughput bounds the cells: each cell's, "auto" read as what it resolves to
+    (float32 on a CPU; on a GPU the checkpoint's 16-bit type, unknown before loading, so both). The first
+    is the one older files recorded alone: float16 on a GPU (the tensor cores' type), float32 on a CPU."""
+    cuda = is_gpu(device)
+    wanted = {"float16", "bfloat16", "float32"} if cuda else {"float32"}
+    if cell_dtypes:
+        wanted = set()
+        for dtype in cell_dtypes:
+            wanted |= ({"float16", "bfloat16"} if cuda else {"float32"}) if dtype == "auto" else {dtype}
+    first = "float16" if cuda else "float32"
+    order = (first, *sorted({"float16", "bfloat16", "float32"} - {first}))
+    return tuple(dtype for dtype in order if dtype in wanted)
+
+
+def measure_device_peaks(device: str = "cpu", seconds: float = 2.0, dtypes: tuple[str, ...] | None = None) -> MeasuredPeaks:
+    """Copy bandwidth and GEMM throughput reachable from torch on `device`, in about `seconds`: the product
+    in each of `dtypes` (peak_dtypes' choice when None), since a cell's arithmetic runs in its own type and
+    float32 on a GPU is an order of magnitude slower than float16. Copy buffers are far larger than any CPU
+    cache. A type this device cannot multiply in is left out."""
     import torch
 
     cuda = is_gpu(device)
     synchronize = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     started = time.perf_counter()
+    dtypes = dtypes or peak_dtypes(device)
 
     buffer_bytes = (256 if cuda else 64) * 2**20
     source = torch.ones(buffer_bytes // 4, dtype=torch.float32, device=device)
@@ -51,36 +78,50 @@ def measure_device_peaks(device: str = "cpu", seconds: float = 2.0) -> MeasuredP
     copy_rate = _best_rate(lambda: target.copy_(source), 2 * buffer_bytes, seconds / 2, synchronize)  # noqa: F821 - run before the del
     del source, target
 
-    dtype = torch.float16 if cuda else torch.float32
     size = 4096 if cuda else 1024
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    matmul_rate = _best_rate(lambda: torch.matmul(a, b, out=out), 2 * size**3, seconds / 2, synchronize)
-
+    rates: dict[str, float] = {}
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        try:
+            a = torch.randn(size, size, device=device).to(dtype)
+            b = torch.randn(size, size, device=device).to(dtype)
+            out = torch.empty(size, size, device=device, dtype=dtype)
+            budget = seconds / 2 / len(dtypes)
+            rates[name] = _best_rate(lambda: torch.matmul(a, b, out=out), 2 * size**3, budget, synchronize)  # noqa: B023 - run in this iteration
+        except RuntimeError:
+            continue  # no kernel for this type here: no bound in it rather than another type's
+    if not rates:
+        raise RuntimeError(f"no matrix product in {', '.join(dtypes)} runs on {device}")
+    first = next(iter(rates))
     return MeasuredPeaks(
         device=device,
         copy_bandwidth_bytes_per_s=copy_rate,
         copy_buffer_bytes=buffer_bytes,
-        matmul_flops_per_s=matmul_rate,
-        matmul_dtype=str(dtype).removeprefix("torch."),
+        matmul_flops_per_s=rates[first],
+        matmul_dtype=first,
         matmul_size=size,
         seconds_spent_s=time.perf_counter() - started,
+        matmul_flops_by_dtype=rates,
+        tf32=tf32_enabled() if cuda else None,
     )
 
 
 # The device peaks timed in a process of their own: its CUDA context and cached memory go when it exits.
 _PEAKS_PROCESS = (
     "import json, sys; from dataclasses import asdict; from kvbench.hardware.peaks import measure_device_peaks;"
-    " print(json.dumps(asdict(measure_device_peaks(sys.argv[1]))))"
+    " print(json.dumps(asdict(measure_device_peaks(sys.argv[1], dtypes=tuple(sys.argv[2].split(','))))))"
 )
 
 
-def device_peaks_in_fresh_process(device: str) -> tuple[dict[str, Any] | None, str | None]:
-    """measure_device_peaks(device) in a fresh interpreter importing this kvbench: (the peaks, None) or
-    (None, why they could not be measured)."""
+def device_peaks_in_fresh_process(device: str, dtypes: tuple[str, ...]) -> tuple[dict[str, Any] | None, str | None]:
+    """measure_device_peaks(device, dtypes=dtypes) in a fresh interpreter importing this kvbench: (the
+    peaks, None) or (None, why they could not be measured)."""
     completed = subprocess.run(
-        [sys.executable, "-c", _PEAKS_PROCESS, device], capture_output=True, text=True, env=child_environment(), check=False
+        [sys.executable, "-c", _PEAKS_PROCESS, device, ",".join(dtypes)],
+        capture_output=True,
+        text=True,
+        env=child_environment(),
+        check=False,
     )
     if completed.returncode != 0:
         lines = completed.stderr.strip().splitlines() or [f"exit code {completed.returncode}"]
@@ -101,9 +142,9 @@ def cache_directory() -> Path:
     return Path(base).expanduser() / "kvbench"
 
 
-def peaks_key(environment: dict[str, Any], device: str) -> str:
-    """What peaks measured once hold for: this machine, the device and its name, the matrix type measured
-    there, and the software that times them."""
+def peaks_key(environment: dict[str, Any], device: str, dtypes: tuple[str, ...]) -> str:
+    """What peaks measured once hold for: this machine, the device and its name, the matrix types measured
+    there and whether float32's may use TF32, and the software that times them."""
     from kvbench.core.version import __version__
 
     parts = {
@@ -111,7 +152,8 @@ def peaks_key(environment: dict[str, Any], device: str) -> str:
         "cpu": environment.get("cpu"),
         "device": device,
         "device_name": environment.get("device_name"),
-        "matmul_dtype": "float16" if is_gpu(device) else "float32",
+        "matmul_dtypes": list(dtypes),
+        "tf32": tf32_enabled() if is_gpu(device) else None,
         "torch": environment.get("torch"),
         "kvbench": __version__,
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 from kvbench.core.devices import Devices
 from kvbench.core.metrics import time_per_output_token_s
-from kvbench.hardware.energy import CounterReader
+from kvbench.hardware.energy import CounterReader, counter_resolution
 from kvbench.hardware.memory import MemoryProbe, downsample, free_memory
 from kvbench.measure.prompts import PromptBatch
 from kvbench.model.caches import REFERENCE
@@ -287,6 +287,7 @@ def measure_generation(
             f"generate() produced {new_ids.shape[1]} new tokens ({len(times)} streamed), not {cell.max_new_tokens}"
         )
     per_device = reading.per_device
+    resolution = counter_resolution(reading.energy_samples_j)
     run_record = RunRecord(
         cell=cell.id,
         mode=mode,
@@ -305,6 +306,9 @@ def measure_generation(
         pid=os.getpid(),
         time_per_output_token_s=time_per_output_token_s(latency_s, times[0], len(times)) if times else None,
         energy_j=joules,
+        energy_counter_step_j=resolution.step_j if resolution is not None else None,
+        energy_counter_period_s=resolution.period_s if resolution is not None else None,
+        gpu_clocks=reading.gpu_clocks,
         memory_timeline=downsample(reading.timeline),
         memory_timeline_source=reading.timeline_source,
         allocated_by_position=list(generate.clock.allocated_by_position) or None,

@@ -75,6 +75,13 @@ class RunRecord(MemoryFigures):
     # (end-to-end - first token) / (new tokens - 1): the mean time per token after the first (TPOT).
     time_per_output_token_s: float | None = None
     energy_j: float | None = None  # the device's (or CPU package's) energy over the run; None: see unmeasured
+    # NVML's energy counter as sampled during the run: its median step between distinct readings and the
+    # time between them; energy_j can be off by up to one step (None: too few changes, or not NVML).
+    energy_counter_step_j: float | None = None
+    energy_counter_period_s: float | None = None
+    # The SM clock while the run was timed (min, median; the GPU's max and application clocks; the clock
+    # event reasons NVML gave; the samples): kvbench.hardware.gpu_clocks. None off a GPU.
+    gpu_clocks: dict[str, Any] | None = None
     # [seconds since the run's start, bytes], at most ~100 readings: VRAM on a GPU, RSS on a CPU.
     memory_timeline: list[list[float]] | None = None
     memory_timeline_source: str | None = None
@@ -355,7 +362,7 @@ class BenchmarkResult:
         cell's settings (model, max_new_tokens, batch_size, dtype, cache_implementation, attn_implementation,
         prompt_tokens), then the run's own figures; NaN where a figure was not measured. The nested per-token times and
         per-device memory are in the JSON file only."""
-        nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position")
+        nested = ("token_times_s", "per_device", "memory_timeline", "allocated_by_position", "gpu_clocks")
         own = [f.name for f in fields(RunRecord) if f.name not in MemoryFigures.names() and f.name not in nested]
         settings = self._settings_by_cell()
         columns = [*own, *MemoryFigures.names()]

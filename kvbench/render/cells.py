@@ -10,7 +10,7 @@ from kvbench.core.stats import RatioTest, cached_speedup, noise_warning, speedup
 from kvbench.core.units import format_bytes, format_ms, seconds_as_ms
 from kvbench.model.caches import REFERENCE, implementation
 from kvbench.model.modes import CACHED, MODES_BY_NAME, UNCACHED
-from kvbench.model.records import BenchmarkResult, CellResult, CellState, ModeSummary
+from kvbench.model.records import BenchmarkResult, CellResult, CellState, ModeSummary, RunRecord
 from kvbench.render.tables import Column, FittedTable
 from kvbench.render.text import plain
 
@@ -221,6 +221,22 @@ def kv_cache_lines(result: BenchmarkResult, cell: CellResult) -> list[Text]:
     return lines
 
 
+def energy_words(joules_per_token: float, runs: list[RunRecord]) -> str:
+    """Energy per token, with its uncertainty where NVML's counter moves in steps that are a noticeable share
+    of a run's energy, and withheld where they are most of it: "1.2 J/token (prefill included)", "0.35
+    J/token ±25% (prefill included; NVML's energy counter moves in 12 J steps, every 100 ms)"."""
+    from kvbench.hardware.energy import RESOLVED, UNRESOLVED, energy_uncertainty
+
+    known = energy_uncertainty(runs)
+    if known is None or known[1] <= RESOLVED:
+        return f"{joules_per_token:.3g} J/token (prefill included)"
+    step, share, period = known
+    counter = f"NVML's energy counter moves in {step:.3g} J steps" + (f", every {period * 1000:.0f} ms" if period else "")
+    if share > UNRESOLVED:
+        return f"energy per token not resolved ({counter}, {share:.0%} of a run's energy)"
+    return f"{joules_per_token:.3g} J/token ±{share:.0%} (prefill included; {counter})"
+
+
 def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) -> list[Text]:
     """Per mode, one compact line of serving metrics (ms unless named) and the roofline fraction."""
     from kvbench.analysis.explain import explain_result
@@ -236,12 +252,13 @@ def metric_lines(result: BenchmarkResult, cell: CellResult, explanation=None) ->
             decode = f"{summary.decode_tokens_per_s:.1f}" if summary.decode_tokens_per_s is not None else "—"
             parts.append(f"prefill {summary.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s")
         if summary.energy_j_per_token is not None:
-            parts.append(f"{summary.energy_j_per_token:.3g} J/token (prefill included)")
+            parts.append(energy_words(summary.energy_j_per_token, result.runs_of(cell.id, mode)))
         if parts:
             lines.append(plain(f"{mode}: " + " · ".join(parts)))
     bounds = [b for mode in result.modes if (b := explanation.bound_of(cell.id, mode)) is not None]
     if bounds:
-        lines.append(plain("roofline: " + "; ".join(bound.words() for bound in bounds)))
+        against = f" ({bounds[0].peaks_for})" if bounds[0].peaks_for else ""
+        lines.append(plain(f"roofline{against}: " + "; ".join(bound.words() for bound in bounds)))
     return lines
 
 

@@ -146,7 +146,7 @@ def plot_per_token(result: BenchmarkResult, directory: Path, explanation: Explan
             colour = _colour(mode)
             # Position 0 is the prefill (the whole prompt), the rest one decode step each.
             axis.plot(range(len(curve)), curve, label=f"{mode}, measured", color=colour)
-            bound = step_bounds_ms(cell, mode, explanation.peaks)
+            bound = step_bounds_ms(cell, mode, explanation.peaks_for(cell))
             if bound:
                 reached = explanation.bound_of(cell.id, mode)
                 share = f" ({reached.reached()})" if reached else ""

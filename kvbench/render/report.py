@@ -41,10 +41,9 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
     fits = fit_table(result)
     if fits is not None:
         parts.append(fits)
-    from kvbench.analysis.explain import peaks_of
+    from kvbench.analysis.explain import explain_result
 
-    peaks = peaks_of(result.environment)
-    if peaks is not None:
+    for peaks in explain_result(result).peaks:
         parts.append(plain(f"roofline peaks: {peaks.source}", style="dim"))
     spent = phases_line(result)
     if spent is not None:

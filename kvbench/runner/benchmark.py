@@ -194,7 +194,8 @@ class Benchmark:
                 " cannot time; no roofline bound from them"
             )
         else:
-            key = device_peaks.peaks_key(environment, self.device)
+            dtypes = device_peaks.peak_dtypes(self.device, sorted({cell.settings.dtype for cell in self._pending()}))
+            key = device_peaks.peaks_key(environment, self.device, dtypes)
             found = None if self.config.remeasure_peaks else device_peaks.cached_peaks(key)
             if found is not None:
                 environment["device_peaks"] = found
@@ -203,9 +204,9 @@ class Benchmark:
             # peaks would be the machine's under load.
             self.launcher.quiet()
             if measured_in == MeasuredIn.FRESH_PROCESSES:
-                measured, problem = device_peaks.device_peaks_in_fresh_process(self.device)
+                measured, problem = device_peaks.device_peaks_in_fresh_process(self.device, dtypes)
             else:
-                measured, problem = asdict(device_peaks.measure_device_peaks(self.device)), None
+                measured, problem = asdict(device_peaks.measure_device_peaks(self.device, dtypes=dtypes)), None
             if problem is not None or measured is None:
                 unmeasured["device_peaks"] = problem or "not measured"
                 return

@@ -194,6 +194,10 @@ _PLAUSIBLE = {
     "memory_bandwidth_bytes_per_s": (1e6, 1e15),
     "matmul_flops_per_s": (1e6, 1e18),
     "fp16_tensor_flops_per_s": (1e6, 1e18),
+    "bf16_tensor_flops_per_s": (1e6, 1e18),
+    "fp32_flops_per_s": (1e6, 1e18),
+    "tf32_tensor_flops_per_s": (1e6, 1e18),
+    "matmul_flops_by_dtype": (1e6, 1e18),
     "bytes_per_element": (1, 8),
 }
 
@@ -208,6 +212,11 @@ def _explained_problem(value: Any, cls: type, where: str) -> str | None:
         return problem
     for item in fields(cls):
         number = value.get(item.name)
+        if isinstance(number, dict):  # figures by type: each held to the same bounds
+            for key, figure in number.items():
+                low, high = _PLAUSIBLE.get(item.name, (0, math.inf))
+                if not (_finite_positive(figure) and low <= figure <= high):
+                    return f"{where}.{item.name}.{key} must be a figure within {low:g}..{high:g}, got {_shown(figure)}"
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             may_be_zero = item.name in ("lookup_parameters", "head_parameters", "intermediate_size") and number == 0
             if not (may_be_zero or _finite_positive(number)):
