@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kvbench.core.errors import KvbenchError
-from kvbench.runner import gate
+from kvbench.runner import gate, gate_summary
 from kvbench.runner.gate import GateError, GateOptions, Side
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,11 +167,35 @@ def test_gate_passes_head_against_a_committed_baseline(repo, slower_head, tmp_pa
 
 
 def test_gate_says_why_it_cannot_judge(repo, tmp_path):
-    completed, outputs, summary = run_gate(tmp_path, "--repo", str(repo), "--base", "no-such-ref", "--head", str(repo))
+    run = {"GITHUB_SERVER_URL": "https://github.example", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7"}
+    completed, outputs, summary = run_gate(
+        tmp_path, "--repo", str(repo), "--base", "no-such-ref", "--head", str(repo), extra_env=run
+    )
     assert completed.returncode == 2
     assert outputs["verdict"] == "error"
     assert summary.startswith("### kvbench gate: could not judge")
     assert "no-such-ref is neither a directory nor a commit" in summary
+    # The pull-request comment a workflow may post is the same summary, with a link to the run.
+    link = "[The run](https://github.example/o/r/actions/runs/7): its job summary and the `kvbench-results` artifact."
+    assert Path(outputs["comment"]).read_text() == f"{summary}\n{link}\n"
+
+
+def test_the_pull_request_comment_fits_githubs_limit():
+    """A sweep's summary can pass GitHub's 65,536 characters: the comment keeps the header and as many whole
+    lines as fit, says how many it left out and where they are, and ends with the run's link."""
+    head = gate.header("regression", 10.0, [("base", "abc base", {}), ("head", "def head", {})], ["Threshold 10%."])
+    rows = "".join(f"| tiny-gpt2 · {n} tok · cached | +{n % 50}.0% [+1.0%, +99.0%] REGRESSION (> 10%) |\n" for n in range(4000))
+    summary = head + "\n" + rows
+    assert len(summary) > gate_summary.COMMENT_LIMIT
+    comment = gate_summary.comment_markdown(summary, "https://github.example/o/r/actions/runs/7")
+    assert len(comment) <= gate_summary.COMMENT_LIMIT - gate_summary.COMMENT_ROOM
+    assert comment.startswith(head) and comment.endswith("artifact.\n")
+    body = comment[len(head) :].split("\n*")[0]
+    left_out = 4001 - body.count("\n")
+    assert f"*{left_out} more lines of the summary are left out here, as a comment holds at most 65,536" in comment
+    assert all(line in rows for line in body.strip().splitlines())  # whole lines only
+    # A short summary is the comment as it is; outside GitHub Actions, without a link.
+    assert gate_summary.comment_markdown(head) == head
 
 
 def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path):

@@ -75,7 +75,7 @@ def lint(snippets: dict[str, str], root: Path, setting: str | None) -> subproces
 
 def test_the_documented_workflows_lint_clean_with_the_documented_setting(tmp_path):
     snippets = workflow_snippets()
-    assert "README.md#0" in snippets and len(snippets) >= 3, sorted(snippets)
+    assert "README.md#0" in snippets and len(snippets) >= 4, sorted(snippets)
     completed = lint(snippets, tmp_path / "with", documented_actionlint_setting())
     assert completed.returncode == 0, completed.stdout + completed.stderr
     # The setting is what makes them lint: without it the `gpu` label is an error.
@@ -87,16 +87,26 @@ def test_the_documented_workflows_lint_clean_with_the_documented_setting(tmp_pat
 def test_each_documented_workflow_is_a_whole_one(where):
     """What the repository's own workflow has: read-only rights, a time limit, the results uploaded
     whatever the verdict, and the user's package installed in each checkout, so the pull request is
-    what is measured."""
+    what is measured. A job that writes (the opt-in comment) runs on a GitHub-hosted runner, none of the
+    code under review, and posts the comment the gate wrote."""
     workflow = yaml.safe_load(workflow_snippets()[where])
     assert workflow["permissions"] == {"contents": "read"}, where
+    gates = 0
     for job in workflow["jobs"].values():
         assert isinstance(job.get("timeout-minutes"), int), where
         steps = job["steps"]
+        if "write" in job.get("permissions", {}).values():
+            assert job["runs-on"] == "ubuntu-latest" and not any("OWNER/kvbench@" in s.get("uses", "") for s in steps)
+            (post,) = [step for step in steps if step.get("uses", "").startswith("marocchino/sticky-pull-request")]
+            assert post["with"]["path"] == "comment.md", where
+            assert "comment.md" in workflow["jobs"][job["needs"]]["steps"][-1]["with"]["path"], where
+            continue
         (gate_step,) = [step for step in steps if step.get("uses", "").startswith("OWNER/kvbench@")]
         assert gate_step["with"].get("pip-install") == "-e .", where
         (upload,) = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact@")]
         assert upload["if"] == "always()" and "kvbench-gate/summary.md" in upload["with"]["path"], where
+        gates += 1
+    assert gates == 1, where
 
 
 def git(repo: Path, *args: str) -> str:
@@ -193,6 +203,9 @@ def test_the_readme_workflow_on_the_pull_request_that_adds_it_ends_in_a_verdict(
     assert summary == (runner / "step-summary.md").read_text()
     assert "Config `bench/kvbench.toml` from head, for both sides: base has none" in summary
     assert "| measurement |" in summary
+    # The opt-in comment job's file: the summary, within GitHub's limit.
+    comment = Path(outputs["comment"]).read_text()
+    assert comment.startswith(summary) and len(comment) <= 65_536
     # Where the upload step looks: the workflow's artifact holds both sides' results and the summary.
     out = runner / "kvbench-gate"
     assert {Path(outputs[key]) for key in ("base-results", "head-results", "summary")} == {

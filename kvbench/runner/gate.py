@@ -33,7 +33,7 @@ from typing import Any
 from kvbench.compare.judging import EXIT_CODES, zero_threshold_problem
 from kvbench.core.errors import KvbenchError
 from kvbench.core.jsontext import json_text
-from kvbench.runner.gate_summary import environment_of, header, write_github_files
+from kvbench.runner.gate_summary import comment_markdown, environment_of, header, run_url, write_github_files
 
 GATE_FILE = ".github/kvbench-gate.env"
 THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
@@ -45,12 +45,13 @@ OUT_FOLDER = "kvbench-gate"
 # The file that marks a folder as the gate's: there, and only there, it removes and replaces its own files.
 OUT_MARK = ".kvbench-gate"
 # What the gate writes in its folder (and removes there before it runs): the results files with the runs' CSVs
-# beside them, the summary, the export, and each side's checkout, venv and torch pin.
+# beside them, the summary and the comment made from it, the export, and each side's checkout, venv and torch pin.
 RESULTS_FILES = ("base.json", "head.json", "base-1.json", "base-2.json", "head-1.json", "head-2.json")
 OUT_FILES = (
     *RESULTS_FILES,
     *(name.replace(".json", ".csv") for name in RESULTS_FILES),
     "summary.md",
+    "comment.md",
     "benchmark-action.json",
     *(f"{side}{part}" for side in ("base", "head") for part in ("-src", "-venv", "-torch-constraint.txt")),
 )
@@ -559,10 +560,14 @@ def run_gate(options: GateOptions) -> GateOutcome:
     summary = header(verdict, threshold, columns, notes) + ("\n" + judged if judged else "")
     summary_path = out / "summary.md"
     summary_path.write_text(summary)
+    # For a workflow that posts it on the pull request (opt-in, docs/gpu-ci.md): within GitHub's limit.
+    comment_path = out / "comment.md"
+    comment_path.write_text(comment_markdown(summary, run_url()))
     outputs = {
         "verdict": verdict,
         "exit-code": str(code),
         "summary": str(summary_path),
+        "comment": str(comment_path),
         "base-results": str(base_json) if base_json.is_file() else "",
         "head-results": str(head_json) if head_json.is_file() else "",
         "benchmark-action": str(exported_json) if exported_json.is_file() else "",

@@ -1,5 +1,6 @@
 """The gate's summary: its header (the verdict, each side's commit, device and versions) above compare's
-markdown, and where it goes in GitHub Actions (the step's outputs, the job's page)."""
+markdown, the pull-request comment made from it, and where they go in GitHub Actions (the step's outputs,
+the job's page)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import os
 from pathlib import Path
 
 from kvbench.core.untrusted import printable
+
+# GitHub refuses a comment longer than this many characters; the comment stays below it with room for the
+# marker a sticky-comment action adds to find its comment again.
+COMMENT_LIMIT = 65_536
+COMMENT_ROOM = 1_024
 
 # What the summary's header shows from each results file's environment block.
 ENVIRONMENT_ROWS = (
@@ -69,3 +75,30 @@ def write_github_files(outputs: dict[str, str], summary: str) -> None:
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as handle:
             handle.write(summary)
+
+
+def comment_markdown(summary: str, run_url: str = "", limit: int = COMMENT_LIMIT - COMMENT_ROOM) -> str:
+    """The pull-request comment: the summary, with a link to the run, cut at a line within `limit`
+    characters where it is longer (a sweep of many cells), saying how much was left out and where it is."""
+    footer = f"\n[The run]({run_url}): its job summary and the `kvbench-results` artifact.\n" if run_url else ""
+    if len(summary) + len(footer) <= limit:
+        return summary + footer
+    lines = summary.splitlines(keepends=True)
+    kept, size = [], 0
+    note = (
+        "\n*{} more lines of the summary are left out here, as a comment holds at most {:,} characters:"
+        " the job summary has them all.*\n"
+    )
+    room = limit - len(footer) - len(note.format(len(lines), COMMENT_LIMIT))
+    for line in lines:
+        if size + len(line) > room:
+            break
+        kept.append(line)
+        size += len(line)
+    return "".join(kept) + note.format(len(lines) - len(kept), COMMENT_LIMIT) + footer
+
+
+def run_url() -> str:
+    """The GitHub Actions run this is, from the variables the runner sets; empty elsewhere."""
+    parts = [os.environ.get(name, "") for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    return f"{parts[0]}/{parts[1]}/actions/runs/{parts[2]}" if all(parts) else ""
