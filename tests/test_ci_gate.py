@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kvbench.core.errors import KvbenchError
-from kvbench.runner import gate
+from kvbench.runner import gate, gate_summary
 from kvbench.runner.gate import GateError, GateOptions, Side
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,11 +167,35 @@ def test_gate_passes_head_against_a_committed_baseline(repo, slower_head, tmp_pa
 
 
 def test_gate_says_why_it_cannot_judge(repo, tmp_path):
-    completed, outputs, summary = run_gate(tmp_path, "--repo", str(repo), "--base", "no-such-ref", "--head", str(repo))
+    run = {"GITHUB_SERVER_URL": "https://github.example", "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7"}
+    completed, outputs, summary = run_gate(
+        tmp_path, "--repo", str(repo), "--base", "no-such-ref", "--head", str(repo), extra_env=run
+    )
     assert completed.returncode == 2
     assert outputs["verdict"] == "error"
     assert summary.startswith("### kvbench gate: could not judge")
     assert "no-such-ref is neither a directory nor a commit" in summary
+    # The pull-request comment a workflow may post is the same summary, with a link to the run.
+    link = "[The run](https://github.example/o/r/actions/runs/7): its job summary and the `kvbench-results` artifact."
+    assert Path(outputs["comment"]).read_text() == f"{summary}\n{link}\n"
+
+
+def test_the_pull_request_comment_fits_githubs_limit():
+    """A sweep's summary can pass GitHub's 65,536 characters: the comment keeps the header and as many whole
+    lines as fit, says how many it left out and where they are, and ends with the run's link."""
+    head = gate.header("regression", 10.0, [("base", "abc base", {}), ("head", "def head", {})], ["Threshold 10%."])
+    rows = "".join(f"| tiny-gpt2 · {n} tok · cached | +{n % 50}.0% [+1.0%, +99.0%] REGRESSION (> 10%) |\n" for n in range(4000))
+    summary = head + "\n" + rows
+    assert len(summary) > gate_summary.COMMENT_LIMIT
+    comment = gate_summary.comment_markdown(summary, "https://github.example/o/r/actions/runs/7")
+    assert len(comment) <= gate_summary.COMMENT_LIMIT - gate_summary.COMMENT_ROOM
+    assert comment.startswith(head) and comment.endswith("artifact.\n")
+    body = comment[len(head) :].split("\n*")[0]
+    left_out = 4001 - body.count("\n")
+    assert f"*{left_out} more lines of the summary are left out here, as a comment holds at most 65,536" in comment
+    assert all(line in rows for line in body.strip().splitlines())  # whole lines only
+    # A short summary is the comment as it is; outside GitHub Actions, without a link.
+    assert gate_summary.comment_markdown(head) == head
 
 
 def test_gate_exits_as_compare_says_when_a_measurement_cannot_be_judged(tmp_path):
@@ -348,24 +372,47 @@ def test_gate_refuses_a_threshold_of_zero_unless_inconclusive_ones_pass(tmp_path
     assert "KVBENCH_REGRESSION_PCT=0 (KVBENCH_REGRESSION_PCT in head's" in summary and "can never pass" in summary
 
 
-def base_python_has_torch() -> bool:
-    base_python = Path(sys.base_prefix) / "bin" / "python3"
-    probe = subprocess.run(
-        [str(base_python), "-c", "import importlib.util as u; print(u.find_spec('torch') is not None)"],
-        capture_output=True,
-        text=True,
-    )
-    return probe.stdout.strip() == "True"
-
-
-@pytest.mark.skipif(base_python_has_torch(), reason="the system python here has a torch the venv would reuse")
 def test_gate_venv_refuses_to_download_a_torch(tmp_path):
     """A venv that cannot see a torch would have pip fetch the newest CUDA torch into each side (gigabytes):
-    the gate stops first and names the two fixes, before any pip install."""
+    the gate stops first and names the two fixes, before any pip install. The interpreter given is a venv's
+    without torch."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     side = Side("base", tmp_path, "a checkout")
-    options = GateOptions(install="venv", python=sys.executable, pip_install="-e .")
+    options = GateOptions(install="venv", python=str(bare / "bin" / "python"), pip_install="-e .")
     with pytest.raises(GateError, match=r"no torch the venvs can reuse.*--torch"):
         gate.prepare(side, options, tmp_path)
+
+
+def test_gate_venvs_reuse_the_torch_of_a_venvs_python(tmp_path):
+    """The README installs torch into a venv, and `kvbench gate` from it takes that venv's python: the
+    side's venv sees that torch (pinned to its version), though `--system-site-packages` alone shows it the
+    base interpreter's packages, which here have none."""
+    import torch
+
+    assert sys.prefix != sys.base_prefix, "the tests run from a venv (the README's install)"
+    side = Side("base", tmp_path, "a checkout")
+    options = GateOptions(install="venv", python=sys.executable, pip_install="")
+    # Nothing to install, so it gets past torch and stops where kvbench would be installed.
+    with pytest.raises(GateError, match="no kvbench in"):
+        gate.prepare(side, options, tmp_path)
+    assert (tmp_path / "base-torch-constraint.txt").read_text() == f"torch=={torch.__version__}\n"
+
+
+def test_the_gate_takes_heads_config_only_where_the_base_has_none(tmp_path):
+    """The pull request that adds the gate has a base without its config: both sides run head's, and the
+    summary says so. Where the base has one, its own is run, whatever head's says."""
+    base, head = Side("base", tmp_path / "base", "b"), Side("head", tmp_path / "head", "h")
+    for side in (base, head):
+        (side.checkout / "bench").mkdir(parents=True)
+    (head.checkout / "bench" / "kvbench.toml").write_text(BENCH_TOML)
+    config, note = gate.choose_config(base, head, "bench/kvbench.toml")
+    assert config == head.checkout / "bench" / "kvbench.toml"
+    assert note.startswith("Config `bench/kvbench.toml` from head, for both sides: base has none")
+    (base.checkout / "bench" / "kvbench.toml").write_text(BENCH_TOML)
+    assert gate.choose_config(base, head, "bench/kvbench.toml")[0] == base.checkout / "bench" / "kvbench.toml"
+    with pytest.raises(GateError, match="other.toml is not in the base checkout .* nor in head's"):
+        gate.choose_config(base, head, "other.toml")
 
 
 def test_gate_command_names_a_bad_threshold_in_one_line(tmp_path):

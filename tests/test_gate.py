@@ -12,7 +12,8 @@ import pytest
 from kvbench.compare.formats import FORMATS
 from kvbench.compare.formats.grids import interval_text, records, timing_grid
 from kvbench.compare.judging import EXIT_CODES, INCONCLUSIVE, PASS, REGRESSION, UNJUDGED, compare_results
-from kvbench.core.stats import RatioTest, compare_means, runs_to_settle
+from kvbench.core.distributions import normal_quantile, t_quantile
+from kvbench.core.stats import RatioTest, compare_means, resolvable_change, runs_to_settle
 from kvbench.model.records import CellResult, RunRecord
 from tests.conftest import make_result, make_sweep
 from tests.test_verdicts import STEADY, invoke, save
@@ -43,6 +44,29 @@ def test_noisy_data_is_inconclusive_and_fails_the_gate(tmp_path):
     assert passed.exit_code == 0, passed.output
     assert "(passed: --pass-inconclusive)" in lines_of(passed, "inconclusive")[0]
     assert "inconclusive ones passed by --pass-inconclusive" in passed.stdout
+
+
+def test_an_inconclusive_line_says_the_noise_what_these_runs_resolve_and_what_to_change(tmp_path):
+    """Not only a count of runs: each side's spread, the smallest change these runs resolve (a threshold
+    below it leaves even unchanged code inconclusive), and the three ways out. Chosen latencies: CVs of
+    8.2% (base) and 4.1% (head), 4 runs each."""
+    base = save(tmp_path, "base", make_result({"cached": [1.0, 1.1, 0.9, 1.0]}))
+    head = save(tmp_path, "head", make_result({"cached": [1.0, 1.05, 0.95, 1.0]}))
+    result = invoke("compare", base, head, "--fail-on-regression", 5)
+    assert result.exit_code == EXIT_INCONCLUSIVE, result.output
+    (line,) = lines_of(result, "inconclusive")
+    test = compare_means([1.0, 1.05, 0.95, 1.0], [1.0, 1.1, 0.9, 1.0])
+    smallest = math.expm1((t_quantile(0.975, test.df) + normal_quantile(0.8)) * test.log_se)
+    assert resolvable_change(test) == pytest.approx(smallest)
+    assert (
+        f"run(s) vary by 4.1% of their mean here and 8.2% in the baseline, so 4 and 4 resolve a change of about {smallest:.0%}"
+        in line
+    )
+    assert "even unchanged code is likely inconclusive" in line
+    assert "ways out: about " in line and f"a threshold above {smallest:.0%}, or a quieter machine" in line
+    # More runs at the same noise resolve a smaller change.
+    more = compare_means([1.0, 1.05, 0.95, 1.0] * 4, [1.0, 1.1, 0.9, 1.0] * 4)
+    assert resolvable_change(more) < resolvable_change(test)
 
 
 def test_each_verdict_from_its_interval(tmp_path):

@@ -297,6 +297,16 @@ def runs_to_settle(test: RatioTest, threshold_ratio: float, power: float = 0.8) 
     return high
 
 
+def resolvable_change(test: RatioTest, power: float = 0.8) -> float | None:
+    """The smallest change, as a fraction of the baseline, that these runs would likely tell from no change
+    at the test's confidence, at the noise seen: (t + z_power) * se on the log scale. A gate whose
+    threshold is below it likely ends inconclusive even on unchanged code. None without spread."""
+    if not test.log_se or test.df is None:
+        return None
+    t = t_quantile(0.5 + test.confidence / 2, test.df)
+    return math.expm1((t + normal_quantile(power)) * test.log_se)
+
+
 def cached_speedup(uncached: Sequence[float], cached: Sequence[float], confidence: float = 0.95) -> RatioTest:
     """Uncached mean latency over cached mean latency (above 1: the cache is faster), with its interval."""
     return compare_means(uncached, cached, confidence)

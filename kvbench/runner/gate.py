@@ -33,7 +33,7 @@ from typing import Any
 from kvbench.compare.judging import EXIT_CODES, zero_threshold_problem
 from kvbench.core.errors import KvbenchError
 from kvbench.core.jsontext import json_text
-from kvbench.core.untrusted import printable
+from kvbench.runner.gate_summary import comment_markdown, environment_of, header, run_url, write_github_files
 
 GATE_FILE = ".github/kvbench-gate.env"
 THRESHOLD_KEY = "KVBENCH_REGRESSION_PCT"
@@ -45,12 +45,13 @@ OUT_FOLDER = "kvbench-gate"
 # The file that marks a folder as the gate's: there, and only there, it removes and replaces its own files.
 OUT_MARK = ".kvbench-gate"
 # What the gate writes in its folder (and removes there before it runs): the results files with the runs' CSVs
-# beside them, the summary, the export, and each side's checkout, venv and torch pin.
+# beside them, the summary and the comment made from it, the export, and each side's checkout, venv and torch pin.
 RESULTS_FILES = ("base.json", "head.json", "base-1.json", "base-2.json", "head-1.json", "head-2.json")
 OUT_FILES = (
     *RESULTS_FILES,
     *(name.replace(".json", ".csv") for name in RESULTS_FILES),
     "summary.md",
+    "comment.md",
     "benchmark-action.json",
     *(f"{side}{part}" for side in ("base", "head") for part in ("-src", "-venv", "-torch-constraint.txt")),
 )
@@ -63,15 +64,6 @@ EXIT_PASS, EXIT_ERROR = EXIT_CODES["pass"], 2
 # The order the two sides are measured in: each side's mean time sits at the same point of the session,
 # so a steady drift of the machine adds the same to both.
 ORDER = ("base", "head", "head", "base")
-# What the summary's header shows from each results file's environment block.
-ENVIRONMENT_ROWS = (
-    ("device", "device_name"),
-    ("torch", "torch"),
-    ("transformers", "transformers"),
-    ("CUDA", "cuda_version"),
-    ("driver", "gpu_driver"),
-    ("kvbench", "kvbench"),
-)
 
 
 class GateError(Exception):
@@ -291,11 +283,49 @@ def read_threshold(side: Side, gate_file: str) -> tuple[float, str]:
     return DEFAULT_THRESHOLD_PCT, f"the default, as {side.name}'s `{gate_file}` has no {THRESHOLD_KEY}"
 
 
+def choose_config(trusted: Side, head: Side, name: str) -> tuple[Path, str]:
+    """The config both sides run, and the summary's note on it: the base's, so a change does not choose its
+    own benchmark; head's only where the base has none, as in the pull request that adds the gate (every
+    team's first), whose base predates it. From the next pull request on, the base has it."""
+    config = trusted.checkout / name
+    if config.is_file():
+        return config, f"Config `{name}` from {trusted.name}."
+    if trusted is not head and (head.checkout / name).is_file():
+        return head.checkout / name, (
+            f"Config `{name}` from head, for both sides: base has none (the pull request that adds the gate);"
+            " from the next pull request on, the base's is read."
+        )
+    where = f"the {trusted.name} checkout {trusted.checkout}" + (" nor in head's" if trusted is not head else "")
+    raise GateError(f"{name} is not in {where}; check --config (a path in the checkout)")
+
+
 def torch_version(python: Path) -> str | None:
     """The version of the torch `python` would import, without importing it (seconds, and no CUDA)."""
     probe = "import importlib.metadata as m\ntry: print(m.version('torch'))\nexcept m.PackageNotFoundError: pass"
     completed = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     return completed.stdout.strip() or None
+
+
+# Prints, for an interpreter, whether it is a venv's and the directories its packages are installed in.
+SITE_PROBE = (
+    "import sys, sysconfig\n"
+    "print(sys.prefix != sys.base_prefix)\n"
+    "print(*dict.fromkeys(sysconfig.get_paths()[key] for key in ('purelib', 'platlib')), sep='\\n')"
+)
+
+
+def reuse_venv_packages(python: str, venv_python: Path) -> None:
+    """Where `python` is a venv's (the README's install puts torch in one), let the new venv see that venv's
+    packages: `--system-site-packages` shows it the packages of the interpreter the venv was made from, which
+    is the base interpreter, not the venv. A .pth file adds them to the path after the venv's own, as plain
+    directories, so their .pth files (an editable kvbench among them) do not reach the new venv."""
+    given = subprocess.run([python, "-c", SITE_PROBE], capture_output=True, text=True)
+    lines = given.stdout.split("\n")
+    if given.returncode != 0 or lines[0] != "True":
+        return
+    own = subprocess.run([str(venv_python), "-c", SITE_PROBE], capture_output=True, text=True, check=True)
+    site_packages = Path(own.stdout.split("\n")[1])
+    (site_packages / "kvbench-gate-reuse.pth").write_text("".join(f"{line}\n" for line in lines[1:] if line))
 
 
 def prepare(side: Side, options: GateOptions, work: Path) -> None:
@@ -314,6 +344,7 @@ def prepare(side: Side, options: GateOptions, work: Path) -> None:
     if created.returncode != 0:
         raise GateError(f"{options.python} -m venv failed; give --python an interpreter with the venv module")
     venv_python = venv / "bin" / "python"
+    reuse_venv_packages(options.python, venv_python)
 
     def pip_install(what: str, env: dict[str, str]) -> None:
         log(f"{side.name}: pip install {what}")
@@ -391,57 +422,6 @@ def check_untouched(digests: dict[Path, str]) -> None:
                 f"{path} changed after base wrote it (sha256 {digest[:12]}…, now {now[:12]}…), while head's code"
                 " ran; the gate does not judge against results it cannot trust"
             )
-
-
-def environment_of(path: Path) -> dict:
-    """A results file's environment block, with the kvbench version that wrote it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or not isinstance(data.get("environment"), dict):
-        return {}  # not a results file: the summary says "—" rather than stop
-    return {**data["environment"], "kvbench": data.get("kvbench_version")}
-
-
-def header(verdict: str, threshold: float, columns: list[tuple[str, str, dict]], notes: list[str]) -> str:
-    """The summary's head: the verdict, then each side's commit, device and versions side by side."""
-    titles = {
-        "pass": f"kvbench gate: passed (no significant slowdown of more than {threshold:g}%)",
-        "regression": f"kvbench gate: REGRESSION (significantly slower by more than {threshold:g}%)",
-        "no-baseline": "kvbench gate: nothing to compare with yet (measured, not judged)",
-        "error": "kvbench gate: could not judge",
-        "unjudged": "kvbench gate: could not judge every measurement (fails closed)",
-        "inconclusive": f"kvbench gate: INCONCLUSIVE (the data cannot rule out a slowdown of more than {threshold:g}%)",
-    }
-    lines = [f"### {titles[verdict]}", ""]
-    if not columns:  # it stopped before it knew either side
-        return "\n".join(lines + [f"{note}  " for note in notes]) + "\n"
-    lines.append("| | " + " | ".join(title for title, _, _ in columns) + " |")
-    lines.append("|---" * (len(columns) + 1) + "|")
-    lines.append("| commit | " + " | ".join(_cell(commit) for _, commit, _ in columns) + " |")
-    for label, key in ENVIRONMENT_ROWS:
-        values = [_cell(str(environment.get(key) or "—")) for _, _, environment in columns]
-        lines.append(f"| {label} | " + " | ".join(values) + " |")
-    lines.append("")
-    lines += [f"{note}  " for note in notes]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """A table cell from a commit subject or a results file that head wrote: one line, its controls
-    written out, no `|` to break the table."""
-    return printable(text, one_line=True).replace("|", "\\|")
-
-
-def write_github_files(outputs: dict[str, str], summary: str) -> None:
-    """In GitHub Actions: the step's outputs, and the summary on the job's page."""
-    if os.environ.get("GITHUB_OUTPUT"):
-        with open(os.environ["GITHUB_OUTPUT"], "a") as handle:
-            handle.writelines(f"{key}={value}\n" for key, value in outputs.items())
-    if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as handle:
-            handle.write(summary)
 
 
 # kvbench compare's exit codes under --fail-on-regression, and the gate's verdict for each; the gate exits
@@ -525,10 +505,8 @@ def run_gate(options: GateOptions) -> GateOutcome:
                 "Inconclusive measurements pass (--pass-inconclusive): the gate fails only where the data show a"
                 f" slowdown of more than {threshold:g}%."
             )
-        config = trusted.checkout / options.config
-        if not config.is_file():
-            raise GateError(f"{options.config} is not in the {trusted.name} checkout {trusted.checkout}; check --config")
-        notes.append(f"Config `{options.config}` from {trusted.name}.")
+        config, said = choose_config(trusted, head, options.config)
+        notes.append(said)
         run_args = shlex.split(options.run_args or "")
         if run_args:
             notes.append(f"Extra `kvbench run` arguments: `{shlex.join(run_args)}`.")
@@ -582,10 +560,14 @@ def run_gate(options: GateOptions) -> GateOutcome:
     summary = header(verdict, threshold, columns, notes) + ("\n" + judged if judged else "")
     summary_path = out / "summary.md"
     summary_path.write_text(summary)
+    # For a workflow that posts it on the pull request (opt-in, docs/gpu-ci.md): within GitHub's limit.
+    comment_path = out / "comment.md"
+    comment_path.write_text(comment_markdown(summary, run_url()))
     outputs = {
         "verdict": verdict,
         "exit-code": str(code),
         "summary": str(summary_path),
+        "comment": str(comment_path),
         "base-results": str(base_json) if base_json.is_file() else "",
         "head-results": str(head_json) if head_json.is_file() else "",
         "benchmark-action": str(exported_json) if exported_json.is_file() else "",

@@ -17,6 +17,7 @@ from kvbench.core.stats import (
     RatioTest,
     coefficient_of_variation,
     outward,
+    resolvable_change,
     speedup_words,
 )
 from kvbench.core.units import format_bytes
@@ -176,29 +177,52 @@ def _settle_words(entry: Entry, short: bool = False) -> str:
     """How many runs would likely settle an inconclusive verdict at the noise seen."""
     unit = "process(es)" if entry.tested_on_process_means else "run(s)"
     if entry.settle_runs is None:
-        return "" if short else "; its estimate sits on the threshold: more runs are unlikely to settle it"
+        return "" if short else "more runs are unlikely to settle it, as its estimate sits on the threshold"
     here, there = entry.settle_runs
     if short:
         return f"; ~{here} {unit} here, {there} in the baseline would likely settle it"
-    return f"; at this noise, about {here} {unit} here and {there} in the baseline would likely settle it"
+    return f"about {here} {unit} here and {there} in the baseline would likely settle it"
 
 
 def inconclusive_lines(comparison: Comparison) -> list[str]:
-    """One line per inconclusive measurement: its change, the interval against +PCT, and the runs that
-    would likely settle it; the gate's choice to pass them said on each."""
+    """One line per inconclusive measurement: its change and the interval against +PCT, then what to do
+    about it: the noise of each side's runs, the smallest change so many runs resolve, and the ways out
+    (the runs that would likely settle it, a wider threshold, a quieter machine); the gate's choice to pass
+    them said on each."""
     lines = []
     metric = comparison.gate_metric
     for row, index in comparison.inconclusive:
-        entry = row.entries[index]
+        entry, base_entry = row.entries[index], row.entries[comparison.baseline]
         assert entry is not None
         test = entry.tests[metric]
         passed = " (passed: --pass-inconclusive)" if comparison.pass_inconclusive else ""
         lines.append(
             f"{row.key.label()} in {comparison.files[index].label}: {_pct(test.ratio)}"
             f" {interval_text(test, comparison.threshold_pct)} straddles +{comparison.threshold_pct:g}%"
-            f"{_settle_words(entry)}{passed}"
+            f"{_ways_out(entry, base_entry, test, metric)}{passed}"
         )
     return lines
+
+
+def _ways_out(entry: Entry, base_entry: Entry | None, test: Any, metric: str) -> str:
+    """What the noise allows and what to change: how much each side's runs vary, the smallest change so
+    many runs resolve (a threshold below it likely leaves even unchanged code inconclusive), and the runs,
+    threshold or machine that would settle it."""
+    settle = _settle_words(entry)
+    resolvable = resolvable_change(test)
+    here = entry.samples[metric]
+    there = base_entry.samples[metric] if base_entry is not None else []
+    spread = [coefficient_of_variation(values) for values in (here, there)]
+    if resolvable is None or spread[0] is None or spread[1] is None:
+        return f"; {settle}"
+    unit = "process(es)" if entry.tested_on_process_means else "run(s)"
+    smallest = f"{resolvable:.0%}" if resolvable >= 0.1 else f"{resolvable:.1%}"
+    return (
+        f"; {unit} vary by {spread[0]:.1%} of their mean here and {spread[1]:.1%} in the baseline, so"
+        f" {len(here)} and {len(there)} resolve a change of about {smallest} (below that, even unchanged code"
+        f" is likely inconclusive); ways out: {settle}, a threshold above {smallest}, or a quieter machine"
+        " (nothing else running)"
+    )
 
 
 def gate_summary(comparison: Comparison) -> str | None:
