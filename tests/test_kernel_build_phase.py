@@ -200,3 +200,33 @@ def test_a_run_builds_before_the_first_generation_and_records_the_phase(tiny_gpt
     seen = [event for event in recorder.seen if event != "alive"]  # a build this quick may end before one
     assert seen[:2] == ["started building fake kernels", "built"] and seen[2].startswith("warmup")
     assert KERNEL_BUILD in result.cells[0].phases_s
+
+
+def test_the_plans_estimate_counts_a_build_still_to_do(tiny_gpt2_dir, tmp_path, monkeypatch, quanto_planned):
+    """Earlier runs predict the generations; a quantized cell whose kernels are not built adds the guess."""
+    from kvbench.runner import benchmark
+    from kvbench.runner.benchmark import Benchmark
+    from tests.test_runner import _earlier_run_here
+
+    folder = tmp_path / "results"
+    _earlier_run_here(tiny_gpt2_dir, folder)
+    new = tiny_config(
+        tiny_gpt2_dir,
+        max_new_tokens=[6],
+        runs=3,
+        warmup=1,
+        cache_implementation=["dynamic", "quantized"],
+        output=str(folder / "new.json"),
+    )
+    generations_s = 2 * 4 * (6 * 0.01 + 6 * 0.03)
+    monkeypatch.setattr(benchmark, "pending_build", lambda cell, backend, device: None)
+    assert Benchmark(new).plan().estimate.seconds == pytest.approx(generations_s)
+    fake = KernelBuild("building optimum-quanto's CPU kernels (first use)", lambda: None)
+    monkeypatch.setattr(
+        benchmark, "pending_build", lambda cell, backend, device: fake if cell.cache_implementation == "quantized" else None
+    )
+    estimate = Benchmark(new).plan().estimate
+    assert estimate.seconds == pytest.approx(generations_s + KERNEL_BUILD_GUESS_S)  # once, however many cells
+    assert estimate.text().endswith(
+        "; it includes about 2:17 building optimum-quanto's CPU kernels (first use), guessed from a 2-core CPU"
+    )
