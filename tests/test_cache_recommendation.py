@@ -4,10 +4,15 @@ agreement; from results built with chosen figures."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from kvbench.analysis.cache_choice import cache_verdicts, recommend
 from kvbench.cli import app
+from kvbench.model.cells import expand, reference_of
+from kvbench.model.experiment import build_config
 from kvbench.render.report import render_result
 from kvbench.render.verdicts import recommendation_text
 from kvbench.storage.writer import write_result
@@ -111,3 +116,30 @@ def test_a_sweep_without_cache_implementations_to_compare_shows_no_verdict_or_re
     sweep = make_sweep([make_result(max_new_tokens=100), make_result(max_new_tokens=200)])
     text = shown(render_result(sweep))
     assert "which KV cache" not in text and "recommended" not in text
+
+
+REPO = Path(__file__).resolve().parent.parent
+WHICH_CACHE = REPO / "configs" / "which-cache-cpu.toml"
+
+
+def test_the_one_minute_example_is_one_verdict_group_on_a_shipped_trained_model(quanto_planned, monkeypatch):
+    """configs/which-cache-cpu.toml: a few cells on tiny-milton (shipped: no download), differing only in their
+    cache implementation, so the run ends in one verdict table; with the quantized extra every cell runs."""
+    config = build_config(WHICH_CACHE, {})
+    cells = expand(config)
+    assert config.model == ["tiny-milton"] and config.modes == ["cached"] and len(cells) <= 4
+    assert {reference_of(cell) for cell in cells} == {reference_of(cells[0])}
+    assert [cell.cache_name for cell in cells] == ["dynamic", "static", "quantized int4", "quantized int2"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = runner.invoke(app, ["run", "--config", str(WHICH_CACHE), "--dry-run", "--json"])
+    assert plan.exit_code == 0, plan.output
+    assert [cell["what_happens"] for cell in json.loads(plan.stdout)["cells"]] == ["measure"] * 4
+
+
+def test_the_readme_installs_the_extra_the_example_needs_and_the_docs_give_its_time():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e '.[quantized]'" in readme and "configs/which-cache-cpu.toml" in readme
+    results = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    section = results.split("## Which KV cache, in a minute", 1)[1].split("\n## ", 1)[0]
+    assert "kvbench run --config configs/which-cache-cpu.toml" in section
+    assert "of wall time" in section and "recommended: quantized int4" in section
