@@ -5,6 +5,7 @@ and not charged to every later cell once done. Scripted clocks and a fake extens
 from __future__ import annotations
 
 import io
+import pickle
 import threading
 
 import pytest
@@ -82,6 +83,8 @@ def test_the_build_runs_in_a_thread_while_the_measuring_thread_says_it_goes_on()
     assert events[0] == PhaseStarted(KERNEL_BUILD, "building", KERNEL_BUILD_GUESS_S)
     assert all(isinstance(event, PhaseAlive) for event in events[1:]) and len(events) >= 4
     assert KERNEL_BUILD in PHASES
+    # They cross a measuring process's pipe as every other event does.
+    assert [pickle.loads(pickle.dumps(event)) for event in events[:2]] == events[:2]
 
 
 def test_a_failing_build_raises_in_the_measuring_thread():
