@@ -84,5 +84,17 @@ class Both(Observer):
         for observer in self._observers:
             observer.cell_finished(cell)
 
+    def phase_started(self, cell, what, expected_s):
+        for observer in self._observers:
+            observer.phase_started(cell, what, expected_s)
+
+    def phase_alive(self):
+        for observer in self._observers:
+            observer.phase_alive()
+
+    def phase_finished(self, cell, phase, seconds):
+        for observer in self._observers:
+            observer.phase_finished(cell, phase, seconds)
+
     def output(self, line):
         self._observers[-1].output(line)

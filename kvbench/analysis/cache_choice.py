@@ -276,3 +276,46 @@ def what_fits_notes(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...] = DEF
             " more: beyond it the model cannot run at all"
         )
     return notes
+
+
+# The least share of positions whose most likely next token must agree with the dynamic cache's (the verdict's
+# top-1 column) for a cache to be recommended: quanto's int4 keeps about 99% on the trained tiny-milton, int2
+# 84 to 94% (docs/results.md).
+DEFAULT_MIN_TOP1_AGREEMENT = 0.98
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Of a group's caches that save memory while agreeing with the dynamic cache at no less than
+    `min_top1_share` of positions, the one that saves most (None: none does); where none does, the saving one
+    that agrees most, which a lower tolerance would choose (None: no cache saved memory at all)."""
+
+    chosen: CacheVerdict | None
+    min_top1_share: float
+    closest_miss: CacheVerdict | None = None
+
+
+def _top1_share(verdict: CacheVerdict) -> float | None:
+    agreement = verdict.agreement
+    return None if isinstance(agreement, Missing) else agreement.agreement_top1_share
+
+
+def recommend(group: VerdictGroup, min_top1_share: float = DEFAULT_MIN_TOP1_AGREEMENT) -> Recommendation:
+    """The cache to use from the group's verdicts: the most memory saved within the tolerance for agreement,
+    the faster one on a tie."""
+    saving = [
+        (verdict, share)
+        for verdict in group.verdicts
+        if not verdict.is_reference and isinstance(share := verdict.memory_saved_share, float) and share > 0
+    ]
+
+    def most_saved(candidate: tuple[CacheVerdict, float]) -> tuple[float, float]:
+        latency = candidate[0].latency_ratio
+        return candidate[1], -(latency.ratio if not isinstance(latency, Missing) else math.inf)
+
+    agreeing = [(v, share) for v, share in saving if (top1 := _top1_share(v)) is not None and top1 >= min_top1_share]
+    if agreeing:
+        return Recommendation(max(agreeing, key=most_saved)[0], min_top1_share)
+    # The closest miss: the saving cache that agrees most, which a slightly lower tolerance would choose.
+    closest = max(saving, key=lambda candidate: (_top1_share(candidate[0]) or -1.0, *most_saved(candidate)), default=None)
+    return Recommendation(None, min_top1_share, closest[0] if closest is not None else None)

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
+from kvbench.analysis.cache_choice import DEFAULT_MIN_TOP1_AGREEMENT
 from kvbench.cli.app import stdout, user_errors
+from kvbench.core.errors import KvbenchError
 
 
 def show(
@@ -23,6 +25,14 @@ def show(
         " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 141 GiB]",
         show_default=False,
     ),
+    min_agreement: float = typer.Option(
+        DEFAULT_MIN_TOP1_AGREEMENT * 100,
+        "--min-agreement",
+        metavar="PERCENT",
+        help="The tolerance for agreement the recommendation under a which-cache verdict holds a cache to: the"
+        " least share of positions, in percent, whose most likely next token agrees with the dynamic cache's (the"
+        " top-1 column).",
+    ),
 ) -> None:
     """Render one results file as `kvbench run` printed it."""
     with user_errors():
@@ -31,8 +41,10 @@ def show(
         from kvbench.storage.document import read_result
 
         sizes = tuple(parse_bytes(size) for size in gpu_memory) if gpu_memory else None
+        if not 0 <= min_agreement <= 100:
+            raise KvbenchError(f"--min-agreement cannot be {min_agreement:g}; give a percentage from 0 to 100, such as 95")
         result = read_result(file)
-        print_result(result, stdout, sizes)
+        print_result(result, stdout, sizes, min_agreement / 100)
         if show_output:
             print_generated_text(result, stdout)
         for line in one_line_summary(result):

@@ -99,6 +99,10 @@ class TimeLeft:
         self._starting = None if starting is None else set(starting)
         # Per finished cell, its time beyond its generations, by whether it started a process.
         self._beyond_generations_s: dict[bool, list[float]] = {True: [], False: []}
+        # A long one-off phase (a backend building its kernels): while it runs, its guessed length counts in
+        # the time left; once it ended, its seconds are not a cost every later cell pays again.
+        self._phase: tuple[str, float, float] | None = None  # cell, when it started, how long it is guessed
+        self._one_off_s: dict[str, float] = defaultdict(float)
 
     def elapsed_s(self) -> float:
         return self._clock() - self.started
@@ -119,6 +123,26 @@ class TimeLeft:
             self._cells_finished.add(cell)
             if self._generations_of[cell]:
                 self._beyond_generations_s[self._starts(cell)].append(max(self._beyond_so_far_s(cell, {}), 0.0))
+
+    def phase_started(self, cell: str, expected_s: float) -> None:
+        """A one-off phase of `cell` began, guessed to take `expected_s`."""
+        self._phase = (cell, self._clock(), expected_s)
+
+    def phase_finished(self, cell: str, seconds: float) -> None:
+        """The one-off phase begun in `cell` ended after `seconds` (other phases: nothing to do)."""
+        if self._phase is not None and self._phase[0] == cell:
+            self._phase = None
+            self._one_off_s[cell] += seconds
+
+    def _phase_left_s(self) -> float:
+        if self._phase is None:
+            return 0.0
+        _, started, expected_s = self._phase
+        return max(expected_s - (self._clock() - started), 0.0)
+
+    def _phase_so_far_s(self, cell: str) -> float:
+        ongoing = self._clock() - self._phase[1] if self._phase is not None and self._phase[0] == cell else 0.0
+        return self._one_off_s.get(cell, 0.0) + ongoing
 
     def finished(self, generation: Planned | None, latency_s: float | None) -> None:
         """A generation ended (latency None for a warmup)."""
@@ -159,7 +183,8 @@ class TimeLeft:
             return 0.0
         if not self._measured:
             # Nothing timed yet (warmups only): the average generation so far.
-            return self.elapsed_s() / self.done * self.planned_left
+            one_off = sum(self._phase_so_far_s(cell) for cell in self._cells_started)
+            return max(self.elapsed_s() - one_off, 0.0) / self.done * self.planned_left + self._phase_left_s()
         models: dict[tuple[str, str], _LatencyModel | None] = {}
         generations_left = sum(count * self._predicted_s(g, models) for g, count in self._left.items())
         per_cell_s = {kind: self._per_cell_s(kind, models) for kind in (True, False)}
@@ -170,7 +195,7 @@ class TimeLeft:
         still_to_pay = sum(max(per_cell_s[self._starts(cell)] - self._beyond_so_far_s(cell, models), 0.0) for cell in running)
         cells_s = sum(per_cell_s[self._starts(cell)] for cell in cells_to_start)
         # Cells measured at once (one per GPU, or on Ray) share the time left.
-        return (generations_left + cells_s + still_to_pay) / max(len(running), 1)
+        return (generations_left + cells_s + still_to_pay) / max(len(running), 1) + self._phase_left_s()
 
     def _starts(self, cell: str) -> bool:
         return self._starting is None or cell in self._starting
@@ -186,12 +211,13 @@ class TimeLeft:
             return 0.0
         first = min(self._cells_started.values(), default=self.started)
         spent = sum(self._spent_s(g, t, models) for runs in self._generations_of.values() for g, t in runs)
-        return max(self._clock() - first - spent, 0.0) / max(len(self._cells_started), 1)
+        one_off = sum(self._phase_so_far_s(cell) for cell in self._cells_started)
+        return max(self._clock() - first - spent - one_off, 0.0) / max(len(self._cells_started), 1)
 
     def _beyond_so_far_s(self, cell: str, models: dict) -> float:
         """The time a started cell has taken beyond its generations: starting, loading, saving."""
         spent = sum(self._spent_s(g, latency, models) for g, latency in self._generations_of[cell])
-        return self._clock() - self._cells_started[cell] - spent
+        return self._clock() - self._cells_started[cell] - spent - self._phase_so_far_s(cell)
 
     def text(self) -> str:
         seconds = self.seconds_left()

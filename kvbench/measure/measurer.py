@@ -28,6 +28,7 @@ from kvbench.measure.generation import (
     pad_token_id,
     prepare_generation,
 )
+from kvbench.measure.kernels import build_kernels, pending_build
 from kvbench.measure.prompts import PromptBatch, build_batch, distinct_rows, read_prompt_lines
 from kvbench.measure.support import unsupported_reason
 from kvbench.model.caches import REFERENCE, cache_config, implementation
@@ -46,7 +47,7 @@ from kvbench.model.events import (
 )
 from kvbench.model.jobs import CellJob, planned_generation
 from kvbench.model.modes import CACHED, MODES_BY_NAME, PREFIX, UNCACHED
-from kvbench.model.phases import TIMED_RUNS
+from kvbench.model.phases import KERNEL_BUILD, TIMED_RUNS
 from kvbench.model.records import CellResult, CellState, RunRecord
 from kvbench.model.settings import RSE_CONFIDENCE, BenchConfig
 
@@ -225,6 +226,10 @@ class Measurer:
             emit(CellChanged(copy.copy(cell_result)))
             clock = TokenClock(lambda: emit(ONE_TOKEN), self.clock, allocated=allocated_reader(loaded.devices))
             generation = prepare_generation(loaded, cell, batch, clock, self.config.compile, cache_config(self.config, cell))
+            build = pending_build(cell, self.config.quantized_backend, loaded.model.device.type)
+            if build is not None:
+                with timed_phase(KERNEL_BUILD, emit):
+                    build_kernels(build, emit)
             if any(MODES_BY_NAME[mode].reuses_prefix for mode in self.config.modes):
                 with timed_phase("prefix_prefill", emit):
                     prefix = generation.prefill_prefix()

@@ -95,6 +95,21 @@ class PhaseTimed:
 
 
 @dataclass(frozen=True)
+class PhaseStarted:
+    """A long phase outside any generation has begun (a cache backend building its kernels): `what` it does in
+    words, and `expected_s`, how long it is guessed to take, for the time left."""
+
+    phase: str
+    what: str
+    expected_s: float
+
+
+@dataclass(frozen=True)
+class PhaseAlive:
+    """The phase begun is still going: sent about once a second, so a display keeps its clocks moving."""
+
+
+@dataclass(frozen=True)
 class Ready:
     """A measuring process has imported what it measures with and waits for its first job."""
 
@@ -119,6 +134,8 @@ Event = (
     | Failed
     | UserError
     | PhaseTimed
+    | PhaseStarted
+    | PhaseAlive
     | Ready
     | CellEnded
 )
@@ -147,6 +164,15 @@ class Observer:
         """A generation ended: its measured latency, or None for a warmup."""
 
     def cell_finished(self, cell: CellResult) -> None: ...
+
+    def phase_started(self, cell: str, what: str, expected_s: float) -> None:
+        """A long phase outside any generation began in `cell` (kvbench.model.events.PhaseStarted)."""
+
+    def phase_alive(self) -> None:
+        """The phase begun is still going: a display redraws its clocks."""
+
+    def phase_finished(self, cell: str, phase: str, seconds: float) -> None:
+        """A phase of `cell` ended after `seconds` (every phase, announced or not)."""
 
     def output(self, line: str) -> None:
         """A line a measuring process printed (stdout or stderr); a display prints it above itself."""

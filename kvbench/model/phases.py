@@ -13,6 +13,7 @@ PHASES = {
     "imports": "importing torch, transformers and kvbench's measuring code",
     "model_load": "resolving the model and loading its weights",
     "device_setup": "starting the memory sampler and the energy counters",
+    "kernel_build": "a cache backend building its kernels on first use (optimum-quanto's, once per torch version)",
     "prefix_prefill": "computing the shared prefix's cache the prefix mode copies (once per cell)",
     "warmup": "the warmup generations",
     "timed_runs": "the timed runs and what lies between them (memory freed, each run sent and saved)",
@@ -20,6 +21,7 @@ PHASES = {
     "save": "writing the results file",
 }
 TIMED_RUNS = "timed_runs"
+KERNEL_BUILD = "kernel_build"
 
 
 def time_spent(phases_of_cells: Iterable[dict[str, float] | None]) -> dict[str, float]:

@@ -23,6 +23,8 @@ from kvbench.model.records import CellState
 
 # A long uncached generation (minutes) should still show it is alive.
 REDRAW_EVERY_S = 2.0
+# In a log, a long phase (a backend building its kernels) says it goes on this often.
+PHASE_LINE_EVERY_S = 30.0
 
 
 class LineProgress(Observer):
@@ -33,6 +35,8 @@ class LineProgress(Observer):
         self._clock = clock
         self.time_left = TimeLeft([], clock)
         self._label = ""
+        self._phase: tuple[str, float] | None = None  # a long phase going on: what, since when
+        self._last_alive_line = 0.0
 
     def __enter__(self) -> LineProgress:
         return self
@@ -72,6 +76,26 @@ class LineProgress(Observer):
         self.time_left.cell_finished(cell.id)
         if CellState(cell.status).failed:
             self._print(f"cell {cell.id}: {cell.status} ({cell.reason})")
+
+    def phase_started(self, cell: str, what: str, expected_s: float) -> None:
+        self.time_left.phase_started(cell, expected_s)
+        self._phase = (what, self._clock())
+        self._last_alive_line = self._clock()
+        elapsed = clock_text(self.time_left.elapsed_s())
+        self._print(f"{what}: guessed at {clock_text(expected_s)} · elapsed {elapsed} · {self.time_left.text()}")
+
+    def phase_alive(self) -> None:
+        # A log gets a line now and then, not one a second.
+        if self._phase is not None and self._clock() - self._last_alive_line >= PHASE_LINE_EVERY_S:
+            self._last_alive_line = self._clock()
+            what, started = self._phase
+            self._print(f"{what}: {clock_text(self._clock() - started)} so far · {self.time_left.text()}")
+
+    def phase_finished(self, cell: str, phase: str, seconds: float) -> None:
+        self.time_left.phase_finished(cell, seconds)
+        if self._phase is not None:
+            self._print(f"{self._phase[0]}: done in {clock_text(seconds)}")
+            self._phase = None
 
     def output(self, line: str) -> None:
         self._print(f"  | {line}")
@@ -179,6 +203,27 @@ class LiveProgress(Observer):
         if self._overall is not None:
             self.progress.update(self._overall, left=self._estimated())
             self.progress.refresh()
+
+    def phase_started(self, cell: str, what: str, expected_s: float) -> None:
+        # Shown where the current generation is, its own clock running from now; the time left includes it.
+        self.time_left.phase_started(cell, expected_s)
+        what = printable(what, one_line=True)
+        if self._current is None:
+            self._current = self.progress.add_task(what, total=None, left="")
+        else:
+            self.progress.reset(self._current, total=None, description=what)
+        if self._overall is not None:
+            self.progress.update(self._overall, left=self._estimated())
+        self._redraw()
+
+    def phase_alive(self) -> None:
+        # Outside any timed generation: redrawing costs the measurement nothing.
+        if self._overall is not None:
+            self.progress.update(self._overall, left=self._estimated())
+        self._redraw()
+
+    def phase_finished(self, cell: str, phase: str, seconds: float) -> None:
+        self.time_left.phase_finished(cell, seconds)
 
     def output(self, line: str) -> None:
         # Printed through the display's console, so it lands above the bars instead of tearing them.

@@ -8,16 +8,23 @@ from dataclasses import asdict
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
+from kvbench.analysis.cache_choice import DEFAULT_MIN_TOP1_AGREEMENT
 from kvbench.core.eta import clock_text
 from kvbench.model.modes import MODES
 from kvbench.model.phases import time_spent
 from kvbench.model.records import BenchmarkResult, CellState
 from kvbench.render.cells import cell_lines, cell_table, speedup_of
 from kvbench.render.text import add_row, output_console, plain
-from kvbench.render.verdicts import cache_choice_parts, fit_table
+from kvbench.render.verdicts import cache_verdict_parts, fit_table, what_fits_parts
 
 
-def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> Group:
+def render_result(
+    result: BenchmarkResult,
+    gpu_memory_bytes: tuple[int, ...] | None = None,
+    min_top1_share: float = DEFAULT_MIN_TOP1_AGREEMENT,
+) -> Group:
+    """The results file, its verdict first: where cells differ only in their cache implementation, which cache
+    to use heads it, then each cell, then what fits and where the time went."""
     environment = result.environment
     parts: list = [
         plain(
@@ -29,6 +36,7 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
     ]
     if not result.complete:
         parts.append(plain("INCOMPLETE: the run was interrupted; these are the runs it finished", style="bold yellow"))
+    parts.extend(cache_verdict_parts(result, min_top1_share))
     for cell in result.cells:
         if cell.status == CellState.PENDING:
             continue
@@ -37,7 +45,7 @@ def render_result(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | N
         else:
             parts.append(plain(cell.id, style="bold"))
         parts.extend(cell_lines(result, cell))
-    parts.extend(cache_choice_parts(result, gpu_memory_bytes))
+    parts.extend(what_fits_parts(result, gpu_memory_bytes))
     fits = fit_table(result)
     if fits is not None:
         parts.append(fits)
@@ -142,7 +150,11 @@ def plan_document(plan, output) -> dict:
 
 
 def print_result(
-    result: BenchmarkResult, console: Console | None = None, gpu_memory_bytes: tuple[int, ...] | None = None
+    result: BenchmarkResult,
+    console: Console | None = None,
+    gpu_memory_bytes: tuple[int, ...] | None = None,
+    min_top1_share: float = DEFAULT_MIN_TOP1_AGREEMENT,
 ) -> None:
-    """The results file as `kvbench show` prints it; `gpu_memory_bytes` chooses the what-fits sizes."""
-    (console or output_console()).print(render_result(result, gpu_memory_bytes))
+    """The results file as `kvbench show` prints it; `gpu_memory_bytes` chooses the what-fits sizes,
+    `min_top1_share` the tolerance for agreement the recommendation holds a cache to."""
+    (console or output_console()).print(render_result(result, gpu_memory_bytes, min_top1_share))

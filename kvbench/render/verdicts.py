@@ -11,11 +11,14 @@ from rich.table import Table
 
 from kvbench.analysis.cache_choice import (
     DEFAULT_GPU_MEMORY_BYTES,
+    DEFAULT_MIN_TOP1_AGREEMENT,
     CacheVerdict,
     Missing,
+    Recommendation,
     VerdictGroup,
     WhatFits,
     cache_verdicts,
+    recommend,
     what_fits_notes,
 )
 from kvbench.core.stats import outward
@@ -187,18 +190,60 @@ def what_fits_tables(group: VerdictGroup, gpu_memory_bytes: tuple[int, ...]) -> 
     return lines
 
 
-def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> list[RenderableType]:
-    """Where cells differ only in their cache implementation: each group's verdict table, why a figure is
-    missing, and what fits in each GPU memory size (by default a few common ones)."""
+def _latency_cost_text(verdict: CacheVerdict) -> str:
+    """What a cache costs in latency against the dynamic cache, as the end of the recommendation."""
+    test = verdict.latency_ratio
+    if isinstance(test, Missing):
+        return f"its latency not compared ({test.reason})"
+    if test.low is None or test.high is None or test.without_spread:
+        return f"at {test.ratio:.2f}× the dynamic cache's latency (no interval)"
+    low, high = outward(test.low, test.high)
+    interval = f"{test.ratio:.2f}× [{low}, {high}]"
+    if test.low > 1:
+        return f"at {interval} the dynamic cache's latency"
+    if test.high < 1:
+        return f"and faster: {interval} the dynamic cache's latency"
+    return f"with no latency difference these runs can tell ({interval})"
+
+
+def recommendation_text(recommendation: Recommendation) -> str:
+    """The verdict table's conclusion in one sentence: which cache saves most memory within the tolerance for
+    agreement, and at what latency; or that none qualifies, and which came closest."""
+    least = f"{recommendation.min_top1_share * 100:.4g}%"  # 98%, 99.5%: never rounded up to what it is not
+    chosen = recommendation.chosen
+    if chosen is not None:
+        share, saved = memory_saved_texts(chosen)
+        top1 = agreement_texts(chosen)[2]
+        return (
+            f"recommended: {chosen.cache}, which saves the most KV cache memory ({share}, {saved}) with its most"
+            f" likely next token agreeing at {top1} of positions (at least {least}), {_latency_cost_text(chosen)}"
+        )
+    miss = recommendation.closest_miss
+    if miss is None:
+        return "recommended: the dynamic cache: no other cache here saves KV cache memory"
+    top1 = agreement_texts(miss)[2]
+    agrees = f"agrees at {top1} of positions" if top1 != "—" else "has no top-1 agreement measured"
+    return (
+        f"recommended: the dynamic cache: no cache here saves memory while agreeing at {least} of positions or more"
+        f" ({miss.cache} saves {memory_saved_texts(miss)[0]} but {agrees}; --min-agreement sets the tolerance)"
+    )
+
+
+def cache_verdict_parts(result: BenchmarkResult, min_top1_share: float = DEFAULT_MIN_TOP1_AGREEMENT) -> list[RenderableType]:
+    """Where cells differ only in their cache implementation: each group's verdict table, the recommendation
+    it leads to, and why a figure is missing."""
     parts: list[RenderableType] = []
-    for group in cache_verdicts(result):
+    groups = cache_verdicts(result)
+    for group in groups:
         parts.append(verdict_table(group))
+        parts.append(plain(recommendation_text(recommend(group, min_top1_share)), style="bold"))
         for verdict in group.verdicts:
             missing = verdict.missing()
             if len(missing) > 1 and len({reason for _, reason in missing}) == 1:  # a skipped cell: one line
                 missing = [(", ".join(figure for figure, _ in missing), missing[0][1])]
             for figure, reason in missing:
                 parts.append(plain(f"{verdict.cache}: {figure} —: {reason}", style="yellow"))
+    if groups:
         parts.append(
             plain(
                 "each cache's cells ran one after another, not interleaved with the dynamic cache's: a change in the"
@@ -206,5 +251,23 @@ def cache_choice_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...
                 style="dim",
             )
         )
-        parts += what_fits_tables(group, gpu_memory_bytes or DEFAULT_GPU_MEMORY_BYTES)
     return parts
+
+
+def what_fits_parts(result: BenchmarkResult, gpu_memory_bytes: tuple[int, ...] | None = None) -> list[RenderableType]:
+    """Where cells differ only in their cache implementation: what fits in each GPU memory size (by default a
+    few common ones), per group."""
+    return [
+        part
+        for group in cache_verdicts(result)
+        for part in what_fits_tables(group, gpu_memory_bytes or DEFAULT_GPU_MEMORY_BYTES)
+    ]
+
+
+def cache_choice_parts(
+    result: BenchmarkResult,
+    gpu_memory_bytes: tuple[int, ...] | None = None,
+    min_top1_share: float = DEFAULT_MIN_TOP1_AGREEMENT,
+) -> list[RenderableType]:
+    """Which cache, all of it: the verdicts with their recommendations, then what fits."""
+    return cache_verdict_parts(result, min_top1_share) + what_fits_parts(result, gpu_memory_bytes)

@@ -21,6 +21,8 @@ from kvbench.model.events import (
     GenerationStarted,
     Observer,
     Output,
+    PhaseAlive,
+    PhaseStarted,
     PhaseTimed,
     RunsMeasured,
     TokensGenerated,
@@ -140,6 +142,11 @@ class _CellAssembly:
                 self.fail(status, reason)
             case PhaseTimed(phase=phase, seconds=seconds):
                 self.add_phase(phase, seconds)
+                observer.phase_finished(self.cell_result.id, phase, seconds)
+            case PhaseStarted(what=what, expected_s=expected_s):
+                observer.phase_started(self.cell_result.id, self._labelled(what), expected_s)
+            case PhaseAlive():
+                observer.phase_alive()
             case UserError(message=message):
                 raise KvbenchError(message)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from kvbench.core.errors import KvbenchError
 from kvbench.core.eta import Planned
 from kvbench.core.version import __version__
 from kvbench.launch.base import CellWork, MeasuredIn, cell_jobs
+from kvbench.measure.kernels import KERNEL_BUILD_GUESS_S, pending_build
 from kvbench.measure.measurer import Measurer
 from kvbench.model.caches import implementation
 from kvbench.model.cells import Cell, expand, reference_of
@@ -169,7 +170,16 @@ class Benchmark:
         first = self.file.path if self.file is not None else None
         device_name = self.result.environment.get("device_name")
         starting = self.launcher.starting([cell.settings for cell in measurable])
-        return planning.estimate(planning.planned(self.config, measurable), folder, device_name, first, starting)
+        estimate = planning.estimate(planning.planned(self.config, measurable), folder, device_name, first, starting)
+        device_type = self.device.split(":")[0]
+        builds = (pending_build(cell.settings, self.config.quantized_backend, device_type) for cell in measurable)
+        build = next((build for build in builds if build is not None), None)
+        if estimate is None or build is None:
+            return estimate
+        # Built once, by the first cell that needs it.
+        return replace(
+            estimate, seconds=estimate.seconds + KERNEL_BUILD_GUESS_S, kernel_build=(build.what, KERNEL_BUILD_GUESS_S)
+        )
 
     def _device_peaks(self) -> None:
         """The peaks each mode's roofline bound is computed from, measured before any model is loaded (so

@@ -81,6 +81,8 @@ class Estimate:
     # Of `seconds`, what the cells cost beyond their generations (starting processes, loading models,
     # saving), from the phases earlier runs recorded; None where they recorded none.
     beyond_generations_s: float | None = None
+    # A cache backend's kernels to build on first use, in words, and the seconds guessed for it (in `seconds`).
+    kernel_build: tuple[str, float] | None = None
 
     def text(self) -> str:
         named = ", ".join(self.sources[:2]) + (f" and {len(self.sources) - 2} more" if len(self.sources) > 2 else "")
@@ -91,7 +93,11 @@ class Estimate:
                 f"about {clock_text(self.seconds)} at the most: {clock_text(self.seconds - self.beyond_generations_s)}"
                 f" of generations and {clock_text(self.beyond_generations_s)} starting, loading and saving"
             )
-        return f"{what}, predicted from earlier runs of these models on this machine ({named})"
+        build = ""
+        if self.kernel_build is not None:
+            what_build, guess_s = self.kernel_build
+            build = f"; it includes about {clock_text(guess_s)} {what_build}, guessed from a 2-core CPU"
+        return f"{what}, predicted from earlier runs of these models on this machine ({named}){build}"
 
 
 # The phases (kvbench.model.phases) a cell pays when it starts a measuring process or loads its model, and
