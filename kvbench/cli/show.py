@@ -20,7 +20,7 @@ def show(
         "--gpu-memory",
         metavar="SIZE",
         help="The GPU memory size the what-fits figures are for, such as 80GiB, 24GB or 16G (G: GiB); repeat for"
-        " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 141 GiB]",
+        " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 140 GiB]",
         show_default=False,
     ),
 ) -> None:
