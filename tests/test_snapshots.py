@@ -85,3 +85,10 @@ def test_comparing_the_committed_results_cuts_no_label(width):
         shown = plain(FORMATS["table"].render(compare_results(files, threshold_pct=5)), width=width)
         assert "…" not in shown
         assert "gpt2-cpu-200tok-epyc-2core-r2" in shown
+
+
+def test_show_markdown_snapshot(snapshot):
+    """`kvbench show --format markdown`: one run to paste into a pull request, every column of each cell."""
+    from kvbench.render.markdown import result_markdown
+
+    assert result_markdown(read_result(GOLDEN)) == snapshot

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from kvbench.cli.app import stdout, user_errors
+from kvbench.core.errors import KvbenchError
+
+SHOW_FORMATS = ("table", "markdown")
 
 
 def show(
@@ -23,6 +27,14 @@ def show(
         " several. Shown where cells differ only in their cache implementation. \\[default: 24, 40, 80 and 140 GiB]",
         show_default=False,
     ),
+    fmt: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        metavar="FORMAT",
+        help="table: as kvbench run printed it; markdown: each cell's table with every column and its speedup, to"
+        " paste into a pull request or an issue.",
+    ),
 ) -> None:
     """Render one results file as `kvbench run` printed it."""
     with user_errors():
@@ -31,7 +43,14 @@ def show(
         from kvbench.storage.document import read_result
 
         sizes = tuple(parse_bytes(size) for size in gpu_memory) if gpu_memory else None
+        if fmt not in SHOW_FORMATS:
+            raise KvbenchError(f"--format cannot be {fmt!r}; use one of {', '.join(SHOW_FORMATS)}")
         result = read_result(file)
+        if fmt == "markdown":
+            from kvbench.render.markdown import result_markdown
+
+            sys.stdout.write(result_markdown(result))
+            return
         print_result(result, stdout, sizes)
         if show_output:
             print_generated_text(result, stdout)
