@@ -433,3 +433,15 @@ def test_show_format_markdown_prints_each_cells_table_to_paste(tmp_path):
     assert "a\\|b&lt;i>" in result.stdout and "<i>" not in result.stdout  # a name cannot break the table
     assert "cached is 4.00× faster than uncached" in result.stdout
     assert_user_error(invoke("show", path, "--format", "html"), "--format cannot be 'html'", "table, markdown")
+
+
+def test_the_summary_line_gives_the_verdict_first_in_about_120_characters(tmp_path):
+    path = tmp_path / "r.json"
+    write_result(make_result({"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}, max_new_tokens=200), path)
+    (line,) = [line for line in invoke("show", path).stdout.splitlines() if line.startswith("summary: ")]
+    assert re.fullmatch(
+        r"summary: gpt2 · 200 tok · batch 1 · \w+: cached 4\.00× faster \[\d\.\d\d×, \d\.\d\d×\]: "
+        r"1\.000 vs 4\.000 s, n=3 · Test GPU",
+        line,
+    ), line
+    assert len(line) <= 120
