@@ -92,3 +92,12 @@ def test_show_markdown_snapshot(snapshot):
     from kvbench.render.markdown import result_markdown
 
     assert result_markdown(read_result(GOLDEN)) == snapshot
+
+
+@pytest.mark.parametrize("width", [50, 80])
+def test_a_cells_title_breaks_between_its_phrases(width):
+    """ "+ 8 new tokens" was cut to "+ 8" and "new tokens" at 80 columns: a title breaks between phrases."""
+    shown = plain(render_result(read_result(GOLDEN)), width=width)
+    for phrase in ("tiny-gpt2", "RANDOM weights", "float32", "batch 1", "6 prompt (synthetic) + 8 new tokens"):
+        assert any(phrase in line for line in shown.splitlines()), phrase
+    assert max(map(len, shown.splitlines())) <= width
