@@ -418,3 +418,30 @@ def test_help_shows_no_python_type_names_and_keeps_brackets(command):
     if command == ["run"]:
         assert "pip install 'kvbench[ray]'" in result.output
         assert "[default: results/<model>-<time>-<4 hex digits>.json]" in result.output
+
+
+def test_show_format_markdown_prints_each_cells_table_to_paste(tmp_path):
+    path = tmp_path / "r.json"
+    write_result(make_result({"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}, model="a|b<i>"), path)
+    result = invoke("show", path, "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("| mode |")))
+    assert lines[header + 1].startswith("| --- | ---: |")
+    assert lines[header + 2].startswith("| cached | 3 | 1.000 ± 0.100 |")
+    assert lines[header + 3].startswith("| uncached | 3 | 4.000 ± 0.200 |")
+    assert "a\\|b&lt;i>" in result.stdout and "<i>" not in result.stdout  # a name cannot break the table
+    assert "cached is 4.00× faster than uncached" in result.stdout
+    assert_user_error(invoke("show", path, "--format", "html"), "--format cannot be 'html'", "table, markdown")
+
+
+def test_the_summary_line_gives_the_verdict_first_in_about_120_characters(tmp_path):
+    path = tmp_path / "r.json"
+    write_result(make_result({"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}, max_new_tokens=200), path)
+    (line,) = [line for line in invoke("show", path).stdout.splitlines() if line.startswith("summary: ")]
+    assert re.fullmatch(
+        r"summary: gpt2 · 200 tok · batch 1 · \w+: cached 4\.00× faster \[\d\.\d\d×, \d\.\d\d×\]: "
+        r"1\.000 vs 4\.000 s, n=3 · Test GPU",
+        line,
+    ), line
+    assert len(line) <= 120

@@ -355,3 +355,34 @@ def test_unrelated_sweeps_show_no_missing_lines_unless_a_gate_asks_for_a_judgeme
     assert "not judged: missing" not in ungated and ": —" not in ungated
     assert "mean ± std (s): 1.000" in ungated
     assert "not judged: missing" in shown(10)
+
+
+def _shown(comparison, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
+    console.print(FORMATS["table"].render(comparison))
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_long_file_names_are_lettered_with_a_key_and_verdicts_come_before_figures(tmp_path, width):
+    long_a, long_b = "gpt2-cpu-200tok-epyc-2core", "gpt2-cpu-200tok-epyc-2core-r2"
+    base = save(tmp_path, long_a, make_result({"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}))
+    head = save(tmp_path, long_b, make_result({"cached": [1.0, 1.1, 0.9], "uncached": [4.0, 4.2, 3.8]}))
+    lines = _shown(compare_results([base, head], threshold_pct=10), width)
+    assert lines[:2] == [f"A = {long_a} (the baseline)", f"B = {long_b}"]
+    tables = lines[2 : next(index for index, line in enumerate(lines) if line.startswith("Baseline: A."))]
+    assert not any(long_a in line for line in tables)  # the warnings under them name the files in full
+    first_verdict = next(index for index, line in enumerate(lines) if "B vs A" in line)
+    first_figure = next(index for index, line in enumerate(lines) if "A mean ± std (s)" in line)
+    assert first_verdict <= first_figure
+    if width == 80:  # the list: each verdict line before its figures
+        assert lines[first_verdict].strip().startswith("B vs A: ")
+
+
+def test_short_labels_stay_as_they_are(tmp_path):
+    base = save(tmp_path, "main", make_result())
+    head = save(tmp_path, "pr", make_result())
+    lines = _shown(compare_results([base, head]), 200)
+    assert not lines[0].startswith("A = ") and any("pr vs main" in line for line in lines)

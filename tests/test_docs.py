@@ -57,6 +57,35 @@ def test_the_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "index.html").is_file()
 
 
+@pytest.mark.parametrize("target", ["/README.md", "/results/gpt2-cpu-sweep-plots/per-token.png", "../README.md"])
+def test_the_strict_build_fails_on_a_link_to_a_file_the_site_does_not_contain(target, tmp_path):
+    """The site holds docs/ alone: a link to another of the repository's files (the README, a results
+    figure) leads nowhere there, so the strict build refuses it."""
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text(f"# A page\n\nSee [it]({target}).\n")
+    config.update(docs_dir=str(tmp_path / "docs"), nav=[{"Home": "index.md"}])
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config))
+    completed = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(tmp_path / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode != 0 and target.lstrip("./") in completed.stderr, completed.stderr
+
+
+def test_a_figure_the_docs_show_is_the_one_its_results_folder_has():
+    """The site cannot show the repository's results/ folder, so docs/figures/ carries copies; a new plot
+    must be copied again."""
+    copied = {
+        DOCS / "figures" / "per-token.png": REPO / "results" / "gpt2-cpu-sweep-plots" / "per-token.png",
+    }
+    assert sorted(copied) == sorted((DOCS / "figures").iterdir())
+    for copy, original in copied.items():
+        assert copy.read_bytes() == original.read_bytes(), f"{copy.name} differs from {original}"
+
+
 def test_every_page_is_in_the_nav():
     def named(entries) -> list[str]:
         found = []

@@ -452,3 +452,8 @@ def test_a_comparison_pass_that_runs_out_of_memory_keeps_the_cells_timed_runs(ti
         "not measured: the untimed comparison with the dynamic cache failed (RuntimeError: DefaultCPUAllocator:"
         " can't allocate memory: you tried to allocate 4294967296 bytes.)"
     )
+
+
+def test_run_benchmark_takes_progress_or_an_observer_not_both(tiny_gpt2_dir):
+    with pytest.raises(KvbenchError, match="an observer or progress=True, not both"):
+        run_benchmark(tiny_config(tiny_gpt2_dir), observer=Observer(), progress=True)

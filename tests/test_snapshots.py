@@ -85,3 +85,19 @@ def test_comparing_the_committed_results_cuts_no_label(width):
         shown = plain(FORMATS["table"].render(compare_results(files, threshold_pct=5)), width=width)
         assert "…" not in shown
         assert "gpt2-cpu-200tok-epyc-2core-r2" in shown
+
+
+def test_show_markdown_snapshot(snapshot):
+    """`kvbench show --format markdown`: one run to paste into a pull request, every column of each cell."""
+    from kvbench.render.markdown import result_markdown
+
+    assert result_markdown(read_result(GOLDEN)) == snapshot
+
+
+@pytest.mark.parametrize("width", [50, 80])
+def test_a_cells_title_breaks_between_its_phrases(width):
+    """ "+ 8 new tokens" was cut to "+ 8" and "new tokens" at 80 columns: a title breaks between phrases."""
+    shown = plain(render_result(read_result(GOLDEN)), width=width)
+    for phrase in ("tiny-gpt2", "RANDOM weights", "float32", "batch 1", "6 prompt (synthetic) + 8 new tokens"):
+        assert any(phrase in line for line in shown.splitlines()), phrase
+    assert max(map(len, shown.splitlines())) <= width

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TextIO
 
 import typer
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from kvbench.core.errors import KvbenchError
@@ -32,9 +34,58 @@ def _flags_without_a_metavar(params: list) -> list:
     return params
 
 
+class _NamesWhole(Table):
+    """Typer's table of options (or commands), in which only the last column, the help text, wraps: Rich
+    otherwise narrows every column alike once the help text is as narrow as the names, and cuts option
+    names to "…" (`--no-trust-remote…` at 80 columns). A word of help wider than its column folds onto
+    the next line rather than losing its end."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*renderables, **kwargs)
+        for column in self.columns[:-1]:
+            column.no_wrap = True
+        if renderables:
+            # The help's texts, alone or laid out side by side (Rich's Columns, which cut a long word).
+            for item in getattr(renderables[-1], "renderables", [renderables[-1]]):
+                if isinstance(item, Text):
+                    item.overflow = "fold"
+
+
+def _help_as_written(help_text: str | None) -> str | None:
+    """A docstring's paragraphs as sentences: Typer keeps a paragraph's line breaks, which fall where the
+    source's lines ended, mid-sentence. Indented lines (the examples) stay as they are."""
+    if not help_text:
+        return help_text
+    paragraphs = inspect.cleandoc(help_text).split("\n\n")
+    return "\n\n".join(
+        paragraph if any(line.startswith(" ") for line in paragraph.splitlines()) else " ".join(paragraph.split("\n"))
+        for paragraph in paragraphs
+    )
+
+
+@contextmanager
+def _help_layout() -> Iterator[None]:
+    from typer import rich_utils
+
+    original = rich_utils.Table
+    rich_utils.Table = _NamesWhole  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        rich_utils.Table = original  # type: ignore[misc]
+
+
 class _Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _help_as_written(self.help)
+
     def get_params(self, ctx):
         return _flags_without_a_metavar(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _help_layout():
+            super().format_help(ctx, formatter)
 
     # Ctrl-C (or SIGTERM, kvbench.cli.main) that no command said anything about, while the options are read
     # or a command loads what it needs: Typer would end it with 130 and not a word.
@@ -57,8 +108,16 @@ def _interruption_said() -> Iterator[None]:
 
 
 class Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _help_as_written(self.help)
+
     def get_params(self, ctx):
         return _flags_without_a_metavar(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _help_layout():
+            super().format_help(ctx, formatter)
 
 
 app = typer.Typer(

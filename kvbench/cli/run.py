@@ -189,6 +189,45 @@ def _report(result: Any, console: Console, json_output: bool, show_output: bool)
         print_generated_text(result, console)
 
 
+# The help's panels, each a few options with short names beside one another: in one long table the longest
+# names (`--cache-implementation`, `--no-remeasure-peaks`) and the longest words of any help text took
+# the width of an 80-column terminal, and Rich cut option names to "…".
+RUN_PANEL = "Run"
+SETTING_PANELS: dict[str, tuple[str, ...]] = {
+    "Model": ("model", "revision", "trust_remote_code", "weights"),
+    "Prompt and length": ("prompt", "prompt_tokens", "prefix_tokens", "prompts", "ragged", "max_new_tokens", "batch_size"),
+    "Cache and attention": (
+        "dtype",
+        "cache_implementation",
+        "attn_implementation",
+        "quantized_backend",
+        "quantized_nbits",
+        "quantized_group_size",
+        "quantized_residual_length",
+        "compile",
+    ),
+    "Runs": ("modes", "runs", "target_rse", "min_runs", "max_runs", "warmup", "seed"),
+    "Device and memory": ("device", "device_map", "sample_interval_ms", "memory_sampling", "device_peaks", "remeasure_peaks"),
+    "Where cells run": (
+        "isolation",
+        "processes",
+        "cell_timeout",
+        "launcher",
+        "ray_address",
+        "accelerator_type",
+        "gpus_per_cell",
+    ),
+    "Output": ("output",),
+}
+# A setting declared after these panels were drawn up still shows, here, until it is given a panel.
+OTHER_SETTINGS_PANEL = "Other settings"
+
+
+def setting_panel(name: str) -> str:
+    """The help panel a setting's option shows in."""
+    return next((panel for panel, names in SETTING_PANELS.items() if name in names), OTHER_SETTINGS_PANEL)
+
+
 def _setting_option(name: str) -> Any:
     """A `kvbench run` option made from a BenchConfig field's declaration: its flag, type, help and the
     default --help shows. The option's own default is None, so only what the user typed overrides a
@@ -218,7 +257,14 @@ def _setting_option(name: str) -> Any:
     annotation = Optional[List[kind]] if is_list else Optional[kind]  # type: ignore[valid-type]
     metavar = {bool: "", int: "N", float: "NUMBER", str: "TEXT"}[kind]
     # Shown in the help text: the option's own default is None, which --help would otherwise show.
-    option = typer.Option(None, *declarations, help=f"{help_text} \\[default: {shown}]", show_default=False, metavar=metavar)
+    option = typer.Option(
+        None,
+        *declarations,
+        help=f"{help_text} \\[default: {shown}]",
+        show_default=False,
+        metavar=metavar,
+        rich_help_panel=setting_panel(name),
+    )
     return keyword(name, annotation, option)
 
 
@@ -227,13 +273,20 @@ def _options() -> list:
     from kvbench.model.settings import config_fields
 
     def flag(name: str, option: str, help: str) -> Any:
-        return keyword(name, bool, typer.Option(False, option, metavar="", help=help))
+        return keyword(name, bool, typer.Option(False, option, metavar="", help=help, rich_help_panel=RUN_PANEL))
 
     return [
         keyword(
             "config_file",
             Optional[Path],
-            typer.Option(None, "--config", "-c", metavar="FILE", help="TOML experiment file; options given here override it."),
+            typer.Option(
+                None,
+                "--config",
+                "-c",
+                metavar="FILE",
+                help="TOML experiment file; options given here override it.",
+                rich_help_panel=RUN_PANEL,
+            ),
         ),
         flag("resume", "--resume", "Keep the cells already finished in --output; measure the rest."),
         flag(

@@ -329,6 +329,19 @@ def speedup_words(test: RatioTest) -> str:
     return text + f" ({test.confidence:.0%} interval {shown_low}×–{shown_high}×{within})"
 
 
+def speedup_brief(test: RatioTest) -> str:
+    """The speedup as a one-line summary gives it: "cached 4.70× faster [4.51×, 4.91×]", slower as
+    speedup_words says it, the interval in the same direction."""
+    faster = test.ratio >= 1
+    factor = test.ratio if faster else 1 / test.ratio
+    text = f"cached {factor:.2f}× {'faster' if faster else 'slower'}"
+    if test.low is None or test.high is None or test.without_spread:
+        return text + " (no interval)"
+    low, high = (test.low, test.high) if faster else (1 / test.high, 1 / test.low)
+    shown_low, shown_high = outward(low, high)
+    return text + f" [{shown_low}×, {shown_high}×]" + ("" if test.significant() else " within noise")
+
+
 def outward(low: float, high: float, decimals: int = 2) -> tuple[str, str]:
     """An interval's bounds as printed, rounded outward (the lower down, the upper up) so the printed
     interval holds the computed one: a narrow one around 2.83 is 2.82–2.84, never 2.83–2.83."""

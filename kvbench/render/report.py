@@ -10,10 +10,11 @@ from rich.table import Table
 
 from kvbench.analysis.cache_choice import DEFAULT_MIN_TOP1_AGREEMENT
 from kvbench.core.eta import clock_text
-from kvbench.model.modes import MODES
+from kvbench.core.stats import cached_speedup, speedup_brief
+from kvbench.model.modes import CACHED, MODES, UNCACHED
 from kvbench.model.phases import time_spent
 from kvbench.model.records import BenchmarkResult, CellState
-from kvbench.render.cells import cell_lines, cell_table, speedup_of
+from kvbench.render.cells import cell_lines, cell_table
 from kvbench.render.text import add_row, output_console, plain
 from kvbench.render.verdicts import cache_verdict_parts, fit_table, what_fits_parts
 
@@ -80,21 +81,24 @@ def phases_line(result: BenchmarkResult) -> str | None:
 
 
 def one_line_summary(result: BenchmarkResult) -> list[str]:
-    """One line per measured cell, to paste into a pull request or an issue."""
+    """One line per measured cell, to paste into a pull request or an issue: the verdict first, then the
+    means it comes from, within about 120 characters."""
     device = result.environment.get("device_name") or result.environment.get("device")
     lines = []
     for cell in result.cells:
-        parts = []
-        for mode in result.modes:
-            summary = result.summary_of(cell.id, mode)
-            if summary is not None:
-                std = f" ± {summary.std_s:.3f}" if summary.std_s is not None else ""
-                parts.append(f"{mode} {summary.mean_s:.3f}{std} s (n={summary.n})")
-        if not parts:
+        summaries = [summary for mode in result.modes if (summary := result.summary_of(cell.id, mode))]
+        if not summaries:
             continue
-        speedup = speedup_of(result, cell)
-        verdict = f"; {speedup}" if speedup is not None else ""
-        lines.append(f"{cell.label()}: {', '.join(parts)}{verdict} · {device} · kvbench {result.kvbench_version}")
+        cached, uncached = ([run.latency_s for run in result.runs_of(cell.id, mode.name)] for mode in (CACHED, UNCACHED))
+        counts = {summary.n for summary in summaries}
+        n = f"n={counts.pop()}" if len(counts) == 1 else "n=" + "/".join(str(summary.n) for summary in summaries)
+        if cached and uncached:
+            by_mode = {summary.mode: summary.mean_s for summary in summaries}
+            means = f"{by_mode[CACHED.name]:.3f} vs {by_mode[UNCACHED.name]:.3f} s"
+            figures = f"{speedup_brief(cached_speedup(uncached, cached))}: {means}, {n}"
+        else:
+            figures = ", ".join(f"{summary.mode} {summary.mean_s:.3f} s" for summary in summaries) + f" ({n})"
+        lines.append(f"{cell.label()}: {figures} · {device}")
     return lines
 
 

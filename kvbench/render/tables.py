@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
@@ -33,7 +34,7 @@ class FittedTable:
         self.title, self.columns, self.summaries = title, columns, summaries
 
     def table(self, most_dropped: int, short: bool) -> Table:
-        table = Table(title=plain(self.title), title_justify="left")
+        table = Table()
         shown = [column for column in self.columns if column.drop <= most_dropped]
         for column in shown:
             header = column.short if short and column.short else column.header
@@ -49,4 +50,21 @@ class FittedTable:
             table = self.table(level, short)
             if Measurement.get(console, unbounded, table).maximum <= options.max_width:
                 break
+        yield plain(phrase_lines(self.title, options.max_width))
         yield table
+
+
+def phrase_lines(title: str, width: int, separator: str = " · ") -> str:
+    """A title of phrases ("gpt2 · RANDOM weights · float32 · batch 1 · ...") on as many lines as the width
+    needs, broken between phrases ("8 new tokens" stays whole), each broken line ending in the separator's
+    dot; a phrase wider than the width alone wraps where it must."""
+    lines: list[str] = []
+    line = ""
+    for phrase in title.split(separator):
+        joined = f"{line}{separator}{phrase}" if line else phrase
+        if line and cell_len(joined) > width - len(separator.rstrip()):
+            lines.append(line + separator.rstrip())
+            line = phrase
+        else:
+            line = joined
+    return "\n".join([*lines, line])

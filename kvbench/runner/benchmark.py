@@ -301,10 +301,25 @@ def run_benchmark(
     resume: bool = False,
     force: bool = False,
     clock: Callable[[], float] = time.perf_counter,
+    progress: bool = False,
 ) -> BenchmarkResult:
     """Measure cached against uncached generation as `config` says and return the whole result (runs,
     cells, and summaries computed from the runs). The results file, `output` or else `config.output`
     if either is given, is rewritten after every generation and marked complete at the end. An existing
-    file is replaced only with `force`, or continued with `resume`. `clock` times the generations."""
+    file is replaced only with `force`, or continued with `resume`. `clock` times the generations.
+    `progress` shows on stderr what `kvbench run` shows there: a live display in a terminal, a line per
+    generation in a log or a notebook."""
+    if progress and observer is not None:
+        raise KvbenchError("run_benchmark takes an observer or progress=True, not both; drop one")
+    display = None
+    if progress:
+        from rich.console import Console
+
+        from kvbench.render.progress import progress_for
+
+        display = observer = progress_for(Console(stderr=True))
     benchmark = Benchmark(config, output=output, observer=observer, resume=resume, force=force, clock=clock, start_early=True)
-    return benchmark.run()
+    if display is None:
+        return benchmark.run()
+    with display:
+        return benchmark.run()

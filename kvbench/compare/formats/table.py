@@ -5,10 +5,21 @@ each column's header beside its value, so no label that tells files apart is cut
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 
-from kvbench.compare.formats.grids import gate_summary, method_note, percentile_grid, speedup_grid, timing_grid, verdict_grid
+from kvbench.compare.formats.grids import (
+    change_grid,
+    compared_metrics,
+    gate_summary,
+    means_grid,
+    method_note,
+    percentile_grid,
+    speedup_grid,
+    verdict_grid,
+)
 from kvbench.compare.judging import Comparison
 from kvbench.render.text import plain
 
@@ -51,9 +62,42 @@ class _FittedGrid:
         yield self.listed() if cut else table
 
 
+# A file's label longer than this (a results file's name, "gpt2-cpu-200tok-epyc-2core-r2") is shown as a letter,
+# with a key above the tables: repeated in every header, and on every line of a list, long names filled the
+# width and pushed the tables into lists.
+LONGEST_LABEL = 16
+
+
+def _short_labels(comparison: Comparison) -> tuple[Comparison, str | None]:
+    """The comparison with its files lettered A, B, ... where a label is long, and the key to the letters."""
+    files = comparison.files
+    if all(len(loaded.label) <= LONGEST_LABEL for loaded in files) or len(files) > 26:
+        return comparison, None
+    letters = [chr(ord("A") + index) for index in range(len(files))]
+    key = "\n".join(
+        f"{letter} = {loaded.label}{' (the baseline)' if index == comparison.baseline else ''}"
+        for index, (letter, loaded) in enumerate(zip(letters, files))
+    )
+    lettered = [replace(loaded, label=letter) for letter, loaded in zip(letters, files)]
+    return replace(comparison, files=lettered), key
+
+
+def _verdicts_then_figures(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Each other file's change against the baseline with its verdict, per metric, then the figures it comes
+    from, each file's mean ± std and peak memory: what a reader looks for first, first."""
+    grids = [change_grid(comparison, metric) for metric in compared_metrics(comparison)] + [means_grid(comparison)]
+    headers, rows = ["measurement"], [[row.key.label()] for row in comparison.rows]
+    for more_headers, more_rows in grids:
+        headers += more_headers[1:]
+        rows = [row + more[1:] for row, more in zip(rows, more_rows)]
+    return headers, rows
+
+
 def render_comparison(comparison: Comparison) -> Group:
     """The comparison as rich tables, regressions in red, then its warnings."""
-    parts: list = [_FittedGrid("latency per generate() by file", *timing_grid(comparison))]
+    comparison, key = _short_labels(comparison)
+    parts: list = [] if key is None else [plain(key)]
+    parts.append(_FittedGrid("latency per generate() by file", *_verdicts_then_figures(comparison)))
     speedups = speedup_grid(comparison)
     if speedups[1]:
         parts.append(_FittedGrid("what the KV cache buys, by file", *speedups))
