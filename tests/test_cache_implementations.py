@@ -128,6 +128,7 @@ def test_a_sweep_of_int4_and_int2_measures_each_quantized_cell_against_its_own_t
         tiny_gpt2_dir,
         max_new_tokens=[20],
         runs=1,
+        warmup=1,  # the backend loads its kernels in the first generation
         modes=["cached"],
         cache_implementation=["dynamic", "quantized"],
         quantized_nbits=[4, 2],

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 # In the order a cell meets them.
 PHASES = {
     "device_peaks": "timing the device's copy bandwidth and matrix throughput (once per sweep, cached per machine)",
+    "kernel_build": "building a quantized cache backend's kernels before its first cell (optimum-quanto's CUDA extension)",
     "process_start": "starting a measuring process, until it imports",
     "imports": "importing torch, transformers and kvbench's measuring code",
     "model_load": "resolving the model and loading its weights",

@@ -106,6 +106,12 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
             f"{source}: 'compile' needs 'warmup' of at least 1: the first generation compiles, and timing it"
             " would time the compiler; raise --warmup"
         )
+    if "quantized" in config.cache_implementation and config.quantized_backend != "fp8" and config.warmup < 1:
+        raise KvbenchError(
+            f"{source}: a {config.quantized_backend} quantized cache needs 'warmup' of at least 1: the backend builds"
+            " or loads its kernels in the first generation (optimum-quanto compiles its CUDA extension), and timing"
+            " it would time that; raise --warmup"
+        )
     if any(not model.strip() for model in config.model):
         raise KvbenchError(f"{source}: a 'model' name is empty; give a hub id, a model directory or a shipped config name")
     if not config.prompt:
