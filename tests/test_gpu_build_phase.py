@@ -14,19 +14,24 @@ from kvbench.core.errors import KvbenchError
 from kvbench.measure import kernel_build
 from kvbench.model.costs import datasheet_peaks
 from kvbench.model.settings import BenchConfig
-from kvbench.model.validation import validate
-from kvbench.runner.benchmark import run_benchmark
+from kvbench.model.validation import validate, validate_timing
+from kvbench.runner.benchmark import Benchmark, run_benchmark
 from tests.conftest import tiny_config
 
 
 @pytest.mark.parametrize("backend", ["quanto", "hqq"])
-def test_warmup_0_is_refused_for_a_backend_that_builds_or_loads_kernels_first(backend):
+def test_warmup_0_is_refused_for_a_backend_that_builds_or_loads_kernels_first(backend, tiny_gpt2_dir):
+    quantized = BenchConfig(cache_implementation=["dynamic", "quantized"], quantized_backend=backend, warmup=0)
     with pytest.raises(KvbenchError, match=f"a {backend} quantized cache needs 'warmup' of at least 1"):
-        validate(BenchConfig(cache_implementation=["dynamic", "quantized"], quantized_backend=backend, warmup=0))
-    validate(BenchConfig(cache_implementation=["quantized"], quantized_backend=backend, warmup=1))
+        validate_timing(quantized)
+    # Before any model is loaded, as `kvbench run` checks it.
+    with pytest.raises(KvbenchError, match="needs 'warmup' of at least 1"):
+        Benchmark(tiny_config(tiny_gpt2_dir, cache_implementation=["quantized"], quantized_backend=backend))
+    validate(quantized)  # kvbench capacity times nothing: its probes need no warmup
+    validate_timing(BenchConfig(cache_implementation=["quantized"], quantized_backend=backend, warmup=1))
     # fp8 is torch alone, and the other caches build nothing.
-    validate(BenchConfig(cache_implementation=["quantized"], quantized_backend="fp8", warmup=0))
-    validate(BenchConfig(cache_implementation=["dynamic", "static"], quantized_backend=backend, warmup=0))
+    validate_timing(BenchConfig(cache_implementation=["quantized"], quantized_backend="fp8", warmup=0))
+    validate_timing(BenchConfig(cache_implementation=["dynamic", "static"], quantized_backend=backend, warmup=0))
 
 
 def test_only_quanto_on_a_gpu_has_kernels_to_build():

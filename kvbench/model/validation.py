@@ -106,12 +106,6 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
             f"{source}: 'compile' needs 'warmup' of at least 1: the first generation compiles, and timing it"
             " would time the compiler; raise --warmup"
         )
-    if "quantized" in config.cache_implementation and config.quantized_backend != "fp8" and config.warmup < 1:
-        raise KvbenchError(
-            f"{source}: a {config.quantized_backend} quantized cache needs 'warmup' of at least 1: the backend builds"
-            " or loads its kernels in the first generation (optimum-quanto compiles its CUDA extension), and timing"
-            " it would time that; raise --warmup"
-        )
     if any(not model.strip() for model in config.model):
         raise KvbenchError(f"{source}: a 'model' name is empty; give a hub id, a model directory or a shipped config name")
     if not config.prompt:
@@ -119,6 +113,17 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
     _validate_launch(config, source)
     if not valid_device_name(config.device):
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def validate_timing(config: BenchConfig, source: str = "command line") -> None:
+    """What a timed run needs beyond validate(): a quantized cache whose backend builds or loads its kernels in
+    its first generation needs a warmup, as --compile does (kvbench capacity, which times nothing, needs none)."""
+    if "quantized" in config.cache_implementation and config.quantized_backend != "fp8" and config.warmup < 1:
+        raise KvbenchError(
+            f"{source}: a {config.quantized_backend} quantized cache needs 'warmup' of at least 1: the backend builds"
+            " or loads its kernels in the first generation (optimum-quanto compiles its CUDA extension), and timing"
+            " it would time that; raise --warmup"
+        )
 
 
 def _validate_workload(config: BenchConfig, source: str) -> None:

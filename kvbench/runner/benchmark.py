@@ -22,7 +22,7 @@ from kvbench.model.cells import Cell, expand, reference_of
 from kvbench.model.events import Observer
 from kvbench.model.records import BenchmarkResult, CellResult, CellState
 from kvbench.model.settings import BenchConfig, config_to_dict, default_of, resume_must_match
-from kvbench.model.validation import validate
+from kvbench.model.validation import validate, validate_timing
 from kvbench.runner import planning
 from kvbench.runner.assembly import Assembly
 from kvbench.storage.document import read_to_continue
@@ -57,6 +57,7 @@ class Benchmark:
         from kvbench.launch.registry import launcher_for
 
         validate(config)
+        validate_timing(config)
         output = output if output is not None else config.output
         if resume and output is None:
             raise KvbenchError("--resume needs --output naming the results file to continue")
