@@ -56,7 +56,7 @@ milton)
         -n 128 -n 384 --cache-implementation dynamic --cache-implementation static --modes cached -r 3 -w 1 \
         --device cuda --dtype float16 --isolation none -o "$name.json"
     step 60 "$out/$part.log" "$python" -m kvbench run -m tiny-milton --prompt "Of Mans First Disobedience, and the Fruit" \
-        -n 128 --cache-implementation quantized --quantized-nbits 4 --quantized-residual-length 32 --modes cached -r 1 -w 0 \
+        -n 128 --cache-implementation quantized --quantized-nbits 4 --quantized-residual-length 32 --modes cached -r 1 -w 1 \
         --device cuda --dtype float16 --isolation none --no-device-peaks -o "$name-quantized-int4.json"
     cp "$name"*.json "$out/"
     ;;

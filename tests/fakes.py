@@ -47,7 +47,7 @@ class FakeNvml(types.ModuleType):
         self,
         available: bool = True,
         used: list[int] | None = None,
-        process_bytes: int = 0,
+        process_bytes: int | list[int] = 0,
         pid: int | None = None,
         gpus: list[dict] | None = None,
         processes_mismatch: bool = False,
@@ -59,7 +59,8 @@ class FakeNvml(types.ModuleType):
         super().__init__("pynvml")
         self.available = available
         self.used = list(used or [100])
-        self.process_bytes = process_bytes
+        # Walked like `used`, one value per process listing, then the last one kept.
+        self.process_bytes = process_bytes if isinstance(process_bytes, list) else [process_bytes]
         self.pid = os.getpid() if pid is None else pid  # the process said to be using the GPU
         self.gpus = [dict(gpu) for gpu in (gpus or [ONE_GPU])]
         # A driver older than nvidia-ml-py's v3 process list: the call raises the mismatch error.
@@ -172,7 +173,8 @@ class FakeNvml(types.ModuleType):
                 " Either use matching pyNVML and NVML lib versions or use a versioned function such as"
                 " nvmlDeviceGetComputeRunningProcesses_v2"
             )
-        return [types.SimpleNamespace(pid=self.pid, usedGpuMemory=self.process_bytes)]
+        used = self.process_bytes[min(self.process_list_calls - 1, len(self.process_bytes) - 1)]
+        return [types.SimpleNamespace(pid=self.pid, usedGpuMemory=used)]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
         # Millijoules since the driver loaded; walks through the scripted readings like the memory ones.

@@ -128,6 +128,7 @@ def test_a_sweep_of_int4_and_int2_measures_each_quantized_cell_against_its_own_t
         tiny_gpt2_dir,
         max_new_tokens=[20],
         runs=1,
+        warmup=1,  # the backend loads its kernels in the first generation
         modes=["cached"],
         cache_implementation=["dynamic", "quantized"],
         quantized_nbits=[4, 2],
@@ -190,6 +191,7 @@ def test_a_file_from_before_the_bits_were_an_axis_loads_resumes_and_compares(tin
         tiny_gpt2_dir,
         max_new_tokens=[6],
         runs=2,
+        warmup=1,  # the backend loads its kernels in the first generation
         cache_implementation=["dynamic", "quantized"],
         quantized_group_size=16,
         quantized_residual_length=2,
@@ -283,11 +285,11 @@ def test_each_bit_width_is_a_cell_of_its_own_to_plan_estimate_and_measure_in_its
     from kvbench.launch.base import cell_jobs
     from kvbench.runner.benchmark import Benchmark
 
-    config = tiny_config(tiny_gpt2_dir, cache_implementation=["dynamic", "quantized"], quantized_nbits=[4, 2])
+    config = tiny_config(tiny_gpt2_dir, cache_implementation=["dynamic", "quantized"], quantized_nbits=[4, 2], warmup=1)
     benchmark = Benchmark(config)
     planned = benchmark.plan()
     assert [action for _, action in planned.cells] == ["measure"] * 3
-    assert planned.generations == 3 * config.runs * len(config.modes)
+    assert planned.generations == 3 * (config.runs + config.warmup) * len(config.modes)
     # The time left counts each cell's generations: both widths' are there.
     assert {generation.cell for generation in benchmark.planned()} == {cell.id for cell in expand(config)}
     # A measuring process is given its own cell, the one planned, and generate() its own bits.

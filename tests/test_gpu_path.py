@@ -236,7 +236,7 @@ def test_on_a_gpu_a_cache_is_planned_for_measuring_and_generate_is_told_its_sett
     """quanto_planned: generate() is captured below, so quanto never runs."""
     from kvbench.model.caches import cache_config
 
-    config = tiny_config(tiny_llama_dir, device="cuda", cache_implementation=[cache], quantized_nbits=[2])
+    config = tiny_config(tiny_llama_dir, device="cuda", cache_implementation=[cache], quantized_nbits=[2], warmup=1)
     benchmark = Benchmark(config)
     ((cell_result, action),) = benchmark.plan().cells
     assert action == "measure"

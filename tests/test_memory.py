@@ -6,6 +6,7 @@ import pytest
 
 from kvbench.core.devices import Devices
 from kvbench.hardware.memory import (
+    PROCESS_READ_EVERY,
     MemoryProbe,
     NvmlSampler,
     PeakRss,
@@ -62,6 +63,18 @@ def test_sampler_keeps_baseline_and_peaks():
     assert reading.peak == {"cuda:0": 700}
     assert reading.peak_process_bytes == 50 and fake.process_list_calls == 1
     assert reading.samples == 3 and reading.process_unavailable is None
+
+
+def test_the_process_peak_is_the_largest_reading_not_the_last():
+    # The allocator gave 780 bytes back before generate() returned (a retried allocation, or no caching).
+    fake = FakeNvml(used=[100], process_bytes=[300, 900, 120])
+    sampler = NvmlSampler(fake, {"cuda:0": "gpu0"}, pid=os.getpid())
+    sampler.begin()
+    for _ in range(2 * PROCESS_READ_EVERY):
+        sampler.sample()
+    sampler.sample(final=True)
+    assert fake.process_list_calls == 3
+    assert sampler.reading().peak_process_bytes == 900
 
 
 def test_sampler_explains_a_process_it_cannot_see():

@@ -394,6 +394,7 @@ def _quantized(model_dir, backend: str, nbits: int = 4):
         model_dir,
         max_new_tokens=[20],
         runs=1,
+        warmup=1,  # the backend loads its kernels in the first generation
         modes=["cached"],
         cache_implementation=["quantized"],
         quantized_backend=backend,

@@ -24,6 +24,15 @@ def test_only_auto_on_several_gpus_spreads_cells():
     assert device_slots("auto", "cuda:0", 4, "auto") == ["cuda:0"]
 
 
+def test_cells_run_at_once_only_as_far_as_the_host_has_two_cores_for_each():
+    # Each cell's decode loop launches its kernels from one Python thread: two cells on one core slow each other.
+    assert device_slots("auto", "cuda:0", 4, None, cpu_cores=16) == FOUR_GPUS
+    assert device_slots("auto", "cuda:0", 4, None, cpu_cores=8) == FOUR_GPUS
+    assert device_slots("auto", "cuda:0", 4, None, cpu_cores=5) == ["cuda:0", "cuda:1"]
+    assert device_slots("auto", "cuda:0", 4, None, cpu_cores=2) == ["cuda:0"]
+    assert device_slots("auto", "cuda:0", 4, None, cpu_cores=1) == ["cuda:0"]
+
+
 def test_pool_hands_out_free_gpus_and_takes_them_back():
     pool = DevicePool(FOUR_GPUS)
     assert pool.take() == ("cuda:0",)

@@ -78,7 +78,7 @@ class SamplerReading:
 
     baseline: dict[str, int]
     peak: dict[str, int]
-    peak_process_bytes: int | None  # this process's VRAM on all its devices, read once the run is over
+    peak_process_bytes: int | None  # this process's VRAM on all its devices, its peak over the run's readings
     samples: int
     process_unavailable: str | None
     # Why device-wide VRAM could not be read (baseline and peaks are then not to be used).
@@ -93,6 +93,10 @@ class SamplerReading:
     def peak_device_bytes(self) -> int:
         """The sum of each device's own peak."""
         return sum(self.peak.values())
+
+
+# How often, in samples, NvmlSampler lists the GPU's processes for this process's own VRAM.
+PROCESS_READ_EVERY = 10
 
 
 class NvmlSampler:
@@ -151,22 +155,26 @@ class NvmlSampler:
         return None
 
     def sample(self, final: bool = False) -> None:
-        """Device-wide VRAM on every GPU; with `final` (once generate() has returned) also this process's.
-        Its VRAM is what torch's caching allocator holds, which it keeps until the run is over (free_memory
-        empties it before the run), so the last reading is its peak unless the allocator gave memory back
-        during the run (it does to retry an allocation that failed, or with PYTORCH_NO_CUDA_MEMORY_CACHING);
-        listing every GPU process each 10 ms would add driver calls beside the timed run."""
+        """Device-wide VRAM on every GPU; every PROCESS_READ_EVERY samples, and with `final` (once generate() has
+        returned), also this process's, whose peak is the largest of those readings. Its VRAM is what torch's
+        caching allocator holds, which it mostly keeps until the run is over (free_memory empties it before the
+        run), but gives back to retry an allocation that failed, or at once with PYTORCH_NO_CUDA_MEMORY_CACHING:
+        read only at the end, that peak would be missed. Listing every GPU process each 10 ms would add driver
+        calls beside the timed run; every 10th sample (100 ms at the default interval) is the compromise."""
         used_total = 0
         for device, handle in self._handles.items():
             used = self._used(handle)
             used_total += used
             self.peak[device] = max(self.peak[device], used)
-        if final:
+        if final or (self.samples + 1) % PROCESS_READ_EVERY == 0:
             process_total: int | None = 0
             for handle in self._handles.values():
                 process = self._process_bytes(handle)
                 process_total = None if process is None or process_total is None else process_total + process
-            self.peak_process_bytes = process_total
+            if process_total is None or self.process_unavailable is not None:
+                self.peak_process_bytes = None
+            else:
+                self.peak_process_bytes = max(self.peak_process_bytes or 0, process_total)
         self.clocks.sample(self._nvml, self._handles)
         self._read_energy()
         self.samples += 1

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from kvbench.core.devices import is_gpu
 from kvbench.launch import workers
 from kvbench.launch.base import CellWork, Deliver, Launcher, MeasuredIn, model_changes
-from kvbench.launch.scheduling import DevicePool, device_slots, startable
+from kvbench.launch.scheduling import DevicePool, device_slots, host_cpu_cores, startable
 from kvbench.launch.workers import WorkerProcess
 from kvbench.model.cells import Cell
 from kvbench.model.events import CellEnded, CellStarted, Event, Failed, PhaseTimed
@@ -97,7 +97,7 @@ class LocalProcesses(Launcher):
             import torch
 
             gpus = torch.cuda.device_count()
-        return device_slots(self.config.device, self.device, gpus, self.config.device_map)
+        return device_slots(self.config.device, self.device, gpus, self.config.device_map, host_cpu_cores())
 
     def measure(self, work: Sequence[CellWork], deliver: Deliver) -> None:
         slots = self.slots()

@@ -3,6 +3,7 @@ cell may use when cells run at once, one per GPU."""
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +25,28 @@ def split_runs(runs: int, processes: int) -> list[tuple[int, int]]:
     return shares
 
 
-def device_slots(requested: str, resolved: str, gpu_count: int, device_map: str | None) -> list[str]:
+def host_cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which a container or taskset narrows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Host CPU cores one cell measured at once with others needs: its decode loop, one Python thread that launches
+# every kernel (a GPU decode step at batch 1 waits on it, not on the GPU), and the samplers and transfers beside it.
+CORES_PER_CELL = 2
+
+
+def device_slots(
+    requested: str, resolved: str, gpu_count: int, device_map: str | None, cpu_cores: int | None = None
+) -> list[str]:
     """The devices cells may run on at once. Only `--device auto` on a machine with several GPUs spreads
     cells over them (a named device means that device); a model spread with --device-map takes them all,
-    so there is one slot."""
+    so there is one slot. Spread, as many cells run at once as the host's `cpu_cores` give CORES_PER_CELL
+    each: cells that share a core slow each other's kernel launches, which would be measured as the GPU's time."""
     if requested == "auto" and is_gpu(resolved) and gpu_count > 1 and device_map is None:
-        return [f"cuda:{index}" for index in range(gpu_count)]
+        at_once = gpu_count if cpu_cores is None else max(1, min(gpu_count, cpu_cores // CORES_PER_CELL))
+        return [f"cuda:{index}" for index in range(at_once)]
     return [resolved]
 
 

@@ -22,7 +22,24 @@ from kvbench.model.cells import Cell
 from kvbench.model.modes import MODES_BY_NAME
 from kvbench.model.records import RunRecord
 
-_CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+# Out of memory in the words of a RuntimeError, not torch's OutOfMemoryError: the CPU allocator's; cuBLAS failing
+# to allocate its handle or workspace as a matrix product starts (cublasCreate, cublasLt); a CUDA call outside
+# torch's caching allocator.
+_OUT_OF_MEMORY_WORDS = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDA error: out of memory",
+)
+# CUDA errors that leave the process's CUDA context unusable: every later CUDA call in the process fails too.
+_STICKY_CUDA_ERRORS = (
+    "an illegal memory access was encountered",
+    "device-side assert triggered",
+    "unspecified launch failure",
+    "misaligned address",
+    "an illegal instruction was encountered",
+    "uncorrectable ECC error encountered",
+)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -30,7 +47,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
-    return isinstance(error, RuntimeError) and any(words in str(error) for words in _CPU_OUT_OF_MEMORY)
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in _OUT_OF_MEMORY_WORDS)
+
+
+def is_sticky_cuda_error(error: BaseException) -> bool:
+    """A CUDA error after which nothing more can run on the GPU in this process (a fresh process can)."""
+    return isinstance(error, RuntimeError) and any(words in str(error) for words in _STICKY_CUDA_ERRORS)
 
 
 class TokenClock:

@@ -24,6 +24,7 @@ from kvbench.measure.generation import (
     TokenClock,
     allocated_reader,
     is_out_of_memory,
+    is_sticky_cuda_error,
     measure_generation,
     pad_token_id,
     prepare_generation,
@@ -203,6 +204,7 @@ class Measurer:
             emit(Failed(CellState.SKIPPED, reason))
             return
         failure: tuple[CellState, str] | None = None
+        sticky: str | None = None
         # A cell after another in this process starts from what a fresh process would: nothing the last left.
         release_between_cells(self.devices_in_use())
         try:
@@ -245,10 +247,21 @@ class Measurer:
                 failure = (CellState.OOM, f"out of memory at {size} ({type(error).__name__})")
             elif isinstance(error, _LoadFailure):
                 failure = (CellState.ERROR, str(error))
+            elif is_sticky_cuda_error(error) and self._in_the_run_process():
+                sticky = str(error).strip().splitlines()[0]
+                failure = (CellState.ERROR, f"{type(error).__name__}: {sticky}")
             elif job.sweep:
                 failure = (CellState.ERROR, f"{type(error).__name__}: {error}")
             else:
                 raise
+        if sticky is not None and failure is not None:
+            # Every later CUDA call in this process fails too: the cell is recorded, the sweep stops in one line.
+            emit(Failed(*failure))
+            raise KvbenchError(
+                f"{cell.model}: {sticky}: this process's CUDA context cannot be used after that error, so the"
+                " cells after it cannot run here (those measured are saved); rerun with --resume and"
+                " --isolation model, which measures each model in a fresh process"
+            )
         if failure is not None:
             # Freed only now: until the except block ends, its traceback keeps the failed run's tensors alive.
             self._loaded, self._references = None, {}
@@ -489,6 +502,12 @@ class Measurer:
             raise
         self._emit_unmeasured(emit)
         return loaded
+
+    def _in_the_run_process(self) -> bool:
+        """Whether this measurer is `kvbench run`'s own process (--isolation none), not a measuring process a
+        launcher started and replaces when it fails."""
+        config = self.config
+        return config.isolation == "none" and config.processes == 1 and config.launcher == "local"
 
     def _free_memory(self) -> None:
         gc.collect()

@@ -74,6 +74,10 @@ def datasheet_peaks(device_name: str | None) -> DatasheetPeaks | None:
     """The datasheet row for a torch device name ("Tesla T4", "NVIDIA H100 80GB HBM3"); None if unknown."""
     if not device_name:
         return None
+    # A MIG instance ("NVIDIA A100-SXM4-40GB MIG 3g.20gb") has a share of the GPU's SMs and memory bandwidth,
+    # not the full GPU's datasheet figures; its own are not published.
+    if re.search(r"\bMIG\b", device_name):
+        return None
     for pattern, peaks in DATASHEET:
         if re.search(pattern, device_name, flags=re.IGNORECASE):
             return peaks

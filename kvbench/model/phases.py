@@ -13,6 +13,8 @@ PHASES = {
     "imports": "importing torch, transformers and kvbench's measuring code",
     "model_load": "resolving the model and loading its weights",
     "device_setup": "starting the memory sampler and the energy counters",
+    # One phase, two places: on a CPU the measuring process builds quanto's extension before the cell's warmup;
+    # on a GPU a process of its own builds the CUDA extension before the first cell using it.
     "kernel_build": "a cache backend building its kernels on first use (optimum-quanto's, once per torch version)",
     "prefix_prefill": "computing the shared prefix's cache the prefix mode copies (once per cell)",
     "warmup": "the warmup generations",

@@ -115,6 +115,17 @@ def validate(config: BenchConfig, source: str = "command line") -> None:
         raise KvbenchError(f"{source}: 'device' cannot be {config.device!r}; use auto, cpu, cuda or cuda:N")
 
 
+def validate_timing(config: BenchConfig, source: str = "command line") -> None:
+    """What a timed run needs beyond validate(): a quantized cache whose backend builds or loads its kernels in
+    its first generation needs a warmup, as --compile does (kvbench capacity, which times nothing, needs none)."""
+    if "quantized" in config.cache_implementation and config.quantized_backend != "fp8" and config.warmup < 1:
+        raise KvbenchError(
+            f"{source}: a {config.quantized_backend} quantized cache needs 'warmup' of at least 1: the backend builds"
+            " or loads its kernels in the first generation (optimum-quanto compiles its CUDA extension), and timing"
+            " it would time that; raise --warmup"
+        )
+
+
 def _validate_workload(config: BenchConfig, source: str) -> None:
     """The rules that tie the prompts, the shared prefix and the prefix mode together."""
     reusing = [mode for mode in config.modes if MODES_BY_NAME[mode].reuses_prefix]

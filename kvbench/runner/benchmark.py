@@ -15,6 +15,7 @@ from kvbench.core.errors import KvbenchError
 from kvbench.core.eta import Planned
 from kvbench.core.version import __version__
 from kvbench.launch.base import CellWork, MeasuredIn, cell_jobs
+from kvbench.measure import kernel_build
 from kvbench.measure.kernels import KERNEL_BUILD_GUESS_S, pending_build
 from kvbench.measure.measurer import Measurer
 from kvbench.model.caches import implementation
@@ -22,7 +23,7 @@ from kvbench.model.cells import Cell, expand, reference_of
 from kvbench.model.events import Observer
 from kvbench.model.records import BenchmarkResult, CellResult, CellState
 from kvbench.model.settings import BenchConfig, config_to_dict, default_of, resume_must_match
-from kvbench.model.validation import validate
+from kvbench.model.validation import validate, validate_timing
 from kvbench.runner import planning
 from kvbench.runner.assembly import Assembly
 from kvbench.storage.document import read_to_continue
@@ -57,6 +58,7 @@ class Benchmark:
         from kvbench.launch.registry import launcher_for
 
         validate(config)
+        validate_timing(config)
         output = output if output is not None else config.output
         if resume and output is None:
             raise KvbenchError("--resume needs --output naming the results file to continue")
@@ -225,6 +227,24 @@ class Benchmark:
             if kept is not None:
                 self.result.notes.append(kept)
 
+    def _build_kernels(self, pending: list[CellResult]) -> tuple[int, float] | None:
+        """The kernels a quantized backend builds on first use (optimum-quanto's CUDA extension), built before the
+        cells, timed and reported, so no cell times the build or spends its time limit on it: (the first such
+        cell's index in `pending`, the seconds), counted in that cell's phases as kernel_build."""
+        backends = kernel_build.kernels_to_build(self.config.cache_implementation, self.config.quantized_backend, self.device)
+        first = next((key for key, cell in enumerate(pending) if cell.settings.cache_implementation == "quantized"), None)
+        if not backends or first is None or self.launcher.measures_in == MeasuredIn.OTHER_MACHINES:
+            return None
+        seconds = 0.0
+        for backend in backends:
+            self.observer.output(f"building {backend}'s kernels before the cells (once per machine and torch)")
+            built = kernel_build.build_in_fresh_process(backend)
+            seconds += built.seconds
+            for line in [*built.lines, *([built.problem] if built.problem else [])]:
+                self.observer.output(line)
+                self.result.notes.append(line)
+        return first, seconds
+
     def _save_what_was_measured(self) -> None:
         # Ctrl-C, or any failure, may land between a measurement and its save: keep everything measured
         # so far, with its summaries. If this save fails too (the disk that stopped the run), the last
@@ -237,12 +257,14 @@ class Benchmark:
     def _pending(self) -> list[CellResult]:
         return [cell_result for cell_result in self.result.cells if not CellState(cell_result.status).finished]
 
-    def _measure(self, pending: list[CellResult], peaks_s: float) -> None:
+    def _measure(self, pending: list[CellResult], peaks_s: float, built: tuple[int, float] | None = None) -> None:
         """Every pending cell through the launcher, its events assembled into the result; the time the device
-        peaks took is the first cell's, which waited for them."""
+        peaks took is the first cell's, which waited for them, and a kernel build's the first cell that uses them."""
         assembly = Assembly(self.result, pending, self.observer, lambda final: self.save(final=final), self.launcher.name)
         if peaks_s:
             assembly.carry(0, "device_peaks", peaks_s)
+        if built is not None:
+            assembly.carry(built[0], "kernel_build", built[1])
         # The dynamic cells other caches are compared with keep their greedy output for them.
         compared = {
             reference_of(cell.settings) for cell in pending if not implementation(cell.settings.cache_implementation).reference
@@ -259,13 +281,14 @@ class Benchmark:
         pending = self._pending()
         self.observer.planned(self.planned(), self.launcher.starting([cell.settings for cell in pending]))
         try:
-            peaks_s = 0.0
+            peaks_s, built = 0.0, None
             if pending:
                 started = time.perf_counter()
                 self._device_peaks()
                 peaks_s = time.perf_counter() - started
+                built = self._build_kernels(pending)
             self.save()
-            self._measure(pending, peaks_s)
+            self._measure(pending, peaks_s, built)
         except Exception:
             if self.result.measured_nothing():
                 # Failed before any cell was measured (Ray unreachable, the model not loading): a file of
