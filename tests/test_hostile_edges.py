@@ -312,8 +312,11 @@ def _ended_sampler(pid: int) -> memory.RssSampler:
 
 # Sends this process `signal` as soon as `module` is first looked for: a signal that lands while kvbench is
 # loading, at a known place rather than after a guessed delay.
+# A shell starts a background job with SIGINT ignored, and Python then leaves it so: a suite run with `&`
+# would see no interrupt at all. The script takes SIGINT as a terminal gives it.
 SIGNAL_WHILE_LOADING = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 class Hook:
     def find_spec(self, name, path=None, target=None):
         if name == {module!r}:

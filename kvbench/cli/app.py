@@ -75,18 +75,25 @@ def _help_layout() -> Iterator[None]:
         rich_utils.Table = original  # type: ignore[misc]
 
 
-class _Group(TyperGroup):
+class _HelpAsWritten:
+    """What the group and every command share: help paragraphs as written, flags without a metavar, and
+    option names kept whole at any width."""
+
+    help: str | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.help = _help_as_written(self.help)
 
     def get_params(self, ctx):
-        return _flags_without_a_metavar(super().get_params(ctx))
+        return _flags_without_a_metavar(super().get_params(ctx))  # type: ignore[misc]
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         with _help_layout():
-            super().format_help(ctx, formatter)
+            super().format_help(ctx, formatter)  # type: ignore[misc]
 
+
+class _Group(_HelpAsWritten, TyperGroup):
     # Ctrl-C (or SIGTERM, kvbench.cli.main) that no command said anything about, while the options are read
     # or a command loads what it needs: Typer would end it with 130 and not a word.
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
@@ -107,17 +114,8 @@ def _interruption_said() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-class Command(TyperCommand):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = _help_as_written(self.help)
-
-    def get_params(self, ctx):
-        return _flags_without_a_metavar(super().get_params(ctx))
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        with _help_layout():
-            super().format_help(ctx, formatter)
+class Command(_HelpAsWritten, TyperCommand):
+    pass
 
 
 app = typer.Typer(
