@@ -22,6 +22,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -64,35 +65,32 @@ def draw(rng: random.Random, mean: float, cv: float, noise: str) -> float:
             return value
 
 
-def simulated_result(rng: random.Random, ratio: float, cvs: dict[str, float], n: int, noise: str) -> BenchmarkResult:
+def simulated_sweep(cells: int, n: int, latency: Callable[[str, int], float]) -> BenchmarkResult:
+    """A results file of `cells` cells × the two modes, n runs each, `latency(mode, cell index)` drawing each
+    run's seconds (called in the order the runs are stored, so a seeded draw repeats)."""
     # The cells differ in batch size, not length: a sweep over lengths would have write_result fit
     # latency against length, which takes most of a comparison's time and plays no part in the gate.
-    cells = [Cell("sim", 100, index + 1, "float32", "dynamic", "auto") for index in range(CELLS)]
-    config = BenchConfig(model=["sim"], max_new_tokens=[100], batch_size=[cell.batch_size for cell in cells], runs=n)
+    sweep = [Cell("sim", 100, index + 1, "float32", "dynamic", "auto") for index in range(cells)]
+    config = BenchConfig(model=["sim"], max_new_tokens=[100], batch_size=[cell.batch_size for cell in sweep], runs=n)
     result = BenchmarkResult(
         environment={"device": "cpu", "device_name": "simulated"},
         config=config_to_dict(config),
         complete=True,
-        cells=[CellResult(settings=cell, status="measured") for cell in cells],
+        cells=[CellResult(settings=cell, status="measured") for cell in sweep],
     )
-    for index, cell in enumerate(cells):
-        for mode, mean in MEANS_S.items():
+    for index, cell in enumerate(sweep):
+        for mode in MEANS_S:
             for run in range(n):
-                latency = draw(rng, mean * (index + 1) * ratio, cvs[mode], noise)
+                seconds = latency(mode, index)
+                tokens = cell.max_new_tokens * cell.batch_size
                 result.runs.append(
-                    RunRecord(
-                        cell.id,
-                        mode,
-                        run,
-                        latency,
-                        cell.max_new_tokens,
-                        6,
-                        cell.batch_size,
-                        cell.max_new_tokens * cell.batch_size / latency,
-                        None,
-                    )
+                    RunRecord(cell.id, mode, run, seconds, cell.max_new_tokens, 6, cell.batch_size, tokens / seconds, None)
                 )
     return result
+
+
+def simulated_result(rng: random.Random, ratio: float, cvs: dict[str, float], n: int, noise: str) -> BenchmarkResult:
+    return simulated_sweep(CELLS, n, lambda mode, index: draw(rng, MEANS_S[mode] * (index + 1) * ratio, cvs[mode], noise))
 
 
 def grid_cell(task: tuple[str, str, int, float, int, float, int]) -> dict:

@@ -26,22 +26,24 @@ import itertools
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however this script is loaded
+
+from calibrate_gate import MEANS_S, simulated_sweep  # noqa: E402
+
 from kvbench.compare.judging import PASS, REGRESSION, compare_results
-from kvbench.model.cells import Cell
-from kvbench.model.records import BenchmarkResult, CellResult, RunRecord
-from kvbench.model.settings import BenchConfig, config_to_dict
+from kvbench.model.records import BenchmarkResult
 from kvbench.storage.writer import write_result
 
 CVS = (0.02, 0.05)
 RUNS = (5, 10)
 CELLS = (1, 4, 10)
 SCENARIOS = ("1.00", "1.10", "half")
-MEANS_S = {"cached": 1.0, "uncached": 4.0}
 SLOWDOWN = 1.10
 BOUND = 0.05
 
@@ -56,35 +58,15 @@ def true_ratio(scenario: str, mode: str) -> float:
 
 def simulated_result(rng: random.Random, scenario: str | None, cv: float, n: int, cells: int) -> BenchmarkResult:
     """A results file of `cells` cells (batch sizes 1..cells) × 2 modes; `scenario` None is the baseline."""
-    sweep = [Cell("sim", 100, index + 1, "float32", "dynamic", "auto") for index in range(cells)]
-    config = BenchConfig(model=["sim"], max_new_tokens=[100], batch_size=[cell.batch_size for cell in sweep], runs=n)
-    result = BenchmarkResult(
-        environment={"device": "cpu", "device_name": "simulated"},
-        config=config_to_dict(config),
-        complete=True,
-        cells=[CellResult(settings=cell, status="measured") for cell in sweep],
-    )
-    for index, cell in enumerate(sweep):
-        for mode, mean in MEANS_S.items():
-            ratio = 1.0 if scenario is None else true_ratio(scenario, mode)
-            for run in range(n):
-                latency = -1.0
-                while latency <= 0:
-                    latency = rng.gauss(mean * (index + 1) * ratio, cv * mean * (index + 1) * ratio)
-                result.runs.append(
-                    RunRecord(
-                        cell.id,
-                        mode,
-                        run,
-                        latency,
-                        cell.max_new_tokens,
-                        6,
-                        cell.batch_size,
-                        cell.max_new_tokens * cell.batch_size / latency,
-                        None,
-                    )
-                )
-    return result
+
+    def latency(mode: str, index: int) -> float:
+        mean = MEANS_S[mode] * (index + 1) * (1.0 if scenario is None else true_ratio(scenario, mode))
+        seconds = -1.0
+        while seconds <= 0:
+            seconds = rng.gauss(mean, cv * mean)
+        return seconds
+
+    return simulated_sweep(cells, n, latency)
 
 
 def grid_cell(task: tuple[float, int, int, str, int, float, int]) -> dict:
