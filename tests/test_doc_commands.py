@@ -71,7 +71,7 @@ DOCUMENTED: dict[str, Way] = {
     "kvbench compare base.json new.json --fail-on-regression 5": Way("run", exit_codes=(0, 1, 4)),
     "kvbench plot results/run.json": RUN,
     "kvbench run --config configs/cache-implementations-cpu.toml": dry("11.5 minutes on the 2-core VM"),
-    "kvbench run --config configs/which-cache-cpu.toml": dry("2:30 on the busy 2-core VM, beside the suite"),
+    "kvbench run --config configs/which-cache-cpu.toml": dry("24 s on the quiet 2-core VM, minutes beside other jobs"),
     # docs/capacity.md
     "kvbench capacity -m tiny-gqa-32k --memory-budget 2GiB": not_run(CAPACITY),
     "kvbench capacity -m llama-3.1-8b -d cuda --cache-implementation dynamic --cache-implementation quantized": not_run(
