@@ -6,34 +6,19 @@ import io
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from kvbench.cli import app
 from kvbench.launch.probes import Measured
 from kvbench.model.capacity import CapacityReport, Probe, Search
 from kvbench.runner.capacity import CapacityRequest, CapacityRun, MemoryLimit
 from kvbench.runner.capacity_search import search
 from tests.faults import fake_cuda_out_of_memory
+from tests.test_cli import assert_user_error, invoke
 
-runner = CliRunner()
 MiB = 2**20
 BUDGET = 1024 * MiB
 # A scripted process: 400 MiB before it generates, 64 KiB more per prompt token x sequence. Within 1 GiB it
 # holds (1024 - 400) MiB / 64 KiB = 9,984 tokens.
 BASE, PER_TOKEN = 400 * MiB, 64 * 2**10
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 class ScriptedProber:

@@ -27,7 +27,7 @@ def assert_user_error(result, *fragments):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     for fragment in fragments:
-        assert fragment in lines[0]
+        assert fragment in lines[0], lines[0]
 
 
 def test_run_prints_the_tables_and_writes_the_files(tiny_gpt2_dir, tmp_path):

@@ -62,6 +62,24 @@ class Untouched:
 PROGRESS = re.compile(r"^\[\d+/\d+\] |^cell .*: |\d+/\d+ +\d+:\d\d:\d\d")
 
 
+def ctrl_c_as_a_shell_leaves_it() -> None:
+    """SIGINT at its default and unblocked, as a shell starts a command. A test process may have inherited it
+    ignored (a test worker that started Ray, say), and an ignored SIGINT stays ignored through exec: Python
+    then installs no KeyboardInterrupt, and the run would never hear the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def wait_for_first_run(process: subprocess.Popen, output: Path) -> None:
+    """Until a measuring run has saved its first run to `output`; its stderr's end if it never does."""
+    deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
+    while process.poll() is None and time.monotonic() < deadline:
+        if output.exists() and read_result(output).runs:
+            break
+        time.sleep(0.1)
+    assert output.exists() and read_result(output).runs, process.communicate(timeout=60)[1][-2000:]
+
+
 def assert_one_line(result, code: int, *fragments: str) -> str:
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output

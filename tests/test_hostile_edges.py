@@ -32,7 +32,16 @@ from kvbench.storage import writer
 from kvbench.storage.document import read_result
 from kvbench.storage.writer import write_result
 from tests.conftest import make_result, tiny_config
-from tests.test_hostile import GOLDEN, QUICK, ROOT, Untouched, assert_one_line, copy_model, invoke
+from tests.test_hostile import (
+    GOLDEN,
+    QUICK,
+    ROOT,
+    Untouched,
+    assert_one_line,
+    copy_model,
+    ctrl_c_as_a_shell_leaves_it,
+    invoke,
+)
 
 FAST = [*QUICK, "--no-device-peaks"]
 
@@ -312,11 +321,8 @@ def _ended_sampler(pid: int) -> memory.RssSampler:
 
 # Sends this process `signal` as soon as `module` is first looked for: a signal that lands while kvbench is
 # loading, at a known place rather than after a guessed delay.
-# A shell starts a background job with SIGINT ignored, and Python then leaves it so: a suite run with `&`
-# would see no interrupt at all. The script takes SIGINT as a terminal gives it.
 SIGNAL_WHILE_LOADING = """
 import os, signal, sys
-signal.signal(signal.SIGINT, signal.default_int_handler)
 class Hook:
     def find_spec(self, name, path=None, target=None):
         if name == {module!r}:
@@ -339,7 +345,8 @@ main()
     ids=["loading-the-command-line", "loading-a-command"],
 )
 def test_a_signal_while_kvbench_is_loading_is_one_line(sent, module, said, tmp_path):
-    completed = kvbench_process(SIGNAL_WHILE_LOADING.format(module=module, signal=sent, results=str(GOLDEN)), tmp_path)
+    script = SIGNAL_WHILE_LOADING.format(module=module, signal=sent, results=str(GOLDEN))
+    completed = kvbench_process(script, tmp_path, preexec_fn=ctrl_c_as_a_shell_leaves_it)
     # Python may end a process that met a KeyboardInterrupt by the signal itself (a shell reads both as 130).
     assert completed.returncode in (130, -signal.SIGINT), completed.stderr
     assert completed.stderr.strip() == said, completed.stderr

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from kvbench.storage.document import read_result
 from tests.faults import HERE as FAULTS
-from tests.test_hostile import QUICK, Untouched, assert_one_line, copy_model, invoke
+from tests.test_hostile import QUICK, Untouched, assert_one_line, copy_model, invoke, wait_for_first_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,12 +101,7 @@ def test_a_ray_cluster_killed_mid_run_stops_with_one_line_and_the_resume_command
     )
     ray_processes: list[int] = []
     try:
-        deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
-        while process.poll() is None and time.monotonic() < deadline:
-            if output.exists() and read_result(output).runs:
-                break
-            time.sleep(0.1)
-        assert output.exists() and read_result(output).runs, process.communicate(timeout=60)[1][-2000:]
+        wait_for_first_run(process, output)
         measured = len(read_result(output).runs)
         ray_processes = _descendants(process.pid)
         assert ray_processes

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from kvbench.storage.document import read_result
-from tests.test_hostile import QUICK, Untouched, assert_one_line, copy_model, invoke
+from tests.test_hostile import (
+    QUICK,
+    Untouched,
+    assert_one_line,
+    copy_model,
+    ctrl_c_as_a_shell_leaves_it,
+    invoke,
+    wait_for_first_run,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,12 +262,7 @@ def test_sigterm_to_a_ray_run_is_an_interruption(tmp_path):
         env=environment,
         cwd=tmp_path,
     )
-    deadline = time.monotonic() + 300  # a safety net for a stuck start, never a speed check
-    while process.poll() is None and time.monotonic() < deadline:
-        if output.exists() and read_result(output).runs:
-            break
-        time.sleep(0.1)
-    assert output.exists() and read_result(output).runs, process.communicate(timeout=60)[1][-2000:]
+    wait_for_first_run(process, output)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr[-2000:]
@@ -298,16 +301,8 @@ def _held_run(tmp_path: Path, held: Path, *args: str) -> subprocess.Popen:
         env=environment,
         cwd=tmp_path,
         start_new_session=True,
-        preexec_fn=_ctrl_c_as_a_shell_leaves_it,
+        preexec_fn=ctrl_c_as_a_shell_leaves_it,
     )
-
-
-def _ctrl_c_as_a_shell_leaves_it() -> None:
-    """SIGINT at its default and unblocked, as a shell starts a command. A test process may have inherited it
-    ignored (a test worker that started Ray, say), and an ignored SIGINT stays ignored through exec: Python
-    then installs no KeyboardInterrupt, and the run would never hear the Ctrl-C this test sends."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _wait_for(path: Path, process: subprocess.Popen) -> None:
